@@ -1,0 +1,1 @@
+//! hostforge: a Kubernetes operator that provisions cloud machines on demand.
