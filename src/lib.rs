@@ -1,1 +1,3 @@
 //! hostforge: a Kubernetes operator that provisions cloud machines on demand.
+
+pub mod api;

@@ -1,0 +1,346 @@
+//! MachineRequest: how many machines, from which template. The operator keeps exactly
+//! `count` live machines for it and records every launch in status before making it,
+//! so that a crash at any moment neither loses nor duplicates machines.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{INSTANCE_ID_PATTERN, OBJECT_NAME_PATTERN};
+
+/// Most machines one request may ask for. Status lists every machine (a few hundred
+/// bytes each) and every launch, and the whole object must stay far below etcd's
+/// 1.5 MiB limit on one object; larger fleets use several requests.
+pub const MAX_COUNT: i32 = 2000;
+
+/// Desired state of a MachineRequest.
+// clippy mistakes the repeated keys of separate printcolumn(...) entries for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostforge.io",
+    version = "v1alpha1",
+    kind = "MachineRequest",
+    namespaced,
+    shortname = "mreq",
+    category = "hostforge",
+    status = "MachineRequestStatus",
+    derive = "PartialEq",
+    doc = "MachineRequest asks hostforge for a number of machines launched from a MachineTemplate in the same namespace. The operator keeps that many machines running and terminates them all when the request is deleted.",
+    printcolumn(
+        name = "Template",
+        type_ = "string",
+        json_path = ".spec.templateRef.name",
+        description = "MachineTemplate the machines are launched from"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.count",
+        description = "Live machines wanted"
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.counts.running",
+        description = "Machines running"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "True when all desired machines are running"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the request's state",
+        priority = 1
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 192")
+        .message("metadata.name: at most 192 characters, so that <namespace>/<name> fits in an EC2 tag value"),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRequestSpec {
+    /// The MachineTemplate (in the same namespace) to launch from. Cannot be changed
+    /// after creation: create a new request to move to another template.
+    #[x_kube(
+        validation = Rule::new("self == oldSelf")
+            .message("templateRef is immutable: create a new MachineRequest to use another template")
+    )]
+    pub template_ref: TemplateRef,
+
+    /// Number of live machines wanted, 0 to 2000. The limit keeps the request's status,
+    /// which lists every machine, far below etcd's 1.5 MiB object size limit; use several
+    /// requests for more machines.
+    #[schemars(range(min = 0, max = 2000))]
+    pub count: i32,
+
+    /// Instance ids (i-…) of this request's machines to give back. Lower count along with
+    /// it to shrink the request: surplus machines are taken from this list first, then
+    /// newest first. Ids that are not machines of this request are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2000), inner(regex(pattern = INSTANCE_ID_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub return_machines: Vec<String>,
+
+    /// Whether machines that disappear without the operator terminating them (spot
+    /// reclaim, manual termination, hardware failure) are replaced. Default true.
+    #[serde(default = "default_true")]
+    pub replace_lost: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Reference to a MachineTemplate in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    /// Name of the MachineTemplate.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// Observed state of a MachineRequest, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRequestStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// One-word summary: Pending, Provisioning, Ready, Degraded or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RequestPhase>,
+
+    /// Ready (all desired machines running, for observedGeneration), Progressing
+    /// (machines are being launched or terminated) and Degraded (the operator cannot make
+    /// progress, e.g. a broken template or no capacity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Machine counts by state.
+    #[serde(default)]
+    pub counts: MachineCounts,
+
+    /// Every machine launched for this request and not yet forgotten, live or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    pub machines: Vec<Machine>,
+
+    /// The launch-intent record: every launch is written here (state Pending) before it
+    /// is sent to the cloud, so that after a restart it can be settled instead of being
+    /// lost or repeated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    pub launches: Vec<LaunchBatch>,
+}
+
+/// Summary phase of a request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum RequestPhase {
+    /// Accepted; nothing launched yet.
+    Pending,
+    /// Machines are being launched or terminated to reach count.
+    Provisioning,
+    /// count machines are running.
+    Ready,
+    /// The operator cannot make progress; see the Degraded condition.
+    Degraded,
+    /// The request is being deleted and its machines terminated.
+    Deleting,
+}
+
+/// Machine counts of a request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineCounts {
+    /// spec.count as last observed.
+    #[serde(default)]
+    pub desired: i32,
+    /// Machines launched but not running yet.
+    #[serde(default)]
+    pub pending: i32,
+    /// Machines running.
+    #[serde(default)]
+    pub running: i32,
+    /// Machines given back (terminated on request).
+    #[serde(default)]
+    pub returned: i32,
+    /// Machines that failed to launch or were lost.
+    #[serde(default)]
+    pub failed: i32,
+}
+
+/// One machine of a request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    /// Instance id, e.g. i-0123456789abcdef0.
+    pub id: String,
+
+    /// Host name (the private DNS name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// Instance state as the cloud last reported it.
+    pub state: MachineState,
+
+    /// Outcome from the requester's point of view: executing (on its way), succeed
+    /// (running and usable) or fail.
+    pub result: MachineResult,
+
+    /// Launch batch (an id in status.launches) that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+
+    /// Instance type, e.g. c6i.xlarge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+
+    /// Availability zone, e.g. us-east-1a.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+
+    /// Private IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+
+    /// Public IPv4 address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+
+    /// When the cloud launched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<Time>,
+
+    /// on-demand or spot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_type: Option<MachineLifecycle>,
+
+    /// Image it was launched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+
+    /// Last noteworthy event, e.g. why it failed or was terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// EC2 instance states, plus unknown for an instance the cloud does not show yet.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineState {
+    /// Not reported by the cloud yet (its reads are eventually consistent).
+    Unknown,
+    /// Starting.
+    Pending,
+    /// Running.
+    Running,
+    /// Being terminated.
+    ShuttingDown,
+    /// Terminated.
+    Terminated,
+    /// Being stopped.
+    Stopping,
+    /// Stopped.
+    Stopped,
+}
+
+/// A machine's outcome, in the words of the HostFactory protocol.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineResult {
+    /// On its way (launching, or terminating when returned).
+    Executing,
+    /// Done: running (or, when returned, terminated).
+    Succeed,
+    /// Failed.
+    Fail,
+}
+
+/// Whether a machine is on-demand or spot.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineLifecycle {
+    /// On-demand instance.
+    OnDemand,
+    /// Spot instance.
+    Spot,
+}
+
+/// One launch call (RunInstances or CreateFleet), recorded before it is made.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchBatch {
+    /// Batch id, <request-uid-prefix>-<sequence>; also the hostforge.io/batch tag of its
+    /// machines.
+    pub id: String,
+
+    /// Retry number of this batch; each attempt has its own token.
+    #[serde(default)]
+    pub attempt: i32,
+
+    /// Idempotency token (EC2 ClientToken) sent with the launch, derived from the
+    /// request uid, batch and attempt.
+    #[schemars(length(max = 64))]
+    pub token: String,
+
+    /// Machines the launch asks for.
+    pub count: i32,
+
+    /// Digest of every launch parameter: a re-sent launch must have the same digest,
+    /// since the cloud rejects a token reused with other parameters.
+    pub params_digest: String,
+
+    /// Pending (recorded, maybe sent), Launched (the cloud answered with machines) or
+    /// Failed (the cloud refused it; nothing was launched).
+    pub state: LaunchState,
+
+    /// Image the launch uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+
+    /// Instance types the launch asks for, in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<String>,
+
+    /// Subnet the launch targets (a batch stays in one subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+
+    /// Pricing model of the launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_type: Option<super::CapacityType>,
+
+    /// When the batch was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+
+    /// Why the launch failed, or other detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Progress of a launch batch.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum LaunchState {
+    /// Recorded; the launch may or may not have reached the cloud.
+    Pending,
+    /// The cloud answered and its machines are in status.machines.
+    Launched,
+    /// The cloud refused the launch; nothing was created.
+    Failed,
+}

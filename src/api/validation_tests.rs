@@ -1,0 +1,383 @@
+//! Local checks of the API's validation rules, without an apiserver: every example
+//! parses into the Rust types, and every CEL rule of the CRDs accepts what it should
+//! and rejects what it should, evaluated by kube's client-side CEL (`kube/cel`).
+//! The same cases run against a real apiserver in `tests/api_validation.rs`.
+
+use std::path::Path;
+
+use kube::core::cel::Validator;
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn schema_of<K: CustomResourceExt>() -> Value {
+    let crd = K::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("derived CRD has a schema");
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
+/// The messages of every CEL rule that `object` breaks (after schema defaulting).
+fn cel_errors<K: CustomResourceExt>(object: &Value, old: Option<&Value>) -> Vec<String> {
+    match Validator::new().validate(&schema_of::<K>(), object, old) {
+        Ok(()) => vec![],
+        Err(errors) => errors.as_slice().iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn template(spec: Value) -> Value {
+    json!({
+        "apiVersion": "hostforge.io/v1alpha1",
+        "kind": "MachineTemplate",
+        "metadata": {"name": "t"},
+        "spec": spec,
+    })
+}
+
+fn valid_template_spec() -> Value {
+    json!({
+        "image": {"ssmParameter": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"},
+        "instanceTypes": [{"type": "c6i.xlarge"}],
+    })
+}
+
+/// `valid_template_spec()` with the given top-level spec fields replaced.
+fn template_with(fields: Value) -> Value {
+    let mut spec = valid_template_spec();
+    for (k, v) in fields.as_object().expect("object") {
+        spec[k] = v.clone();
+    }
+    template(spec)
+}
+
+fn request(name: &str, template_name: &str, count: i64) -> Value {
+    json!({
+        "apiVersion": "hostforge.io/v1alpha1",
+        "kind": "MachineRequest",
+        "metadata": {"name": name},
+        "spec": {"templateRef": {"name": template_name}, "count": count},
+    })
+}
+
+fn read_examples() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("readable example");
+            let value: Value = serde_yaml::from_str(&text).expect("example is YAML");
+            (p.display().to_string(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn examples_parse_into_the_types_and_pass_cel() {
+    let mut kinds = vec![];
+    for (path, value) in read_examples() {
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "MachineTemplate" => {
+                let t: MachineTemplate =
+                    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{path}: {e}"));
+                t.validate_cel().unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
+            "MachineRequest" => {
+                let r: MachineRequest =
+                    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{path}: {e}"));
+                r.validate_cel().unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
+            "Secret" => {}
+            other => panic!("{path}: unexpected kind {other}"),
+        }
+        kinds.push(kind);
+    }
+    for wanted in ["MachineTemplate", "MachineRequest", "Secret"] {
+        assert!(kinds.iter().any(|k| k == wanted), "no {wanted} example");
+    }
+}
+
+#[test]
+fn examples_cover_every_image_source_and_the_fleet() {
+    let templates: Vec<MachineTemplate> = read_examples()
+        .into_iter()
+        .filter(|(_, v)| v["kind"] == "MachineTemplate")
+        .map(|(p, v)| serde_json::from_value(v).unwrap_or_else(|e| panic!("{p}: {e}")))
+        .collect();
+    assert!(templates.iter().any(|t| t.spec.image.id.is_some()));
+    assert!(templates
+        .iter()
+        .any(|t| t.spec.image.ssm_parameter.is_some()));
+    assert!(templates.iter().any(|t| t.spec.image.selector.is_some()));
+    assert!(templates
+        .iter()
+        .any(|t| t.spec.provider_api == ProviderApi::Ec2Fleet
+            && t.spec.capacity_type != CapacityType::OnDemand));
+}
+
+#[test]
+fn defaults_fill_in_a_minimal_template() {
+    let t: MachineTemplate =
+        serde_json::from_value(template(valid_template_spec())).expect("minimal template");
+    assert_eq!(t.spec.provider_api, ProviderApi::RunInstances);
+    assert_eq!(t.spec.capacity_type, CapacityType::OnDemand);
+    assert_eq!(t.spec.metadata_options.http_tokens, HttpTokens::Required);
+    let r: MachineRequest = serde_json::from_value(request("r", "t", 3)).expect("request");
+    assert!(r.spec.replace_lost);
+    // And the schema carries the same defaults, so the apiserver fills them in too.
+    let schema = schema_of::<MachineTemplate>();
+    let spec = &schema["properties"]["spec"]["properties"];
+    assert_eq!(spec["providerApi"]["default"], "RunInstances");
+    assert_eq!(spec["capacityType"]["default"], "on-demand");
+    assert_eq!(spec["metadataOptions"]["default"]["httpTokens"], "required");
+    let schema = schema_of::<MachineRequest>();
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["replaceLost"]["default"],
+        true
+    );
+}
+
+#[test]
+fn minimal_valid_objects_pass_cel() {
+    assert_eq!(
+        cel_errors::<MachineTemplate>(&template(valid_template_spec()), None),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors::<MachineRequest>(&request("r", "t", 0), None),
+        Vec::<String>::new()
+    );
+}
+
+/// Each case: a spec change that breaks exactly one rule, and a fragment of the message.
+#[test]
+fn template_cel_rules_reject_bad_combinations() {
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "two image sources",
+            json!({"image": {"id": "ami-0123456789abcdef0", "ssmParameter": "/a/b"}}),
+            "exactly one of id, ssmParameter or selector",
+        ),
+        (
+            "no image source",
+            json!({"image": {}}),
+            "exactly one of id, ssmParameter or selector",
+        ),
+        (
+            "all image sources",
+            json!({"image": {"id": "ami-0123456789abcdef0", "ssmParameter": "/a/b", "selector": {"name": "x", "owners": ["amazon"]}}}),
+            "exactly one",
+        ),
+        (
+            "selector without name or tags",
+            json!({"image": {"selector": {"owners": ["amazon"]}}}),
+            "set name, tags or both",
+        ),
+        (
+            "mixed with RunInstances",
+            json!({"capacityType": "mixed", "onDemandPercent": 50}),
+            "capacityType mixed needs providerApi EC2Fleet",
+        ),
+        (
+            "mixed without percent",
+            json!({"providerApi": "EC2Fleet", "capacityType": "mixed"}),
+            "onDemandPercent is required",
+        ),
+        (
+            "percent without mixed",
+            json!({"capacityType": "spot", "onDemandPercent": 10}),
+            "onDemandPercent is required",
+        ),
+        (
+            "allocation strategy with RunInstances",
+            json!({"capacityType": "spot", "allocationStrategy": "lowest-price"}),
+            "allocationStrategy",
+        ),
+        (
+            "allocation strategy on-demand fleet",
+            json!({"providerApi": "EC2Fleet", "allocationStrategy": "lowest-price"}),
+            "allocationStrategy",
+        ),
+        (
+            "max price on-demand",
+            json!({"maxPrice": "0.5"}),
+            "maxPrice",
+        ),
+        (
+            "weights with RunInstances",
+            json!({"instanceTypes": [{"type": "c6i.xlarge", "weight": 2}]}),
+            "weight is only used with providerApi EC2Fleet",
+        ),
+        (
+            "reserved tag",
+            json!({"tags": {"hostforge.io/request": "x"}}),
+            "reserved",
+        ),
+        (
+            "aws tag",
+            json!({"tags": {"aws:cloudformation:stack": "x"}}),
+            "reserved",
+        ),
+        (
+            "long tag key",
+            json!({"tags": {"k".repeat(129): "x"}}),
+            "at most 128",
+        ),
+        (
+            "gp2 with throughput",
+            json!({"rootVolume": {"sizeGiB": 10, "type": "gp2", "throughput": 200}}),
+            "throughput",
+        ),
+        (
+            "st1 with iops",
+            json!({"rootVolume": {"sizeGiB": 500, "type": "st1", "iops": 200}}),
+            "iops is only supported",
+        ),
+        (
+            "io2 without iops",
+            json!({"rootVolume": {"sizeGiB": 10, "type": "io2"}}),
+            "iops is required",
+        ),
+        (
+            "kms key unencrypted",
+            json!({"rootVolume": {"sizeGiB": 10, "encrypted": false, "kmsKeyId": "alias/x"}}),
+            "kmsKeyId needs encrypted",
+        ),
+    ];
+    for (name, fields, wanted) in cases {
+        let errors = cel_errors::<MachineTemplate>(&template_with(fields), None);
+        assert!(
+            errors.iter().any(|e| e.contains(wanted)),
+            "{name}: wanted an error containing {wanted:?}, got {errors:?}"
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "{name}: exactly one rule should fail: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn template_cel_rules_accept_good_combinations() {
+    let cases: Vec<Value> = vec![
+        json!({"providerApi": "EC2Fleet", "capacityType": "mixed", "onDemandPercent": 0,
+               "allocationStrategy": "capacity-optimized", "maxPrice": "1.5",
+               "instanceTypes": [{"type": "c6i.xlarge", "weight": 1}, {"type": "c6i.2xlarge", "weight": 2}]}),
+        json!({"capacityType": "spot", "maxPrice": "0.1"}),
+        json!({"image": {"selector": {"tags": {"os": "rocky9"}, "owners": ["123456789012"]}}}),
+        json!({"image": {"id": "ami-0123456789abcdef0"}}),
+        json!({"rootVolume": {"sizeGiB": 10, "type": "io1", "iops": 3000}}),
+        json!({"rootVolume": {"sizeGiB": 10, "throughput": 500, "iops": 4000, "kmsKeyId": "alias/x"}}),
+        json!({"tags": {"team": "hpc", "kubernetes.io/cluster/x": "owned"}}),
+    ];
+    for fields in cases {
+        let errors = cel_errors::<MachineTemplate>(&template_with(fields.clone()), None);
+        assert!(errors.is_empty(), "{fields}: {errors:?}");
+    }
+}
+
+#[test]
+fn image_source_rule_is_checkable_on_its_own() {
+    assert!(ImageSource::validate_cel(&json!({"id": "ami-0123456789abcdef0"}), None).is_ok());
+    assert!(ImageSource::validate_cel(&json!({}), None).is_err());
+}
+
+#[test]
+fn template_ref_is_immutable() {
+    let old: MachineRequest = serde_json::from_value(request("r", "a", 1)).expect("request");
+    let mut new = old.clone();
+    new.spec.count = 5;
+    new.validate_cel_update(&old).expect("count may change");
+    new.spec.template_ref.name = "b".into();
+    let err = new
+        .validate_cel_update(&old)
+        .expect_err("templateRef must not change")
+        .to_string();
+    assert!(err.contains("templateRef is immutable"), "{err}");
+    assert!(err.contains("spec.templateRef"), "{err}");
+}
+
+#[test]
+fn request_name_must_fit_a_tag_value() {
+    let errors = cel_errors::<MachineRequest>(&request(&"r".repeat(193), "t", 1), None);
+    assert!(
+        errors.iter().any(|e| e.contains("metadata.name")),
+        "{errors:?}"
+    );
+    assert!(cel_errors::<MachineRequest>(&request(&"r".repeat(192), "t", 1), None).is_empty());
+}
+
+#[test]
+fn status_round_trips_through_json() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+    let status = MachineRequestStatus {
+        observed_generation: Some(2),
+        phase: Some(RequestPhase::Provisioning),
+        conditions: vec![conditions::new_condition(
+            conditions::READY,
+            false,
+            "Launching",
+            "1/2 running",
+            Some(2),
+            now.clone(),
+        )],
+        counts: MachineCounts {
+            desired: 2,
+            pending: 1,
+            running: 1,
+            ..Default::default()
+        },
+        machines: vec![Machine {
+            id: "i-0123456789abcdef0".into(),
+            name: Some("ip-10-0-0-1.ec2.internal".into()),
+            state: MachineState::Running,
+            result: MachineResult::Succeed,
+            batch: Some("3f2a9c1e-1".into()),
+            instance_type: Some("c6i.xlarge".into()),
+            availability_zone: Some("us-east-1a".into()),
+            private_ip: Some("10.0.0.1".into()),
+            public_ip: None,
+            launch_time: Some(now.clone()),
+            capacity_type: Some(MachineLifecycle::OnDemand),
+            image_id: Some("ami-0123456789abcdef0".into()),
+            message: None,
+        }],
+        launches: vec![LaunchBatch {
+            id: "3f2a9c1e-1".into(),
+            attempt: 0,
+            token: "hf-3f2a9c1e-1-0-5d41402abc4b2a76b9719d911017c592".into(),
+            count: 2,
+            params_digest: "sha256:0f3e".into(),
+            state: LaunchState::Launched,
+            image_id: Some("ami-0123456789abcdef0".into()),
+            instance_types: vec!["c6i.xlarge".into()],
+            subnet_id: Some("subnet-0a1b2c3d4e5f60718".into()),
+            capacity_type: Some(CapacityType::OnDemand),
+            created_at: Some(now),
+            message: None,
+        }],
+    };
+    let value = serde_json::to_value(&status).expect("serializes");
+    assert_eq!(value["machines"][0]["state"], "running");
+    assert_eq!(value["machines"][0]["capacityType"], "on-demand");
+    assert_eq!(value["launches"][0]["state"], "Launched");
+    assert_eq!(
+        value["conditions"][0]["lastTransitionTime"],
+        "2023-11-14T22:13:20Z"
+    );
+    let back: MachineRequestStatus = serde_json::from_value(value).expect("deserializes");
+    assert_eq!(back, status);
+}
