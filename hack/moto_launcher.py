@@ -17,7 +17,14 @@ _run_instances = instances.InstanceResponse.run_instances
 def _run_instances_up_to_max(self):
     max_count = self._get_param("MaxCount")
     if max_count is not None:
-        self.querystring["MinCount"] = [str(max_count)]
+        get_param = self._get_param
+
+        def min_count_reads_as_max(name, if_none=None):
+            if name == "MinCount":
+                return max_count
+            return get_param(name, if_none)
+
+        self._get_param = min_count_reads_as_max
     return _run_instances(self)
 
 

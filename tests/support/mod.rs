@@ -1,0 +1,197 @@
+//! The integration-test harness shared by every file under `tests/`.
+//!
+//! One real control plane (etcd + kube-apiserver built from the Go module
+//! proxy) and one moto server per test binary; each test gets its own
+//! namespace through [`TestEnv::new`]. Include it with `mod support;`.
+#![allow(dead_code)]
+
+mod bed;
+mod certs;
+mod process;
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+pub use bed::{bed, TestBed};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Region the simulator and the AWS clients agree on.
+pub const REGION: &str = "us-east-1";
+
+/// What one test gets: clients for the shared peers and a namespace of its own.
+pub struct TestEnv {
+    pub bed: &'static TestBed,
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl TestEnv {
+    /// Starts the bed if needed and creates a fresh namespace named after the test.
+    pub async fn new(name: &str) -> TestEnv {
+        let bed = tokio::task::spawn_blocking(bed)
+            .await
+            .expect("test bed start task")
+            .unwrap_or_else(|e| panic!("test bed did not start:\n{e}"));
+        let client = kube_client(bed).await;
+        let namespace = unique_name(name);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some([("hostforge.io/test".to_string(), name.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        TestEnv {
+            bed,
+            client,
+            namespace,
+        }
+    }
+
+    /// Runs kubectl against the bed (no namespace implied; pass `-n`).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.bed.kubectl(args)
+    }
+
+    /// Runs kubectl and returns stdout, panicking with stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies `crds/` (server-side) and waits until every CRD is Established.
+    /// Safe to call from many tests: the work is done once per test binary.
+    pub async fn install_crds(&self) {
+        let bed = self.bed;
+        tokio::task::spawn_blocking(move || install_crds_once(bed))
+            .await
+            .expect("install_crds task")
+    }
+
+    /// An EC2 client pointed at the simulator with static dummy credentials.
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        ec2_client(&self.bed.moto_url)
+    }
+
+    /// An SSM client pointed at the simulator with static dummy credentials.
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        ssm_client(&self.bed.moto_url)
+    }
+}
+
+impl Drop for TestEnv {
+    /// On a failing test, prints what the namespace held, so the failure can be
+    /// understood from the log alone.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.bed.kubectl(&[
+                "get",
+                "-n",
+                &self.namespace,
+                "all,events,machinetemplates,machinerequests",
+                "-o",
+                "yaml",
+                "--ignore-not-found",
+            ]);
+            eprintln!(
+                "--- objects in namespace {} ---\n{}{}",
+                self.namespace,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A kube client for the bed's admin user.
+pub async fn kube_client(bed: &TestBed) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&bed.kubeconfig).expect("reading test kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("loading test kubeconfig");
+    Client::try_from(config).expect("building kube client")
+}
+
+fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+            aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "testbed"),
+        ))
+        .build()
+}
+
+/// An EC2 client for `endpoint` (the simulator or a forwarder in front of it).
+pub fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&aws_config(endpoint))
+}
+
+/// An SSM client for `endpoint`.
+pub fn ssm_client(endpoint: &str) -> aws_sdk_ssm::Client {
+    aws_sdk_ssm::Client::new(&aws_config(endpoint))
+}
+
+/// A DNS-1123 label unique within this run: `<name>-<pid>-<n>`.
+pub fn unique_name(name: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut base: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    base.truncate(40);
+    format!("{}-{}-{n}", base.trim_matches('-'), std::process::id())
+}
+
+fn install_crds_once(bed: &TestBed) {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return;
+    }
+    let crds = bed.root.join("crds");
+    let crds = crds.to_str().expect("utf-8 path");
+    let apply = bed.kubectl(&["apply", "--server-side", "-f", crds]);
+    assert!(
+        apply.status.success(),
+        "kubectl apply -f crds/ failed: {}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let wait = bed.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "-f",
+        crds,
+    ]);
+    assert!(
+        wait.status.success(),
+        "CRDs did not become Established: {}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    *done = true;
+}
+
+/// Path of a file in the checkout.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
