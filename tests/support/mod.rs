@@ -7,6 +7,7 @@
 
 mod bed;
 mod certs;
+pub mod operator;
 mod process;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 pub use bed::{bed, TestBed};
+pub use operator::Operator;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
