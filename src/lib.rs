@@ -1,3 +1,5 @@
 //! hostforge: a Kubernetes operator that provisions cloud machines on demand.
 
 pub mod api;
+pub mod config;
+pub mod provider;

@@ -1,0 +1,203 @@
+//! DescribeInstances by id and by ownership tags, translated into the port's
+//! plain [`Machine`].
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::primitives::DateTimeFormat;
+use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateName};
+
+use super::calls::Calls;
+use super::clients::AwsClients;
+use super::errors::detail;
+use super::validate::unique;
+use crate::provider::{CapacityType, Machine, MachineState, ProviderError};
+
+/// Instance ids per DescribeInstances call (values of one `instance-id` filter).
+const ID_BATCH: usize = 200;
+
+/// The machines among `ids` that EC2 reports now. The ids go into an
+/// `instance-id` filter, not `InstanceIds`: an id EC2 does not know yet (a
+/// fresh launch, eventually consistent) is simply absent instead of failing
+/// the whole call with `InvalidInstanceID.NotFound`.
+pub async fn by_ids(
+    clients: &AwsClients,
+    calls: &Calls,
+    ids: &[String],
+) -> Result<Vec<Machine>, ProviderError> {
+    let ids: Vec<String> = unique(ids)
+        .into_iter()
+        .filter(|id| !id.is_empty())
+        .collect();
+    let mut machines = Vec::new();
+    for batch in ids.chunks(ID_BATCH) {
+        let filter = Filter::builder()
+            .name("instance-id")
+            .set_values(Some(batch.to_vec()))
+            .build();
+        machines.extend(describe(clients, calls, vec![filter]).await?);
+    }
+    Ok(machines)
+}
+
+/// Every machine carrying all of `tags`, in any state. Refuses an empty tag
+/// list: that would describe (and, for a garbage collector, claim) every
+/// instance in the account.
+pub async fn by_tags(
+    clients: &AwsClients,
+    calls: &Calls,
+    tags: &[(String, String)],
+) -> Result<Vec<Machine>, ProviderError> {
+    if tags.is_empty() {
+        return Err(ProviderError::InvalidParameter(detail(
+            "DescribeInstances",
+            "MissingParameter",
+            "describing owned machines needs at least one tag".into(),
+        )));
+    }
+    let filters = tags
+        .iter()
+        .map(|(k, v)| {
+            Filter::builder()
+                .name(format!("tag:{k}"))
+                .values(v.clone())
+                .build()
+        })
+        .collect();
+    describe(clients, calls, filters).await
+}
+
+/// All pages of one DescribeInstances query.
+async fn describe(
+    clients: &AwsClients,
+    calls: &Calls,
+    filters: Vec<Filter>,
+) -> Result<Vec<Machine>, ProviderError> {
+    let mut machines = Vec::new();
+    let mut next_token = None;
+    loop {
+        let out = calls
+            .run(
+                "DescribeInstances",
+                clients
+                    .ec2
+                    .describe_instances()
+                    .set_filters(Some(filters.clone()))
+                    .max_results(1000)
+                    .set_next_token(next_token.take())
+                    .send(),
+            )
+            .await?;
+        machines.extend(
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(to_machine),
+        );
+        match out.next_token() {
+            Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(machines)
+}
+
+/// Translates an EC2 instance; one without an id is not a machine.
+pub(super) fn to_machine(i: &Instance) -> Option<Machine> {
+    let id = i.instance_id().filter(|id| !id.is_empty())?.to_string();
+    let state = match i.state().and_then(|s| s.name()) {
+        Some(InstanceStateName::Pending) => MachineState::Pending,
+        Some(InstanceStateName::Running) => MachineState::Running,
+        Some(InstanceStateName::Stopping) => MachineState::Stopping,
+        Some(InstanceStateName::Stopped) => MachineState::Stopped,
+        Some(InstanceStateName::ShuttingDown) => MachineState::ShuttingDown,
+        Some(InstanceStateName::Terminated) => MachineState::Terminated,
+        _ => MachineState::Unknown,
+    };
+    let capacity_type = match i.instance_lifecycle() {
+        Some(InstanceLifecycleType::Spot) => CapacityType::Spot,
+        _ => CapacityType::OnDemand,
+    };
+    let tags: BTreeMap<String, String> = i
+        .tags()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect();
+    Some(Machine {
+        id,
+        private_dns_name: non_empty(i.private_dns_name()),
+        state,
+        state_reason: non_empty(i.state_reason().and_then(|r| r.message()))
+            .or_else(|| non_empty(i.state_transition_reason())),
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+        availability_zone: non_empty(i.placement().and_then(|p| p.availability_zone())),
+        subnet_id: non_empty(i.subnet_id()),
+        private_ip: non_empty(i.private_ip_address()),
+        public_ip: non_empty(i.public_ip_address()),
+        launch_time: i
+            .launch_time()
+            .and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()),
+        capacity_type,
+        image_id: non_empty(i.image_id()),
+        tags,
+    })
+}
+
+fn non_empty(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::primitives::DateTime;
+    use aws_sdk_ec2::types::{InstanceState, InstanceType, Placement, Tag};
+
+    #[test]
+    fn instance_translates_to_machine() {
+        let i = Instance::builder()
+            .instance_id("i-0123456789abcdef0")
+            .state(
+                InstanceState::builder()
+                    .name(InstanceStateName::Running)
+                    .build(),
+            )
+            .instance_type(InstanceType::C6iXlarge)
+            .placement(Placement::builder().availability_zone("us-east-1a").build())
+            .subnet_id("subnet-1")
+            .private_dns_name("ip-10-0-0-1.ec2.internal")
+            .private_ip_address("10.0.0.1")
+            .public_ip_address("")
+            .launch_time(DateTime::from_secs(1_700_000_000))
+            .instance_lifecycle(InstanceLifecycleType::Spot)
+            .image_id("ami-1")
+            .tags(
+                Tag::builder()
+                    .key("hostforge.io/cluster")
+                    .value("c1")
+                    .build(),
+            )
+            .build();
+        let m = to_machine(&i).expect("has an id");
+        assert_eq!(m.id, "i-0123456789abcdef0");
+        assert_eq!(m.state, MachineState::Running);
+        assert_eq!(m.instance_type.as_deref(), Some("c6i.xlarge"));
+        assert_eq!(m.availability_zone.as_deref(), Some("us-east-1a"));
+        assert_eq!(
+            m.private_dns_name.as_deref(),
+            Some("ip-10-0-0-1.ec2.internal")
+        );
+        assert_eq!(m.public_ip, None, "empty strings are absent values");
+        assert_eq!(m.launch_time.as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(m.capacity_type, CapacityType::Spot);
+        assert_eq!(
+            m.tags.get("hostforge.io/cluster").map(String::as_str),
+            Some("c1")
+        );
+        assert!(to_machine(&Instance::builder().build()).is_none());
+    }
+}

@@ -1,0 +1,223 @@
+//! Maps AWS SDK errors onto the port's [`ProviderError`] by error code, so
+//! callers decide on categories ("retry", "bad spec", "try another type")
+//! instead of matching AWS strings themselves.
+
+use std::error::Error as StdError;
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::provider::{ErrorDetail, ProviderError};
+
+/// Classifies a failed SDK call of `operation`. Only the service's code and
+/// message (or the transport's error chain) are kept: never request data.
+pub fn from_sdk<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> ProviderError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            classify(
+                operation,
+                ctx.err().code().unwrap_or_default(),
+                ctx.err().message().unwrap_or_default(),
+                Some(status),
+            )
+        }
+        SdkError::TimeoutError(_) => {
+            ProviderError::Transient(detail(operation, "Timeout", chain(&err)))
+        }
+        SdkError::DispatchFailure(failure) => {
+            let text = chain(&err);
+            // Identity resolution fails in the transmit phase, so missing or
+            // refused credentials arrive as a dispatch failure: say so plainly.
+            if failure.is_other() && text.to_ascii_lowercase().contains("credential") {
+                ProviderError::AccessDenied(detail(operation, "CredentialsUnavailable", text))
+            } else {
+                ProviderError::Transient(detail(operation, "DispatchFailure", text))
+            }
+        }
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let text = chain(&err);
+            if status >= 500 || status == 429 {
+                ProviderError::Transient(detail(operation, &format!("HTTP{status}"), text))
+            } else {
+                ProviderError::Unknown(detail(operation, "ResponseError", text))
+            }
+        }
+        _ => ProviderError::Unknown(detail(operation, "SdkError", chain(&err))),
+    }
+}
+
+/// Classifies an AWS error code (EC2 and SSM spellings). `status` decides for
+/// codes this table does not know: 5xx is transient, anything else unknown.
+pub fn classify(
+    operation: &'static str,
+    code: &str,
+    message: &str,
+    status: Option<u16>,
+) -> ProviderError {
+    let d = detail(operation, code, message.to_string());
+    match code {
+        // Capacity and quota: fall back to another type, zone or capacity type.
+        "InsufficientInstanceCapacity"
+        | "InsufficientHostCapacity"
+        | "InsufficientReservedInstanceCapacity"
+        | "InsufficientCapacity"
+        | "InsufficientFreeAddressesInSubnet"
+        | "InstanceLimitExceeded"
+        | "VcpuLimitExceeded"
+        | "MaxSpotInstanceCountExceeded"
+        | "SpotMaxPriceTooLow"
+        | "Unsupported" => ProviderError::Capacity(d),
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ThrottledException"
+        | "TooManyRequestsException"
+        | "TooManyUpdates"
+        | "SlowDown"
+        | "RequestThrottled"
+        | "RequestThrottledException"
+        | "EC2ThrottledException"
+        | "PriorRequestNotComplete"
+        | "BandwidthLimitExceeded"
+        | "ProvisionedThroughputExceededException" => ProviderError::Throttled(d),
+        "UnauthorizedOperation"
+        | "AuthFailure"
+        | "Blocked"
+        | "OptInRequired"
+        | "PendingVerification"
+        | "SignatureDoesNotMatch"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "RequestExpired"
+        | "MissingAuthenticationToken"
+        | "IncompleteSignature" => ProviderError::AccessDenied(d),
+        c if c.starts_with("AccessDenied") => ProviderError::AccessDenied(d),
+        // An image id that cannot exist is, for the user, an image not found.
+        "InvalidAMIID.Malformed" | "InvalidAMIID.Unavailable" => ProviderError::NotFound(d),
+        "ParameterNotFound" | "ParameterVersionNotFound" | "ResourceNotFoundException" => {
+            ProviderError::NotFound(d)
+        }
+        c if c.ends_with(".NotFound") || c.ends_with("NotFound") => ProviderError::NotFound(d),
+        "InternalError"
+        | "InternalFailure"
+        | "InternalServerError"
+        | "InternalServerErrorException"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "Unavailable"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "IDPCommunicationError" => ProviderError::Transient(d),
+        "MissingParameter"
+        | "UnknownParameter"
+        | "ValidationError"
+        | "ValidationException"
+        | "IdempotentParameterMismatch"
+        | "UnsupportedOperation"
+        | "InvalidInstanceType"
+        | "InvalidRequest"
+        | "InvalidKeyPair.Format"
+        | "InvalidKeyPair.Duplicate" => ProviderError::InvalidParameter(d),
+        c if c.starts_with("InvalidParameter") || c.ends_with(".Malformed") => {
+            ProviderError::InvalidParameter(d)
+        }
+        _ => match status {
+            Some(s) if s >= 500 => ProviderError::Transient(d),
+            _ => ProviderError::Unknown(d),
+        },
+    }
+}
+
+/// A detail built by the adapter itself, for conditions found without an AWS
+/// error (an empty answer, a bad parameter value).
+pub fn detail(operation: &'static str, code: &str, message: String) -> ErrorDetail {
+    ErrorDetail {
+        operation,
+        code: code.to_string(),
+        message,
+    }
+}
+
+/// The error and its sources on one line; the SDK's `Display` alone says
+/// little more than "dispatch failure".
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    DisplayErrorContext(err).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn category(code: &str) -> &'static str {
+        classify("Op", code, "m", Some(400)).category()
+    }
+
+    #[test]
+    fn codes_map_to_categories() {
+        for (code, want) in [
+            ("InvalidAMIID.NotFound", "NotFound"),
+            ("InvalidAMIID.Malformed", "NotFound"),
+            ("InvalidAMIID.Unavailable", "NotFound"),
+            ("ParameterNotFound", "NotFound"),
+            ("InvalidSubnetID.NotFound", "NotFound"),
+            ("InvalidGroup.NotFound", "NotFound"),
+            ("InvalidInstanceID.NotFound", "NotFound"),
+            ("UnauthorizedOperation", "AccessDenied"),
+            ("AccessDenied", "AccessDenied"),
+            ("AccessDeniedException", "AccessDenied"),
+            ("AuthFailure", "AccessDenied"),
+            ("RequestLimitExceeded", "Throttled"),
+            ("Throttling", "Throttled"),
+            ("ThrottlingException", "Throttled"),
+            ("InvalidParameterValue", "InvalidParameter"),
+            ("InvalidParameterCombination", "InvalidParameter"),
+            ("InvalidSubnetID.Malformed", "InvalidParameter"),
+            ("MissingParameter", "InvalidParameter"),
+            ("ValidationException", "InvalidParameter"),
+            ("IdempotentParameterMismatch", "InvalidParameter"),
+            ("InsufficientInstanceCapacity", "Capacity"),
+            ("Unsupported", "Capacity"),
+            ("VcpuLimitExceeded", "Capacity"),
+            ("InternalError", "Transient"),
+            ("ServiceUnavailable", "Transient"),
+            ("SomethingNew", "Unknown"),
+        ] {
+            assert_eq!(category(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_follow_the_http_status() {
+        assert_eq!(
+            classify("Op", "Weird", "", Some(503)).category(),
+            "Transient"
+        );
+        assert_eq!(classify("Op", "Weird", "", Some(403)).category(), "Unknown");
+        assert_eq!(classify("Op", "", "", None).category(), "Unknown");
+    }
+
+    #[test]
+    fn detail_keeps_operation_code_and_message() {
+        let e = classify(
+            "GetParameter",
+            "ParameterNotFound",
+            "Parameter /x not found.",
+            Some(400),
+        );
+        assert_eq!(
+            e.detail(),
+            &ErrorDetail {
+                operation: "GetParameter",
+                code: "ParameterNotFound".into(),
+                message: "Parameter /x not found.".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The AWS adapter of the provider port: EC2 for images, instances and network
+//! checks, SSM for image parameters. Each job lives in its own module; this
+//! one only wires them to the [`MachineProvider`] trait.
+
+mod calls;
+pub mod clients;
+pub mod describe;
+pub mod errors;
+pub mod images;
+pub mod terminate;
+pub mod validate;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::config::SharedCredentialsProvider;
+
+pub use calls::Calls;
+pub use clients::AwsClients;
+
+use crate::config::ProviderConfig;
+use crate::provider::{
+    CallObserver, ImageSource, Machine, MachineProvider, ProviderError, ResolvedImage,
+};
+
+/// One configured AWS account and region.
+pub struct AwsProvider {
+    clients: AwsClients,
+    calls: Calls,
+}
+
+impl AwsProvider {
+    /// Builds the adapter for a provider instance of the config, with the
+    /// standard credential chain.
+    pub async fn connect(config: &ProviderConfig, observer: Arc<dyn CallObserver>) -> AwsProvider {
+        AwsProvider::new(&config.name, AwsClients::connect(config).await, observer)
+    }
+
+    /// Builds the adapter with fixed credentials (simulators, tests).
+    pub async fn connect_with_credentials(
+        config: &ProviderConfig,
+        credentials: SharedCredentialsProvider,
+        observer: Arc<dyn CallObserver>,
+    ) -> AwsProvider {
+        let clients = AwsClients::connect_with_credentials(config, credentials).await;
+        AwsProvider::new(&config.name, clients, observer)
+    }
+
+    /// Wraps clients built elsewhere; `name` is what metrics and cache keys say.
+    pub fn new(name: &str, clients: AwsClients, observer: Arc<dyn CallObserver>) -> AwsProvider {
+        AwsProvider {
+            clients,
+            calls: Calls::new(name, observer),
+        }
+    }
+
+    /// The SDK clients, for the launch strategies that build on this adapter.
+    pub fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+}
+
+#[async_trait]
+impl MachineProvider for AwsProvider {
+    fn name(&self) -> &str {
+        self.calls.provider()
+    }
+
+    async fn lookup_image(&self, source: &ImageSource) -> Result<ResolvedImage, ProviderError> {
+        images::lookup(&self.clients, &self.calls, source).await
+    }
+
+    async fn missing_subnets(&self, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+        validate::missing_subnets(&self.clients, &self.calls, ids).await
+    }
+
+    async fn missing_security_groups(&self, ids: &[String]) -> Result<Vec<String>, ProviderError> {
+        validate::missing_security_groups(&self.clients, &self.calls, ids).await
+    }
+
+    async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError> {
+        validate::unknown_instance_types(&self.clients, &self.calls, types).await
+    }
+
+    async fn describe_machines(&self, ids: &[String]) -> Result<Vec<Machine>, ProviderError> {
+        describe::by_ids(&self.clients, &self.calls, ids).await
+    }
+
+    async fn describe_owned(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        describe::by_tags(&self.clients, &self.calls, tags).await
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        terminate::terminate(&self.clients, &self.calls, ids).await
+    }
+}

@@ -1,0 +1,180 @@
+//! Existence checks for what a template names: subnets, security groups and
+//! instance types. Ids go into filters rather than id parameters, so one
+//! unknown id does not fail the whole call, and the answer says which are
+//! missing.
+
+use std::collections::HashSet;
+
+use aws_sdk_ec2::types::Filter;
+
+use super::calls::Calls;
+use super::clients::AwsClients;
+use crate::provider::ProviderError;
+
+/// Values per filter in one call; EC2 accepts up to 200.
+const FILTER_BATCH: usize = 200;
+
+/// Subnet ids in `ids` that DescribeSubnets does not report, in input order.
+pub async fn missing_subnets(
+    clients: &AwsClients,
+    calls: &Calls,
+    ids: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    let wanted = unique(ids);
+    let mut found = HashSet::new();
+    for batch in wanted.chunks(FILTER_BATCH) {
+        let mut next_token = None;
+        loop {
+            let out = calls
+                .run(
+                    "DescribeSubnets",
+                    clients
+                        .ec2
+                        .describe_subnets()
+                        .filters(filter("subnet-id", batch))
+                        .max_results(1000)
+                        .set_next_token(next_token.take())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                out.subnets()
+                    .iter()
+                    .filter_map(|s| s.subnet_id())
+                    .map(str::to_string),
+            );
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok(absent(wanted, &found))
+}
+
+/// Security group ids in `ids` that DescribeSecurityGroups does not report, in
+/// input order.
+pub async fn missing_security_groups(
+    clients: &AwsClients,
+    calls: &Calls,
+    ids: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    let wanted = unique(ids);
+    let mut found = HashSet::new();
+    for batch in wanted.chunks(FILTER_BATCH) {
+        let mut next_token = None;
+        loop {
+            let out = calls
+                .run(
+                    "DescribeSecurityGroups",
+                    clients
+                        .ec2
+                        .describe_security_groups()
+                        .filters(filter("group-id", batch))
+                        .max_results(1000)
+                        .set_next_token(next_token.take())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                out.security_groups()
+                    .iter()
+                    .filter_map(|g| g.group_id())
+                    .map(str::to_string),
+            );
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok(absent(wanted, &found))
+}
+
+/// Instance types in `types` that the region does not offer, in input order.
+/// Names with filter wildcards (`*`, `?`) are never types: reported unknown
+/// without asking.
+pub async fn unknown_instance_types(
+    clients: &AwsClients,
+    calls: &Calls,
+    types: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    let wanted = unique(types);
+    let askable: Vec<String> = wanted
+        .iter()
+        .filter(|t| !t.contains(['*', '?']))
+        .cloned()
+        .collect();
+    let mut found = HashSet::new();
+    for batch in askable.chunks(FILTER_BATCH) {
+        let mut next_token = None;
+        loop {
+            let out = calls
+                .run(
+                    "DescribeInstanceTypes",
+                    clients
+                        .ec2
+                        .describe_instance_types()
+                        .filters(filter("instance-type", batch))
+                        .max_results(100)
+                        .set_next_token(next_token.take())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                out.instance_types()
+                    .iter()
+                    .filter_map(|t| t.instance_type())
+                    .map(|t| t.as_str().to_string()),
+            );
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok(absent(wanted, &found))
+}
+
+fn filter(name: &str, values: &[String]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.to_vec()))
+        .build()
+}
+
+/// `ids` without duplicates, first occurrence kept.
+pub(super) fn unique(ids: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    ids.iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn absent(wanted: Vec<String>, found: &HashSet<String>) -> Vec<String> {
+    wanted
+        .into_iter()
+        .filter(|id| !found.contains(id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_keeps_first_occurrences_in_order() {
+        let ids: Vec<String> = ["b", "a", "", "b", "c", "a", ""].map(String::from).into();
+        assert_eq!(unique(&ids), ["b", "a", "", "c"]);
+    }
+
+    #[test]
+    fn absent_reports_in_input_order() {
+        let found: HashSet<String> = ["a".to_string()].into();
+        assert_eq!(
+            absent(vec!["c".into(), "a".into(), "b".into()], &found),
+            ["c", "b"]
+        );
+    }
+}
