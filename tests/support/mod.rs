@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 pub use bed::{bed, TestBed};
+#[allow(unused_imports)] // only the files that run the operator use it
 pub use operator::Operator;
 
 use k8s_openapi::api::core::v1::Namespace;
