@@ -15,14 +15,14 @@ use crate::provider::{CallObserver, ProviderError};
 
 /// The provider instance's name and observer, shared by its modules.
 #[derive(Clone)]
-pub struct Calls {
+pub(super) struct Calls {
     provider: String,
     observer: Arc<dyn CallObserver>,
 }
 
 impl Calls {
     /// Calls made through this report as `provider` to `observer`.
-    pub fn new(provider: impl Into<String>, observer: Arc<dyn CallObserver>) -> Calls {
+    pub(super) fn new(provider: impl Into<String>, observer: Arc<dyn CallObserver>) -> Calls {
         Calls {
             provider: provider.into(),
             observer,
@@ -30,13 +30,17 @@ impl Calls {
     }
 
     /// The provider instance's name.
-    pub fn provider(&self) -> &str {
+    pub(super) fn provider(&self) -> &str {
         &self.provider
     }
 
     /// Awaits one SDK call (`send()` future) of `operation`, reports it and maps
     /// its error.
-    pub async fn run<T, E, F>(&self, operation: &'static str, call: F) -> Result<T, ProviderError>
+    pub(super) async fn run<T, E, F>(
+        &self,
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, ProviderError>
     where
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,

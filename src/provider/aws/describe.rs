@@ -19,7 +19,7 @@ const ID_BATCH: usize = 200;
 /// `instance-id` filter, not `InstanceIds`: an id EC2 does not know yet (a
 /// fresh launch, eventually consistent) is simply absent instead of failing
 /// the whole call with `InvalidInstanceID.NotFound`.
-pub async fn by_ids(
+pub(super) async fn by_ids(
     clients: &AwsClients,
     calls: &Calls,
     ids: &[String],
@@ -42,7 +42,7 @@ pub async fn by_ids(
 /// Every machine carrying all of `tags`, in any state. Refuses an empty tag
 /// list: that would describe (and, for a garbage collector, claim) every
 /// instance in the account.
-pub async fn by_tags(
+pub(super) async fn by_tags(
     clients: &AwsClients,
     calls: &Calls,
     tags: &[(String, String)],

@@ -11,7 +11,7 @@ use super::errors::detail;
 use crate::provider::{ImageSource, ProviderError, ResolvedImage};
 
 /// Resolves `source` to one available image.
-pub async fn lookup(
+pub(super) async fn lookup(
     clients: &AwsClients,
     calls: &Calls,
     source: &ImageSource,

@@ -4,19 +4,20 @@
 
 mod calls;
 pub mod clients;
-pub mod describe;
+mod describe;
 pub mod errors;
-pub mod images;
-pub mod terminate;
-pub mod validate;
+mod images;
+mod terminate;
+mod validate;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::config::SharedCredentialsProvider;
 
-pub use calls::Calls;
 pub use clients::AwsClients;
+
+use calls::Calls;
 
 use crate::config::ProviderConfig;
 use crate::provider::{

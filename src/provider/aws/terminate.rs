@@ -11,7 +11,7 @@ const TERMINATE_BATCH: usize = 500;
 /// Requests termination of `ids`. Stops at the first failed batch: EC2 rejects
 /// a whole batch when one id is unknown (`InvalidInstanceID.NotFound`), which
 /// is not proof that the others were terminated, so the caller must look again.
-pub async fn terminate(
+pub(super) async fn terminate(
     clients: &AwsClients,
     calls: &Calls,
     ids: &[String],

@@ -15,7 +15,7 @@ use crate::provider::ProviderError;
 const FILTER_BATCH: usize = 200;
 
 /// Subnet ids in `ids` that DescribeSubnets does not report, in input order.
-pub async fn missing_subnets(
+pub(super) async fn missing_subnets(
     clients: &AwsClients,
     calls: &Calls,
     ids: &[String],
@@ -54,7 +54,7 @@ pub async fn missing_subnets(
 
 /// Security group ids in `ids` that DescribeSecurityGroups does not report, in
 /// input order.
-pub async fn missing_security_groups(
+pub(super) async fn missing_security_groups(
     clients: &AwsClients,
     calls: &Calls,
     ids: &[String],
@@ -94,7 +94,7 @@ pub async fn missing_security_groups(
 /// Instance types in `types` that the region does not offer, in input order.
 /// Names with filter wildcards (`*`, `?`) are never types: reported unknown
 /// without asking.
-pub async fn unknown_instance_types(
+pub(super) async fn unknown_instance_types(
     clients: &AwsClients,
     calls: &Calls,
     types: &[String],
