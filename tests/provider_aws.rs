@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_ec2::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use hostforge::config::{OperatorConfig, ProviderConfig, ProviderKind};
-use hostforge::provider::aws::AwsProvider;
+use hostforge::provider::aws::{clients, AwsProvider};
 use hostforge::provider::registry::ProviderRegistry;
 use hostforge::provider::{
     CallObserver, CapacityType, ImageSource, MachineProvider, MachineState, ProviderError,
@@ -73,14 +73,17 @@ fn provider_config(endpoint: &str) -> ProviderConfig {
     }
 }
 
-/// The adapter on `endpoint` with the same fixed credentials moto accepts.
+/// The fixed credentials moto accepts.
+fn base_credentials() -> SharedCredentialsProvider {
+    SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"))
+}
+
+/// The adapter on `endpoint` with the fixed credentials, reporting to a recorder.
 async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let credentials =
-        SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"));
     let provider = AwsProvider::connect_with_credentials(
         &provider_config(endpoint),
-        credentials,
+        base_credentials(),
         recorder.clone(),
     )
     .await;
@@ -646,4 +649,35 @@ async fn env_chain_child() {
         started.elapsed()
     );
     assert_eq!(recorder.count("GetParameter", "ok"), 1);
+}
+
+#[tokio::test]
+async fn assume_role_credentials_are_used_for_calls() {
+    let env = TestEnv::new("aws-assume-role").await;
+    let mut config = provider_config(&env.bed.moto_url);
+    config.assume_role_arn = Some(format!("arn:aws:iam::{MOTO_ACCOUNT}:role/hostforge"));
+    let recorder = Arc::new(Recorder::default());
+    let credentials =
+        SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"));
+    // STS AssumeRole goes to the same endpoint (moto serves every service).
+    let provider =
+        AwsProvider::connect_with_credentials(&config, credentials, recorder.clone()).await;
+    let image = provider
+        .lookup_image(&ImageSource::Id(al2023_ami(&env).await))
+        .await
+        .expect("resolves with the role's session");
+    assert_eq!(image.source, "id");
+    assert_eq!(recorder.count("DescribeImages", "ok"), 1);
+
+    // The SDK config the adapter is built from signs with the role's temporary
+    // credentials, not the base ones.
+    let sdk = clients::sdk_config(&config, Some(base_credentials())).await;
+    let session = sdk
+        .credentials_provider()
+        .expect("a credentials provider")
+        .provide_credentials()
+        .await
+        .expect("the role's credentials");
+    assert_ne!(session.access_key_id(), "testing");
+    assert!(session.session_token().is_some());
 }
