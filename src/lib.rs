@@ -2,5 +2,9 @@
 
 pub mod api;
 pub mod config;
+pub mod controller;
+pub mod http;
 pub mod image;
+pub mod metrics;
+pub mod operator;
 pub mod provider;

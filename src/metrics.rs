@@ -1,0 +1,203 @@
+//! One Prometheus registry for the whole operator, so every figure an operator
+//! of hostforge needs is on `/metrics` with the `hostforge_` prefix and bounded
+//! labels (controller names, AWS operation names and error categories; never
+//! object names or error text).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::image::CacheObserver;
+use crate::provider::CallObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: &'static str,
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsLabels {
+    provider: String,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
+/// The operator's metrics; shared through `Arc` by controllers and adapters.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    status_writes: Family<ControllerLabels, Counter>,
+    aws_calls: Family<AwsLabels, Counter>,
+    aws_call_duration: Family<AwsLabels, Histogram>,
+    image_cache: Family<CacheLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `hostforge` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hostforge");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            });
+        let status_writes = Family::<ControllerLabels, Counter>::default();
+        let aws_calls = Family::<AwsLabels, Counter>::default();
+        let aws_call_duration = Family::<AwsLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        let image_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by controller and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile, by controller",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status patches sent to the apiserver, by controller",
+            status_writes.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls, by provider instance, operation and outcome",
+            aws_calls.clone(),
+        );
+        registry.register(
+            "aws_call_duration_seconds",
+            "AWS API call latency, by provider instance, operation and outcome",
+            aws_call_duration.clone(),
+        );
+        registry.register(
+            "image_cache_lookups",
+            "Image resolutions served from the cache (hit) or the provider (miss)",
+            image_cache.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+            aws_calls,
+            aws_call_duration,
+            image_cache,
+        }
+    }
+
+    /// Records one finished reconcile and, when it failed, its error category.
+    pub fn reconcile(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
+        let labels = ControllerLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(category) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                })
+                .inc();
+        }
+    }
+
+    /// Records one status patch sent by `controller`.
+    pub fn status_write(&self, controller: &'static str) {
+        self.status_writes
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl CallObserver for Metrics {
+    fn aws_call(
+        &self,
+        provider: &str,
+        operation: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        let labels = AwsLabels {
+            provider: provider.to_string(),
+            operation,
+            outcome,
+        };
+        self.aws_calls.get_or_create(&labels).inc();
+        self.aws_call_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+}
+
+impl CacheObserver for Metrics {
+    fn image_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.image_cache
+            .get_or_create(&CacheLabels { result })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_carries_prefix_and_bounded_labels() {
+        let m = Metrics::new();
+        m.reconcile("template", Duration::from_millis(3), Some("ImageNotFound"));
+        m.aws_call("aws-default", "GetParameter", "ok", 0.01);
+        m.image_cache(true);
+        m.status_write("template");
+        let text = m.encode().expect("encode");
+        assert!(text.contains("hostforge_reconciles_total{controller=\"template\"} 1"));
+        assert!(text.contains(
+            "hostforge_reconcile_errors_total{controller=\"template\",category=\"ImageNotFound\"} 1"
+        ));
+        assert!(text.contains(
+            "hostforge_aws_calls_total{provider=\"aws-default\",operation=\"GetParameter\",outcome=\"ok\"} 1"
+        ));
+        assert!(text.contains("hostforge_image_cache_lookups_total{result=\"hit\"} 1"));
+    }
+}

@@ -1,0 +1,137 @@
+//! The operator runtime behind `hostforge run`: load and validate the config,
+//! build one client set per provider instance, serve health and metrics, run
+//! the controllers until SIGTERM/SIGINT, then stop gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::api::MachineTemplate;
+use crate::config::{ConfigError, OperatorConfig};
+use crate::controller::{self, Context};
+use crate::http::{self, HttpError, Readiness};
+use crate::image::ImageResolver;
+use crate::metrics::Metrics;
+use crate::provider::registry::ProviderRegistry;
+
+/// What `hostforge run` was told on its command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The operator config file (a mounted ConfigMap in a cluster).
+    pub config_path: PathBuf,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub metrics_addr: SocketAddr,
+}
+
+/// Why the operator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file is missing or invalid; the message names the key.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No usable Kubernetes client configuration (no kubeconfig, no in-cluster env).
+    #[error("connecting to Kubernetes: {0}")]
+    KubeConfig(#[source] kube::Error),
+    /// The CRDs are not installed or the operator may not list them.
+    #[error(
+        "cannot list MachineTemplates ({0}); are the CRDs installed (kubectl apply -f crds/) \
+         and does the operator's service account have RBAC for hostforge.io?"
+    )]
+    CrdsMissing(#[source] kube::Error),
+    /// Building the provider clients failed.
+    #[error("setting up providers: {0}")]
+    Provider(String),
+    /// The health/metrics server could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// Waiting for signals failed.
+    #[error("installing signal handlers: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let config = Arc::new(OperatorConfig::load(&opts.config_path)?);
+    info!(
+        cluster = %config.cluster_name,
+        providers = config.providers.len(),
+        namespace = opts.namespace.as_deref().unwrap_or("<all>"),
+        "starting hostforge"
+    );
+    let client = Client::try_default().await.map_err(RunError::KubeConfig)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let providers = Arc::new(
+        ProviderRegistry::new(&config, metrics.clone())
+            .await
+            .map_err(|e| RunError::Provider(e.to_string()))?,
+    );
+    let images = Arc::new(ImageResolver::new(config.image_cache_ttl, metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        providers,
+        images,
+        metrics.clone(),
+    ));
+
+    let templates: Api<MachineTemplate> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    templates
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::CrdsMissing)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let readiness = Arc::new(Readiness::default());
+    let (bound, server) =
+        http::serve(opts.metrics_addr, metrics, readiness.clone(), stopped()).await?;
+    info!(addr = %bound, "serving /healthz, /readyz, /metrics");
+    let server = tokio::spawn(server);
+
+    let template_controller =
+        tokio::spawn(controller::template::run(ctx.clone(), templates, stopped()));
+    // The apiserver answered the list above with our CRDs and RBAC in place.
+    readiness.set_ready();
+
+    wait_for_signal().await.map_err(RunError::Signal)?;
+    info!("shutdown signal received; stopping controllers");
+    let _ = stop_tx.send(true);
+    if let Err(err) = template_controller.await {
+        error!(error = %err, "template controller task failed");
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => error!(error = %err, "health/metrics server failed"),
+        Err(err) => error!(error = %err, "health/metrics server task failed"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
