@@ -62,8 +62,10 @@ crds: ## Regenerate crds/ from the Rust types.
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
 
 .PHONY: demo
-demo: testbed ## Start a local control plane + simulator, install CRDs, apply examples/.
-	$(CARGO) run --locked --quiet --example demo
+demo: testbed ## Start a local control plane + simulator, install CRDs, run the operator, apply examples/.
+	$(CARGO) build --locked --quiet --bin hostforge
+	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/debug/hostforge" \
+	  $(CARGO) run --locked --quiet --example demo
 
 .PHONY: clean-cache
 clean-cache: ## Remove the per-user cache of built binaries and the moto venv.

@@ -33,13 +33,34 @@ async fn main() {
         ])
     );
 
+    println!("==> running the operator (hostforge run) against the bed");
+    let operator =
+        support::Operator::start(&env, &support::operator::default_config(&env, "5m")).await;
     println!(
-        "==> the operator is not wired yet (MachineTemplate/MachineRequest controllers land in the \
-         next issues); the objects are stored and validated by the real apiserver:"
+        "    metrics    http://127.0.0.1:{}/metrics",
+        operator.metrics_port
+    );
+    // Give the template controller a moment to resolve images.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    println!(
+        "==> templates: images resolved from the simulator; the examples name subnets and \
+         security groups that the simulator does not have, and say so in READY/Reason. \
+         The MachineRequest controller (machines coming up) is the next issue."
     );
     print!(
         "{}",
         env.kubectl_ok(&["get", "hostforge", "-n", &env.namespace, "-o", "wide"])
+    );
+    print!(
+        "{}",
+        env.kubectl_ok(&[
+            "get",
+            "machinetemplates",
+            "-n",
+            &env.namespace,
+            "-o",
+            "custom-columns=NAME:.metadata.name,READY:.status.conditions[0].status,REASON:.status.conditions[0].reason,IMAGE:.status.resolvedImage.id",
+        ])
     );
 
     if std::io::stdin().is_terminal() {
