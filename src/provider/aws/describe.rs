@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateN
 use super::calls::Calls;
 use super::clients::AwsClients;
 use super::errors::detail;
+use super::pages::all_pages;
 use super::validate::unique;
 use crate::provider::{CapacityType, Machine, MachineState, ProviderError};
 
@@ -72,33 +73,25 @@ async fn describe(
     calls: &Calls,
     filters: Vec<Filter>,
 ) -> Result<Vec<Machine>, ProviderError> {
-    let mut machines = Vec::new();
-    let mut next_token = None;
-    loop {
-        let out = calls
-            .run(
-                "DescribeInstances",
-                clients
-                    .ec2
-                    .describe_instances()
-                    .set_filters(Some(filters.clone()))
-                    .max_results(1000)
-                    .set_next_token(next_token.take())
-                    .send(),
-            )
-            .await?;
-        machines.extend(
-            out.reservations()
+    all_pages(|token| {
+        let request = clients
+            .ec2
+            .describe_instances()
+            .set_filters(Some(filters.clone()))
+            .max_results(1000)
+            .set_next_token(token);
+        async move {
+            let out = calls.run("DescribeInstances", request.send()).await?;
+            let machines = out
+                .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .filter_map(to_machine),
-        );
-        match out.next_token() {
-            Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
-            _ => break,
+                .filter_map(to_machine)
+                .collect();
+            Ok((machines, out.next_token))
         }
-    }
-    Ok(machines)
+    })
+    .await
 }
 
 /// Translates an EC2 instance; one without an id is not a machine.

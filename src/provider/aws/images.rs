@@ -8,6 +8,7 @@ use aws_sdk_ec2::types::{Filter, Image, ImageState};
 use super::calls::Calls;
 use super::clients::AwsClients;
 use super::errors::detail;
+use super::pages::all_pages;
 use crate::provider::{ImageSource, ProviderError, ResolvedImage};
 
 /// Resolves `source` to one available image.
@@ -150,35 +151,30 @@ async fn newest(
             format!("{source}: owners must not be empty"),
         )));
     }
-    let mut best: Option<Image> = None;
-    let mut next_token: Option<String> = None;
-    loop {
-        let out = calls
-            .run(
-                "DescribeImages",
-                clients
-                    .ec2
-                    .describe_images()
-                    .set_owners(Some(owners.to_vec()))
-                    .set_filters(Some(filters.clone()))
-                    .max_results(1000)
-                    .set_next_token(next_token.take())
-                    .send(),
-            )
-            .await?;
-        for image in out.images() {
-            if image.image_id().is_none() {
-                continue;
-            }
-            if best.as_ref().is_none_or(|b| rank(image) > rank(b)) {
-                best = Some(image.clone());
-            }
+    let images = all_pages(|token| {
+        let request = clients
+            .ec2
+            .describe_images()
+            .set_owners(Some(owners.to_vec()))
+            .set_filters(Some(filters.clone()))
+            .max_results(1000)
+            .set_next_token(token);
+        async move {
+            let out = calls.run("DescribeImages", request.send()).await?;
+            Ok((out.images.unwrap_or_default(), out.next_token))
         }
-        match out.next_token() {
-            Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
-            _ => break,
-        }
-    }
+    })
+    .await?;
+    let best = images
+        .into_iter()
+        .filter(|image| image.image_id().is_some())
+        .reduce(|best, image| {
+            if rank(&image) > rank(&best) {
+                image
+            } else {
+                best
+            }
+        });
     best.ok_or_else(|| {
         ProviderError::NotFound(detail(
             "DescribeImages",

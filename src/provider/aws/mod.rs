@@ -7,6 +7,7 @@ pub mod clients;
 mod describe;
 pub mod errors;
 mod images;
+mod pages;
 mod terminate;
 mod validate;
 

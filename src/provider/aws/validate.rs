@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::Filter;
 
 use super::calls::Calls;
 use super::clients::AwsClients;
+use super::pages::all_pages;
 use crate::provider::ProviderError;
 
 /// Values per filter in one call; EC2 accepts up to 200.
@@ -23,31 +24,22 @@ pub(super) async fn missing_subnets(
     let wanted = unique(ids);
     let mut found = HashSet::new();
     for batch in wanted.chunks(FILTER_BATCH) {
-        let mut next_token = None;
-        loop {
-            let out = calls
-                .run(
-                    "DescribeSubnets",
-                    clients
-                        .ec2
-                        .describe_subnets()
-                        .filters(filter("subnet-id", batch))
-                        .max_results(1000)
-                        .set_next_token(next_token.take())
-                        .send(),
-                )
-                .await?;
-            found.extend(
-                out.subnets()
-                    .iter()
-                    .filter_map(|s| s.subnet_id())
-                    .map(str::to_string),
-            );
-            match out.next_token() {
-                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        found.extend(
+            all_pages(|token| {
+                let request = clients
+                    .ec2
+                    .describe_subnets()
+                    .filters(filter("subnet-id", batch))
+                    .max_results(1000)
+                    .set_next_token(token);
+                async move {
+                    let out = calls.run("DescribeSubnets", request.send()).await?;
+                    let ids = out.subnets().iter().filter_map(|s| s.subnet_id());
+                    Ok((ids.map(str::to_string).collect(), out.next_token))
+                }
+            })
+            .await?,
+        );
     }
     Ok(absent(wanted, &found))
 }
@@ -62,31 +54,22 @@ pub(super) async fn missing_security_groups(
     let wanted = unique(ids);
     let mut found = HashSet::new();
     for batch in wanted.chunks(FILTER_BATCH) {
-        let mut next_token = None;
-        loop {
-            let out = calls
-                .run(
-                    "DescribeSecurityGroups",
-                    clients
-                        .ec2
-                        .describe_security_groups()
-                        .filters(filter("group-id", batch))
-                        .max_results(1000)
-                        .set_next_token(next_token.take())
-                        .send(),
-                )
-                .await?;
-            found.extend(
-                out.security_groups()
-                    .iter()
-                    .filter_map(|g| g.group_id())
-                    .map(str::to_string),
-            );
-            match out.next_token() {
-                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        found.extend(
+            all_pages(|token| {
+                let request = clients
+                    .ec2
+                    .describe_security_groups()
+                    .filters(filter("group-id", batch))
+                    .max_results(1000)
+                    .set_next_token(token);
+                async move {
+                    let out = calls.run("DescribeSecurityGroups", request.send()).await?;
+                    let ids = out.security_groups().iter().filter_map(|g| g.group_id());
+                    Ok((ids.map(str::to_string).collect(), out.next_token))
+                }
+            })
+            .await?,
+        );
     }
     Ok(absent(wanted, &found))
 }
@@ -107,31 +90,28 @@ pub(super) async fn unknown_instance_types(
         .collect();
     let mut found = HashSet::new();
     for batch in askable.chunks(FILTER_BATCH) {
-        let mut next_token = None;
-        loop {
-            let out = calls
-                .run(
-                    "DescribeInstanceTypes",
-                    clients
-                        .ec2
-                        .describe_instance_types()
-                        .filters(filter("instance-type", batch))
-                        .max_results(100)
-                        .set_next_token(next_token.take())
-                        .send(),
-                )
-                .await?;
-            found.extend(
-                out.instance_types()
-                    .iter()
-                    .filter_map(|t| t.instance_type())
-                    .map(|t| t.as_str().to_string()),
-            );
-            match out.next_token() {
-                Some(t) if !t.is_empty() => next_token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        found.extend(
+            all_pages(|token| {
+                let request = clients
+                    .ec2
+                    .describe_instance_types()
+                    .filters(filter("instance-type", batch))
+                    .max_results(100)
+                    .set_next_token(token);
+                async move {
+                    let out = calls.run("DescribeInstanceTypes", request.send()).await?;
+                    let types = out
+                        .instance_types()
+                        .iter()
+                        .filter_map(|t| t.instance_type());
+                    Ok((
+                        types.map(|t| t.as_str().to_string()).collect(),
+                        out.next_token,
+                    ))
+                }
+            })
+            .await?,
+        );
     }
     Ok(absent(wanted, &found))
 }
