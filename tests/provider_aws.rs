@@ -17,11 +17,10 @@ use hostforge::provider::registry::ProviderRegistry;
 use hostforge::provider::{
     CallObserver, CapacityType, ImageSource, MachineProvider, MachineState, ProviderError,
 };
-use support::TestEnv;
+use support::{TestEnv, AL2023_PARAM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The public parameter that Amazon Linux 2023 images are published under.
-const AL2023_PARAM: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
 /// The account moto answers as.
 const MOTO_ACCOUNT: &str = "123456789012";
 
@@ -90,24 +89,11 @@ async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
     (provider, recorder)
 }
 
-async fn al2023_ami(env: &TestEnv) -> String {
-    env.ssm()
-        .get_parameter()
-        .name(AL2023_PARAM)
-        .send()
-        .await
-        .expect("GetParameter")
-        .parameter()
-        .and_then(|p| p.value())
-        .expect("parameter value")
-        .to_string()
-}
-
 #[tokio::test]
 async fn ssm_parameter_resolves_to_the_ami_it_holds() {
     let env = TestEnv::new("aws-ssm").await;
     let (provider, recorder) = adapter(&env.bed.moto_url).await;
-    let want = al2023_ami(&env).await;
+    let want = env.al2023_ami().await;
 
     let image = provider
         .lookup_image(&ImageSource::SsmParameter(AL2023_PARAM.into()))
@@ -183,7 +169,7 @@ async fn ssm_parameter_resolves_to_the_ami_it_holds() {
 async fn explicit_image_id_is_verified() {
     let env = TestEnv::new("aws-id").await;
     let (provider, recorder) = adapter(&env.bed.moto_url).await;
-    let known = al2023_ami(&env).await;
+    let known = env.al2023_ami().await;
 
     let image = provider
         .lookup_image(&ImageSource::Id(known.clone()))
@@ -213,20 +199,7 @@ async fn selector_picks_the_newest_matching_image() {
     let ec2 = env.ec2();
     let prefix = format!("hf-{}", env.namespace);
 
-    // moto stamps CreationDate with the current second: register a second apart.
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-        }
-        let out = ec2
-            .register_image()
-            .name(format!("{prefix}-{i}"))
-            .send()
-            .await
-            .expect("RegisterImage");
-        ids.push(out.image_id().expect("image id").to_string());
-    }
+    let ids = env.register_images_a_second_apart(&prefix, 3).await;
     ec2.create_tags()
         .resources(&ids[0])
         .tags(Tag::builder().key("channel").value("stable").build())
@@ -304,25 +277,7 @@ async fn selector_picks_the_newest_matching_image() {
 async fn missing_subnets_groups_and_instance_types_are_reported() {
     let env = TestEnv::new("aws-validate").await;
     let (provider, recorder) = adapter(&env.bed.moto_url).await;
-    let ec2 = env.ec2();
-    let subnets = ec2
-        .describe_subnets()
-        .send()
-        .await
-        .expect("DescribeSubnets");
-    let subnet = subnets.subnets()[0]
-        .subnet_id()
-        .expect("subnet id")
-        .to_string();
-    let groups = ec2
-        .describe_security_groups()
-        .send()
-        .await
-        .expect("DescribeSecurityGroups");
-    let group = groups.security_groups()[0]
-        .group_id()
-        .expect("group id")
-        .to_string();
+    let (subnet, group) = env.default_subnet_and_group().await;
 
     let missing = provider
         .missing_subnets(&[
@@ -383,7 +338,7 @@ async fn owned_machines_are_described_and_terminated() {
     let env = TestEnv::new("aws-machines").await;
     let (provider, recorder) = adapter(&env.bed.moto_url).await;
     let ec2 = env.ec2();
-    let ami = al2023_ami(&env).await;
+    let ami = env.al2023_ami().await;
     let batch = env.namespace.clone();
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let run = ec2
@@ -663,7 +618,7 @@ async fn assume_role_credentials_are_used_for_calls() {
     let provider =
         AwsProvider::connect_with_credentials(&config, credentials, recorder.clone()).await;
     let image = provider
-        .lookup_image(&ImageSource::Id(al2023_ami(&env).await))
+        .lookup_image(&ImageSource::Id(env.al2023_ami().await))
         .await
         .expect("resolves with the role's session");
     assert_eq!(image.source, "id");

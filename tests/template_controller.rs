@@ -5,16 +5,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, EbsBlockDevice};
 use hostforge::api::{ImageSourceKind, MachineTemplate};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use support::operator::default_config;
-use support::{Operator, TestEnv};
-
-const AL2023_PARAM: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+use support::{Operator, TestEnv, AL2023_PARAM};
 
 fn template(name: &str, spec: serde_json::Value) -> MachineTemplate {
     serde_json::from_value(json!({
@@ -74,50 +71,16 @@ async fn wait_ready(env: &TestEnv, name: &str) -> MachineTemplate {
     .await
 }
 
-async fn ssm_value(env: &TestEnv, name: &str) -> String {
-    env.ssm()
-        .get_parameter()
-        .name(name)
-        .send()
-        .await
-        .expect("GetParameter")
-        .parameter()
-        .and_then(|p| p.value())
-        .expect("value")
-        .to_string()
-}
-
 #[tokio::test]
 async fn each_image_source_resolves_to_the_image_aws_names() {
     let env = TestEnv::new("mt-sources").await;
     env.install_crds().await;
     let _op = Operator::start(&env, &default_config(&env, "5m")).await;
-    let al2023 = ssm_value(&env, AL2023_PARAM).await;
+    let al2023 = env.al2023_ami().await;
 
     // Three images registered one second apart: the selector must pick the last.
     let prefix = format!("hf-{}", env.namespace);
-    let mut registered = Vec::new();
-    for i in 0..3 {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-        }
-        let out = env
-            .ec2()
-            .register_image()
-            .name(format!("{prefix}-{i}"))
-            .architecture(ArchitectureValues::X8664)
-            .root_device_name("/dev/xvda")
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name("/dev/xvda")
-                    .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("RegisterImage");
-        registered.push(out.image_id().expect("image id").to_string());
-    }
+    let registered = env.register_images_a_second_apart(&prefix, 3).await;
 
     create(
         &env,
@@ -166,26 +129,7 @@ async fn failures_set_a_reason_and_an_event_and_a_fix_makes_the_template_ready()
     let env = TestEnv::new("mt-failures").await;
     env.install_crds().await;
     let _op = Operator::start(&env, &default_config(&env, "5m")).await;
-    let subnets = env
-        .ec2()
-        .describe_subnets()
-        .send()
-        .await
-        .expect("DescribeSubnets");
-    let subnet = subnets.subnets()[0]
-        .subnet_id()
-        .expect("subnet id")
-        .to_string();
-    let sgs = env
-        .ec2()
-        .describe_security_groups()
-        .send()
-        .await
-        .expect("DescribeSecurityGroups");
-    let sg = sgs.security_groups()[0]
-        .group_id()
-        .expect("sg id")
-        .to_string();
+    let (subnet, sg) = env.default_subnet_and_group().await;
 
     // (name, bad spec, expected reason, fixed spec)
     let ssm = json!({"ssmParameter": AL2023_PARAM});
@@ -276,7 +220,7 @@ async fn wait_for_event(env: &TestEnv, object: &str, reason: &str) {
 async fn fifty_templates_sharing_a_parameter_cost_one_get_parameter() {
     let env = TestEnv::new("mt-cache").await;
     env.install_crds().await;
-    let al2023 = ssm_value(&env, AL2023_PARAM).await;
+    let al2023 = env.al2023_ami().await;
     let param = format!("/hostforge-test/{}/ami", env.namespace);
     env.ssm()
         .put_parameter()

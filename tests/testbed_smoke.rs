@@ -9,9 +9,6 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
 use support::TestEnv;
 
-/// The public parameter that Amazon Linux 2023 images are published under.
-const AL2023_PARAM: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
-
 #[tokio::test]
 async fn apiserver_stores_and_returns_objects() {
     let env = TestEnv::new("smoke-kube").await;
@@ -174,7 +171,7 @@ async fn ec2_run_instances_then_find_them_by_tag() {
         .build();
     let run = ec2
         .run_instances()
-        .image_id(resolve_al2023(&env).await)
+        .image_id(env.al2023_ami().await)
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
         .max_count(3)
@@ -199,7 +196,7 @@ async fn ec2_run_instances_then_find_them_by_tag() {
 
     // Noise that the filter must leave out.
     ec2.run_instances()
-        .image_id(resolve_al2023(&env).await)
+        .image_id(env.al2023_ami().await)
         .min_count(1)
         .max_count(1)
         .send()
@@ -230,7 +227,7 @@ async fn ec2_run_instances_then_find_them_by_tag() {
 #[tokio::test]
 async fn ssm_public_parameter_names_an_image_ec2_knows() {
     let env = TestEnv::new("smoke-ssm").await;
-    let ami = resolve_al2023(&env).await;
+    let ami = env.al2023_ami().await;
     assert!(ami.starts_with("ami-"), "parameter value {ami}");
 
     let images = env
@@ -254,17 +251,4 @@ async fn ssm_public_parameter_names_an_image_ec2_knows() {
         .send()
         .await;
     assert!(missing.is_err(), "an unknown parameter is an error");
-}
-
-async fn resolve_al2023(env: &TestEnv) -> String {
-    env.ssm()
-        .get_parameter()
-        .name(AL2023_PARAM)
-        .send()
-        .await
-        .expect("GetParameter")
-        .parameter()
-        .and_then(|p| p.value())
-        .expect("parameter value")
-        .to_string()
 }

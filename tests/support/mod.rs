@@ -27,6 +27,11 @@ use kube::{Api, Client, Config};
 /// Region the simulator and the AWS clients agree on.
 pub const REGION: &str = "us-east-1";
 
+/// The public parameter that Amazon Linux 2023 images are published under;
+/// moto preloads it with an image its DescribeImages knows.
+pub const AL2023_PARAM: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
 /// What one test gets: clients for the shared peers and a namespace of its own.
 pub struct TestEnv {
     pub bed: &'static TestBed,
@@ -95,6 +100,64 @@ impl TestEnv {
     /// An SSM client pointed at the simulator with static dummy credentials.
     pub fn ssm(&self) -> aws_sdk_ssm::Client {
         ssm_client(&self.bed.moto_url)
+    }
+
+    /// The value of SSM parameter `name` in the simulator.
+    pub async fn ssm_value(&self, name: &str) -> String {
+        self.ssm()
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetParameter {name}: {e}"))
+            .parameter()
+            .and_then(|p| p.value())
+            .unwrap_or_else(|| panic!("parameter {name} has no value"))
+            .to_string()
+    }
+
+    /// The AMI id [`AL2023_PARAM`] holds in the simulator.
+    pub async fn al2023_ami(&self) -> String {
+        self.ssm_value(AL2023_PARAM).await
+    }
+
+    /// A subnet id and a security group id of the simulator's default VPC.
+    pub async fn default_subnet_and_group(&self) -> (String, String) {
+        let ec2 = self.ec2();
+        let subnets = ec2
+            .describe_subnets()
+            .send()
+            .await
+            .expect("DescribeSubnets");
+        let subnet = subnets.subnets()[0].subnet_id().expect("subnet id");
+        let groups = ec2
+            .describe_security_groups()
+            .send()
+            .await
+            .expect("DescribeSecurityGroups");
+        let group = groups.security_groups()[0].group_id().expect("group id");
+        (subnet.to_string(), group.to_string())
+    }
+
+    /// Registers images `<prefix>-0` … `<prefix>-<n-1>` one second apart (moto
+    /// stamps CreationDate with the current second) and returns their ids,
+    /// oldest first.
+    pub async fn register_images_a_second_apart(&self, prefix: &str, n: usize) -> Vec<String> {
+        let ec2 = self.ec2();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            }
+            let out = ec2
+                .register_image()
+                .name(format!("{prefix}-{i}"))
+                .send()
+                .await
+                .expect("RegisterImage");
+            ids.push(out.image_id().expect("image id").to_string());
+        }
+        ids
     }
 }
 
