@@ -191,6 +191,17 @@ pub fn crd_yaml_stream() -> Result<String, CrdGenError> {
         .join("---\n"))
 }
 
+/// The OpenAPI schema of a CRD's only version, as JSON, for tests that walk it.
+#[cfg(test)]
+fn schema_json(crd: &CustomResourceDefinition) -> serde_json::Value {
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("derived CRD has a schema");
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,12 +285,7 @@ mod tests {
             }
         }
         for (name, crd) in crds() {
-            let schema = crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .expect("schema");
-            let value = serde_json::to_value(schema).expect("json");
+            let value = schema_json(&crd);
             let spec = &value["properties"]["spec"];
             walk(&format!("{name}:spec"), spec);
             walk(&format!("{name}:status"), &value["properties"]["status"]);
@@ -306,12 +312,7 @@ mod tests {
         }
         let mut missing = vec![];
         for (name, crd) in crds() {
-            let schema = crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .expect("schema");
-            let value = serde_json::to_value(schema).expect("json");
+            let value = schema_json(&crd);
             walk(name, &value["properties"]["spec"], &mut missing);
             walk(name, &value["properties"]["status"], &mut missing);
         }

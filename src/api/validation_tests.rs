@@ -12,13 +12,7 @@ use serde_json::{json, Value};
 use super::*;
 
 fn schema_of<K: CustomResourceExt>() -> Value {
-    let crd = K::crd();
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .expect("derived CRD has a schema");
-    serde_json::to_value(schema).expect("schema serializes")
+    schema_json(&K::crd())
 }
 
 /// The messages of every CEL rule that `object` breaks (after schema defaulting).
