@@ -165,6 +165,7 @@ mod tests {
                 name: Some(source.to_string()),
                 creation_date: None,
                 source: source.kind().to_string(),
+                root_device_name: None,
             })
         }
         async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
@@ -190,6 +191,12 @@ mod tests {
         }
         async fn terminate(&self, _: &[String]) -> Result<(), ProviderError> {
             Ok(())
+        }
+        async fn launch(
+            &self,
+            _: &crate::provider::LaunchSpec,
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Ok(vec![])
         }
     }
 

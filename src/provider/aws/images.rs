@@ -44,6 +44,7 @@ pub(super) async fn lookup(
         name: image.name().map(str::to_string),
         creation_date: image.creation_date().map(str::to_string),
         source: source.kind().to_string(),
+        root_device_name: image.root_device_name().map(str::to_string),
     })
 }
 

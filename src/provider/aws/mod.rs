@@ -7,6 +7,7 @@ pub mod clients;
 mod describe;
 pub mod errors;
 mod images;
+mod launch;
 mod pages;
 mod terminate;
 mod validate;
@@ -22,7 +23,8 @@ use calls::Calls;
 
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, Machine, MachineProvider, ProviderError, ResolvedImage,
+    CallObserver, ImageSource, LaunchSpec, Machine, MachineProvider, ProviderError,
+    ResolvedImage,
 };
 
 /// One configured AWS account and region.
@@ -97,5 +99,9 @@ impl MachineProvider for AwsProvider {
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
         terminate::terminate(&self.clients, &self.calls, ids).await
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+        launch::launch(&self.clients, &self.calls, spec).await
     }
 }
