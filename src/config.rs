@@ -23,6 +23,19 @@ pub const DEFAULT_IMAGE_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 /// just-launched instance may not yet be visible where its owner is recorded.
 pub const DEFAULT_GC_GRACE_PERIOD: Duration = Duration::from_secs(2 * 60);
 
+/// How often machines that are changing (launching, terminating) are described,
+/// in one batched call for all requests, unless `pollInterval` says otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often every machine the cluster owns is listed (one paginated call per
+/// provider) to find lost machines, adopt unrecorded ones and collect orphans,
+/// unless `sweepInterval` says otherwise.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long an instance type in a subnet is avoided after the cloud reported no
+/// capacity for it, unless `capacityCooldown` says otherwise.
+pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
+
 /// Longest accepted duration, so a unit slip ("5000h") is caught at start.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -40,6 +53,12 @@ pub struct OperatorConfig {
     pub image_cache_ttl: Duration,
     /// Minimum age of an instance before garbage collection may terminate it.
     pub gc_grace_period: Duration,
+    /// Interval of the batched describe of changing machines.
+    pub poll_interval: Duration,
+    /// Interval of the sweep over every owned machine.
+    pub sweep_interval: Duration,
+    /// How long an offering without capacity is avoided.
+    pub capacity_cooldown: Duration,
 }
 
 /// One named cloud account and region the operator may launch into.
@@ -163,6 +182,12 @@ struct RawConfig {
     image_cache_ttl: Option<String>,
     #[serde(default)]
     gc_grace_period: Option<String>,
+    #[serde(default)]
+    poll_interval: Option<String>,
+    #[serde(default)]
+    sweep_interval: Option<String>,
+    #[serde(default)]
+    capacity_cooldown: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +305,24 @@ impl RawConfig {
             DEFAULT_GC_GRACE_PERIOD,
             Duration::ZERO,
         );
+        let poll_interval = duration(
+            "pollInterval",
+            &self.poll_interval,
+            DEFAULT_POLL_INTERVAL,
+            Duration::from_millis(200),
+        );
+        let sweep_interval = duration(
+            "sweepInterval",
+            &self.sweep_interval,
+            DEFAULT_SWEEP_INTERVAL,
+            Duration::from_secs(1),
+        );
+        let capacity_cooldown = duration(
+            "capacityCooldown",
+            &self.capacity_cooldown,
+            DEFAULT_CAPACITY_COOLDOWN,
+            Duration::ZERO,
+        );
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -300,6 +343,9 @@ impl RawConfig {
             default_provider,
             image_cache_ttl,
             gc_grace_period,
+            poll_interval,
+            sweep_interval,
+            capacity_cooldown,
         })
     }
 }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod failpoint;
 pub mod http;
 pub mod image;
 pub mod metrics;

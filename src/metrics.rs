@@ -33,6 +33,17 @@ struct AwsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TerminationLabels {
+    provider: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     result: &'static str,
 }
@@ -47,6 +58,10 @@ pub struct Metrics {
     aws_calls: Family<AwsLabels, Counter>,
     aws_call_duration: Family<AwsLabels, Histogram>,
     image_cache: Family<CacheLabels, Counter>,
+    polls: Family<ProviderLabels, Counter>,
+    sweeps: Family<ProviderLabels, Counter>,
+    launched: Family<ProviderLabels, Counter>,
+    terminated: Family<TerminationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +86,30 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let image_cache = Family::<CacheLabels, Counter>::default();
+        let polls = Family::<ProviderLabels, Counter>::default();
+        let sweeps = Family::<ProviderLabels, Counter>::default();
+        let launched = Family::<ProviderLabels, Counter>::default();
+        let terminated = Family::<TerminationLabels, Counter>::default();
+        registry.register(
+            "machine_polls",
+            "Batched describes of changing machines (one per provider per poll interval with work)",
+            polls.clone(),
+        );
+        registry.register(
+            "machine_sweeps",
+            "Listings of every machine the cluster owns (adoption, lost machines, garbage collection)",
+            sweeps.clone(),
+        );
+        registry.register(
+            "machines_launched",
+            "Machines the cloud reported launched, by provider instance",
+            launched.clone(),
+        );
+        registry.register(
+            "machines_terminated",
+            "Machines the operator asked the cloud to terminate, by provider instance and reason",
+            terminated.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, by controller",
@@ -115,7 +154,49 @@ impl Metrics {
             aws_calls,
             aws_call_duration,
             image_cache,
+            polls,
+            sweeps,
+            launched,
+            terminated,
         }
+    }
+
+    /// Records one batched describe by the poller.
+    pub fn poll(&self, provider: &str) {
+        self.polls
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one sweep over a provider's owned machines.
+    pub fn sweep(&self, provider: &str) {
+        self.sweeps
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records `n` machines launched.
+    pub fn launched(&self, provider: &str, n: usize) {
+        self.launched
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Records `n` machines sent to termination for `reason` (e.g. `ScaledDown`,
+    /// `Orphan`).
+    pub fn terminated(&self, provider: &str, reason: &'static str, n: usize) {
+        self.terminated
+            .get_or_create(&TerminationLabels {
+                provider: provider.to_string(),
+                reason,
+            })
+            .inc_by(n as u64);
     }
 
     /// Records one finished reconcile and, when it failed, its error category.

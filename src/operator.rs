@@ -11,9 +11,10 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::api::MachineTemplate;
+use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::{ConfigError, OperatorConfig};
-use crate::controller::{self, Context};
+use crate::controller::tracker::Tracker;
+use crate::controller::{self, Context, Watches};
 use crate::http::{self, HttpError, Readiness};
 use crate::image::ImageResolver;
 use crate::metrics::Metrics;
@@ -74,22 +75,43 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             .map_err(|e| RunError::Provider(e.to_string()))?,
     );
     let images = Arc::new(ImageResolver::new(config.image_cache_ttl, metrics.clone()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.clone(),
-        providers,
-        images,
-        metrics.clone(),
-    ));
 
-    let templates: Api<MachineTemplate> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let (templates, requests): (Api<MachineTemplate>, Api<MachineRequest>) = match &opts.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     templates
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(RunError::CrdsMissing)?;
+    requests
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::CrdsMissing)?;
+
+    let (template_controller, template_store, templates_synced) =
+        controller::watch::controller(templates.clone());
+    let (request_controller, request_store, requests_synced) =
+        controller::watch::controller(requests);
+    let (tracker, wake) = Tracker::new();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        providers.clone(),
+        images,
+        metrics.clone(),
+        Watches {
+            templates: template_store,
+            requests: request_store,
+            templates_synced,
+            requests_synced,
+            tracker: tracker.clone(),
+            namespace: opts.namespace.clone(),
+        },
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -100,21 +122,59 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
 
     let readiness = Arc::new(Readiness::default());
-    let (bound, server) =
-        http::serve(opts.metrics_addr, metrics, readiness.clone(), stopped()).await?;
+    let (bound, server) = http::serve(
+        opts.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        stopped(),
+    )
+    .await?;
     info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     let server = tokio::spawn(server);
 
-    let template_controller =
-        tokio::spawn(controller::template::run(ctx.clone(), templates, stopped()));
-    // The apiserver answered the list above with our CRDs and RBAC in place.
-    readiness.set_ready();
+    let mut tasks = vec![
+        tokio::spawn(controller::template::run(
+            ctx.clone(),
+            template_controller,
+            stopped(),
+        )),
+        tokio::spawn(controller::request::run(
+            ctx.clone(),
+            request_controller,
+            templates,
+            wake,
+            stopped(),
+        )),
+        tokio::spawn(controller::tracker::run_poller(
+            tracker,
+            providers,
+            metrics,
+            config.poll_interval,
+            stopped(),
+        )),
+        tokio::spawn(controller::gc::run(ctx.clone(), stopped())),
+    ];
+    // Ready once both watches have listed everything: before that a reconcile
+    // could miss a template, or the sweep take a live request for gone.
+    {
+        let ctx = ctx.clone();
+        let readiness = readiness.clone();
+        tasks.push(tokio::spawn(async move {
+            let synced = ctx.templates_synced.wait().await && ctx.requests_synced.wait().await;
+            if synced {
+                info!("watches synced; ready");
+                readiness.set_ready();
+            }
+        }));
+    }
 
     wait_for_signal().await.map_err(RunError::Signal)?;
     info!("shutdown signal received; stopping controllers");
     let _ = stop_tx.send(true);
-    if let Err(err) = template_controller.await {
-        error!(error = %err, "template controller task failed");
+    for task in tasks {
+        if let Err(err) = task.await {
+            error!(error = %err, "operator task failed");
+        }
     }
     match server.await {
         Ok(Ok(())) => {}

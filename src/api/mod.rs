@@ -21,7 +21,7 @@ use kube::CustomResourceExt;
 pub use request::{
     LaunchBatch, LaunchState, Machine, MachineCounts, MachineLifecycle, MachineRequest,
     MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState, RequestPhase,
-    TemplateRef,
+    TemplateRef, TerminationReason,
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,

@@ -80,9 +80,11 @@ pub struct MachineRequestSpec {
     #[schemars(range(min = 0, max = 2000))]
     pub count: i32,
 
-    /// Instance ids (i-…) of this request's machines to give back. Lower count along with
-    /// it to shrink the request: surplus machines are taken from this list first, then
-    /// newest first. Ids that are not machines of this request are ignored.
+    /// Instance ids (i-…) of this request's machines to give back. Every listed machine is
+    /// terminated and reported as returned, never replaced; lower count along with it
+    /// (as HostFactory does), or a new machine is launched to keep count. When count is
+    /// lowered without naming machines, the newest go first. Ids that are not machines of
+    /// this request are ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2000), inner(regex(pattern = INSTANCE_ID_PATTERN)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
@@ -129,6 +131,11 @@ pub struct MachineRequestStatus {
     /// Machine counts by state.
     #[serde(default)]
     pub counts: MachineCounts,
+
+    /// The provider instance the machines were launched through, kept so that they
+    /// can be terminated even when the template is deleted first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 
     /// Every machine launched for this request and not yet forgotten, live or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -230,9 +237,31 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
 
+    /// Why the operator let the machine go or stopped counting it: Returned (listed
+    /// in spec.returnMachines), ScaledDown (surplus after count was lowered), Lost
+    /// (stopped or terminated outside the operator) or RequestDeleted. Empty for a
+    /// machine the request still counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<TerminationReason>,
+
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Why a machine no longer counts towards its request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum TerminationReason {
+    /// Listed in spec.returnMachines: terminated and never replaced.
+    Returned,
+    /// Surplus after spec.count was lowered (newest machines go first).
+    ScaledDown,
+    /// Stopped or terminated outside the operator (spot reclaim, a person, a
+    /// hardware failure); replaced when spec.replaceLost is true.
+    Lost,
+    /// The request is being deleted.
+    RequestDeleted,
 }
 
 /// EC2 instance states, plus unknown for an instance the cloud does not show yet.
@@ -316,9 +345,10 @@ pub struct LaunchBatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instance_types: Vec<String>,
 
-    /// Subnet the launch targets (a batch stays in one subnet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet_id: Option<String>,
+    /// Subnets the launch targets: exactly one for RunInstances (EC2's ClientToken is
+    /// zonal), the fleet's overrides for EC2Fleet; empty for the default subnet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<String>,
 
     /// Pricing model of the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -334,6 +334,7 @@ fn status_round_trips_through_json() {
             running: 1,
             ..Default::default()
         },
+        provider: Some("aws-default".into()),
         machines: vec![Machine {
             id: "i-0123456789abcdef0".into(),
             name: Some("ip-10-0-0-1.ec2.internal".into()),
@@ -347,6 +348,7 @@ fn status_round_trips_through_json() {
             launch_time: Some(now.clone()),
             capacity_type: Some(MachineLifecycle::OnDemand),
             image_id: Some("ami-0123456789abcdef0".into()),
+            termination_reason: None,
             message: None,
         }],
         launches: vec![LaunchBatch {
@@ -358,7 +360,7 @@ fn status_round_trips_through_json() {
             state: LaunchState::Launched,
             image_id: Some("ami-0123456789abcdef0".into()),
             instance_types: vec!["c6i.xlarge".into()],
-            subnet_id: Some("subnet-0a1b2c3d4e5f60718".into()),
+            subnet_ids: vec!["subnet-0a1b2c3d4e5f60718".into()],
             capacity_type: Some(CapacityType::OnDemand),
             created_at: Some(now),
             message: None,

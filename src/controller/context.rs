@@ -4,8 +4,14 @@
 use std::sync::Arc;
 
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::Client;
 
+use super::backoff::{Backoff, Superseded};
+use super::capacity::CapacityCache;
+use super::tracker::Tracker;
+use super::watch::Synced;
+use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
 use crate::image::ImageResolver;
 use crate::metrics::Metrics;
@@ -25,6 +31,41 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events on the objects we reconcile.
     pub recorder: Recorder,
+    /// Every MachineTemplate, as the template controller's watch sees them.
+    pub templates: Store<MachineTemplate>,
+    /// Every MachineRequest, as the request controller's watch sees them.
+    pub requests: Store<MachineRequest>,
+    /// Set once the template watch has listed everything.
+    pub templates_synced: Synced,
+    /// Set once the request watch has listed everything.
+    pub requests_synced: Synced,
+    /// What the cloud last said about each machine; the one poll loop.
+    pub tracker: Arc<Tracker>,
+    /// Offerings that recently had no capacity.
+    pub capacity: CapacityCache,
+    /// Per-object retry delays after failed reconciles.
+    pub backoff: Backoff,
+    /// Status versions this process wrote over (stale watch copies).
+    pub superseded: Superseded,
+    /// The only namespace watched, if the operator is namespace-scoped: the
+    /// sweep then leaves other namespaces' machines alone.
+    pub namespace: Option<String>,
+}
+
+/// The parts of [`Context`] that come from the controllers' watches.
+pub struct Watches {
+    /// The template controller's store.
+    pub templates: Store<MachineTemplate>,
+    /// The request controller's store.
+    pub requests: Store<MachineRequest>,
+    /// The template watch's first sync.
+    pub templates_synced: Synced,
+    /// The request watch's first sync.
+    pub requests_synced: Synced,
+    /// The shared machine tracker.
+    pub tracker: Arc<Tracker>,
+    /// The watched namespace, if not all.
+    pub namespace: Option<String>,
 }
 
 impl Context {
@@ -35,12 +76,14 @@ impl Context {
         providers: Arc<ProviderRegistry>,
         images: Arc<ImageResolver>,
         metrics: Arc<Metrics>,
+        watches: Watches,
     ) -> Self {
         let reporter = Reporter {
             controller: "hostforge".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let capacity = CapacityCache::new(config.capacity_cooldown);
         Context {
             client,
             config,
@@ -48,6 +91,15 @@ impl Context {
             images,
             metrics,
             recorder,
+            templates: watches.templates,
+            requests: watches.requests,
+            templates_synced: watches.templates_synced,
+            requests_synced: watches.requests_synced,
+            tracker: watches.tracker,
+            capacity,
+            backoff: Backoff::default(),
+            superseded: Superseded::default(),
+            namespace: watches.namespace,
         }
     }
 }

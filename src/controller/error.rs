@@ -1,6 +1,8 @@
 //! Errors that make a reconcile fail and be retried with backoff. Problems in
 //! the user's spec are not errors here: they become conditions and Events.
 
+use crate::provider::ProviderError;
+
 /// A reconcile failure that is worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,6 +21,19 @@ pub enum Error {
     /// Serialising a status patch failed.
     #[error("serialising status: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A cloud call failed in a way worth retrying (throttled, 5xx, timeout,
+    /// or an answer we cannot classify).
+    #[error("{action}: {source}")]
+    Provider {
+        /// What we were doing, e.g. "settling batch 3f2a9c1e-2".
+        action: String,
+        /// The provider's error.
+        #[source]
+        source: ProviderError,
+    },
+    /// Adding or removing the finalizer failed, or the reconcile inside it did.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -28,6 +43,12 @@ impl Error {
             Error::Kube { .. } => "KubeApiError",
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::Serialize(_) => "SerializeError",
+            Error::Provider { .. } => "ProviderError",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "FinalizerError",
+            },
         }
     }
 }

@@ -2,9 +2,19 @@
 //! Controllers translate between the CRD types and the provider's plain types,
 //! so adapters never see Kubernetes.
 
+pub mod backoff;
+pub mod capacity;
 pub mod context;
 pub mod error;
+pub mod gc;
+pub mod launch;
+pub mod ownership;
+pub mod plan;
+pub mod request;
 pub mod template;
+pub mod tracker;
+pub mod translate;
+pub mod watch;
 
-pub use context::Context;
+pub use context::{Context, Watches};
 pub use error::Error;

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -75,10 +75,10 @@ impl NotReady {
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
-    api: Api<MachineTemplate>,
+    controller: Controller<MachineTemplate>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::new(api, watcher::Config::default().any_semantic())
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -90,15 +90,27 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(_mt: Arc<MachineTemplate>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(category = err.category(), error = %err, "retrying template");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(mt: Arc<MachineTemplate>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.failed(&backoff_key(&mt));
+    warn!(template = %mt.name_any(), category = err.category(), error = %err, retry_in = ?delay, "retrying template");
+    Action::requeue(delay)
+}
+
+fn backoff_key(mt: &MachineTemplate) -> String {
+    format!(
+        "template:{}/{}",
+        mt.namespace().unwrap_or_default(),
+        mt.name_any()
+    )
 }
 
 /// One reconcile of one template (see the module doc).
 pub async fn reconcile(mt: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_template(&mt, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&backoff_key(&mt));
+    }
     ctx.metrics.reconcile(
         CONTROLLER,
         started.elapsed(),

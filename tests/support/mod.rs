@@ -7,6 +7,8 @@
 
 mod bed;
 mod certs;
+pub mod forwarder;
+pub mod machines;
 pub mod operator;
 mod process;
 

@@ -59,8 +59,37 @@ impl Operator {
         ready.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts the operator with extra environment variables (e.g. failpoints)
+    /// and waits until `/readyz` answers 200.
+    pub async fn start_with_env(env: &TestEnv, config: &str, vars: &[(&str, &str)]) -> Operator {
+        let mut op = Self::spawn_with_env(env, config, &[], vars);
+        let port = op.metrics_port;
+        let ready = tokio::task::spawn_blocking(move || {
+            process::wait_until(
+                &mut op.proc,
+                "ready (/readyz)",
+                Duration::from_secs(60),
+                || http_get(port, "/readyz").is_some_and(|(code, _)| code == 200),
+            )
+            .map(|()| op)
+        })
+        .await
+        .expect("operator start task");
+        ready.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts the operator without waiting for it (for start-up failure tests).
     pub fn spawn(env: &TestEnv, config: &str, extra_args: &[&str]) -> Operator {
+        Self::spawn_with_env(env, config, extra_args, &[])
+    }
+
+    /// [`Operator::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        env: &TestEnv,
+        config: &str,
+        extra_args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Operator {
         let config_path = env.bed.dir.join(format!("operator-{}.yaml", env.namespace));
         std::fs::write(&config_path, config).expect("writing operator config");
         let metrics_port = free_port().expect("free port");
@@ -81,6 +110,9 @@ impl Operator {
                 std::env::var("HOSTFORGE_TEST_LOG")
                     .unwrap_or_else(|_| "info,hostforge=debug".into()),
             );
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
         let name = format!("operator-{}", env.namespace);
         let proc = process::spawn(&name, cmd, &env.bed.dir).expect("starting the operator");
         Operator { proc, metrics_port }

@@ -118,7 +118,11 @@ pub fn remove_at_exit(dir: &Path) {
 /// Starts `cmd` with stdout and stderr going to `<log_dir>/<name>.log`.
 pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Proc, String> {
     let log = log_dir.join(format!("{name}.log"));
-    let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("creating {}: {e}", log.display()))?;
     let err = out
         .try_clone()
         .map_err(|e| format!("cloning log handle: {e}"))?;

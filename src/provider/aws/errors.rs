@@ -71,6 +71,8 @@ pub fn classify(
         | "VcpuLimitExceeded"
         | "MaxSpotInstanceCountExceeded"
         | "SpotMaxPriceTooLow"
+        // An EC2 Fleet's per-pool error when no pool it may use has capacity.
+        | "UnfulfillableCapacity"
         | "Unsupported" => ProviderError::Capacity(d),
         "RequestLimitExceeded"
         | "Throttling"
@@ -185,6 +187,7 @@ mod tests {
             ("InsufficientInstanceCapacity", "Capacity"),
             ("Unsupported", "Capacity"),
             ("VcpuLimitExceeded", "Capacity"),
+            ("UnfulfillableCapacity", "Capacity"),
             ("InternalError", "Transient"),
             ("ServiceUnavailable", "Transient"),
             ("SomethingNew", "Unknown"),

@@ -6,9 +6,11 @@ mod calls;
 pub mod clients;
 mod describe;
 pub mod errors;
+mod fleet;
 mod images;
 mod launch;
 mod pages;
+mod tags;
 mod terminate;
 mod validate;
 
@@ -23,8 +25,7 @@ use calls::Calls;
 
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, LaunchSpec, Machine, MachineProvider, ProviderError,
-    ResolvedImage,
+    CallObserver, ImageSource, LaunchSpec, Machine, MachineProvider, ProviderError, ResolvedImage,
 };
 
 /// One configured AWS account and region.

@@ -1,0 +1,255 @@
+//! The sweep: one paginated listing per provider of every machine tagged for
+//! this cluster, every `sweepInterval`. It is how the operator notices what no
+//! poll is watching:
+//! - machines of a live request that its status does not list (a launch whose
+//!   status write was lost) are handed to that request to adopt;
+//! - machines a request lists that changed state (terminated from the console,
+//!   spot reclaim) or vanished wake that request;
+//! - machines whose request no longer exists are orphans: terminated once they
+//!   are older than the grace period (EC2 reads are eventually consistent).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
+use super::request::terminate_ids;
+use super::translate;
+use super::Context;
+use crate::api::{MachineRequest, MachineState};
+use crate::provider::{self, Machine};
+
+/// What one sweep did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Machines listed across providers.
+    pub listed: usize,
+    /// Machines handed to their request for adoption.
+    pub unlisted: usize,
+    /// Requests woken because their machines changed.
+    pub woken: usize,
+    /// Orphans terminated.
+    pub orphans_terminated: usize,
+}
+
+/// Sweeps every `sweepInterval` until `shutdown` resolves; the first sweep runs
+/// once the request watch has its initial list (so no live request is taken
+/// for gone).
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+    let sweep = async {
+        if !ctx.requests_synced.wait().await {
+            return;
+        }
+        let mut ticker = tokio::time::interval(ctx.config.sweep_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let report = sweep_once(&ctx).await;
+            if report.unlisted + report.woken + report.orphans_terminated > 0 {
+                info!(?report, "sweep");
+            }
+        }
+    };
+    tokio::select! {
+        _ = sweep => {}
+        _ = shutdown => {}
+    }
+}
+
+/// A live request as the sweep needs it.
+struct Live {
+    request: ObjectRef<MachineRequest>,
+    /// Listed machines: state and launch time (seconds since the epoch).
+    listed: HashMap<String, (MachineState, Option<i64>)>,
+}
+
+/// One sweep over every provider.
+pub async fn sweep_once(ctx: &Context) -> SweepReport {
+    let mut report = SweepReport::default();
+    let live: HashMap<String, Live> = ctx
+        .requests
+        .state()
+        .iter()
+        .filter_map(|r| {
+            let uid = r.uid()?;
+            let listed = r
+                .status
+                .as_ref()
+                .map(|st| {
+                    st.machines
+                        .iter()
+                        .map(|m| {
+                            let launched = m.launch_time.as_ref().map(|t| t.0.as_second());
+                            (m.id.clone(), (m.state, launched))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((
+                uid,
+                Live {
+                    request: ObjectRef::from_obj(r.as_ref()),
+                    listed,
+                },
+            ))
+        })
+        .collect();
+    let cluster = vec![(CLUSTER_TAG.to_string(), ctx.config.cluster_name.clone())];
+    for name in ctx.providers.names() {
+        let Some(provider) = ctx.providers.get(name) else {
+            continue;
+        };
+        ctx.metrics.sweep(name);
+        let machines = match provider.describe_owned(&cluster).await {
+            Ok(m) => m,
+            Err(err) => {
+                warn!(provider = name, error = %err, "sweep: listing owned machines failed");
+                continue;
+            }
+        };
+        report.listed += machines.len();
+        let mut wake: HashSet<ObjectRef<MachineRequest>> = HashSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut orphans: Vec<Machine> = Vec::new();
+        for m in machines {
+            if !in_scope(ctx, &m) {
+                continue;
+            }
+            seen.insert(m.id.clone());
+            let uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
+            match live.get(&uid) {
+                Some(owner) => match owner.listed.get(&m.id) {
+                    None if !m.state.is_terminating() => {
+                        ctx.tracker.add_unlisted(&uid, m.clone());
+                        report.unlisted += 1;
+                        wake.insert(owner.request.clone());
+                        ctx.tracker.record([m]);
+                    }
+                    Some((state, _)) if *state != translate::state(m.state) => {
+                        wake.insert(owner.request.clone());
+                        ctx.tracker.record([m]);
+                    }
+                    _ => {
+                        ctx.tracker.record([m]);
+                    }
+                },
+                None if uid.is_empty() => {}
+                None => {
+                    if !m.state.is_terminating() && older_than(&m, ctx.config.gc_grace_period) {
+                        orphans.push(m);
+                    }
+                }
+            }
+        }
+        // Machines a request lists that the cloud no longer reports at all.
+        for owner in live.values() {
+            for (id, (state, launched)) in &owner.listed {
+                if seen.contains(id) || *state == MachineState::Terminated {
+                    continue;
+                }
+                let grace = ctx.config.gc_grace_period.as_secs() as i64;
+                let old_enough =
+                    launched.is_some_and(|t| Timestamp::now().as_second() - t >= grace);
+                if old_enough && owner_provider_is(ctx, &owner.request, name) {
+                    ctx.tracker.record([vanished(id, ctx.tracker.observed(id))]);
+                    wake.insert(owner.request.clone());
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            report.orphans_terminated += collect_orphans(ctx, &provider, name, &orphans).await;
+        }
+        report.woken += wake.len();
+        for request in wake {
+            ctx.tracker.wake(request);
+        }
+    }
+    report
+}
+
+/// Whether the machine belongs to what this operator watches: all namespaces,
+/// or the request tag names the watched namespace.
+fn in_scope(ctx: &Context, m: &Machine) -> bool {
+    match &ctx.namespace {
+        None => true,
+        Some(ns) => m
+            .tags
+            .get(REQUEST_TAG)
+            .is_some_and(|r| r.split('/').next() == Some(ns.as_str())),
+    }
+}
+
+fn owner_provider_is(ctx: &Context, request: &ObjectRef<MachineRequest>, provider: &str) -> bool {
+    ctx.requests
+        .get(request)
+        .and_then(|r| r.status.as_ref().and_then(|s| s.provider.clone()))
+        .is_none_or(|p| p == provider)
+}
+
+fn older_than(m: &Machine, grace: Duration) -> bool {
+    let Some(launched) = m
+        .launch_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        // No launch time: not something we can date; leave it to the next sweep.
+        return false;
+    };
+    Timestamp::now().as_second() - launched.as_second() >= grace.as_secs() as i64
+}
+
+/// A machine the cloud stopped reporting: treated as terminated.
+fn vanished(id: &str, last: Option<Machine>) -> Machine {
+    let mut m = last.unwrap_or_else(|| Machine {
+        id: id.to_string(),
+        private_dns_name: None,
+        state: provider::MachineState::Terminated,
+        state_reason: None,
+        instance_type: None,
+        availability_zone: None,
+        subnet_id: None,
+        private_ip: None,
+        public_ip: None,
+        launch_time: None,
+        capacity_type: provider::CapacityType::OnDemand,
+        image_id: None,
+        tags: Default::default(),
+    });
+    m.state = provider::MachineState::Terminated;
+    m.state_reason = Some("no longer reported by the cloud".into());
+    m
+}
+
+async fn collect_orphans(
+    ctx: &Context,
+    provider: &Arc<dyn provider::MachineProvider>,
+    name: &str,
+    orphans: &[Machine],
+) -> usize {
+    let ids: Vec<String> = orphans.iter().map(|m| m.id.clone()).collect();
+    match terminate_ids(provider, &ids).await {
+        Ok(accepted) => {
+            for m in orphans.iter().filter(|m| accepted.contains(&m.id)) {
+                warn!(
+                    provider = name,
+                    instance = %m.id,
+                    request = m.tags.get(REQUEST_TAG).map(String::as_str).unwrap_or(""),
+                    request_uid = m.tags.get(REQUEST_UID_TAG).map(String::as_str).unwrap_or(""),
+                    "terminating orphan: its MachineRequest no longer exists"
+                );
+            }
+            ctx.metrics.terminated(name, "Orphan", accepted.len());
+            accepted.len()
+        }
+        Err(err) => {
+            warn!(provider = name, error = %err, "terminating orphans failed");
+            0
+        }
+    }
+}

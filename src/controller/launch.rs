@@ -1,0 +1,377 @@
+//! Turning a template and a planned batch into the provider's [`LaunchSpec`]:
+//! which offering to try (skipping those without capacity), the batch record
+//! written to status before the launch, its ClientToken, and the digest that
+//! guards re-sending that token.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::{Digest, Sha256};
+
+use super::capacity::{CapacityCache, Offering};
+use super::ownership::Owner;
+use crate::api::{
+    CapacityType, HttpTokens, LaunchBatch, LaunchState, MachineTemplateSpec, ProviderApi,
+};
+use crate::provider::{
+    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
+};
+
+/// Most machines one launch call asks for: EC2 refills its launched-instances
+/// bucket at 2/s from a burst of 1,000, so one batch never takes the whole burst.
+pub const MAX_BATCH: i32 = 500;
+
+/// The instance types and subnets a new batch uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// Instance types (RunInstances: one).
+    pub instance_types: Vec<String>,
+    /// Subnets (RunInstances: at most one; empty: the default subnet).
+    pub subnet_ids: Vec<String>,
+}
+
+fn is_spot(spec: &MachineTemplateSpec) -> bool {
+    spec.capacity_type == CapacityType::Spot
+}
+
+fn offering(provider: &str, instance_type: &str, subnet: &str, spot: bool) -> Offering {
+    Offering {
+        provider: provider.to_string(),
+        instance_type: instance_type.to_string(),
+        subnet: subnet.to_string(),
+        spot,
+    }
+}
+
+fn subnets_or_default(spec: &MachineTemplateSpec) -> Vec<String> {
+    if spec.subnet_ids.is_empty() {
+        vec![String::new()]
+    } else {
+        spec.subnet_ids.clone()
+    }
+}
+
+/// The first offerings with capacity, in the template's order of preference;
+/// `None` when every one is cooling down after a capacity error.
+pub fn choose(spec: &MachineTemplateSpec, provider: &str, cache: &CapacityCache) -> Option<Choice> {
+    let spot = is_spot(spec);
+    let subnets = subnets_or_default(spec);
+    let available = |t: &str, s: &str| cache.is_available(&offering(provider, t, s, spot));
+    let non_default = |s: &String| !s.is_empty();
+    match spec.provider_api {
+        ProviderApi::RunInstances => {
+            for t in &spec.instance_types {
+                for s in &subnets {
+                    if available(&t.instance_type, s) {
+                        return Some(Choice {
+                            instance_types: vec![t.instance_type.clone()],
+                            subnet_ids: [s.clone()].into_iter().filter(non_default).collect(),
+                        });
+                    }
+                }
+            }
+            None
+        }
+        ProviderApi::Ec2Fleet => {
+            let types: Vec<String> = spec
+                .instance_types
+                .iter()
+                .map(|t| t.instance_type.clone())
+                .filter(|t| subnets.iter().any(|s| available(t, s)))
+                .collect();
+            let subnet_ids: Vec<String> = subnets
+                .iter()
+                .filter(|s| types.iter().any(|t| available(t, s)))
+                .cloned()
+                .collect();
+            if types.is_empty() {
+                return None;
+            }
+            Some(Choice {
+                instance_types: types,
+                subnet_ids: subnet_ids.into_iter().filter(non_default).collect(),
+            })
+        }
+    }
+}
+
+/// Every offering a batch asked for, to mark after a capacity error.
+pub fn offerings_of(batch: &LaunchBatch, provider: &str) -> Vec<Offering> {
+    let spot = batch.capacity_type == Some(CapacityType::Spot);
+    let subnets = if batch.subnet_ids.is_empty() {
+        vec![String::new()]
+    } else {
+        batch.subnet_ids.clone()
+    };
+    batch
+        .instance_types
+        .iter()
+        .flat_map(|t| subnets.iter().map(move |s| offering(provider, t, s, spot)))
+        .collect()
+}
+
+/// The batch id: the first 8 characters of the request uid and a sequence
+/// number, unique per request and short enough for tags and template names.
+pub fn batch_id(uid: &str, seq: u32) -> String {
+    let prefix: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{prefix}-{seq}")
+}
+
+/// The next free sequence number given the batches status remembers (the last
+/// batch is never pruned, so numbers only grow).
+pub fn next_seq(launches: &[LaunchBatch]) -> u32 {
+    launches
+        .iter()
+        .filter_map(|b| b.id.rsplit('-').next()?.parse::<u32>().ok())
+        .max()
+        .map_or(1, |n| n + 1)
+}
+
+/// The ClientToken of one attempt of one batch: derived only from the request
+/// uid, batch id and attempt, so it is the same after any restart. 36 + at most
+/// 22 characters, within EC2's 64.
+pub fn client_token(uid: &str, batch: &str, attempt: i32) -> String {
+    let seq = batch.rsplit('-').next().unwrap_or(batch);
+    format!("{uid}-{seq}-{attempt}")
+}
+
+/// A new batch record (state Pending) for `count` machines of `choice`.
+pub fn new_batch(
+    uid: &str,
+    seq: u32,
+    count: i32,
+    choice: &Choice,
+    spec: &MachineTemplateSpec,
+    image_id: &str,
+    now: Time,
+) -> LaunchBatch {
+    let id = batch_id(uid, seq);
+    LaunchBatch {
+        token: client_token(uid, &id, 0),
+        id,
+        attempt: 0,
+        count,
+        params_digest: String::new(),
+        state: LaunchState::Pending,
+        image_id: Some(image_id.to_string()),
+        instance_types: choice.instance_types.clone(),
+        subnet_ids: choice.subnet_ids.clone(),
+        capacity_type: Some(spec.capacity_type),
+        created_at: Some(now),
+        message: None,
+    }
+}
+
+/// What the launch needs besides the template and the batch record.
+pub struct Extras<'a> {
+    /// Who owns the machines (tags).
+    pub owner: &'a Owner,
+    /// The image's root device, where rootVolume applies.
+    pub root_device_name: Option<String>,
+    /// User data read from the template's Secret.
+    pub user_data: Option<Vec<u8>>,
+}
+
+/// The provider's launch spec for `batch` with the template as it is now.
+pub fn spec_for(
+    batch: &LaunchBatch,
+    template: &MachineTemplateSpec,
+    extras: &Extras,
+) -> LaunchSpec {
+    let weights: BTreeMap<&str, Option<i32>> = template
+        .instance_types
+        .iter()
+        .map(|t| (t.instance_type.as_str(), t.weight))
+        .collect();
+    let capacity = match batch.capacity_type.unwrap_or(template.capacity_type) {
+        CapacityType::OnDemand => LaunchCapacity::on_demand(),
+        CapacityType::Spot => LaunchCapacity {
+            on_demand_percent: 0,
+            max_price: template.max_price.clone(),
+            allocation_strategy: allocation_strategy(template),
+        },
+        CapacityType::Mixed => LaunchCapacity {
+            on_demand_percent: template.on_demand_percent.unwrap_or(0),
+            max_price: template.max_price.clone(),
+            allocation_strategy: allocation_strategy(template),
+        },
+    };
+    LaunchSpec {
+        batch_id: batch.id.clone(),
+        client_token: batch.token.clone(),
+        count: batch.count,
+        api: match template.provider_api {
+            ProviderApi::RunInstances => LaunchApi::RunInstances,
+            ProviderApi::Ec2Fleet => LaunchApi::Fleet,
+        },
+        image_id: batch.image_id.clone().unwrap_or_default(),
+        root_device_name: extras.root_device_name.clone(),
+        instance_types: batch
+            .instance_types
+            .iter()
+            .map(|t| InstanceTypeChoice {
+                name: t.clone(),
+                weight: weights.get(t.as_str()).copied().flatten(),
+            })
+            .collect(),
+        subnet_ids: batch.subnet_ids.clone(),
+        capacity,
+        security_group_ids: template.security_group_ids.clone(),
+        key_name: template.key_name.clone(),
+        instance_profile: template.instance_profile.clone(),
+        user_data: extras.user_data.clone(),
+        root_volume: template.root_volume.as_ref().map(|v| VolumeSpec {
+            size_gib: v.size_gib,
+            volume_type: enum_str(&v.volume_type),
+            iops: v.iops,
+            throughput: v.throughput,
+            encrypted: v.encrypted,
+            kms_key_id: v.kms_key_id.clone(),
+        }),
+        metadata: MetadataSpec {
+            http_tokens_required: template.metadata_options.http_tokens == HttpTokens::Required,
+            hop_limit: template.metadata_options.hop_limit,
+        },
+        tags: extras.owner.tags(&batch.id, &template.tags),
+    }
+}
+
+fn allocation_strategy(template: &MachineTemplateSpec) -> Option<String> {
+    template.allocation_strategy.as_ref().map(enum_str)
+}
+
+/// The wire spelling of a serde enum (e.g. `price-capacity-optimized`).
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A digest of every launch parameter (user data included, never shown), so a
+/// token is re-sent only with exactly the parameters it was first sent with.
+pub fn digest(spec: &LaunchSpec) -> String {
+    let hash = Sha256::digest(format!("{spec:?}").as_bytes());
+    let hex: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ImageSource, InstanceTypeOption, MetadataOptions};
+    use k8s_openapi::jiff::Timestamp;
+    use std::time::Duration;
+
+    fn template(api: ProviderApi, types: &[&str], subnets: &[&str]) -> MachineTemplateSpec {
+        MachineTemplateSpec {
+            provider: None,
+            provider_api: api,
+            image: ImageSource::default(),
+            instance_types: types
+                .iter()
+                .map(|t| InstanceTypeOption {
+                    instance_type: t.to_string(),
+                    weight: None,
+                })
+                .collect(),
+            capacity_type: CapacityType::OnDemand,
+            on_demand_percent: None,
+            allocation_strategy: None,
+            max_price: None,
+            subnet_ids: subnets.iter().map(|s| s.to_string()).collect(),
+            security_group_ids: vec![],
+            key_name: None,
+            instance_profile: None,
+            user_data: None,
+            root_volume: None,
+            metadata_options: MetadataOptions::default(),
+            tags: BTreeMap::new(),
+            max_machines: None,
+        }
+    }
+
+    #[test]
+    fn run_instances_falls_back_type_by_type_and_subnet_by_subnet() {
+        let t = template(ProviderApi::RunInstances, &["a", "b"], &["s1", "s2"]);
+        let cache = CapacityCache::new(Duration::from_secs(60));
+        let first = choose(&t, "p", &cache).expect("available");
+        assert_eq!(first.instance_types, ["a"]);
+        assert_eq!(first.subnet_ids, ["s1"]);
+        cache.mark_unavailable([offering("p", "a", "s1", false)]);
+        assert_eq!(choose(&t, "p", &cache).expect("s2").subnet_ids, ["s2"]);
+        cache.mark_unavailable([offering("p", "a", "s2", false)]);
+        let next = choose(&t, "p", &cache).expect("b");
+        assert_eq!(
+            (next.instance_types, next.subnet_ids),
+            (vec!["b".to_string()], vec!["s1".to_string()])
+        );
+        cache.mark_unavailable([
+            offering("p", "b", "s1", false),
+            offering("p", "b", "s2", false),
+        ]);
+        assert_eq!(choose(&t, "p", &cache), None);
+    }
+
+    #[test]
+    fn fleet_uses_every_offering_with_capacity_and_default_subnet_is_empty() {
+        let t = template(ProviderApi::Ec2Fleet, &["a", "b"], &[]);
+        let cache = CapacityCache::new(Duration::from_secs(60));
+        let c = choose(&t, "p", &cache).expect("available");
+        assert_eq!(c.instance_types, ["a", "b"]);
+        assert!(c.subnet_ids.is_empty());
+        cache.mark_unavailable([offering("p", "a", "", false)]);
+        assert_eq!(choose(&t, "p", &cache).expect("b").instance_types, ["b"]);
+    }
+
+    #[test]
+    fn ids_tokens_and_sequence_are_stable() {
+        let uid = "3f2a9c1e-aaaa-bbbb-cccc-0123456789ab";
+        assert_eq!(batch_id(uid, 7), "3f2a9c1e-7");
+        let token = client_token(uid, "3f2a9c1e-7", 2);
+        assert_eq!(token, format!("{uid}-7-2"));
+        assert!(token.len() <= 64);
+        let choice = Choice {
+            instance_types: vec!["a".into()],
+            subnet_ids: vec![],
+        };
+        let t = template(ProviderApi::RunInstances, &["a"], &[]);
+        let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let b = new_batch(uid, 7, 3, &choice, &t, "ami-1", now);
+        assert_eq!(next_seq(&[]), 1);
+        assert_eq!(next_seq(std::slice::from_ref(&b)), 8);
+        assert_eq!(b.token, format!("{uid}-7-0"));
+        assert_eq!(offerings_of(&b, "p"), vec![offering("p", "a", "", false)]);
+    }
+
+    #[test]
+    fn the_digest_changes_with_any_parameter() {
+        let uid = "u";
+        let t = template(ProviderApi::RunInstances, &["a"], &["s1"]);
+        let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
+        let b = new_batch(uid, 1, 2, &choice, &t, "ami-1", now);
+        let owner = Owner {
+            cluster: "c".into(),
+            namespace: "ns".into(),
+            name: "r".into(),
+            uid: uid.into(),
+            template: "t".into(),
+        };
+        let extras = Extras {
+            owner: &owner,
+            root_device_name: None,
+            user_data: Some(b"#!/bin/sh".to_vec()),
+        };
+        let spec = spec_for(&b, &t, &extras);
+        assert_eq!(spec.instance_types[0].name, "a");
+        assert_eq!(spec.subnet_ids, ["s1"]);
+        assert_eq!(spec.tags["hostforge.io/batch"], "u-1");
+        assert!(spec.metadata.http_tokens_required);
+        let d = digest(&spec);
+        assert_eq!(d, digest(&spec_for(&b, &t, &extras)));
+        let mut t2 = t.clone();
+        t2.key_name = Some("ops".into());
+        assert_ne!(d, digest(&spec_for(&b, &t2, &extras)));
+    }
+}

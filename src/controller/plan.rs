@@ -1,0 +1,273 @@
+//! The pure heart of the request controller: from what a request wants and the
+//! machines its status lists, decide which machines go (and why) and how many
+//! to launch. No I/O, so every rule is unit-tested here.
+//!
+//! Rules:
+//! - every listed `returnMachines` id of this request is terminated and marked
+//!   Returned (never replaced);
+//! - a machine stopped or terminated outside the operator is marked Lost; with
+//!   `replaceLost` it is replaced (and a stopped one terminated), without it
+//!   it keeps its place in `count`;
+//! - surplus live machines are marked ScaledDown, newest first;
+//! - the deficit is launched, within the template's `maxMachines` headroom.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use crate::api::{Machine, MachineState, TerminationReason};
+
+use super::translate::{is_down, is_terminating, result};
+
+/// What the request's spec asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Live machines wanted.
+    pub count: i32,
+    /// Machines to give back.
+    pub return_machines: BTreeSet<String>,
+    /// Whether lost machines are replaced.
+    pub replace_lost: bool,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Machines to ask the cloud to terminate (marked, and not terminating yet).
+    pub terminate: Vec<String>,
+    /// Machines to launch.
+    pub launch: i32,
+    /// Machines still missing after the launch because of `maxMachines`.
+    pub held_back: i32,
+    /// Machines newly marked Lost by this plan, for Events.
+    pub newly_lost: Vec<String>,
+}
+
+/// Whether the request still counts the machine as one of its live machines.
+pub fn is_live(m: &Machine) -> bool {
+    m.termination_reason.is_none() && !is_down(m.state)
+}
+
+/// Marks machines in place and plans terminations and launches. `headroom` is
+/// how many more machines the template's `maxMachines` allows (None: no limit).
+pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) -> Plan {
+    let mut out = Plan::default();
+    for m in machines.iter_mut() {
+        let listed = desired.return_machines.contains(&m.id);
+        match m.termination_reason {
+            None if listed => m.termination_reason = Some(TerminationReason::Returned),
+            None if is_down(m.state) => {
+                m.termination_reason = Some(TerminationReason::Lost);
+                out.newly_lost.push(m.id.clone());
+            }
+            // A lost machine the requester hands back is accounted as returned.
+            Some(TerminationReason::Lost) if listed => {
+                m.termination_reason = Some(TerminationReason::Returned)
+            }
+            _ => {}
+        }
+    }
+
+    let live: Vec<usize> = (0..machines.len())
+        .filter(|i| is_live(&machines[*i]))
+        .collect();
+    let count = desired.count.max(0) as usize;
+    if live.len() > count {
+        let mut newest_first = live.clone();
+        newest_first.sort_by_key(|i| {
+            let m = &machines[*i];
+            (
+                Reverse(m.launch_time.as_ref().map(|t| t.0)),
+                Reverse(m.id.clone()),
+            )
+        });
+        // None sorts first under Reverse only if it were largest; put unknown
+        // launch times (not reported yet: the newest) first explicitly.
+        newest_first.sort_by_key(|i| machines[*i].launch_time.is_some());
+        for i in newest_first.into_iter().take(live.len() - count) {
+            machines[i].termination_reason = Some(TerminationReason::ScaledDown);
+        }
+    }
+
+    let live_now = machines.iter().filter(|m| is_live(m)).count() as i32;
+    let kept_lost = if desired.replace_lost {
+        0
+    } else {
+        machines
+            .iter()
+            .filter(|m| m.termination_reason == Some(TerminationReason::Lost))
+            .count() as i32
+    };
+    let deficit = (desired.count - live_now - kept_lost).max(0);
+    out.launch = match headroom {
+        Some(h) => deficit.min(h.max(0)),
+        None => deficit,
+    };
+    out.held_back = deficit - out.launch;
+
+    for m in machines.iter_mut() {
+        let Some(reason) = m.termination_reason else {
+            continue;
+        };
+        let terminate = match reason {
+            TerminationReason::Lost => desired.replace_lost && !is_terminating(m.state),
+            _ => !is_terminating(m.state),
+        };
+        if terminate {
+            out.terminate.push(m.id.clone());
+        }
+        m.result = result(m.state, m.termination_reason);
+    }
+    out
+}
+
+/// Machines the request counts that are not running yet.
+pub fn pending(machines: &[Machine]) -> usize {
+    machines
+        .iter()
+        .filter(|m| is_live(m) && m.state != MachineState::Running)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MachineResult;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn m(id: &str, state: MachineState, launched: i64) -> Machine {
+        Machine {
+            id: id.into(),
+            name: None,
+            state,
+            result: MachineResult::Executing,
+            batch: None,
+            instance_type: None,
+            availability_zone: None,
+            private_ip: None,
+            public_ip: None,
+            launch_time: Some(Time(
+                Timestamp::from_second(1_700_000_000 + launched).expect("valid"),
+            )),
+            capacity_type: None,
+            image_id: None,
+            termination_reason: None,
+            message: None,
+        }
+    }
+
+    fn desired(count: i32, returns: &[&str], replace_lost: bool) -> Desired {
+        Desired {
+            count,
+            return_machines: returns.iter().map(|s| s.to_string()).collect(),
+            replace_lost,
+        }
+    }
+
+    fn running(n: usize) -> Vec<Machine> {
+        (0..n)
+            .map(|i| m(&format!("i-{i}"), MachineState::Running, i as i64))
+            .collect()
+    }
+
+    #[test]
+    fn launches_the_deficit_and_nothing_when_satisfied() {
+        let mut ms = running(2);
+        assert_eq!(plan(&desired(5, &[], true), &mut ms, None).launch, 3);
+        let p = plan(&desired(2, &[], true), &mut ms, None);
+        assert_eq!(p, Plan::default());
+        assert!(ms.iter().all(|m| m.result == MachineResult::Executing));
+    }
+
+    #[test]
+    fn scale_down_takes_returned_first_then_newest() {
+        let mut ms = running(5);
+        let p = plan(&desired(2, &["i-0"], true), &mut ms, None);
+        assert_eq!(p.launch, 0);
+        let mut t = p.terminate.clone();
+        t.sort();
+        assert_eq!(t, ["i-0", "i-3", "i-4"]);
+        assert_eq!(ms[0].termination_reason, Some(TerminationReason::Returned));
+        assert_eq!(
+            ms[4].termination_reason,
+            Some(TerminationReason::ScaledDown)
+        );
+        assert_eq!(ms[1].termination_reason, None);
+        assert_eq!(ms[4].result, MachineResult::Executing);
+    }
+
+    #[test]
+    fn machines_without_launch_time_count_as_newest() {
+        let mut ms = running(3);
+        ms[0].launch_time = None;
+        let p = plan(&desired(2, &[], true), &mut ms, None);
+        assert_eq!(p.terminate, ["i-0"]);
+    }
+
+    #[test]
+    fn returned_machines_are_not_replaced_unless_count_asks() {
+        let mut ms = running(3);
+        let p = plan(&desired(2, &["i-1"], true), &mut ms, None);
+        assert_eq!(
+            (p.launch, p.terminate.clone()),
+            (0, vec!["i-1".to_string()])
+        );
+        // Next round: it is terminating; nothing more happens.
+        ms[1].state = MachineState::ShuttingDown;
+        let p = plan(&desired(2, &["i-1"], true), &mut ms, None);
+        assert_eq!(p, Plan::default());
+        ms[1].state = MachineState::Terminated;
+        plan(&desired(2, &["i-1"], true), &mut ms, None);
+        assert_eq!(ms[1].result, MachineResult::Succeed);
+    }
+
+    #[test]
+    fn lost_machines_are_replaced_or_only_reported() {
+        let mut ms = running(3);
+        ms[2].state = MachineState::Terminated;
+        let mut kept = ms.clone();
+        let p = plan(&desired(3, &[], true), &mut ms, None);
+        assert_eq!(p.launch, 1);
+        assert_eq!(p.newly_lost, ["i-2"]);
+        assert_eq!(ms[2].result, MachineResult::Fail);
+        let p = plan(&desired(3, &[], false), &mut kept, None);
+        assert_eq!(p.launch, 0);
+        assert_eq!(kept[2].termination_reason, Some(TerminationReason::Lost));
+        // Returning the lost machine (count lowered with it) keeps the books right.
+        let p = plan(&desired(2, &["i-2"], false), &mut kept, None);
+        assert_eq!(p.launch, 0);
+        assert_eq!(
+            kept[2].termination_reason,
+            Some(TerminationReason::Returned)
+        );
+        assert_eq!(kept[2].result, MachineResult::Succeed);
+    }
+
+    #[test]
+    fn stopped_machines_are_terminated_only_when_replaced() {
+        let mut ms = running(2);
+        ms[0].state = MachineState::Stopped;
+        let mut kept = ms.clone();
+        let p = plan(&desired(2, &[], true), &mut ms, None);
+        assert_eq!((p.launch, p.terminate), (1, vec!["i-0".to_string()]));
+        let p = plan(&desired(2, &[], false), &mut kept, None);
+        assert_eq!((p.launch, p.terminate.len()), (0, 0));
+    }
+
+    #[test]
+    fn headroom_caps_launches() {
+        let mut ms = running(1);
+        let p = plan(&desired(10, &[], true), &mut ms, Some(4));
+        assert_eq!((p.launch, p.held_back), (4, 5));
+        let p = plan(&desired(10, &[], true), &mut ms, Some(-3));
+        assert_eq!((p.launch, p.held_back), (0, 9));
+    }
+
+    #[test]
+    fn pending_counts_live_machines_not_running_yet() {
+        let mut ms = running(2);
+        ms[0].state = MachineState::Pending;
+        ms[1].termination_reason = Some(TerminationReason::ScaledDown);
+        assert_eq!(pending(&ms), 1);
+    }
+}

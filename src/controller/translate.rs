@@ -1,0 +1,169 @@
+//! Translation between the provider's plain machines and the request status's
+//! machines, and the rules that derive a machine's `result` from its state.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{self, MachineLifecycle, MachineResult, TerminationReason};
+use crate::provider::{self, CapacityType};
+
+/// The status spelling of a provider state.
+pub fn state(s: provider::MachineState) -> api::MachineState {
+    match s {
+        provider::MachineState::Pending => api::MachineState::Pending,
+        provider::MachineState::Running => api::MachineState::Running,
+        provider::MachineState::Stopping => api::MachineState::Stopping,
+        provider::MachineState::Stopped => api::MachineState::Stopped,
+        provider::MachineState::ShuttingDown => api::MachineState::ShuttingDown,
+        provider::MachineState::Terminated => api::MachineState::Terminated,
+        provider::MachineState::Unknown => api::MachineState::Unknown,
+    }
+}
+
+/// Whether the machine is terminated or on its way there.
+pub fn is_terminating(s: api::MachineState) -> bool {
+    matches!(
+        s,
+        api::MachineState::ShuttingDown | api::MachineState::Terminated
+    )
+}
+
+/// Whether the machine can no longer serve its request without the operator
+/// doing something: stopped, stopping, or terminating.
+pub fn is_down(s: api::MachineState) -> bool {
+    is_terminating(s) || matches!(s, api::MachineState::Stopping | api::MachineState::Stopped)
+}
+
+/// The outcome the requester sees. A machine the request still counts succeeds
+/// when running; one being given back succeeds once terminated (as IBM's
+/// HostFactory provider reports returns); a lost machine has failed.
+pub fn result(s: api::MachineState, reason: Option<TerminationReason>) -> MachineResult {
+    match reason {
+        None => match s {
+            api::MachineState::Running => MachineResult::Succeed,
+            api::MachineState::Pending | api::MachineState::Unknown => MachineResult::Executing,
+            _ => MachineResult::Fail,
+        },
+        Some(TerminationReason::Lost) => MachineResult::Fail,
+        Some(_) => match s {
+            api::MachineState::Terminated => MachineResult::Succeed,
+            _ => MachineResult::Executing,
+        },
+    }
+}
+
+/// A status entry for a machine the cloud reported.
+pub fn new_machine(m: &provider::Machine, batch: Option<&str>) -> api::Machine {
+    let mut out = api::Machine {
+        id: m.id.clone(),
+        name: None,
+        state: api::MachineState::Unknown,
+        result: MachineResult::Executing,
+        batch: batch.map(str::to_string),
+        instance_type: None,
+        availability_zone: None,
+        private_ip: None,
+        public_ip: None,
+        launch_time: None,
+        capacity_type: None,
+        image_id: None,
+        termination_reason: None,
+        message: None,
+    };
+    update(&mut out, m);
+    out
+}
+
+/// Copies what the cloud reports into a status entry. Fields the cloud left
+/// empty keep their old values (a terminated instance loses its IP addresses,
+/// but the record of where it ran stays useful).
+pub fn update(out: &mut api::Machine, m: &provider::Machine) {
+    out.state = state(m.state);
+    keep_or(&mut out.name, &m.private_dns_name);
+    keep_or(&mut out.instance_type, &m.instance_type);
+    keep_or(&mut out.availability_zone, &m.availability_zone);
+    keep_or(&mut out.private_ip, &m.private_ip);
+    keep_or(&mut out.public_ip, &m.public_ip);
+    keep_or(&mut out.image_id, &m.image_id);
+    if let Some(t) = m.launch_time.as_deref().and_then(parse_time) {
+        out.launch_time = Some(t);
+    }
+    out.capacity_type = Some(match m.capacity_type {
+        CapacityType::OnDemand => MachineLifecycle::OnDemand,
+        CapacityType::Spot => MachineLifecycle::Spot,
+    });
+    if out.batch.is_none() {
+        out.batch = m.tags.get(super::ownership::BATCH_TAG).cloned();
+    }
+    if is_down(out.state) {
+        if let Some(reason) = &m.state_reason {
+            out.message = Some(reason.clone());
+        }
+    }
+    out.result = result(out.state, out.termination_reason);
+}
+
+fn keep_or(field: &mut Option<String>, value: &Option<String>) {
+    if value.is_some() {
+        field.clone_from(value);
+    }
+}
+
+/// Parses an RFC 3339 time as the cloud reports it.
+pub fn parse_time(s: &str) -> Option<Time> {
+    s.parse::<Timestamp>().ok().map(Time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn machine(state: provider::MachineState) -> provider::Machine {
+        provider::Machine {
+            id: "i-1".into(),
+            private_dns_name: Some("ip-10-0-0-1.ec2.internal".into()),
+            state,
+            state_reason: Some("Client.UserInitiatedShutdown".into()),
+            instance_type: Some("t3.micro".into()),
+            availability_zone: Some("us-east-1a".into()),
+            subnet_id: None,
+            private_ip: Some("10.0.0.1".into()),
+            public_ip: None,
+            launch_time: Some("2026-11-25T10:00:00Z".into()),
+            capacity_type: CapacityType::Spot,
+            image_id: Some("ami-1".into()),
+            tags: BTreeMap::from([("hostforge.io/batch".to_string(), "b-1".to_string())]),
+        }
+    }
+
+    #[test]
+    fn results_follow_state_and_reason() {
+        use api::MachineState as S;
+        assert_eq!(result(S::Pending, None), MachineResult::Executing);
+        assert_eq!(result(S::Running, None), MachineResult::Succeed);
+        assert_eq!(result(S::Stopped, None), MachineResult::Fail);
+        let returned = Some(TerminationReason::Returned);
+        assert_eq!(result(S::ShuttingDown, returned), MachineResult::Executing);
+        assert_eq!(result(S::Terminated, returned), MachineResult::Succeed);
+        let lost = Some(TerminationReason::Lost);
+        assert_eq!(result(S::Terminated, lost), MachineResult::Fail);
+    }
+
+    #[test]
+    fn updates_keep_old_values_the_cloud_no_longer_reports() {
+        let mut m = new_machine(&machine(provider::MachineState::Running), None);
+        assert_eq!(m.batch.as_deref(), Some("b-1"));
+        assert_eq!(m.result, MachineResult::Succeed);
+        assert_eq!(m.capacity_type, Some(MachineLifecycle::Spot));
+        assert!(m.launch_time.is_some());
+        assert_eq!(m.message, None);
+        let mut gone = machine(provider::MachineState::Terminated);
+        gone.private_ip = None;
+        update(&mut m, &gone);
+        assert_eq!(m.state, api::MachineState::Terminated);
+        assert_eq!(m.private_ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(m.message.as_deref(), Some("Client.UserInitiatedShutdown"));
+        assert_eq!(m.result, MachineResult::Fail);
+    }
+}

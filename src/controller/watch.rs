@@ -1,0 +1,61 @@
+//! Controllers over watches whose initial sync can be awaited from anywhere.
+//!
+//! kube-runtime's `Store::wait_until_ready` wakes only the last task that
+//! polled it (it is a oneshot underneath), and the controller itself already
+//! waits on it; a second waiter (readiness, the sweep) could hang or starve
+//! the controller. So the watch stream reports its first complete listing on
+//! a `tokio::sync::watch` channel instead, which any number of tasks can await.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+/// Becomes true once the watch has listed every object the first time.
+#[derive(Debug, Clone)]
+pub struct Synced(watch::Receiver<bool>);
+
+impl Synced {
+    /// Waits for the first complete listing; false if the watch is gone.
+    pub async fn wait(&self) -> bool {
+        let mut rx = self.0.clone();
+        let synced = rx.wait_for(|synced| *synced).await.is_ok();
+        synced
+    }
+
+    /// A flag that is already set, for tests and tools without a watch.
+    pub fn already() -> Synced {
+        let (_tx, rx) = watch::channel(true);
+        Synced(rx)
+    }
+}
+
+/// A controller over `api` (every change, status included, triggers it), the
+/// store its watch fills, and the signal of that watch's first sync.
+pub fn controller<K>(api: Api<K>) -> (Controller<K>, Store<K>, Synced)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin,
+{
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = watch::channel(false);
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                let _ = tx.send(true);
+            }
+        })
+        .applied_objects();
+    (
+        Controller::for_stream(stream, reader.clone()),
+        reader,
+        Synced(rx),
+    )
+}

@@ -1,0 +1,198 @@
+//! Helpers for tests that drive MachineRequests: create templates and
+//! requests, wait on their status, and read what really exists in moto.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::Filter;
+use hostforge::api::{MachineRequest, MachineTemplate};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::json;
+
+use super::TestEnv;
+
+/// Creates a MachineTemplate from a JSON spec.
+pub async fn create_template(env: &TestEnv, name: &str, spec: serde_json::Value) {
+    let mt: MachineTemplate = serde_json::from_value(json!({
+        "apiVersion": "hostforge.io/v1alpha1",
+        "kind": "MachineTemplate",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid MachineTemplate");
+    Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &mt)
+        .await
+        .unwrap_or_else(|e| panic!("creating template {name}: {e}"));
+}
+
+/// Creates a MachineRequest for `count` machines of `template`.
+pub async fn create_request(
+    env: &TestEnv,
+    name: &str,
+    template: &str,
+    count: i32,
+    replace_lost: bool,
+) -> MachineRequest {
+    let mr: MachineRequest = serde_json::from_value(json!({
+        "apiVersion": "hostforge.io/v1alpha1",
+        "kind": "MachineRequest",
+        "metadata": {"name": name},
+        "spec": {"templateRef": {"name": template}, "count": count, "replaceLost": replace_lost},
+    }))
+    .expect("valid MachineRequest");
+    requests(env)
+        .create(&PostParams::default(), &mr)
+        .await
+        .unwrap_or_else(|e| panic!("creating request {name}: {e}"))
+}
+
+/// The namespace's MachineRequest API.
+pub fn requests(env: &TestEnv) -> Api<MachineRequest> {
+    Api::namespaced(env.client.clone(), &env.namespace)
+}
+
+/// Merge-patches a request's spec.
+pub async fn patch_spec(env: &TestEnv, name: &str, spec: serde_json::Value) {
+    requests(env)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("patching request {name}: {e}"));
+}
+
+/// Polls the request until `pred` holds.
+pub async fn wait_request(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&MachineRequest) -> bool,
+) -> MachineRequest {
+    let api = requests(env);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mr = api.get(name).await.expect("get request");
+        if pred(&mr) {
+            return mr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {name} never became {what}; status: {}",
+            serde_json::to_string_pretty(&mr.status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The status of condition `type_` and its reason.
+pub fn condition(mr: &MachineRequest, type_: &str) -> Option<(String, String)> {
+    mr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Ready=True for the current generation.
+pub fn is_ready(mr: &MachineRequest) -> bool {
+    let Some(st) = mr.status.as_ref() else {
+        return false;
+    };
+    st.observed_generation == mr.metadata.generation
+        && st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Ids of the machines the request still counts (no termination reason).
+pub fn status_live(mr: &MachineRequest) -> BTreeSet<String> {
+    mr.status
+        .as_ref()
+        .map(|st| {
+            st.machines
+                .iter()
+                .filter(|m| m.termination_reason.is_none())
+                .map(|m| m.id.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every instance moto holds tagged with this request uid: id → (state, tags).
+pub async fn moto_instances(
+    env: &TestEnv,
+    uid: &str,
+) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
+    let out = env
+        .ec2()
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:hostforge.io/request-uid")
+                .values(uid)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances on moto");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            let tags = i
+                .tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                (
+                    i.state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                    tags,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Ids of this request's instances moto has pending or running.
+pub async fn moto_live(env: &TestEnv, uid: &str) -> BTreeSet<String> {
+    moto_instances(env, uid)
+        .await
+        .into_iter()
+        .filter(|(_, (state, _))| state == "pending" || state == "running")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The request's uid.
+pub fn uid(mr: &MachineRequest) -> String {
+    mr.metadata.uid.clone().expect("request has a uid")
+}
+
+/// Asserts that moto runs exactly the machines status counts.
+pub async fn assert_moto_matches_status(env: &TestEnv, mr: &MachineRequest) {
+    let in_moto = moto_live(env, &uid(mr)).await;
+    let in_status = status_live(mr);
+    assert_eq!(
+        in_moto,
+        in_status,
+        "moto's live instances differ from status; status: {}",
+        serde_json::to_string_pretty(&mr.status).unwrap_or_default()
+    );
+}
