@@ -1,6 +1,7 @@
 //! `make demo`: the test bed as a playground. Starts a real kube-apiserver +
-//! etcd and the EC2/SSM simulator, installs the CRDs, applies `examples/`, and
-//! shows what the cluster holds. With a terminal attached it keeps everything
+//! etcd and the EC2/SSM simulator, installs the CRDs, runs the operator,
+//! applies `examples/`, waits until every MachineRequest is Ready and shows
+//! the machines. With a terminal attached it keeps everything
 //! running until Ctrl-C, and prints how to point kubectl at it.
 
 #[path = "../tests/support/mod.rs"]
@@ -20,6 +21,17 @@ async fn main() {
     println!("==> installing CRDs from crds/");
     env.install_crds().await;
 
+    println!("==> running the operator (hostforge run) against the bed");
+    let config = format!(
+        "{}pollInterval: 1s\nsweepInterval: 10s\n",
+        support::operator::default_config(&env, "5m")
+    );
+    let operator = support::Operator::start(&env, &config).await;
+    println!(
+        "    metrics    http://127.0.0.1:{}/metrics",
+        operator.metrics_port
+    );
+
     let examples = support::repo_path("examples");
     println!("==> applying examples/ into namespace {}", env.namespace);
     print!(
@@ -33,35 +45,44 @@ async fn main() {
         ])
     );
 
-    println!("==> running the operator (hostforge run) against the bed");
-    let operator =
-        support::Operator::start(&env, &support::operator::default_config(&env, "5m")).await;
-    println!(
-        "    metrics    http://127.0.0.1:{}/metrics",
-        operator.metrics_port
-    );
-    // Give the template controller a moment to resolve images.
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    println!(
-        "==> templates: images resolved from the simulator; the examples name subnets and \
-         security groups that the simulator does not have, and say so in READY/Reason. \
-         The MachineRequest controller (machines coming up) is the next issue."
-    );
-    print!(
-        "{}",
-        env.kubectl_ok(&["get", "hostforge", "-n", &env.namespace, "-o", "wide"])
-    );
+    println!("==> kubectl wait --for=condition=Ready mreq --all");
+    let started = std::time::Instant::now();
     print!(
         "{}",
         env.kubectl_ok(&[
-            "get",
-            "machinetemplates",
+            "wait",
+            "--for=condition=Ready",
+            "machinerequests",
+            "--all",
             "-n",
             &env.namespace,
-            "-o",
-            "custom-columns=NAME:.metadata.name,READY:.status.conditions[0].status,REASON:.status.conditions[0].reason,IMAGE:.status.resolvedImage.id",
+            "--timeout=180s",
         ])
     );
+    println!(
+        "    all requests Ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("==> kubectl get mt,mreq -o wide");
+    print!(
+        "{}",
+        env.kubectl_ok(&["get", "mt,mreq", "-n", &env.namespace, "-o", "wide"])
+    );
+    println!("==> the machines, from each request's status");
+    for request in ["compute", "burst"] {
+        print!(
+            "{}",
+            env.kubectl_ok(&[
+                "get",
+                "machinerequest",
+                request,
+                "-n",
+                &env.namespace,
+                "-o",
+                "jsonpath={range .status.machines[*]}{.id}{\"\\t\"}{.state}{\"\\t\"}{.result}{\"\\t\"}{.instanceType}{\"\\t\"}{.capacityType}{\"\\t\"}{.availabilityZone}{\"\\t\"}{.privateIp}{\"\\t\"}{.name}{\"\\n\"}{end}",
+            ])
+        );
+    }
 
     if std::io::stdin().is_terminal() {
         println!(

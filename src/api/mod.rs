@@ -25,7 +25,7 @@ pub use request::{
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
-    ImageSourceKind, InstanceTypeOption, MachineTemplate, MachineTemplateSpec,
+    ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, MachineTemplate, MachineTemplateSpec,
     MachineTemplateStatus, MetadataOptions, ProviderApi, ResolvedImage, RootVolume,
     SecretKeySelector, UserDataSource, VolumeType,
 };

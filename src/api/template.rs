@@ -296,8 +296,9 @@ pub struct InstanceTypeOption {
     )]
     pub instance_type: String,
 
-    /// Capacity units one machine of this type counts for (EC2 Fleet WeightedCapacity),
-    /// providerApi EC2Fleet only. Default 1.
+    /// Capacity units one machine of this type would count for (EC2 Fleet
+    /// WeightedCapacity), providerApi EC2Fleet only. Accepted but not applied yet: a
+    /// request counts machines, so launches are sent unweighted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub weight: Option<i32>,
@@ -482,6 +483,34 @@ pub struct MachineTemplateStatus {
     /// Live machines of all requests that use this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machines_in_use: Option<i32>,
+
+    /// Size of one machine of the first instance type, as the provider describes it
+    /// (DescribeInstanceTypes), so that schedulers such as HostFactory can advertise
+    /// the template's CPUs and memory without a lookup table of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type_info: Option<InstanceTypeInfo>,
+}
+
+/// The hardware of one instance type.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTypeInfo {
+    /// The instance type described, the first of spec.instanceTypes.
+    pub instance_type: String,
+
+    /// Virtual CPUs (hardware threads).
+    pub vcpus: i32,
+
+    /// Physical cores.
+    pub cores: i32,
+
+    /// Memory in MiB.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: i64,
+
+    /// CPU architecture as the cloud names it, e.g. x86_64 or arm64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 /// The outcome of resolving a template's image source.

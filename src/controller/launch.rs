@@ -3,8 +3,6 @@
 //! written to status before the launch, its ClientToken, and the digest that
 //! guards re-sending that token.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
@@ -178,11 +176,6 @@ pub fn spec_for(
     template: &MachineTemplateSpec,
     extras: &Extras,
 ) -> LaunchSpec {
-    let weights: BTreeMap<&str, Option<i32>> = template
-        .instance_types
-        .iter()
-        .map(|t| (t.instance_type.as_str(), t.weight))
-        .collect();
     let capacity = match batch.capacity_type.unwrap_or(template.capacity_type) {
         CapacityType::OnDemand => LaunchCapacity::on_demand(),
         CapacityType::Spot => LaunchCapacity {
@@ -209,9 +202,11 @@ pub fn spec_for(
         instance_types: batch
             .instance_types
             .iter()
+            // Weights are not sent: a request counts machines, and a weighted
+            // fleet would fill `count` capacity units with fewer, larger machines.
             .map(|t| InstanceTypeChoice {
                 name: t.clone(),
-                weight: weights.get(t.as_str()).copied().flatten(),
+                weight: None,
             })
             .collect(),
         subnet_ids: batch.subnet_ids.clone(),
@@ -261,6 +256,7 @@ mod tests {
     use super::*;
     use crate::api::{ImageSource, InstanceTypeOption, MetadataOptions};
     use k8s_openapi::jiff::Timestamp;
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     fn template(api: ProviderApi, types: &[&str], subnets: &[&str]) -> MachineTemplateSpec {

@@ -407,6 +407,7 @@ async fn apply(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error> {
     }
 
     if !plan.terminate.is_empty() {
+        failpoint!("request-after-mark");
         terminate(&mut s, &provider, &plan.terminate).await?;
     }
     if let Some((batch_id, spec)) = new_batch {

@@ -5,6 +5,13 @@
 //! An unchanged template costs nothing: the image comes from the shared TTL
 //! cache, the provider checks run only when the spec changed or the template
 //! is not Ready, and status is patched only when something but time changed.
+//!
+//! Status also carries what schedulers advertise for the template (HostFactory's
+//! getAvailableTemplates): `instanceTypeInfo`, the first instance type's size
+//! (cached per provider and type by the adapter), and `machinesInUse`, the live
+//! machines of every request using the template. Requests changing trigger a
+//! reconcile of their template, through a watch of this controller's own (see
+//! [`usage`]) so the count is never read from a store that lags the trigger.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
 use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -23,7 +31,8 @@ use tracing::{debug, info, warn};
 use super::{Context, Error};
 use crate::api::conditions::{self, READY};
 use crate::api::{
-    ImageSourceKind, MachineTemplate, MachineTemplateSpec, MachineTemplateStatus, ResolvedImage,
+    ImageSourceKind, InstanceTypeInfo, MachineRequest, MachineTemplate, MachineTemplateSpec,
+    MachineTemplateStatus, ResolvedImage,
 };
 use crate::provider::{self, MachineProvider, ProviderError};
 
@@ -72,15 +81,29 @@ impl NotReady {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. MachineRequests changing
+/// trigger their template too (for `status.machinesInUse`).
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<MachineTemplate>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let requests: Api<MachineRequest> = match &ctx.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let (store, trigger) = usage::watch(requests);
     controller
+        .watches_stream(trigger, usage::template_of)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |mt, ctx| {
+                let store = store.clone();
+                async move { reconcile_with_usage(mt, ctx, Some(&store)).await }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => debug!(template = %obj.name, "reconciled"),
@@ -104,10 +127,21 @@ fn backoff_key(mt: &MachineTemplate) -> String {
     )
 }
 
-/// One reconcile of one template (see the module doc).
+/// One reconcile of one template (see the module doc); machines in use are
+/// counted from the context's request store.
 pub async fn reconcile(mt: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_with_usage(mt, ctx, None).await
+}
+
+/// [`reconcile`], counting machines in use from `usage` (the controller's own
+/// request watch) when given, else from `ctx.requests`.
+async fn reconcile_with_usage(
+    mt: Arc<MachineTemplate>,
+    ctx: Arc<Context>,
+    usage: Option<&Store<MachineRequest>>,
+) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_template(&mt, &ctx).await;
+    let result = reconcile_template(&mt, &ctx, usage.unwrap_or(&ctx.requests)).await;
     if result.is_ok() {
         ctx.backoff.succeeded(&backoff_key(&mt));
     }
@@ -119,7 +153,11 @@ pub async fn reconcile(mt: Arc<MachineTemplate>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn reconcile_template(mt: &MachineTemplate, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_template(
+    mt: &MachineTemplate,
+    ctx: &Context,
+    requests: &Store<MachineRequest>,
+) -> Result<Action, Error> {
     let namespace = mt
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
@@ -131,9 +169,17 @@ async fn reconcile_template(mt: &MachineTemplate, ctx: &Context) -> Result<Actio
 
     let mut status = old_status.clone();
     status.observed_generation = generation;
+    status.machines_in_use = Some(usage::machines_in_use(
+        &requests.state(),
+        &namespace,
+        &name,
+    ));
     let now = Time(Timestamp::now());
     let (condition, requeue) = match &outcome {
         Ok(ready) => {
+            if ready.type_info.is_some() {
+                status.instance_type_info = ready.type_info.clone();
+            }
             let keep = status
                 .resolved_image
                 .as_ref()
@@ -200,9 +246,11 @@ async fn reconcile_template(mt: &MachineTemplate, ctx: &Context) -> Result<Actio
     Ok(requeue)
 }
 
-/// A template that is Ready: its image and when to look at it again.
+/// A template that is Ready: its image, the first instance type's size (when
+/// the provider could tell) and when to look at it again.
 struct Ready {
     image: ResolvedImage,
+    type_info: Option<InstanceTypeInfo>,
     refresh_in: Duration,
 }
 
@@ -247,7 +295,9 @@ async fn evaluate(
         .expires_in(&provider_name, &source)
         .unwrap_or(ctx.config.image_cache_ttl)
         + Duration::from_secs(1);
+    let type_info = first_type_info(provider.as_ref(), spec).await;
     Ok(Ready {
+        type_info,
         image: ResolvedImage {
             id: image.id,
             name: image.name,
@@ -257,6 +307,31 @@ async fn evaluate(
         },
         refresh_in,
     })
+}
+
+/// The size of the template's first instance type. A failed look-up does not
+/// make the template unusable (launching does not need it): it is logged, the
+/// status keeps what it had, and the next reconcile asks again (the adapter
+/// caches answers, so a known type costs no call).
+async fn first_type_info(
+    provider: &dyn MachineProvider,
+    spec: &MachineTemplateSpec,
+) -> Option<InstanceTypeInfo> {
+    let first = spec.instance_types.first()?;
+    match provider.instance_type_info(&first.instance_type).await {
+        Ok(Some(info)) => Some(InstanceTypeInfo {
+            instance_type: info.instance_type,
+            vcpus: info.vcpus,
+            cores: info.cores,
+            memory_mib: info.memory_mib,
+            architecture: info.architecture,
+        }),
+        Ok(None) => None,
+        Err(err) => {
+            warn!(instance_type = %first.instance_type, error = %err, "describing the instance type failed");
+            None
+        }
+    }
 }
 
 /// Translates `spec.image` into the provider's plain type.

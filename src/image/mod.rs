@@ -180,6 +180,12 @@ mod tests {
         async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
             Ok(vec![])
         }
+        async fn instance_type_info(
+            &self,
+            _: &str,
+        ) -> Result<Option<crate::provider::InstanceTypeInfo>, ProviderError> {
+            Ok(None)
+        }
         async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
             Ok(vec![])
         }

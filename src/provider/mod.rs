@@ -36,6 +36,15 @@ pub trait MachineProvider: Send + Sync {
     /// Which of these instance types the region does not offer, in input order.
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError>;
 
+    /// The size of one machine of `instance_type` (vCPUs, cores, memory,
+    /// architecture), so schedulers can be told what a template offers without a
+    /// lookup table of their own. `None` when the region does not offer the type.
+    /// The facts of a type never change, so adapters may cache them for good.
+    async fn instance_type_info(
+        &self,
+        instance_type: &str,
+    ) -> Result<Option<InstanceTypeInfo>, ProviderError>;
+
     /// The machines with these ids that the cloud currently reports, in any order.
     /// An id missing from the answer is unknown right now, which for a fresh
     /// launch means "not visible yet", not "gone".
@@ -61,6 +70,21 @@ pub trait MachineProvider: Send + Sync {
     /// means nothing was launched; a [`ProviderError::Capacity`] tells the caller to
     /// try another instance type, subnet or capacity type as a new batch.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError>;
+}
+
+/// The hardware of one instance type, as the cloud describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceTypeInfo {
+    /// Instance type, e.g. `c6i.xlarge`.
+    pub instance_type: String,
+    /// Virtual CPUs (hardware threads) by default.
+    pub vcpus: i32,
+    /// Physical cores by default.
+    pub cores: i32,
+    /// Memory in MiB.
+    pub memory_mib: i64,
+    /// First supported CPU architecture as the cloud names it (`x86_64`, `arm64`, …).
+    pub architecture: Option<String>,
 }
 
 /// Which cloud API one launch batch goes through.

@@ -8,6 +8,7 @@ mod describe;
 pub mod errors;
 mod fleet;
 mod images;
+mod instance_types;
 mod launch;
 mod pages;
 mod tags;
@@ -25,13 +26,15 @@ use calls::Calls;
 
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, LaunchSpec, Machine, MachineProvider, ProviderError, ResolvedImage,
+    CallObserver, ImageSource, InstanceTypeInfo, LaunchSpec, Machine, MachineProvider,
+    ProviderError, ResolvedImage,
 };
 
 /// One configured AWS account and region.
 pub struct AwsProvider {
     clients: AwsClients,
     calls: Calls,
+    type_info: instance_types::InfoCache,
 }
 
 impl AwsProvider {
@@ -56,6 +59,7 @@ impl AwsProvider {
         AwsProvider {
             clients,
             calls: Calls::new(name, observer),
+            type_info: instance_types::InfoCache::default(),
         }
     }
 
@@ -85,6 +89,13 @@ impl MachineProvider for AwsProvider {
 
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError> {
         validate::unknown_instance_types(&self.clients, &self.calls, types).await
+    }
+
+    async fn instance_type_info(
+        &self,
+        instance_type: &str,
+    ) -> Result<Option<InstanceTypeInfo>, ProviderError> {
+        instance_types::info(&self.clients, &self.calls, &self.type_info, instance_type).await
     }
 
     async fn describe_machines(&self, ids: &[String]) -> Result<Vec<Machine>, ProviderError> {

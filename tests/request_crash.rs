@@ -1,0 +1,130 @@
+//! Crash safety of the launch protocol: the operator (a child process) aborts
+//! at a named step — right after recording launch intent, right after EC2
+//! answered but before status is written, right after marking machines for
+//! termination — and is started again. Afterwards moto must hold exactly the
+//! machines status lists: none duplicated, none leaked. moto ignores
+//! ClientToken, so the forwarder's request log proves that a re-send carried
+//! the recorded token and that an adopted batch was not sent twice.
+//!
+//! Needs `--features failpoints` (Cargo.toml `required-features`).
+
+mod support;
+
+use std::time::Duration;
+
+use hostforge::api::LaunchState;
+use serde_json::json;
+use support::forwarder::Forwarder;
+use support::machines::{
+    assert_moto_matches_status, create_request, create_template, is_ready, moto_live, patch_spec,
+    requests, status_live, uid, wait_request,
+};
+use support::operator::default_config;
+use support::{Operator, TestEnv, AL2023_PARAM};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn config(env: &TestEnv, fwd: &Forwarder) -> String {
+    format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
+        default_config(env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    )
+}
+
+/// Runs the operator with `point` enabled until it aborts there.
+fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
+    let mut op = Operator::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
+    let status = op.wait_exit(WAIT);
+    let log = op.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "operator did not abort at {point}: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains(&format!("failpoint {point}: aborting")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
+    let env = TestEnv::new("crash").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = config(&env, &fwd);
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+
+    for (i, point) in ["request-after-intent", "request-after-launch"]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("crash-{i}");
+        fwd.reset_counters();
+        let mr = create_request(&env, &name, "compute", 3, true).await;
+        crash_at(&env, &cfg, point);
+
+        // The intent is on record, still Pending.
+        let crashed = requests(&env).get(&name).await.expect("get");
+        let launches = crashed.status.as_ref().expect("status").launches.clone();
+        assert_eq!(launches.len(), 1, "{point}: {launches:?}");
+        assert_eq!(launches[0].state, LaunchState::Pending, "{point}");
+        let token = launches[0].token.clone();
+        let sent_before = fwd.requests("RunInstances");
+        let live_before = moto_live(&env, &uid(&mr)).await.len();
+        match point {
+            "request-after-intent" => {
+                assert!(sent_before.is_empty(), "nothing sent before the crash");
+                assert_eq!(live_before, 0);
+            }
+            _ => {
+                assert_eq!(sent_before.len(), 1);
+                assert_eq!(live_before, 3, "launched, but status never heard of them");
+                assert!(status_live(&crashed).is_empty());
+            }
+        }
+
+        let mut op = Operator::start(&env, &cfg).await;
+        let done = wait_request(&env, &name, "Ready", WAIT, is_ready).await;
+        assert_moto_matches_status(&env, &done).await;
+        assert_eq!(status_live(&done).len(), 3, "{point}");
+        let sent: Vec<String> = fwd
+            .requests("RunInstances")
+            .iter()
+            .map(|r| r.get("ClientToken").cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            sent,
+            vec![token.clone()],
+            "{point}: exactly one RunInstances in all, with the recorded token"
+        );
+        let batch = &done.status.as_ref().expect("status").launches[0];
+        assert_eq!(
+            (batch.state, batch.token.as_str()),
+            (LaunchState::Launched, token.as_str())
+        );
+        op.terminate(Duration::from_secs(20));
+    }
+
+    // A kill between marking machines for scale-down and terminating them.
+    let name = "crash-0";
+    patch_spec(&env, name, json!({"count": 1})).await;
+    crash_at(&env, &cfg, "request-after-mark");
+    let marked = requests(&env).get(name).await.expect("get");
+    assert_eq!(status_live(&marked).len(), 1, "two marked ScaledDown");
+    assert_eq!(
+        moto_live(&env, &uid(&marked)).await.len(),
+        3,
+        "not terminated yet"
+    );
+    let _op = Operator::start(&env, &cfg).await;
+    let done = wait_request(&env, name, "Ready with 1", WAIT, |m| {
+        is_ready(m) && status_live(m).len() == 1
+    })
+    .await;
+    assert_moto_matches_status(&env, &done).await;
+}

@@ -1,0 +1,131 @@
+//! The request controller when EC2 says no: capacity errors fall back to the
+//! next instance type and, when every offering is exhausted, set Degraded with
+//! AWS's message until capacity returns; throttling and 5xx answers are
+//! retried. The faults come from the test forwarder between operator and moto.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::forwarder::{Forwarder, InjectedError, Rule};
+use support::machines::{
+    assert_moto_matches_status, condition, create_request, create_template, is_ready, wait_request,
+};
+use support::operator::default_config;
+use support::{Operator, TestEnv, AL2023_PARAM};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn capacity_errors_fall_back_then_degrade_then_recover() {
+    let env = TestEnv::new("faults-cap").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\ncapacityCooldown: 3s\n",
+        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    );
+    let _op = Operator::start(&env, &cfg).await;
+    create_template(
+        &env,
+        "compute",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}, {"type": "t3.small"}],
+        }),
+    )
+    .await;
+
+    // t3.micro has no capacity: the request is filled with t3.small.
+    let micro = fwd.add_rule(
+        Rule::new("RunInstances", InjectedError::insufficient_capacity())
+            .param("InstanceType", "t3.micro"),
+    );
+    create_request(&env, "fallback", "compute", 2, true).await;
+    let mr = wait_request(&env, "fallback", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    let st = mr.status.as_ref().expect("status");
+    assert!(st
+        .machines
+        .iter()
+        .all(|m| m.instance_type.as_deref() == Some("t3.small")));
+    let failed = st
+        .launches
+        .iter()
+        .find(|b| b.instance_types == ["t3.micro"])
+        .expect("the refused batch is on record");
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("InsufficientInstanceCapacity")),
+        "{failed:?}"
+    );
+    assert!(fwd.injected("RunInstances") >= 1);
+
+    // Neither type has capacity: Degraded with AWS's words, nothing launched.
+    fwd.add_rule(
+        Rule::new("RunInstances", InjectedError::insufficient_capacity())
+            .param("InstanceType", "t3.small"),
+    );
+    create_request(&env, "starved", "compute", 1, true).await;
+    let mr = wait_request(&env, "starved", "Degraded", WAIT, |m| {
+        condition(m, "Degraded").is_some_and(|(s, r)| s == "True" && r == "CapacityUnavailable")
+    })
+    .await;
+    let message = mr
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("InsufficientInstanceCapacity"),
+        "{message}"
+    );
+    assert!(!is_ready(&mr));
+
+    // Capacity is back: after the cooldown the request fills by itself.
+    fwd.clear_rules();
+    let _ = micro;
+    let mr = wait_request(&env, "starved", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    assert_eq!(
+        condition(&mr, "Degraded"),
+        Some(("False".into(), "AsExpected".into()))
+    );
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried() {
+    let env = TestEnv::new("faults-retry").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
+        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    );
+    let op = Operator::start(&env, &cfg).await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    // More throttled answers than the SDK retries in one call, and polls that
+    // fail with 500s: the operator keeps going and ends with exactly 2.
+    fwd.add_rule(Rule::new("RunInstances", InjectedError::request_limit_exceeded()).times(4));
+    fwd.add_rule(Rule::new("DescribeInstances", InjectedError::internal_error()).times(6));
+    create_request(&env, "retried", "compute", 2, true).await;
+    let mr = wait_request(&env, "retried", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    assert_eq!(fwd.injected("RunInstances"), 4);
+    assert_eq!(fwd.injected("DescribeInstances"), 6);
+    assert!(
+        op.metric(
+            "hostforge_aws_calls_total",
+            &["operation=\"RunInstances\"", "outcome=\"Throttled\""]
+        ) >= 1.0
+    );
+}
