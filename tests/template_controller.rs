@@ -338,3 +338,37 @@ async fn sigterm_stops_the_operator_cleanly() {
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[tokio::test]
+async fn json_logs_health_and_readiness_after_the_watches_sync() {
+    let env = TestEnv::new("mt-runtime").await;
+    env.install_crds().await;
+    let mut op = Operator::spawn(
+        &env,
+        &default_config(&env, "5m"),
+        &["--log-format", "json"],
+    );
+    let port = op.metrics_port;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !support::operator::http_get(port, "/readyz").is_some_and(|(code, _)| code == 200) {
+        assert!(Instant::now() < deadline, "never ready:\n{}", op.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = support::operator::http_get(port, "/healthz").expect("/healthz answers");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let log = op.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "watches synced; ready"),
+        "readiness is logged once the watches have listed: {log}"
+    );
+    let (status, _) = op.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+}

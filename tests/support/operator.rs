@@ -99,7 +99,6 @@ impl Operator {
             .arg(&config_path)
             .args(["--namespace", &env.namespace])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--log-format", "text"])
             .args(extra_args)
             .env("KUBECONFIG", &env.bed.kubeconfig)
             .env("AWS_ACCESS_KEY_ID", "testing")
@@ -110,6 +109,9 @@ impl Operator {
                 std::env::var("HOSTFORGE_TEST_LOG")
                     .unwrap_or_else(|_| "info,hostforge=debug".into()),
             );
+        if !extra_args.contains(&"--log-format") {
+            cmd.args(["--log-format", "text"]);
+        }
         for (k, v) in vars {
             cmd.env(k, v);
         }
