@@ -576,6 +576,7 @@ async fn kubectl_shows_columns_categories_and_docs() {
             resolved_at: now.clone(),
         }),
         machines_in_use: Some(2),
+        instance_type_info: None,
     };
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     templates

@@ -369,3 +369,44 @@ async fn twenty_pending_requests_share_one_describe_per_poll() {
         20.0
     );
 }
+
+#[tokio::test]
+async fn max_machines_caps_all_requests_of_a_template() {
+    let env = TestEnv::new("req-max").await;
+    env.install_crds().await;
+    let _op = Operator::start(&env, &config(&env, "")).await;
+    create_template(
+        &env,
+        "capped",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "maxMachines": 3,
+        }),
+    )
+    .await;
+    let first = create_request(&env, "first", "capped", 2, true).await;
+    wait_request(&env, "first", "Ready", WAIT, is_ready).await;
+    let second = create_request(&env, "second", "capped", 2, true).await;
+    let held = wait_request(&env, "second", "held back", WAIT, |m| {
+        condition(m, "Degraded").is_some_and(|(s, r)| s == "True" && r == "MaxMachinesReached")
+            && status_live(m).len() == 1
+    })
+    .await;
+    assert!(!is_ready(&held));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        moto_live(&env, &uid(&second)).await.len(),
+        1,
+        "no more than the cap"
+    );
+
+    // The first request goes away: the second fills up.
+    requests(&env)
+        .delete("first", &Default::default())
+        .await
+        .expect("delete first");
+    let mr = wait_request(&env, "second", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    assert!(moto_live(&env, &uid(&first)).await.is_empty());
+}

@@ -343,11 +343,7 @@ async fn sigterm_stops_the_operator_cleanly() {
 async fn json_logs_health_and_readiness_after_the_watches_sync() {
     let env = TestEnv::new("mt-runtime").await;
     env.install_crds().await;
-    let mut op = Operator::spawn(
-        &env,
-        &default_config(&env, "5m"),
-        &["--log-format", "json"],
-    );
+    let mut op = Operator::spawn(&env, &default_config(&env, "5m"), &["--log-format", "json"]);
     let port = op.metrics_port;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !support::operator::http_get(port, "/readyz").is_some_and(|(code, _)| code == 200) {
@@ -362,7 +358,9 @@ async fn json_logs_health_and_readiness_after_the_watches_sync() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
     assert!(
         lines
             .iter()

@@ -56,6 +56,9 @@ const RETRY_BLOCKED: Duration = Duration::from_secs(30);
 const RETRY_DELETING: Duration = Duration::from_secs(2);
 /// How soon a request whose launch the cloud refused tries again.
 const RETRY_REFUSED: Duration = Duration::from_secs(60);
+/// How soon a request held back by the template's maxMachines looks again
+/// (template changes, e.g. machinesInUse, also wake it).
+const RETRY_HELD_BACK: Duration = Duration::from_secs(10);
 /// A request with nothing in flight is still looked at this often.
 const RESYNC: Duration = Duration::from_secs(5 * 60);
 /// Settled batches kept in status besides pending ones (the newest is always
@@ -939,6 +942,8 @@ async fn finish(
         }
         (Some(b), _) if b.reason.starts_with("Template") => Action::requeue(RETRY_BLOCKED),
         (Some(_), _) => Action::requeue(RETRY_REFUSED),
+        // Waiting for another request of the template to release machines.
+        _ if held_back > 0 => Action::requeue(RETRY_HELD_BACK),
         // More to launch (batch cap, partial capacity): go on at once.
         _ if live < target && !pending_batches && held_back == 0 => {
             Action::requeue(Duration::from_millis(200))

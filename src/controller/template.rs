@@ -169,11 +169,7 @@ async fn reconcile_template(
 
     let mut status = old_status.clone();
     status.observed_generation = generation;
-    status.machines_in_use = Some(usage::machines_in_use(
-        &requests.state(),
-        &namespace,
-        &name,
-    ));
+    status.machines_in_use = Some(usage::machines_in_use(&requests.state(), &namespace, &name));
     let now = Time(Timestamp::now());
     let (condition, requeue) = match &outcome {
         Ok(ready) => {
