@@ -58,9 +58,10 @@ fn request(name: &str, template_name: &str, count: i64) -> Value {
 }
 
 fn read_examples() -> Vec<(String, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/ exists")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = ["examples", "examples/reference"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).expect("examples dir exists"))
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();

@@ -28,6 +28,8 @@ use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+mod usage;
+
 use super::{Context, Error};
 use crate::api::conditions::{self, READY};
 use crate::api::{
@@ -173,8 +175,14 @@ async fn reconcile_template(
     let now = Time(Timestamp::now());
     let (condition, requeue) = match &outcome {
         Ok(ready) => {
-            if ready.type_info.is_some() {
-                status.instance_type_info = ready.type_info.clone();
+            let first = mt.spec.instance_types.first().map(|t| &t.instance_type);
+            match &ready.type_info {
+                Some(info) => status.instance_type_info = Some(info.clone()),
+                // Keep what is known about the same type through a failed look-up.
+                None if status.instance_type_info.as_ref().map(|i| &i.instance_type) != first => {
+                    status.instance_type_info = None
+                }
+                None => {}
             }
             let keep = status
                 .resolved_image
