@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::request::terminate_ids;
+use super::tracker::every;
 use super::translate;
 use super::Context;
 use crate::api::{MachineRequest, MachineState};
@@ -42,22 +43,24 @@ pub struct SweepReport {
 /// once the request watch has its initial list (so no live request is taken
 /// for gone).
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
-    let sweep = async {
+    let sweeps = async {
         if !ctx.requests_synced.wait().await {
             return;
         }
-        let mut ticker = tokio::time::interval(ctx.config.sweep_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let report = sweep_once(&ctx).await;
-            if report.unlisted + report.woken + report.orphans_terminated > 0 {
-                info!(?report, "sweep");
-            }
-        }
+        every(
+            ctx.config.sweep_interval,
+            std::future::pending::<()>(),
+            || async {
+                let report = sweep_once(&ctx).await;
+                if report.unlisted + report.woken + report.orphans_terminated > 0 {
+                    info!(?report, "sweep");
+                }
+            },
+        )
+        .await;
     };
     tokio::select! {
-        _ = sweep => {}
+        _ = sweeps => {}
         _ = shutdown => {}
     }
 }

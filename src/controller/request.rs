@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use super::launch::{self as batches, Extras};
 use super::ownership::Owner;
 use super::plan::{self, Desired};
+use super::template::truncate;
 use super::translate::{self, is_terminating};
 use super::{Context, Error};
 use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
@@ -1074,15 +1075,4 @@ fn age(t: Option<&Time>) -> Option<Duration> {
 
 fn now() -> Time {
     Time(Timestamp::now())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -487,7 +487,9 @@ fn to_time(t: SystemTime) -> Time {
     Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// Shortens `s` to at most `max` bytes (on a character boundary) with an
+/// ellipsis: Event notes are limited to 1 KiB by the apiserver.
+pub(super) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

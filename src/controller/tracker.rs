@@ -213,16 +213,32 @@ pub async fn run_poller(
     interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let poll = async {
+    every(interval, shutdown, || async {
+        tracker.poll_once(&providers, &metrics).await;
+    })
+    .await;
+}
+
+/// Runs `tick` every `interval` (the first at once; a slow tick delays the
+/// next instead of piling up) until `shutdown` resolves.
+pub(super) async fn every<F, Fut>(
+    interval: Duration,
+    shutdown: impl Future<Output = ()>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let ticks = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            tracker.poll_once(&providers, &metrics).await;
+            tick().await;
         }
     };
     tokio::select! {
-        _ = poll => {}
+        _ = ticks => {}
         _ = shutdown => {}
     }
 }

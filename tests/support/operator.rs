@@ -43,20 +43,7 @@ impl Operator {
     /// Starts the operator for `env`'s namespace with `config` (YAML) and waits
     /// until `/readyz` answers 200.
     pub async fn start(env: &TestEnv, config: &str) -> Operator {
-        let mut op = Self::spawn(env, config, &[]);
-        let port = op.metrics_port;
-        let ready = tokio::task::spawn_blocking(move || {
-            process::wait_until(
-                &mut op.proc,
-                "ready (/readyz)",
-                Duration::from_secs(60),
-                || http_get(port, "/readyz").is_some_and(|(code, _)| code == 200),
-            )
-            .map(|()| op)
-        })
-        .await
-        .expect("operator start task");
-        ready.unwrap_or_else(|e| panic!("{e}"))
+        Self::start_with_env(env, config, &[]).await
     }
 
     /// Starts the operator with extra environment variables (e.g. failpoints)
