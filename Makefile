@@ -20,7 +20,7 @@ TEST_FEATURES := --features failpoints
 
 .PHONY: help
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: toolchain
 toolchain: ## Make sure rustfmt and clippy are installed.
@@ -73,3 +73,41 @@ demo: testbed ## Start a local control plane + simulator, install CRDs, run the 
 .PHONY: clean-cache
 clean-cache: ## Remove the per-user cache of built binaries and the moto venv.
 	rm -rf "$(HOSTFORGE_CACHE)" .cache
+
+# ---- Install on a cluster (docs/install.md) --------------------------------
+HELM ?= $(if $(wildcard .cache/bin/helm),.cache/bin/helm,helm)
+KUBECTL ?= $(if $(wildcard .cache/bin/kubectl),.cache/bin/kubectl,kubectl)
+IMAGE ?= hostforge:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+RELEASE ?= hostforge
+NAMESPACE ?= hostforge-system
+CLUSTER_NAME ?= $(error set CLUSTER_NAME, the name tagged on every machine (hostforge.io/cluster))
+# buildah, podman or docker, whichever is installed.
+CONTAINER_TOOL ?= $(firstword $(foreach t,buildah podman docker,$(if $(shell command -v $(t)),$(t))))
+
+.PHONY: chart-lint
+chart-lint: ## helm lint + helm template of charts/hostforge (and its crds/ is crds/).
+	@test "$$(readlink charts/hostforge/crds)" = "../../crds" || { echo "charts/hostforge/crds must be a link to ../../crds" >&2; exit 1; }
+	$(HELM) lint --strict charts/hostforge --set config.clusterName=lint
+	$(HELM) template hostforge charts/hostforge --set config.clusterName=lint >/dev/null
+	$(HELM) template hostforge charts/hostforge --set config.clusterName=lint --set watchNamespace=team-a \
+	  --set networkPolicy.enabled=true --set serviceMonitor.enabled=true >/dev/null
+
+.PHONY: docker-build
+docker-build: ## Build the container image $(IMAGE) from the Dockerfile (buildah, podman or docker).
+	@test -n "$(CONTAINER_TOOL)" || { echo "docker-build: install buildah, podman or docker" >&2; exit 1; }
+	$(if $(filter buildah,$(CONTAINER_TOOL)),buildah bud,$(CONTAINER_TOOL) build) -t $(IMAGE) -f Dockerfile .
+
+.PHONY: install
+install: ## Apply crds/ to the current kube context (server-side).
+	$(KUBECTL) apply --server-side -f crds/
+
+.PHONY: deploy
+deploy: ## helm upgrade --install the chart into NAMESPACE (needs CLUSTER_NAME; IMAGE=repo:tag).
+	$(HELM) upgrade --install $(RELEASE) charts/hostforge --namespace $(NAMESPACE) --create-namespace \
+	  --set config.clusterName=$(CLUSTER_NAME) \
+	  --set image.repository=$(firstword $(subst :, ,$(IMAGE))) --set image.tag=$(lastword $(subst :, ,$(IMAGE))) \
+	  $(HELM_ARGS)
+
+.PHONY: undeploy
+undeploy: ## helm uninstall the release (CRDs and your MachineRequests stay).
+	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)

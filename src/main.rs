@@ -29,7 +29,21 @@ enum Command {
         /// Log format: json (for containers) or text (for terminals).
         #[arg(long, env = "HOSTFORGE_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Reconcile only while holding a coordination.k8s.io Lease, so several
+        /// replicas can run with one active (15 s lease, renewed every 5 s).
+        #[arg(long, env = "HOSTFORGE_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Name of the leader-election Lease.
+        #[arg(long, env = "HOSTFORGE_LEASE_NAME", default_value = "hostforge")]
+        lease_name: String,
+        /// Namespace of the Lease (default: POD_NAMESPACE, the in-cluster
+        /// service-account namespace, --namespace, then "default").
+        #[arg(long, env = "HOSTFORGE_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
     },
+    /// IBM Spectrum Symphony HostFactory / LSF resource connector provider
+    /// operations, answered from the Kubernetes objects (see docs/hostfactory.md).
+    Hf(hostforge::hostfactory::cli::HfArgs),
     /// Write the CustomResourceDefinitions generated from the API types.
     Crdgen {
         /// Directory to write machinetemplates.yaml and machinerequests.yaml into.
@@ -52,21 +66,43 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Hf(args) = cli.command {
+        // The HostFactory protocol owns stdout and the exit code.
+        return hostforge::hostfactory::cli::main(args);
+    }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout).map_err(Into::into),
+        Command::Hf(_) => Ok(()),
         Command::Run {
             config,
             namespace,
             metrics_addr,
             log_format,
-        } => run(
-            hostforge::operator::RunOptions {
-                config_path: config,
-                namespace,
-                metrics_addr,
-            },
-            log_format,
-        ),
+            leader_election,
+            lease_name,
+            lease_namespace,
+        } => {
+            let leader_election = leader_election.then(|| {
+                let ns = lease_namespace
+                    .or_else(own_namespace)
+                    .or_else(|| namespace.clone())
+                    .unwrap_or_else(|| "default".into());
+                hostforge::leader::LeaseSettings::new(
+                    lease_name,
+                    ns,
+                    hostforge::leader::LeaseSettings::default_identity(),
+                )
+            });
+            run(
+                hostforge::operator::RunOptions {
+                    config_path: config,
+                    namespace,
+                    metrics_addr,
+                    leader_election,
+                },
+                log_format,
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,8 +121,24 @@ fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(hostforge::operator::run(opts))?;
+    let result = runtime.block_on(hostforge::operator::run(opts));
+    // After a lost lease `run` returns without waiting for its tasks; do not
+    // wait for them here either (they were aborted), exit now.
+    runtime.shutdown_background();
+    result?;
     Ok(())
+}
+
+/// The Pod's namespace: POD_NAMESPACE (Downward API) or the mounted service
+/// account's namespace file.
+fn own_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn init_logging(format: LogFormat) {

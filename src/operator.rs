@@ -17,6 +17,7 @@ use crate::controller::tracker::Tracker;
 use crate::controller::{self, Context, Watches};
 use crate::http::{self, HttpError, Readiness};
 use crate::image::ImageResolver;
+use crate::leader::{Elector, LeaderError, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::provider::registry::ProviderRegistry;
 
@@ -29,6 +30,9 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub metrics_addr: SocketAddr,
+    /// Run the controllers only while holding this Lease (`--leader-election`);
+    /// `None` runs them at once (a single replica).
+    pub leader_election: Option<LeaseSettings>,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -55,6 +59,10 @@ pub enum RunError {
     /// Waiting for signals failed.
     #[error("installing signal handlers: {0}")]
     Signal(#[source] std::io::Error),
+    /// Leadership was lost: the process stopped reconciling and exits so that
+    /// it restarts as a standby.
+    #[error("lost leadership: {0}")]
+    LeadershipLost(#[source] LeaderError),
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -132,6 +140,43 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     let server = tokio::spawn(server);
 
+    // One signal future for the whole run, so a signal while standing by is not lost.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    // With leader election nothing below runs before this process holds the
+    // Lease. A standby counts as ready once it reached the apiserver: it is
+    // healthy and can take over, and a rollout must not wait on it forever.
+    let (release_tx, release_rx) = watch::channel(false);
+    let mut leadership = None;
+    if let Some(settings) = opts.leader_election.clone() {
+        let mut elector = Elector::new(client.clone(), settings);
+        info!(identity = %elector.settings().identity, lease = %elector.settings().name, "waiting for leadership");
+        let acquired = {
+            let readiness = readiness.clone();
+            tokio::select! {
+                () = elector.acquire(move || readiness.set_ready()) => true,
+                res = &mut signal => {
+                    res.map_err(RunError::Signal)?;
+                    false
+                }
+            }
+        };
+        if !acquired {
+            info!("shutdown signal received while standing by; stopped");
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Ok(());
+        }
+        info!(identity = %elector.settings().identity, "became leader; starting controllers");
+        leadership = Some(tokio::spawn(elector.hold(release_rx)));
+    }
+    let lost = async {
+        match leadership.as_mut() {
+            Some(hold) => Some(hold.await),
+            None => std::future::pending().await,
+        }
+    };
+
     let mut tasks = vec![
         tokio::spawn(controller::template::run(
             ctx.clone(),
@@ -168,12 +213,47 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }));
     }
 
-    wait_for_signal().await.map_err(RunError::Signal)?;
+    tokio::select! {
+        res = &mut signal => res.map_err(RunError::Signal)?,
+        ended = lost => {
+            // Stop reconciling at once: another replica may already lead.
+            for task in &tasks {
+                task.abort();
+            }
+            let _ = stop_tx.send(true);
+            let err = match ended {
+                Some(Ok(Err((_, err)))) => err,
+                _ => {
+                    error!("the lease keeper ended unexpectedly");
+                    LeaderError::RenewDeadline {
+                        lease: opts.leader_election.map(|s| s.name).unwrap_or_default(),
+                        seconds: 0,
+                        last_error: "lease keeper task ended".into(),
+                    }
+                }
+            };
+            error!(error = %err, "lost leadership; stopped reconciling, exiting");
+            return Err(RunError::LeadershipLost(err));
+        }
+    }
     info!("shutdown signal received; stopping controllers");
     let _ = stop_tx.send(true);
     for task in tasks {
         if let Err(err) = task.await {
             error!(error = %err, "operator task failed");
+        }
+    }
+    // Controllers are stopped: hand the Lease over so a standby starts now.
+    let _ = release_tx.send(true);
+    if let Some(hold) = leadership {
+        match hold.await {
+            Ok(Ok(mut elector)) => {
+                if let Err(err) = elector.release().await {
+                    error!(error = %err, "releasing the lease failed; a standby takes over when it expires");
+                }
+            }
+            Ok(Err((_, err))) => error!(error = %err, "leadership was lost while stopping"),
+            Err(err) => error!(error = %err, "lease keeper task failed"),
         }
     }
     match server.await {

@@ -8,9 +8,11 @@
 mod bed;
 mod certs;
 pub mod forwarder;
+pub mod hf;
 pub mod machines;
 pub mod operator;
 mod process;
+pub mod replica;
 
 use std::path::Path;
 use std::process::Output;

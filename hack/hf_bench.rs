@@ -1,0 +1,219 @@
+//! `cargo build && cargo run --example hf_bench`: latency of each HostFactory
+//! operation against a MachineRequest holding 2,000 machines in status.
+//!
+//! Starts the test bed's apiserver (no operator, no cloud: the plugin only
+//! reads and writes Kubernetes objects), writes a template and a
+//! scheduler-owned request whose status lists 2,000 running machines through
+//! the status subresource, then runs every operation the way HostFactory does
+//! (`hf/scripts/<op>.sh -f input.json`, a fresh process each time) and prints
+//! min / median / max wall time over `HF_BENCH_RUNS` runs (default 7).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hostforge::api::{MachineRequest, MachineTemplate};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+use support::hf::Shim;
+
+const MACHINES: usize = 2000;
+
+#[tokio::main]
+async fn main() {
+    let bin = support::operator::operator_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build` first",
+        bin.display()
+    );
+    let runs: usize = std::env::var("HF_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    println!("==> starting the bed (kube-apiserver + etcd)");
+    let env = support::TestEnv::new("hf-bench").await;
+    env.install_crds().await;
+    seed(&env).await;
+    let shim = Shim::new(&env, "");
+
+    let hosts: Vec<Value> = (0..MACHINES)
+        .map(|i| json!({"name": host_name(i), "machineId": instance_id(i)}))
+        .collect();
+    let mut report = vec![];
+    report.push(time(runs, "getAvailableTemplates", |_| {
+        shim.ok("getAvailableTemplates", &json!({}));
+    }));
+    report.push(time(runs, "getRequestStatus (2,000 machines)", |_| {
+        let a = shim.ok(
+            "getRequestStatus",
+            &json!({"requests": [{"requestId": "hf-bench"}]}),
+        );
+        assert_eq!(
+            a["requests"][0]["machines"].as_array().map(Vec::len),
+            Some(MACHINES)
+        );
+    }));
+    report.push(time(runs, "getReturnRequests (2,000 hosts)", |_| {
+        shim.ok("getReturnRequests", &json!({"machines": hosts}));
+    }));
+    // The floor under any write: the apiserver storing one spec change of this
+    // 1 MB object (schema and CEL validation, managedFields, etcd), timed
+    // in-process with a plain merge patch.
+    let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mut floor = vec![];
+    for i in 0..runs {
+        let started = Instant::now();
+        requests
+            .patch(
+                "hf-bench",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"bench-touch": i.to_string()}}})),
+            )
+            .await
+            .expect("reference patch");
+        floor.push(started.elapsed());
+    }
+    report.push((
+        "apiserver floor: one patch of the object".to_string(),
+        floor,
+    ));
+    let mut ret_ids = vec![];
+    report.push(time(runs, "requestReturnMachines (1 of 2,000)", |i| {
+        let a = shim.ok("requestReturnMachines", &json!({"machines": [hosts[i]]}));
+        ret_ids.push(a["requestId"].as_str().unwrap_or_default().to_string());
+    }));
+    report.push(time(runs, "getRequestStatus (ret- id)", |i| {
+        let id = &ret_ids[i % ret_ids.len()];
+        shim.ok(
+            "getRequestStatus",
+            &json!({"requests": [{"requestId": id}]}),
+        );
+    }));
+    report.push(time(runs, "requestMachines", |_| {
+        shim.ok(
+            "requestMachines",
+            &json!({"template": {"templateId": "bench", "machineCount": 1}}),
+        );
+    }));
+
+    // Where requestReturnMachines spends its time (the plugin logs it).
+    for line in shim
+        .log()
+        .lines()
+        .filter(|l| l.contains("machines returned"))
+        .take(3)
+    {
+        println!("log: {line}");
+    }
+    println!("\n{MACHINES} machines in status, {runs} runs each, one process per call (debug build unless built with --release):");
+    println!(
+        "{:<38} {:>9} {:>9} {:>9}",
+        "operation", "min", "median", "max"
+    );
+    for (name, mut times) in report {
+        times.sort();
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "{name:<38} {:>9} {:>9} {:>9}",
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        );
+    }
+}
+
+fn time(runs: usize, name: &str, mut f: impl FnMut(usize)) -> (String, Vec<Duration>) {
+    // One untimed call warms the page cache for the binary.
+    f(runs);
+    let times = (0..runs)
+        .map(|i| {
+            let started = Instant::now();
+            f(i);
+            started.elapsed()
+        })
+        .collect();
+    (name.to_string(), times)
+}
+
+fn instance_id(i: usize) -> String {
+    format!("i-{i:017x}")
+}
+
+fn host_name(i: usize) -> String {
+    format!(
+        "ip-10-{}-{}-{}.ec2.internal",
+        i / 65536,
+        (i / 256) % 256,
+        i % 256
+    )
+}
+
+/// A Ready template and a scheduler-owned request with 2,000 running machines.
+async fn seed(env: &support::TestEnv) {
+    let ready = json!([{"type": "Ready", "status": "True", "reason": "Resolved", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]);
+    let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mt: MachineTemplate = serde_json::from_value(json!({
+        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
+        "metadata": {"name": "bench"},
+        "spec": {"image": {"id": "ami-12345678"}, "instanceTypes": [{"type": "c6i.xlarge"}]},
+    }))
+    .expect("template");
+    templates
+        .create(&PostParams::default(), &mt)
+        .await
+        .expect("create template");
+    templates
+        .patch_status(
+            "bench",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": 1, "conditions": ready, "machinesInUse": MACHINES,
+                "resolvedImage": {"id": "ami-12345678", "source": "id", "resolvedAt": "2026-01-01T00:00:00Z"},
+                "instanceTypeInfo": {"instanceType": "c6i.xlarge", "vcpus": 4, "cores": 2,
+                                     "memoryMiB": 8192, "architecture": "x86_64"}
+            }})),
+        )
+        .await
+        .expect("template status");
+
+    let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mr: MachineRequest = serde_json::from_value(json!({
+        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
+        "metadata": {"name": "hf-bench", "labels": {"hostforge.io/owner": "hostfactory"},
+                     "annotations": {"hostforge.io/hf-template-id": "bench"}},
+        "spec": {"templateRef": {"name": "bench"}, "count": MACHINES, "replaceLost": false},
+    }))
+    .expect("request");
+    requests
+        .create(&PostParams::default(), &mr)
+        .await
+        .expect("create request");
+    let machines: Vec<Value> = (0..MACHINES)
+        .map(|i| {
+            json!({
+                "id": instance_id(i), "name": host_name(i), "state": "running", "result": "succeed",
+                "batch": "bench-1", "instanceType": "c6i.xlarge", "availabilityZone": "us-east-1a",
+                "privateIp": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                "launchTime": "2026-01-01T00:00:00Z", "capacityType": "on-demand",
+                "imageId": "ami-12345678"
+            })
+        })
+        .collect();
+    requests
+        .patch_status(
+            "hf-bench",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": 1, "phase": "Ready", "conditions": ready,
+                "counts": {"desired": MACHINES, "running": MACHINES},
+                "machines": machines,
+            }})),
+        )
+        .await
+        .expect("request status");
+    println!("==> seeded {MACHINES} machines in MachineRequest hf-bench");
+}
