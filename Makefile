@@ -70,6 +70,13 @@ demo: testbed ## Start a local control plane + simulator, install CRDs, run the 
 	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/debug/hostforge" \
 	  $(CARGO) run --locked --quiet --example demo
 
+.PHONY: bench
+bench: testbed ## Release-build the operator and run the benchmarks (HOSTFORGE_BENCH_SCALE=5: the issue's sizes); writes target/bench/results.json.
+	@start=$$(date +%s); $(CARGO) build --locked --release --bin hostforge; \
+	  echo "release build of the operator: $$(( $$(date +%s) - start )) s"
+	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/release/hostforge" \
+	  $(CARGO) run --locked --quiet --example bench
+
 .PHONY: clean-cache
 clean-cache: ## Remove the per-user cache of built binaries and the moto venv.
 	rm -rf "$(HOSTFORGE_CACHE)" .cache

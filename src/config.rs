@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::provider::aws::limits::{RateLimitConfig, RawRateLimits};
+
 /// Image look-ups are cached this long unless `imageCacheTtl` says otherwise:
 /// short enough that a new SSM parameter value reaches launches within minutes,
 /// long enough that many templates cost one call.
@@ -75,6 +77,10 @@ pub struct ProviderConfig {
     /// Role to assume on top of the operator's own credentials, for launching into
     /// another account.
     pub assume_role_arn: Option<String>,
+    /// Client-side API rate limits (`rateLimits`; EC2's documented token
+    /// buckets unless scaled, overridden or disabled), so the operator waits
+    /// for tokens instead of being throttled.
+    pub rate_limits: RateLimitConfig,
 }
 
 /// The clouds hostforge has an adapter for: adding one is a variant here, an
@@ -201,10 +207,12 @@ struct RawProvider {
     endpoint_url: Option<String>,
     #[serde(default)]
     assume_role_arn: Option<String>,
+    #[serde(default)]
+    rate_limits: Option<RawRateLimits>,
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<OperatorConfig, ConfigError> {
+    fn validate(mut self) -> Result<OperatorConfig, ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |key: String, message: String| problems.push(Problem { key, message });
 
@@ -218,7 +226,8 @@ impl RawConfig {
             );
         }
         let mut seen = BTreeSet::new();
-        for (i, p) in self.providers.iter().enumerate() {
+        let mut rate_limits = Vec::with_capacity(self.providers.len());
+        for (i, p) in self.providers.iter_mut().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
             if let Err(msg) = check_dns_label(&p.name) {
                 problem(key("name"), msg);
@@ -244,6 +253,16 @@ impl RawConfig {
                     problem(key("assumeRoleArn"), msg);
                 }
             }
+            let limits = match p.rate_limits.take() {
+                None => RateLimitConfig::default(),
+                Some(raw) => raw.validate(&key("rateLimits")).unwrap_or_else(|found| {
+                    for (key, message) in found {
+                        problem(key, message);
+                    }
+                    RateLimitConfig::default()
+                }),
+            };
+            rate_limits.push(limits);
         }
         let default_provider = match &self.default_provider {
             Some(name) => {
@@ -332,12 +351,14 @@ impl RawConfig {
             providers: self
                 .providers
                 .into_iter()
-                .map(|p| ProviderConfig {
+                .zip(rate_limits)
+                .map(|(p, rate_limits)| ProviderConfig {
                     name: p.name,
                     kind: p.kind,
                     region: p.region,
                     endpoint_url: p.endpoint_url,
                     assume_role_arn: p.assume_role_arn,
+                    rate_limits,
                 })
                 .collect(),
             default_provider,
@@ -533,6 +554,50 @@ gcGracePeriod: 1h30m
         assert_eq!(c.default_provider, "a");
         assert_eq!(c.image_cache_ttl, DEFAULT_IMAGE_CACHE_TTL);
         assert_eq!(c.gc_grace_period, DEFAULT_GC_GRACE_PERIOD);
+    }
+
+    #[test]
+    fn rate_limits_default_to_ec2s_and_can_be_scaled_or_disabled() {
+        use crate::provider::aws::limits::{BucketShape, Class};
+        let c = from_yaml(GOOD).expect("valid config");
+        assert_eq!(c.providers[0].rate_limits, RateLimitConfig::default());
+        let c = from_yaml(
+            "clusterName: c1\nproviders:\n- name: a\n  type: aws\n  region: eu-west-1\n  \
+             rateLimits: {scale: 0.5, runInstances: {burst: 10, rate: 4}}\n\
+             - name: b\n  type: aws\n  region: eu-west-1\n  rateLimits: {enabled: false}\n",
+        )
+        .expect("valid config");
+        let a = &c.providers[0].rate_limits;
+        assert_eq!(
+            a.bucket(Class::RunInstances),
+            BucketShape {
+                burst: 5.0,
+                rate: 2.0
+            }
+        );
+        assert_eq!(
+            a.bucket(Class::Describe),
+            BucketShape {
+                burst: 50.0,
+                rate: 10.0
+            }
+        );
+        assert!(a.enabled);
+        assert!(!c.providers[1].rate_limits.enabled);
+    }
+
+    #[test]
+    fn bad_rate_limits_name_their_key() {
+        let base = "clusterName: c1\nproviders:\n- name: a\n  type: aws\n  region: eu-west-1\n";
+        let e = err(&format!(
+            "{base}  rateLimits: {{scale: -1, describe: {{burst: 0, rate: 5}}}}\n"
+        ));
+        assert!(e.contains("providers[0].rateLimits.describe.burst"), "{e}");
+        assert!(e.contains("providers[0].rateLimits.scale"), "{e}");
+        let e = err(&format!("{base}  rateLimits: {{burstt: 1}}\n"));
+        assert!(e.contains("unknown field `burstt`"), "{e}");
+        let e = err(&format!("{base}  rateLimits: {{mutating: {{rate: 5}}}}\n"));
+        assert!(e.contains("missing field `burst`"), "{e}");
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn provider_config(endpoint: &str) -> ProviderConfig {
         region: support::REGION.into(),
         endpoint_url: Some(endpoint.into()),
         assume_role_arn: None,
+        rate_limits: Default::default(),
     }
 }
 

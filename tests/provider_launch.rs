@@ -63,6 +63,7 @@ async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
         region: support::REGION.into(),
         endpoint_url: Some(endpoint.into()),
         assume_role_arn: None,
+        rate_limits: Default::default(),
     };
     let credentials =
         SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"));

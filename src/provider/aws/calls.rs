@@ -1,5 +1,6 @@
-//! Every AWS call goes through [`Calls::run`], so each one is timed, classified
-//! and reported to the observer in exactly one place.
+//! Every AWS call goes through [`Calls::run`], so each one is rate limited
+//! (client-side EC2 token buckets, [`super::limits`]), timed, classified and
+//! reported to the observer in exactly one place.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -11,21 +12,42 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use tracing::debug;
 
 use super::errors;
+use super::limits::Limiter;
 use crate::provider::{CallObserver, ProviderError};
 
-/// The provider instance's name and observer, shared by its modules.
+/// The provider instance's name, observer and rate limiter, shared by its
+/// modules.
 #[derive(Clone)]
 pub(super) struct Calls {
     provider: String,
     observer: Arc<dyn CallObserver>,
+    limiter: Arc<Limiter>,
 }
 
 impl Calls {
-    /// Calls made through this report as `provider` to `observer`.
-    pub(super) fn new(provider: impl Into<String>, observer: Arc<dyn CallObserver>) -> Calls {
+    /// Calls made through this report as `provider` to `observer` and wait
+    /// for `limiter`'s tokens.
+    pub(super) fn new(
+        provider: impl Into<String>,
+        observer: Arc<dyn CallObserver>,
+        limiter: Arc<Limiter>,
+    ) -> Calls {
         Calls {
             provider: provider.into(),
             observer,
+            limiter,
+        }
+    }
+
+    /// Waits until the instance bucket of `operation` (RunInstances,
+    /// TerminateInstances) holds `instances` tokens and takes them; the call
+    /// itself then goes through [`Calls::run`] for its request token.
+    pub(super) async fn limit_instances(&self, operation: &'static str, instances: usize) {
+        let n = u32::try_from(instances).unwrap_or(u32::MAX);
+        let waited = self.limiter.acquire_instances(operation, n).await;
+        if !waited.is_zero() {
+            debug!(provider = %self.provider, operation, instances, waited = waited.as_secs_f64(),
+                "waited for the instance rate limit");
         }
     }
 
@@ -34,8 +56,10 @@ impl Calls {
         &self.provider
     }
 
-    /// Awaits one SDK call (`send()` future) of `operation`, reports it and maps
-    /// its error.
+    /// Waits for `operation`'s request token, then awaits one SDK call
+    /// (`send()` future, which sends nothing until polled) of `operation`,
+    /// reports it and maps its error. The wait is not part of the reported
+    /// latency, and not of the SDK's operation timeout.
     pub(super) async fn run<T, E, F>(
         &self,
         operation: &'static str,
@@ -45,6 +69,11 @@ impl Calls {
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
+        let waited = self.limiter.acquire(operation).await;
+        if !waited.is_zero() {
+            debug!(provider = %self.provider, operation, waited = waited.as_secs_f64(),
+                "waited for the request rate limit");
+        }
         let start = Instant::now();
         let result = call.await.map_err(|e| errors::from_sdk(operation, e));
         let seconds = start.elapsed().as_secs_f64();

@@ -10,6 +10,7 @@ mod fleet;
 mod images;
 mod instance_types;
 mod launch;
+pub mod limits;
 mod pages;
 mod tags;
 mod terminate;
@@ -23,10 +24,11 @@ use aws_sdk_ec2::config::SharedCredentialsProvider;
 pub use clients::AwsClients;
 
 use calls::Calls;
+use limits::{Limiter, RateLimitConfig};
 
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, InstanceTypeInfo, LaunchSpec, Machine, MachineProvider,
+    CallObserver, ImageSource, InstanceTypeInfo, LaunchApi, LaunchSpec, Machine, MachineProvider,
     ProviderError, ResolvedImage,
 };
 
@@ -41,7 +43,8 @@ impl AwsProvider {
     /// Builds the adapter for a provider instance of the config, with the
     /// standard credential chain.
     pub async fn connect(config: &ProviderConfig, observer: Arc<dyn CallObserver>) -> AwsProvider {
-        AwsProvider::new(&config.name, AwsClients::connect(config).await, observer)
+        let clients = AwsClients::connect(config).await;
+        AwsProvider::with_limits(&config.name, clients, observer, &config.rate_limits)
     }
 
     /// Builds the adapter with fixed credentials (simulators, tests).
@@ -51,14 +54,26 @@ impl AwsProvider {
         observer: Arc<dyn CallObserver>,
     ) -> AwsProvider {
         let clients = AwsClients::connect_with_credentials(config, credentials).await;
-        AwsProvider::new(&config.name, clients, observer)
+        AwsProvider::with_limits(&config.name, clients, observer, &config.rate_limits)
     }
 
     /// Wraps clients built elsewhere; `name` is what metrics and cache keys say.
+    /// EC2's default rate limits apply.
     pub fn new(name: &str, clients: AwsClients, observer: Arc<dyn CallObserver>) -> AwsProvider {
+        AwsProvider::with_limits(name, clients, observer, &RateLimitConfig::default())
+    }
+
+    /// [`AwsProvider::new`] with the client-side rate limits of `limits`.
+    pub fn with_limits(
+        name: &str,
+        clients: AwsClients,
+        observer: Arc<dyn CallObserver>,
+        limits: &RateLimitConfig,
+    ) -> AwsProvider {
+        let limiter = Arc::new(Limiter::new(limits.clone()));
         AwsProvider {
             clients,
-            calls: Calls::new(name, observer),
+            calls: Calls::new(name, observer, limiter),
             type_info: instance_types::InfoCache::default(),
         }
     }
@@ -110,10 +125,21 @@ impl MachineProvider for AwsProvider {
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        // One token per instance from TerminateInstances' instance bucket,
+        // taken up front for all the batches.
+        self.calls
+            .limit_instances("TerminateInstances", ids.len())
+            .await;
         terminate::terminate(&self.clients, &self.calls, ids).await
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+        // RunInstances takes MaxCount (= count) tokens from the launched
+        // instances bucket; an instant fleet has no instance bucket.
+        if spec.api == LaunchApi::RunInstances {
+            let count = usize::try_from(spec.count).unwrap_or(0);
+            self.calls.limit_instances("RunInstances", count).await;
+        }
         launch::launch(&self.clients, &self.calls, spec).await
     }
 }
