@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,39 @@ pub fn default_config(env: &TestEnv, image_cache_ttl: &str) -> String {
         region = super::REGION,
         url = env.bed.moto_url,
     )
+}
+
+/// The `hostforge run` command every test starts: scoped to the test's
+/// namespace, metrics on `metrics_port`, the dummy credentials moto accepts (so
+/// the SDK never waits on IMDS), text logs unless `extra_args` choose, and
+/// `RUST_LOG` from `HOSTFORGE_TEST_LOG` or `default_log`.
+pub fn run_command(
+    env: &TestEnv,
+    config_path: &Path,
+    metrics_port: u16,
+    kubeconfig: &Path,
+    extra_args: &[&str],
+    default_log: &str,
+) -> Command {
+    let mut cmd = Command::new(operator_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .args(["--namespace", &env.namespace])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra_args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "RUST_LOG",
+            std::env::var("HOSTFORGE_TEST_LOG").unwrap_or_else(|_| default_log.into()),
+        );
+    if !extra_args.contains(&"--log-format") {
+        cmd.args(["--log-format", "text"]);
+    }
+    cmd
 }
 
 /// A running `hostforge run` child.
@@ -80,25 +113,14 @@ impl Operator {
         let config_path = env.bed.dir.join(format!("operator-{}.yaml", env.namespace));
         std::fs::write(&config_path, config).expect("writing operator config");
         let metrics_port = free_port().expect("free port");
-        let mut cmd = Command::new(operator_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--namespace", &env.namespace])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(extra_args)
-            .env("KUBECONFIG", &env.bed.kubeconfig)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "RUST_LOG",
-                std::env::var("HOSTFORGE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,hostforge=debug".into()),
-            );
-        if !extra_args.contains(&"--log-format") {
-            cmd.args(["--log-format", "text"]);
-        }
+        let mut cmd = run_command(
+            env,
+            &config_path,
+            metrics_port,
+            &env.bed.kubeconfig,
+            extra_args,
+            "info,hostforge=debug",
+        );
         for (k, v) in vars {
             cmd.env(k, v);
         }

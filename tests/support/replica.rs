@@ -6,10 +6,10 @@
 //! namespace would share a log; a [`Replica`] has a name of its own.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::operator::{http_get, operator_bin, sum_metric};
+use super::operator::{http_get, run_command, sum_metric};
 use super::process::{self, free_port, Proc};
 use super::TestEnv;
 
@@ -36,23 +36,15 @@ impl Replica {
         let config_path = env.bed.dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).expect("writing operator config");
         let metrics_port = free_port().expect("free port");
-        let mut cmd = Command::new(operator_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--namespace", &env.namespace])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--log-format", "text"])
-            .args(extra_args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("HOSTFORGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            );
+        let mut cmd = run_command(
+            env,
+            &config_path,
+            metrics_port,
+            kubeconfig,
+            extra_args,
+            "info",
+        );
+        cmd.env("NO_COLOR", "1");
         let proc = process::spawn(&name, cmd, &env.bed.dir).expect("starting the operator");
         Replica {
             proc,

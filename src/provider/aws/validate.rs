@@ -4,6 +4,7 @@
 //! missing.
 
 use std::collections::HashSet;
+use std::future::Future;
 
 use aws_sdk_ec2::types::Filter;
 
@@ -21,27 +22,20 @@ pub(super) async fn missing_subnets(
     calls: &Calls,
     ids: &[String],
 ) -> Result<Vec<String>, ProviderError> {
-    let wanted = unique(ids);
-    let mut found = HashSet::new();
-    for batch in wanted.chunks(FILTER_BATCH) {
-        found.extend(
-            all_pages(|token| {
-                let request = clients
-                    .ec2
-                    .describe_subnets()
-                    .filters(filter("subnet-id", batch))
-                    .max_results(1000)
-                    .set_next_token(token);
-                async move {
-                    let out = calls.run("DescribeSubnets", request.send()).await?;
-                    let ids = out.subnets().iter().filter_map(|s| s.subnet_id());
-                    Ok((ids.map(str::to_string).collect(), out.next_token))
-                }
-            })
-            .await?,
-        );
-    }
-    Ok(absent(wanted, &found))
+    not_reported(ids, |batch, token| {
+        let request = clients
+            .ec2
+            .describe_subnets()
+            .filters(filter("subnet-id", &batch))
+            .max_results(1000)
+            .set_next_token(token);
+        async move {
+            let out = calls.run("DescribeSubnets", request.send()).await?;
+            let ids = out.subnets().iter().filter_map(|s| s.subnet_id());
+            Ok((ids.map(str::to_string).collect(), out.next_token))
+        }
+    })
+    .await
 }
 
 /// Security group ids in `ids` that DescribeSecurityGroups does not report, in
@@ -51,25 +45,34 @@ pub(super) async fn missing_security_groups(
     calls: &Calls,
     ids: &[String],
 ) -> Result<Vec<String>, ProviderError> {
+    not_reported(ids, |batch, token| {
+        let request = clients
+            .ec2
+            .describe_security_groups()
+            .filters(filter("group-id", &batch))
+            .max_results(1000)
+            .set_next_token(token);
+        async move {
+            let out = calls.run("DescribeSecurityGroups", request.send()).await?;
+            let ids = out.security_groups().iter().filter_map(|g| g.group_id());
+            Ok((ids.map(str::to_string).collect(), out.next_token))
+        }
+    })
+    .await
+}
+
+/// The ids of `ids` (deduplicated, in input order) that a filtered listing does
+/// not report. `page` sends one page of the listing for a batch of at most
+/// [`FILTER_BATCH`] ids and a page token, and answers the ids it reported.
+async fn not_reported<F, Fut>(ids: &[String], mut page: F) -> Result<Vec<String>, ProviderError>
+where
+    F: FnMut(Vec<String>, Option<String>) -> Fut,
+    Fut: Future<Output = Result<(Vec<String>, Option<String>), ProviderError>>,
+{
     let wanted = unique(ids);
     let mut found = HashSet::new();
     for batch in wanted.chunks(FILTER_BATCH) {
-        found.extend(
-            all_pages(|token| {
-                let request = clients
-                    .ec2
-                    .describe_security_groups()
-                    .filters(filter("group-id", batch))
-                    .max_results(1000)
-                    .set_next_token(token);
-                async move {
-                    let out = calls.run("DescribeSecurityGroups", request.send()).await?;
-                    let ids = out.security_groups().iter().filter_map(|g| g.group_id());
-                    Ok((ids.map(str::to_string).collect(), out.next_token))
-                }
-            })
-            .await?,
-        );
+        found.extend(all_pages(|token| page(batch.to_vec(), token)).await?);
     }
     Ok(absent(wanted, &found))
 }
