@@ -100,8 +100,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         .await
         .map_err(RunError::CrdsMissing)?;
 
-    let (template_controller, template_store, templates_synced) =
+    let (template_controller, _, templates_synced) =
         controller::watch::controller(templates.clone());
+    // The request controller is woken by template changes and reads templates
+    // from the store that very watch fills, so it never sees an older copy
+    // than the change that woke it.
+    let (template_store, template_events) = controller::watch::reflected(templates);
     let (request_controller, request_store, requests_synced) =
         controller::watch::controller(requests);
     let (tracker, wake) = Tracker::new();
@@ -186,7 +190,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tokio::spawn(controller::request::run(
             ctx.clone(),
             request_controller,
-            templates,
+            template_events,
             wake,
             stopped(),
         )),

@@ -69,30 +69,27 @@ const KEEP_BATCHES: usize = 20;
 const KEEP_GONE: usize = 200;
 
 /// Runs the controller until `shutdown` resolves. Templates wake the requests
-/// that use them; `wake` carries the tracker's wake-ups.
+/// that use them (`templates` must be the watch that fills `ctx.templates`, see
+/// [`super::watch::reflected`]); `wake` carries the tracker's wake-ups.
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<MachineRequest>,
-    templates: Api<MachineTemplate>,
+    templates: impl Stream<Item = Result<MachineTemplate, watcher::Error>> + Send + 'static,
     wake: impl Stream<Item = ObjectRef<MachineRequest>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests = ctx.requests.clone();
     controller
-        .watches(
-            templates,
-            watcher::Config::default().any_semantic(),
-            move |mt: MachineTemplate| {
-                let ns = mt.namespace();
-                let name = mt.name_any();
-                requests
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(templates, move |mt: MachineTemplate| {
+            let ns = mt.namespace();
+            let name = mt.name_any();
+            requests
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -59,3 +59,24 @@ where
         Synced(rx),
     )
 }
+
+/// A watch of `api` that fills a store before it yields each object, for a
+/// controller that is triggered by these objects and reads them from the same
+/// store: the trigger can then never run ahead of what the reconcile reads.
+pub fn reflected<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
+}
