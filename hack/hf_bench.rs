@@ -38,6 +38,7 @@ async fn main() {
     env.install_crds().await;
     seed(&env).await;
     let shim = Shim::new(&env, "");
+    size_of_request(&env).await;
 
     let hosts: Vec<Value> = (0..MACHINES)
         .map(|i| json!({"name": host_name(i), "machineId": instance_id(i)}))
@@ -123,6 +124,22 @@ async fn main() {
             ms(times[times.len() - 1])
         );
     }
+}
+
+/// What the apiserver stores for the request: the whole object and the part of
+/// it that is managedFields (server-side field tracking, rewritten on every write).
+async fn size_of_request(env: &support::TestEnv) {
+    let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
+    let mr = requests.get("hf-bench").await.expect("read request");
+    let whole = serde_json::to_vec(&mr).map(|v| v.len()).unwrap_or(0);
+    let managed = serde_json::to_vec(&mr.metadata.managed_fields)
+        .map(|v| v.len())
+        .unwrap_or(0);
+    println!(
+        "==> request object: {} KiB, of which managedFields {} KiB",
+        whole / 1024,
+        managed / 1024
+    );
 }
 
 fn time(runs: usize, name: &str, mut f: impl FnMut(usize)) -> (String, Vec<Duration>) {

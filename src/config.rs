@@ -38,6 +38,12 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// capacity for it, unless `capacityCooldown` says otherwise.
 pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
 
+/// How often the spot interruption notices of held spot machines are checked,
+/// unless `spotNoticeInterval` says otherwise (`0s` turns the check off). EC2
+/// warns two minutes ahead; checking every 10 s leaves a scheduler at least
+/// 110 s to drain, for one call per interval while spot machines are held.
+pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Longest accepted duration, so a unit slip ("5000h") is caught at start.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -61,6 +67,8 @@ pub struct OperatorConfig {
     pub sweep_interval: Duration,
     /// How long an offering without capacity is avoided.
     pub capacity_cooldown: Duration,
+    /// Interval of the check for spot interruption notices; zero turns it off.
+    pub spot_notice_interval: Duration,
 }
 
 /// One named cloud account and region the operator may launch into.
@@ -194,6 +202,8 @@ struct RawConfig {
     sweep_interval: Option<String>,
     #[serde(default)]
     capacity_cooldown: Option<String>,
+    #[serde(default)]
+    spot_notice_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +352,12 @@ impl RawConfig {
             DEFAULT_CAPACITY_COOLDOWN,
             Duration::ZERO,
         );
+        let spot_notice_interval = duration(
+            "spotNoticeInterval",
+            &self.spot_notice_interval,
+            DEFAULT_SPOT_NOTICE_INTERVAL,
+            Duration::ZERO,
+        );
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -367,6 +383,7 @@ impl RawConfig {
             poll_interval,
             sweep_interval,
             capacity_cooldown,
+            spot_notice_interval,
         })
     }
 }

@@ -202,6 +202,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             stopped(),
         )),
         tokio::spawn(controller::gc::run(ctx.clone(), stopped())),
+        tokio::spawn(controller::interruptions::run(ctx.clone(), stopped())),
     ];
     // Ready once both watches have listed everything: before that a reconcile
     // could miss a template, or the sweep take a live request for gone.

@@ -224,6 +224,140 @@ async fn ec2_run_instances_then_find_them_by_tag() {
     assert_eq!(found_ids, launched);
 }
 
+/// The launcher's other corrections, seen through the server: a page of
+/// DescribeInstances ends at MaxResults instances (moto alone counts
+/// reservations), every instance's tags are its own, and volumes are
+/// attached and tagged at launch (the indexed lookups RunInstances uses).
+#[tokio::test]
+async fn launcher_pages_by_instances_and_keeps_tags_and_volumes_per_instance() {
+    let env = TestEnv::new("smoke-pages").await;
+    let ec2 = env.ec2();
+    let marker = env.namespace.clone();
+    let ami = env.al2023_ami().await;
+    let mut launched = vec![];
+    for i in 0..4 {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(
+                Tag::builder()
+                    .key("hostforge.io/batch")
+                    .value(&marker)
+                    .build(),
+            )
+            .tags(Tag::builder().key("seq").value(i.to_string()).build())
+            .build();
+        let volume_tags = TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .tags(Tag::builder().key("seq").value(i.to_string()).build())
+            .build();
+        let run = ec2
+            .run_instances()
+            .image_id(&ami)
+            .min_count(1)
+            .max_count(3)
+            .tag_specifications(tags)
+            .tag_specifications(volume_tags)
+            .send()
+            .await
+            .expect("RunInstances");
+        launched.extend(
+            run.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string)),
+        );
+    }
+    assert_eq!(launched.len(), 12);
+
+    // 4 reservations of 3, pages of at most 5 instances: 3+3, then 3+3.
+    let mut pages = vec![];
+    let mut seen: Vec<(String, String)> = vec![];
+    let mut token = None;
+    loop {
+        let page = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:hostforge.io/batch")
+                    .values(&marker)
+                    .build(),
+            )
+            .max_results(5)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .expect("DescribeInstances page");
+        let instances: Vec<_> = page
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .collect();
+        pages.push(instances.len());
+        for i in instances {
+            let seq = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("seq"))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_string();
+            seen.push((i.instance_id().unwrap_or_default().to_string(), seq));
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        [6, 6],
+        "pages end at the reservation reaching 5 instances"
+    );
+    let mut ids: Vec<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    let mut want = launched.clone();
+    want.sort();
+    assert_eq!(ids, want, "every instance once");
+    for (n, id) in launched.iter().enumerate() {
+        let seq = seen.iter().find(|(i, _)| i == id).map(|(_, s)| s.as_str());
+        assert_eq!(
+            seq,
+            Some((n / 3).to_string().as_str()),
+            "{id} has its own tags"
+        );
+    }
+
+    // Each instance has its root volume attached and tagged by its launch.
+    let volumes = ec2
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .set_values(Some(launched.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes");
+    assert_eq!(volumes.volumes().len(), 12);
+    for v in volumes.volumes() {
+        let instance = v
+            .attachments()
+            .first()
+            .and_then(|a| a.instance_id())
+            .unwrap_or_default();
+        let n = launched
+            .iter()
+            .position(|id| id == instance)
+            .expect("attached to ours");
+        let seq = v
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("seq"))
+            .and_then(|t| t.value());
+        assert_eq!(seq, Some((n / 3).to_string().as_str()), "{v:?}");
+    }
+}
+
 #[tokio::test]
 async fn ssm_public_parameter_names_an_image_ec2_knows() {
     let env = TestEnv::new("smoke-ssm").await;

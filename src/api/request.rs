@@ -139,7 +139,7 @@ pub struct MachineRequestStatus {
 
     /// Every machine launched for this request and not yet forgotten, live or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub machines: Vec<Machine>,
 
     /// The launch-intent record: every launch is written here (state Pending) before it
@@ -243,6 +243,12 @@ pub struct Machine {
     /// machine the request still counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_reason: Option<TerminationReason>,
+
+    /// When the cloud announced that it is taking this spot machine back (EC2's
+    /// two-minute interruption notice); from then on a scheduler should drain it.
+    /// Empty while no notice was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption_notice_time: Option<Time>,
 
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]

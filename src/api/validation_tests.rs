@@ -350,6 +350,7 @@ fn status_round_trips_through_json() {
             capacity_type: Some(MachineLifecycle::OnDemand),
             image_id: Some("ami-0123456789abcdef0".into()),
             termination_reason: None,
+            interruption_notice_time: None,
             message: None,
         }],
         launches: vec![LaunchBatch {

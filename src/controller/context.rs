@@ -9,6 +9,7 @@ use kube::Client;
 
 use super::backoff::{Backoff, Superseded};
 use super::capacity::CapacityCache;
+use super::settle::BatchLookups;
 use super::tracker::Tracker;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
@@ -47,6 +48,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Status versions this process wrote over (stale watch copies).
     pub superseded: Superseded,
+    /// Lookups of pending launch batches, answered together.
+    pub batch_lookups: BatchLookups,
     /// The only namespace watched, if the operator is namespace-scoped: the
     /// sweep then leaves other namespaces' machines alone.
     pub namespace: Option<String>,
@@ -99,6 +102,7 @@ impl Context {
             capacity,
             backoff: Backoff::default(),
             superseded: Superseded::default(),
+            batch_lookups: BatchLookups::default(),
             namespace: watches.namespace,
         }
     }

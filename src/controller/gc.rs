@@ -138,9 +138,10 @@ pub async fn sweep_once(ctx: &Context) -> SweepReport {
                         wake.insert(owner.request.clone());
                         ctx.tracker.record([m]);
                     }
-                    _ => {
-                        ctx.tracker.record([m]);
-                    }
+                    // Listed as it is: status already says all of it, and
+                    // keeping a copy of every held machine would only cost
+                    // memory and CPU at every sweep.
+                    _ => {}
                 },
                 None if uid.is_empty() => {}
                 None => {

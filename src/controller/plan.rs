@@ -152,6 +152,7 @@ mod tests {
             capacity_type: None,
             image_id: None,
             termination_reason: None,
+            interruption_notice_time: None,
             message: None,
         }
     }

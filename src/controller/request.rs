@@ -26,7 +26,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::finalizer::{finalizer, Event as Finalize};
+use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Finalize};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Resource, ResourceExt};
@@ -134,8 +134,17 @@ pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Act
             Finalize::Cleanup(mr) => cleanup(&mr, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    if let Err(FinalizerError::AddFinalizer(e)) = &result {
+        if is_failed_patch_test(e) {
+            // The copy lacked the finalizer that an earlier reconcile already
+            // added (the watch is behind): its guarded patch was refused.
+            // Like a stale copy, not a failure.
+            debug!(request = %k, "finalizer already added; waiting for the newer copy");
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+    }
+    let result = result.map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
         ctx.backoff.succeeded(&k);
     }
@@ -145,6 +154,14 @@ pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Act
         result.as_ref().err().map(Error::category),
     );
     result
+}
+
+/// Whether the apiserver refused a JSON patch because its `test` operation
+/// failed: a bare 422 Invalid without field causes (a schema violation names
+/// its fields).
+fn is_failed_patch_test(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(ae) if ae.code == 422
+        && ae.details.as_ref().is_none_or(|d| d.causes.is_empty()))
 }
 
 /// The request being reconciled: its status as it will be written, and the
@@ -228,10 +245,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Copies the tracker's observations into status and adopts machines the
-    /// sweep found tagged for this request.
-    fn observe(&mut self) {
+    /// Copies the tracker's observations and interruption notices into status
+    /// and adopts machines the sweep found tagged for this request. Returns the
+    /// notices that are new to status.
+    fn observe(&mut self) -> Vec<provider::InterruptionNotice> {
         let tracker = &self.ctx.tracker;
+        let mut noticed = Vec::new();
         for m in &mut self.status.machines {
             if m.state == MachineState::Terminated {
                 continue;
@@ -239,9 +258,31 @@ impl<'a> Session<'a> {
             if let Some(seen) = tracker.observed(&m.id) {
                 translate::update(m, &seen);
             }
+            if m.interruption_notice_time.is_none() {
+                if let Some(notice) = tracker.notice(&m.id) {
+                    m.interruption_notice_time = translate::parse_time(&notice.noticed_at);
+                    noticed.push(notice);
+                }
+            }
         }
         let unlisted = tracker.take_unlisted(&self.owner.uid);
         self.adopt(unlisted);
+        noticed
+    }
+
+    /// One Warning Event per new interruption notice, so `kubectl describe`
+    /// and event pipelines show which machines the cloud is taking back.
+    async fn announce(&self, noticed: &[provider::InterruptionNotice]) {
+        for n in noticed {
+            warn!(request = %key(self.mr), instance = %n.id, action = %n.action,
+                noticed_at = %n.noticed_at, "spot interruption notice");
+            let note = format!(
+                "the cloud will {} spot machine {} two minutes after {}",
+                n.action, n.id, n.noticed_at
+            );
+            self.event(EventType::Warning, "SpotInterruption", "Observe", note)
+                .await;
+        }
     }
 
     /// Adds machines tagged for this request that status does not list yet;
@@ -317,7 +358,8 @@ fn provider_name(
 
 async fn apply(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error> {
     let mut s = Session::new(mr, ctx)?;
-    s.observe();
+    let noticed = s.observe();
+    s.announce(&noticed).await;
     let template = usable_template(ctx, mr, &s.owner.namespace);
     let provider_name = provider_name(ctx, template.as_ref().ok().map(|t| t.as_ref()), &s.status);
     let Some(provider) = ctx.providers.get(&provider_name) else {
@@ -586,8 +628,10 @@ async fn settle_pending(
         .cloned()
         .collect();
     for batch in pending {
-        let found = provider
-            .describe_owned(&s.owner.batch_filter(&batch.id))
+        let found = s
+            .ctx
+            .batch_lookups
+            .find(provider, &s.owner.cluster, &s.owner.uid, &batch.id)
             .await
             .map_err(|source| Error::Provider {
                 action: format!("settling batch {}", batch.id),
@@ -1072,4 +1116,33 @@ fn age(t: Option<&Time>) -> Option<Duration> {
 
 fn now() -> Time {
     Time(Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: serde_json::Value) -> kube::Error {
+        kube::Error::Api(Box::new(serde_json::from_value(status).expect("a Status")))
+    }
+
+    #[test]
+    fn a_refused_patch_test_is_told_from_a_schema_violation() {
+        let refused = api_error(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "message": "the server rejected our request due to an error in our request",
+            "details": {"causes": []}
+        }));
+        assert!(is_failed_patch_test(&refused));
+        let invalid = api_error(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "message": "MachineRequest.hostforge.io \"a\" is invalid: spec.count: Invalid value",
+            "details": {"causes": [{"reason": "FieldValueInvalid", "field": "spec.count"}]}
+        }));
+        assert!(!is_failed_patch_test(&invalid));
+        let conflict = api_error(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict", "message": "conflict"
+        }));
+        assert!(!is_failed_patch_test(&conflict));
+    }
 }

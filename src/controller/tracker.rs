@@ -7,6 +7,15 @@
 //! records the answers, and wakes the requests whose machines changed. With
 //! nothing changing, the loop makes no call at all; the periodic sweep
 //! ([`super::gc`]) covers the rest.
+//!
+//! Machines a request starts watching (a launch just answered) do not wait
+//! for the next tick: [`FIRST_LOOK`] after the first of them arrives, the loop
+//! describes the machines that arrived since (one batched call for all
+//! requests), so a burst of launches is seen running, or failed at once (a
+//! bad volume key, a refused spot request), within a fraction of the
+//! interval. The regular polls keep their interval; a first look costs one
+//! call per wave of launches and covers only the new machines, so a long fill
+//! of thousands of machines does not turn into back-to-back full polls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -15,17 +24,25 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::api::MachineRequest;
 use crate::metrics::Metrics;
 use crate::provider::registry::ProviderRegistry;
-use crate::provider::{Machine, MachineState};
+use crate::provider::{InterruptionNotice, Machine, MachineState};
+
+/// How long after newly watched machines arrive the poller looks at them
+/// (capped at a quarter of the poll interval): long enough to gather the
+/// launches of a burst into one call, short next to any poll interval.
+pub const FIRST_LOOK: Duration = Duration::from_millis(500);
 
 /// The shared observations and the requests waiting on them.
 pub struct Tracker {
     state: Mutex<State>,
     wake: mpsc::UnboundedSender<ObjectRef<MachineRequest>>,
+    /// Signalled when a request watches an id it did not watch before.
+    fresh: Notify,
 }
 
 #[derive(Default)]
@@ -37,6 +54,10 @@ struct State {
     /// Per request uid: machines the sweep found tagged for it but missing from
     /// its status (to adopt).
     unlisted: HashMap<String, BTreeMap<String, Machine>>,
+    /// Spot interruption notices per instance id.
+    notices: HashMap<String, InterruptionNotice>,
+    /// Per provider: ids watched since the last poll, for the first look.
+    fresh_ids: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Tracker {
@@ -51,6 +72,7 @@ impl Tracker {
             Arc::new(Tracker {
                 state: Mutex::new(State::default()),
                 wake: tx,
+                fresh: Notify::new(),
             }),
             rx,
         )
@@ -66,11 +88,14 @@ impl Tracker {
     }
 
     /// Stores observations; returns the ids whose state, host name or addresses
-    /// differ from the previous observation (or that are new).
+    /// differ from the previous observation (or that are new). Of the tags only
+    /// the batch is kept (status needs it for a machine it adopts); the rest
+    /// would be a copy of every held machine's tags.
     pub fn record(&self, machines: impl IntoIterator<Item = Machine>) -> Vec<String> {
         let mut state = self.lock();
         let mut changed = Vec::new();
-        for m in machines {
+        for mut m in machines {
+            m.tags.retain(|k, _| k == super::ownership::BATCH_TAG);
             let differs = state.observed.get(&m.id).is_none_or(|old| {
                 old.state != m.state
                     || old.private_dns_name != m.private_dns_name
@@ -99,14 +124,33 @@ impl Tracker {
         }
     }
 
-    /// Sets the ids of `request` to describe on every poll (empty: none).
+    /// Sets the ids of `request` to describe on every poll (empty: none); an
+    /// id it did not watch before brings the next poll forward.
     pub fn watch(&self, request: ObjectRef<MachineRequest>, provider: &str, ids: Vec<String>) {
         let mut state = self.lock();
         if ids.is_empty() {
             state.watching.remove(&request);
-        } else {
-            state.watching.insert(request, (provider.to_string(), ids));
+            return;
         }
+        let new: Vec<String> = match state.watching.get(&request) {
+            Some((_, before)) => ids
+                .iter()
+                .filter(|id| !before.contains(id))
+                .cloned()
+                .collect(),
+            None => ids.clone(),
+        };
+        state.watching.insert(request, (provider.to_string(), ids));
+        if new.is_empty() {
+            return;
+        }
+        state
+            .fresh_ids
+            .entry(provider.to_string())
+            .or_default()
+            .extend(new);
+        drop(state);
+        self.fresh.notify_one();
     }
 
     /// Drops everything about `request` and its machines `ids` (it is gone).
@@ -116,6 +160,7 @@ impl Tracker {
         state.unlisted.remove(uid);
         for id in ids {
             state.observed.remove(id);
+            state.notices.remove(id);
         }
     }
 
@@ -124,7 +169,21 @@ impl Tracker {
         let mut state = self.lock();
         for id in ids {
             state.observed.remove(id);
+            state.notices.remove(id);
         }
+    }
+
+    /// Stores an interruption notice; true when it is new for that machine.
+    pub fn record_notice(&self, notice: InterruptionNotice) -> bool {
+        let mut state = self.lock();
+        let new = !state.notices.contains_key(&notice.id);
+        state.notices.insert(notice.id.clone(), notice);
+        new
+    }
+
+    /// The interruption notice given for `id`, if any.
+    pub fn notice(&self, id: &str) -> Option<InterruptionNotice> {
+        self.lock().notices.get(id).cloned()
     }
 
     /// Remembers a machine tagged for the request `uid` that its status does not
@@ -178,8 +237,48 @@ impl Tracker {
     /// wake-up for each request whose machines changed. Returns the number of
     /// providers described.
     pub async fn poll_once(&self, providers: &ProviderRegistry, metrics: &Metrics) -> usize {
+        // Everything watched is described now, the new ids included.
+        self.lock().fresh_ids.clear();
+        self.describe_and_wake(self.watched_ids(), providers, metrics)
+            .await
+    }
+
+    /// The first look: one batched describe per provider of the ids watched
+    /// since the last poll (those still watched). Returns the number of
+    /// providers described.
+    pub async fn first_look_once(&self, providers: &ProviderRegistry, metrics: &Metrics) -> usize {
+        let fresh = self.take_fresh();
+        self.describe_and_wake(fresh, providers, metrics).await
+    }
+
+    /// Takes the ids watched since the last poll that are still watched.
+    fn take_fresh(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut state = self.lock();
+        let fresh = std::mem::take(&mut state.fresh_ids);
+        let watched: BTreeSet<&String> = state
+            .watching
+            .values()
+            .flat_map(|(_, ids)| ids.iter())
+            .collect();
+        fresh
+            .into_iter()
+            .map(|(p, ids)| {
+                let ids: BTreeSet<String> =
+                    ids.into_iter().filter(|id| watched.contains(id)).collect();
+                (p, ids)
+            })
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect()
+    }
+
+    async fn describe_and_wake(
+        &self,
+        by_provider: BTreeMap<String, BTreeSet<String>>,
+        providers: &ProviderRegistry,
+        metrics: &Metrics,
+    ) -> usize {
         let mut polled = 0;
-        for (provider_name, ids) in self.watched_ids() {
+        for (provider_name, ids) in by_provider {
             let Some(provider) = providers.get(&provider_name) else {
                 continue;
             };
@@ -205,7 +304,8 @@ impl Tracker {
     }
 }
 
-/// Polls every `interval` until `shutdown` resolves.
+/// Polls every `interval`, and looks at newly watched machines [`FIRST_LOOK`]
+/// after they arrive, until `shutdown` resolves.
 pub async fn run_poller(
     tracker: Arc<Tracker>,
     providers: Arc<ProviderRegistry>,
@@ -213,10 +313,26 @@ pub async fn run_poller(
     interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    every(interval, shutdown, || async {
-        tracker.poll_once(&providers, &metrics).await;
-    })
-    .await;
+    let first_look = FIRST_LOOK.min(interval / 4);
+    let polls = async {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    tracker.poll_once(&providers, &metrics).await;
+                }
+                _ = tracker.fresh.notified() => {
+                    tokio::time::sleep(first_look).await;
+                    tracker.first_look_once(&providers, &metrics).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = polls => {}
+        _ = shutdown => {}
+    }
 }
 
 /// Runs `tick` every `interval` (the first at once; a slow tick delays the
@@ -302,5 +418,52 @@ mod tests {
         tracker.forget(&a, "uid-a", &["i-1".to_string()]);
         assert!(tracker.observed("i-1").is_none());
         assert!(tracker.watched_ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_newly_watched_ids_bring_the_poll_forward() {
+        let (tracker, _woken) = Tracker::new();
+        let a = ObjectRef::<MachineRequest>::new("a").within("ns");
+        let fresh = |t: &Arc<Tracker>| {
+            let t = t.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), t.fresh.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        tracker.watch(a.clone(), "p", vec!["i-1".into()]);
+        assert!(fresh(&tracker).await, "a first watch is fresh");
+        tracker.watch(a.clone(), "p", vec!["i-1".into()]);
+        assert!(!fresh(&tracker).await, "the same ids are not");
+        tracker.watch(a.clone(), "p", vec!["i-1".into(), "i-2".into()]);
+        assert!(fresh(&tracker).await, "an added id is");
+        tracker.watch(a.clone(), "p", vec!["i-2".into()]);
+        assert!(!fresh(&tracker).await, "a shrinking watch is not");
+    }
+
+    #[test]
+    fn the_first_look_takes_only_new_ids_that_are_still_watched() {
+        let (tracker, _woken) = Tracker::new();
+        let a = ObjectRef::<MachineRequest>::new("a").within("ns");
+        let b = ObjectRef::<MachineRequest>::new("b").within("ns");
+        tracker.watch(a.clone(), "p", vec!["i-1".into(), "i-2".into()]);
+        tracker.watch(b.clone(), "q", vec!["i-3".into()]);
+        // i-1 settled before the look: no longer watched, not looked at.
+        tracker.watch(a.clone(), "p", vec!["i-2".into(), "i-4".into()]);
+        let fresh = tracker.take_fresh();
+        assert_eq!(
+            fresh["p"].iter().map(String::as_str).collect::<Vec<_>>(),
+            ["i-2", "i-4"]
+        );
+        assert_eq!(fresh["q"].len(), 1);
+        assert!(tracker.take_fresh().is_empty(), "taken once");
+        tracker.watch(
+            a.clone(),
+            "p",
+            vec!["i-2".into(), "i-4".into(), "i-5".into()],
+        );
+        tracker.lock().fresh_ids.clear(); // what a full poll does
+        assert!(tracker.take_fresh().is_empty());
     }
 }

@@ -68,6 +68,7 @@ pub fn new_machine(m: &provider::Machine, batch: Option<&str>) -> api::Machine {
         capacity_type: None,
         image_id: None,
         termination_reason: None,
+        interruption_notice_time: None,
         message: None,
     };
     update(&mut out, m);

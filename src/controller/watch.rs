@@ -35,6 +35,17 @@ impl Synced {
     }
 }
 
+/// Drops what no controller reads from the cached copies: managedFields and
+/// kubectl's last-applied copy of the spec. At thousands of requests they are
+/// a good part of the store's memory.
+fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// A controller over `api` (every change, status included, triggers it), the
 /// store its watch fills, and the signal of that watch's first sync.
 pub fn controller<K>(api: Api<K>) -> (Controller<K>, Store<K>, Synced)
@@ -46,6 +57,7 @@ where
     let (tx, rx) = watch::channel(false);
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
@@ -76,6 +88,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .applied_objects();
     (reader, stream)

@@ -8,16 +8,21 @@
 //! scheduler-owned request lists any more (gone). Returned machines are not
 //! listed: the scheduler already let them go.
 //!
-//! Spot interruption notices are not modelled yet (the operator does not watch
-//! for them), so no host is ever announced with a grace period above 0; a spot
-//! machine shows up here once EC2 has stopped or terminated it.
+//! A spot machine with an interruption notice (the operator records EC2's
+//! two-minute warning in `interruptionNoticeTime`) is listed while it still
+//! runs, with the rest of the warning as `gracePeriod`: 120 s minus the time
+//! since the notice, never below 0.
 
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 
 use super::protocol::{MachinesIn, ReclaimedHost, ReturnRequestsOut};
 use super::returns::owned_requests;
 use super::{HfConfig, HfError, MachineKey};
 use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
+
+/// How long EC2 warns before it takes a spot machine back, in seconds.
+pub const SPOT_WARNING_SECONDS: i64 = 120;
 
 /// Whether the cloud (or someone other than the scheduler) is taking `m` away.
 pub fn is_reclaimed(m: &Machine) -> bool {
@@ -34,8 +39,26 @@ pub fn is_reclaimed(m: &Machine) -> bool {
     }
 }
 
-/// The hosts of `held` to give back, in input order.
-pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest]) -> Vec<ReclaimedHost> {
+/// The seconds the scheduler has left to drain `m` when it is being taken
+/// back at `now`; `None` when it is not.
+pub fn grace_period(m: &Machine, now: Timestamp) -> Option<i64> {
+    if m.termination_reason == Some(TerminationReason::Returned) {
+        return None;
+    }
+    if is_reclaimed(m) {
+        return Some(0);
+    }
+    let noticed = m.interruption_notice_time.as_ref()?.0;
+    let since = now.as_second() - noticed.as_second();
+    Some((SPOT_WARNING_SECONDS - since).clamp(0, SPOT_WARNING_SECONDS))
+}
+
+/// The hosts of `held` to give back at `now`, in input order.
+pub fn reclaimed(
+    held: &[MachineKey],
+    requests: &[MachineRequest],
+    now: Timestamp,
+) -> Vec<ReclaimedHost> {
     let machines: Vec<&Machine> = requests
         .iter()
         .filter(|mr| super::is_owned(mr))
@@ -45,8 +68,11 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest]) -> Vec<Reclai
     held.iter()
         .filter_map(|key| {
             let found = machines.iter().find(|m| key.matches(m));
-            let take = found.is_none_or(|m| is_reclaimed(m));
-            take.then(|| ReclaimedHost {
+            let grace = match found {
+                None => 0,
+                Some(m) => grace_period(m, now)?,
+            };
+            Some(ReclaimedHost {
                 machine: key
                     .name
                     .clone()
@@ -57,7 +83,7 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest]) -> Vec<Reclai
                     .clone()
                     .or_else(|| found.map(|m| m.id.clone()))
                     .unwrap_or_default(),
-                grace_period: 0,
+                grace_period: grace,
             })
         })
         .collect()
@@ -82,7 +108,7 @@ pub async fn get_return_requests(
     } else {
         owned_requests(&api, &config.namespace).await?
     };
-    let requests_out = reclaimed(&held, &requests);
+    let requests_out = reclaimed(&held, &requests, Timestamp::now());
     Ok(ReturnRequestsOut {
         status: "complete".into(),
         message: format!(
@@ -98,6 +124,8 @@ pub async fn get_return_requests(
 mod tests {
     use super::*;
     use crate::hostfactory::{OWNER_LABEL, OWNER_VALUE};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff;
     use serde_json::json;
 
     fn requests() -> Vec<MachineRequest> {
@@ -134,7 +162,7 @@ mod tests {
             .into_iter()
             .map(key)
             .collect();
-        let out = reclaimed(&held, &requests());
+        let out = reclaimed(&held, &requests(), Timestamp::now());
         let names: Vec<_> = out.iter().map(|h| h.machine.as_str()).collect();
         assert_eq!(names, ["host-i-lost", "host-i-down", "host-i-gone"]);
         assert!(out.iter().all(|h| h.grace_period == 0));
@@ -149,7 +177,38 @@ mod tests {
                 name: None,
             }],
             &requests(),
+            Timestamp::now(),
         );
         assert_eq!(out[0].machine, "host-i-lost");
+    }
+
+    #[test]
+    fn a_noticed_spot_host_gets_the_rest_of_the_warning() {
+        let mut mrs = requests();
+        let machines = &mut mrs[0].status.as_mut().expect("status").machines;
+        let noticed: Timestamp = "2026-11-25T10:00:00Z".parse().expect("time");
+        machines[0].interruption_notice_time = Some(Time(noticed));
+        let at = |secs: i64| noticed + jiff::SignedDuration::from_secs(secs);
+        let held = [key("i-ok"), key("i-new")];
+        let out = reclaimed(&held, &mrs, at(30));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].machine_id, "i-ok");
+        assert_eq!(out[0].grace_period, 90);
+        assert_eq!(reclaimed(&held, &mrs, at(500))[0].grace_period, 0);
+        assert_eq!(
+            reclaimed(&held, &mrs, at(-5))[0].grace_period,
+            120,
+            "a clock behind the notice never gives more than the warning"
+        );
+        // Once the scheduler returned it, it is no longer announced.
+        machines_returned(&mut mrs, "i-ok");
+        assert!(reclaimed(&held, &mrs, at(30)).is_empty());
+    }
+
+    fn machines_returned(mrs: &mut [MachineRequest], id: &str) {
+        let machines = &mut mrs[0].status.as_mut().expect("status").machines;
+        for m in machines.iter_mut().filter(|m| m.id == id) {
+            m.termination_reason = Some(TerminationReason::Returned);
+        }
     }
 }

@@ -195,6 +195,20 @@ mod tests {
         ) -> Result<Vec<Machine>, ProviderError> {
             Ok(vec![])
         }
+        async fn describe_owned_any(
+            &self,
+            _: &[(String, String)],
+            _: &str,
+            _: &[String],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Ok(vec![])
+        }
+        async fn interruption_notices(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<crate::provider::InterruptionNotice>, ProviderError> {
+            Ok(vec![])
+        }
         async fn terminate(&self, _: &[String]) -> Result<(), ProviderError> {
             Ok(())
         }

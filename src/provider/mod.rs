@@ -57,6 +57,25 @@ pub trait MachineProvider: Send + Sync {
         tags: &[(String, String)],
     ) -> Result<Vec<Machine>, ProviderError>;
 
+    /// The machines among `ids` that the cloud has announced it will take back
+    /// (spot interruption notices), each with when it said so: schedulers get
+    /// the rest of the warning to drain them. Machines without a notice are
+    /// simply absent.
+    async fn interruption_notices(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<InterruptionNotice>, ProviderError>;
+
+    /// Every machine carrying all of `tags` and, for the tag `key`, any of
+    /// `values`, in any state: the machines of many launch batches in one
+    /// call (per 200 values) instead of one call each. No call for no values.
+    async fn describe_owned_any(
+        &self,
+        tags: &[(String, String)],
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<Machine>, ProviderError>;
+
     /// Asks the cloud to terminate these machines. Success means the request was
     /// accepted; the machines go through `shutting-down` first.
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError>;
@@ -70,6 +89,17 @@ pub trait MachineProvider: Send + Sync {
     /// means nothing was launched; a [`ProviderError::Capacity`] tells the caller to
     /// try another instance type, subnet or capacity type as a new batch.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError>;
+}
+
+/// The cloud's warning that it is taking a spot machine back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptionNotice {
+    /// Instance id.
+    pub id: String,
+    /// When the notice was given (RFC 3339): the warning period runs from here.
+    pub noticed_at: String,
+    /// What will happen to it: `terminate`, `stop` or `hibernate`.
+    pub action: String,
 }
 
 /// The hardware of one instance type, as the cloud describes it.

@@ -526,6 +526,22 @@ impl Forwarder {
         self.shared.lock().rules.clear();
     }
 
+    /// Answers every EC2 `action` call with `body` (a whole 200 XML document)
+    /// instead of forwarding it, until [`Forwarder::clear_reply`]: for what
+    /// moto does not model, such as a spot request carrying an interruption
+    /// notice. Rate limits and rules still apply first.
+    pub fn reply_with(&self, action: impl Into<String>, body: impl Into<String>) {
+        self.shared
+            .lock()
+            .replies
+            .insert(action.into(), body.into());
+    }
+
+    /// Forwards `action` to moto again.
+    pub fn clear_reply(&self, action: &str) {
+        self.shared.lock().replies.remove(action);
+    }
+
     /// Turns the EC2 rate-limit model on (`Some`) or off (`None`, the
     /// default). Every bucket starts full.
     pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
@@ -669,6 +685,7 @@ struct State {
     throttled: BTreeMap<String, u64>,
     upstream_errors: BTreeMap<String, u64>,
     requests: VecDeque<(String, BTreeMap<String, String>)>,
+    replies: HashMap<String, String>,
 }
 
 struct TokenBucket {
@@ -688,6 +705,7 @@ impl TokenBucket {
 enum Decision {
     Forward,
     Answer(InjectedError),
+    Reply(String),
 }
 
 impl State {
@@ -727,6 +745,9 @@ impl State {
                 .entry((action.to_string(), error.code.clone()))
                 .or_default() += 1;
             return Decision::Answer(error);
+        }
+        if let Some(body) = self.replies.get(action) {
+            return Decision::Reply(body.clone());
         }
         *self.forwarded.entry(action.to_string()).or_default() += 1;
         Decision::Forward
@@ -906,6 +927,7 @@ async fn handle(
     let decision = shared.lock().decide(&call);
     match decision {
         Decision::Answer(error) => Ok(error_response(&error, call.json)),
+        Decision::Reply(body) => Ok(xml_response(body)),
         Decision::Forward => match forward(&shared, parts, body).await {
             Ok(response) => Ok(response),
             Err(message) => {
@@ -987,6 +1009,16 @@ fn error_response(error: &InjectedError, json: bool) -> Response<Full<Bytes>> {
             headers.insert(HeaderName::from_static("x-amzn-errortype"), code);
         }
     }
+    response
+}
+
+/// A 200 EC2 (query protocol) answer with `body` as the document.
+fn xml_response(body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/xml;charset=UTF-8"),
+    );
     response
 }
 

@@ -55,16 +55,45 @@ pub(super) async fn by_tags(
             "describing owned machines needs at least one tag".into(),
         )));
     }
-    let filters = tags
-        .iter()
+    describe(clients, calls, tag_filters(tags)).await
+}
+
+/// Every machine carrying all of `tags` and any of `values` for the tag
+/// `key` (EC2 ORs the values of one filter), in calls of at most 200 values.
+pub(super) async fn by_tag_values(
+    clients: &AwsClients,
+    calls: &Calls,
+    tags: &[(String, String)],
+    key: &str,
+    values: &[String],
+) -> Result<Vec<Machine>, ProviderError> {
+    let values = unique(values);
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut machines = Vec::new();
+    for chunk in values.chunks(ID_BATCH) {
+        let mut filters = tag_filters(tags);
+        filters.push(
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .set_values(Some(chunk.to_vec()))
+                .build(),
+        );
+        machines.extend(describe(clients, calls, filters).await?);
+    }
+    Ok(machines)
+}
+
+fn tag_filters(tags: &[(String, String)]) -> Vec<Filter> {
+    tags.iter()
         .map(|(k, v)| {
             Filter::builder()
                 .name(format!("tag:{k}"))
                 .values(v.clone())
                 .build()
         })
-        .collect();
-    describe(clients, calls, filters).await
+        .collect()
 }
 
 /// All pages of one DescribeInstances query.

@@ -9,8 +9,6 @@
 //! template instead of creating it again. CreateFleet references it by name,
 //! so a re-sent fleet (same ClientToken) matches the first one.
 
-use std::collections::HashMap;
-
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;
 use aws_sdk_ec2::operation::create_launch_template::builders::CreateLaunchTemplateFluentBuilder;
@@ -28,7 +26,6 @@ use tracing::{debug, info, warn};
 
 use super::calls::Calls;
 use super::clients::AwsClients;
-use super::describe;
 use super::errors::{classify, detail};
 use super::launch::{
     check_common, client_token, invalid, is_arn, non_empty, root_device, user_data,
@@ -69,19 +66,10 @@ pub(super) async fn launch(
     // Whatever the fleet did, the template has served its purpose: a retry of
     // this batch creates it again by name, and nothing else uses it.
     delete_template(clients, calls, &name).await;
-    let launched = launched(&answer?)?;
-    let ids: Vec<String> = launched.iter().map(|l| l.id.clone()).collect();
-    // The machines exist now, so a failed describe must not turn into an
-    // error ("nothing launched"): the caller gets what the fleet said instead.
-    let described = match describe::by_ids(clients, calls, &ids).await {
-        Ok(machines) => machines,
-        Err(e) => {
-            warn!(provider = %calls.provider(), batch = %spec.batch_id, error = %e,
-                "describing freshly launched fleet machines failed; reporting them as pending");
-            Vec::new()
-        }
-    };
-    Ok(merge(spec, launched, described))
+    // No describe here: the fleet's answer names each machine's type, subnet
+    // and capacity, and the request's poller describes every launch of every
+    // request in one batched call moments later (its first look).
+    Ok(pending_machines(spec, launched(&answer?)?))
 }
 
 /// The batch's launch template name.
@@ -349,34 +337,26 @@ pub(super) fn launched(out: &CreateFleetOutput) -> Result<Vec<Launched>, Provide
     Ok(launched)
 }
 
-/// The machines in the fleet's answer order: as described where EC2 already
-/// shows them, else what the launch itself tells (pending, its type, capacity,
-/// image and the tags it was launched with).
-pub(super) fn merge(
-    spec: &LaunchSpec,
-    launched: Vec<Launched>,
-    described: Vec<Machine>,
-) -> Vec<Machine> {
-    let mut by_id: HashMap<String, Machine> =
-        described.into_iter().map(|m| (m.id.clone(), m)).collect();
+/// The machines in the fleet's answer order, as the launch itself tells:
+/// pending, its type, subnet, capacity, image and the tags it was launched
+/// with. Host names, addresses and launch times come with the first poll.
+pub(super) fn pending_machines(spec: &LaunchSpec, launched: Vec<Launched>) -> Vec<Machine> {
     launched
         .into_iter()
-        .map(|l| {
-            by_id.remove(&l.id).unwrap_or_else(|| Machine {
-                id: l.id,
-                private_dns_name: None,
-                state: MachineState::Pending,
-                state_reason: None,
-                instance_type: l.instance_type,
-                availability_zone: l.availability_zone,
-                subnet_id: l.subnet_id,
-                private_ip: None,
-                public_ip: None,
-                launch_time: None,
-                capacity_type: l.capacity_type,
-                image_id: Some(spec.image_id.clone()),
-                tags: spec.tags.clone(),
-            })
+        .map(|l| Machine {
+            id: l.id,
+            private_dns_name: None,
+            state: MachineState::Pending,
+            state_reason: None,
+            instance_type: l.instance_type,
+            availability_zone: l.availability_zone,
+            subnet_id: l.subnet_id,
+            private_ip: None,
+            public_ip: None,
+            launch_time: None,
+            capacity_type: l.capacity_type,
+            image_id: Some(spec.image_id.clone()),
+            tags: spec.tags.clone(),
         })
         .collect()
 }
@@ -627,28 +607,24 @@ mod tests {
     }
 
     #[test]
-    fn undescribed_machines_are_pending_with_what_the_fleet_said() {
+    fn fleet_machines_are_pending_with_what_the_fleet_said() {
         let s = fleet_spec(50, 2);
         let l = launched(&answer(
             vec![group(InstanceLifecycle::Spot, &["i-1", "i-2"])],
             vec![],
         ))
         .expect("launched");
-        let seen = Machine {
-            state: MachineState::Running,
-            ..merge(&s, l.clone(), vec![]).remove(0)
-        };
-        let machines = merge(&s, l, vec![seen.clone()]);
-        assert_eq!(machines.len(), 2);
+        let machines = pending_machines(&s, l);
         assert_eq!(
-            machines[0], seen,
-            "described machines are kept as described"
+            machines.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["i-1", "i-2"],
+            "in the fleet's answer order"
         );
         let m = &machines[1];
-        assert_eq!(m.id, "i-2");
         assert_eq!(m.state, MachineState::Pending);
         assert_eq!(m.capacity_type, CapacityType::Spot);
         assert_eq!(m.instance_type.as_deref(), Some("c6i.xlarge"));
+        assert_eq!(m.image_id.as_deref(), Some(s.image_id.as_str()));
         assert_eq!(m.tags, s.tags);
     }
 

@@ -12,6 +12,7 @@ mod instance_types;
 mod launch;
 pub mod limits;
 mod pages;
+mod spot;
 mod tags;
 mod terminate;
 mod validate;
@@ -28,8 +29,8 @@ use limits::{Limiter, RateLimitConfig};
 
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, InstanceTypeInfo, LaunchApi, LaunchSpec, Machine, MachineProvider,
-    ProviderError, ResolvedImage,
+    CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchApi, LaunchSpec,
+    Machine, MachineProvider, ProviderError, ResolvedImage,
 };
 
 /// One configured AWS account and region.
@@ -122,6 +123,22 @@ impl MachineProvider for AwsProvider {
         tags: &[(String, String)],
     ) -> Result<Vec<Machine>, ProviderError> {
         describe::by_tags(&self.clients, &self.calls, tags).await
+    }
+
+    async fn describe_owned_any(
+        &self,
+        tags: &[(String, String)],
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        describe::by_tag_values(&self.clients, &self.calls, tags, key, values).await
+    }
+
+    async fn interruption_notices(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<InterruptionNotice>, ProviderError> {
+        spot::notices(&self.clients, &self.calls, ids).await
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {

@@ -1,0 +1,358 @@
+//! Finding the machines of pending launch batches for many requests at once.
+//!
+//! A batch still `Pending` in status (the operator died between writing the
+//! intent and recording the launch, or the launch call timed out) is looked
+//! up by its batch tag before anything is re-sent. After a restart at scale
+//! hundreds of requests do that together, and a call each would be a burst
+//! of hundreds of DescribeInstances against the account's Describe bucket
+//! (and, on a struggling endpoint, more timeouts). Lookups that arrive within
+//! [`WINDOW`] of each other are answered instead by one tag-filtered call per
+//! provider: the cluster tag plus the batch tag with up to 200 values each.
+//! At most one such call per provider is in flight: lookups that arrive
+//! during it are answered by the next, so a slow endpoint sees one call at a
+//! time, never a pile of them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::ownership::{BATCH_TAG, CLUSTER_TAG, REQUEST_UID_TAG};
+use crate::provider::{ErrorDetail, Machine, MachineProvider, ProviderError};
+
+/// How long the first lookup waits for others to join its call: short next
+/// to the call itself, long enough to gather a restart's reconciles.
+pub const WINDOW: Duration = Duration::from_millis(50);
+
+type Answer = Result<Vec<Machine>, ProviderError>;
+
+struct Waiter {
+    batch: String,
+    request_uid: String,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The lookups of one provider and cluster waiting for the next call, and
+/// whether a task is making calls for them.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiter>,
+    running: bool,
+}
+
+/// The lookups waiting for their provider's next call.
+#[derive(Default, Clone)]
+pub struct BatchLookups {
+    queues: Arc<Mutex<HashMap<String, Queue>>>,
+}
+
+impl BatchLookups {
+    /// The machines of launch batch `batch` of the request `request_uid`, in
+    /// cluster `cluster`, found together with every other lookup of the same
+    /// provider that arrives within [`WINDOW`].
+    pub async fn find(
+        &self,
+        provider: &Arc<dyn MachineProvider>,
+        cluster: &str,
+        request_uid: &str,
+        batch: &str,
+    ) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let key = format!("{}\u{0}{cluster}", provider.name());
+        let start = {
+            let mut queues = self.lock();
+            let queue = queues.entry(key.clone()).or_default();
+            queue.waiting.push(Waiter {
+                batch: batch.to_string(),
+                request_uid: request_uid.to_string(),
+                reply,
+            });
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            // A task of its own, so a cancelled reconcile cannot strand the
+            // lookups that joined it.
+            let this = self.clone();
+            let provider = provider.clone();
+            let cluster = cluster.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(WINDOW).await;
+                while this.answer(&key, &provider, &cluster).await {}
+            });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ProviderError::Transient(ErrorDetail {
+                operation: "DescribeInstances",
+                code: "LookupAbandoned".into(),
+                message: "the batched lookup of pending launches ended without an answer".into(),
+            }))
+        })
+    }
+
+    /// One call for every lookup queued under `key`; each gets its machines.
+    /// Returns false, and lets the next lookup start a task, when none was
+    /// queued.
+    async fn answer(&self, key: &str, provider: &Arc<dyn MachineProvider>, cluster: &str) -> bool {
+        let waiters = {
+            let mut queues = self.lock();
+            let Some(queue) = queues.get_mut(key) else {
+                return false;
+            };
+            if queue.waiting.is_empty() {
+                queues.remove(key);
+                return false;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let batches: Vec<String> = waiters
+            .iter()
+            .map(|w| w.batch.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found = provider
+            .describe_owned_any(
+                &[(CLUSTER_TAG.to_string(), cluster.to_string())],
+                BATCH_TAG,
+                &batches,
+            )
+            .await;
+        for w in waiters {
+            let mine = found.clone().map(|machines| {
+                machines
+                    .into_iter()
+                    .filter(|m| {
+                        m.tags.get(BATCH_TAG) == Some(&w.batch)
+                            && m.tags.get(REQUEST_UID_TAG) == Some(&w.request_uid)
+                    })
+                    .collect()
+            });
+            // The reconcile may have been cancelled meanwhile; nothing to do.
+            let _ = w.reply.send(mine);
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{
+        CapacityType, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, MachineState,
+        ResolvedImage,
+    };
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers tag lookups from a fixed set of machines and counts the calls.
+    #[derive(Default)]
+    struct Tagged {
+        machines: Vec<Machine>,
+        calls: AtomicUsize,
+        fail: bool,
+        /// How long each call takes.
+        delay: Duration,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    fn machine(id: &str, uid: &str, batch: &str) -> Machine {
+        Machine {
+            id: id.into(),
+            private_dns_name: None,
+            state: MachineState::Running,
+            state_reason: None,
+            instance_type: None,
+            availability_zone: None,
+            subnet_id: None,
+            private_ip: None,
+            public_ip: None,
+            launch_time: None,
+            capacity_type: CapacityType::OnDemand,
+            image_id: None,
+            tags: BTreeMap::from([
+                (CLUSTER_TAG.to_string(), "c".to_string()),
+                (REQUEST_UID_TAG.to_string(), uid.to_string()),
+                (BATCH_TAG.to_string(), batch.to_string()),
+            ]),
+        }
+    }
+
+    fn unused() -> ProviderError {
+        ProviderError::Unknown(ErrorDetail {
+            operation: "test",
+            code: "Unused".into(),
+            message: String::new(),
+        })
+    }
+
+    #[async_trait]
+    impl MachineProvider for Tagged {
+        fn name(&self) -> &str {
+            "p"
+        }
+        async fn lookup_image(&self, _: &ImageSource) -> Result<ResolvedImage, ProviderError> {
+            Err(unused())
+        }
+        async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn missing_security_groups(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn instance_type_info(
+            &self,
+            _: &str,
+        ) -> Result<Option<InstanceTypeInfo>, ProviderError> {
+            Err(unused())
+        }
+        async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+        async fn describe_owned(
+            &self,
+            _: &[(String, String)],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+        async fn describe_owned_any(
+            &self,
+            tags: &[(String, String)],
+            key: &str,
+            values: &[String],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.fail {
+                return Err(ProviderError::Transient(ErrorDetail {
+                    operation: "DescribeInstances",
+                    code: "InternalError".into(),
+                    message: "boom".into(),
+                }));
+            }
+            Ok(self
+                .machines
+                .iter()
+                .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
+                .filter(|m| m.tags.get(key).is_some_and(|v| values.contains(v)))
+                .cloned()
+                .collect())
+        }
+        async fn interruption_notices(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<InterruptionNotice>, ProviderError> {
+            Err(unused())
+        }
+        async fn terminate(&self, _: &[String]) -> Result<(), ProviderError> {
+            Err(unused())
+        }
+        async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_share_one_call_and_get_their_own_machines() {
+        let fake = Arc::new(Tagged {
+            machines: vec![
+                machine("i-1", "u1", "b1"),
+                machine("i-2", "u1", "b1"),
+                machine("i-3", "u2", "b2"),
+                // Same batch id, another request: never handed to u3.
+                machine("i-4", "u9", "b3"),
+            ],
+            ..Default::default()
+        });
+        let provider: Arc<dyn MachineProvider> = fake.clone();
+        let lookups = BatchLookups::default();
+        let (a, b, c) = tokio::join!(
+            lookups.find(&provider, "c", "u1", "b1"),
+            lookups.find(&provider, "c", "u2", "b2"),
+            lookups.find(&provider, "c", "u3", "b3"),
+        );
+        let ids =
+            |r: Answer| -> Vec<String> { r.expect("answer").into_iter().map(|m| m.id).collect() };
+        assert_eq!(ids(a), ["i-1", "i-2"]);
+        assert_eq!(ids(b), ["i-3"]);
+        assert!(ids(c).is_empty());
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            1,
+            "one call for all three"
+        );
+
+        // A later lookup makes a call of its own.
+        ids(lookups.find(&provider, "c", "u1", "b1").await);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn lookups_arriving_during_a_call_share_the_next_one() {
+        let fake = Arc::new(Tagged {
+            machines: vec![machine("i-1", "u1", "b1"), machine("i-2", "u2", "b2")],
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let provider: Arc<dyn MachineProvider> = fake.clone();
+        let lookups = BatchLookups::default();
+        let late = |uid: &'static str, batch: &'static str| {
+            let (lookups, provider) = (lookups.clone(), provider.clone());
+            async move {
+                // While the first call (200 ms) is in flight.
+                tokio::time::sleep(WINDOW + Duration::from_millis(20)).await;
+                lookups.find(&provider, "c", uid, batch).await
+            }
+        };
+        let (a, b, c) = tokio::join!(
+            lookups.find(&provider, "c", "u1", "b1"),
+            late("u2", "b2"),
+            late("u1", "b1"),
+        );
+        assert_eq!(a.expect("a").len(), 1);
+        assert_eq!(b.expect("b").len(), 1);
+        assert_eq!(c.expect("c").len(), 1);
+        assert_eq!(
+            fake.calls.load(Ordering::SeqCst),
+            2,
+            "the late ones share the second"
+        );
+        assert_eq!(
+            fake.most_in_flight.load(Ordering::SeqCst),
+            1,
+            "never two calls at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_fails_every_lookup_that_shared_it() {
+        let fake = Arc::new(Tagged {
+            fail: true,
+            ..Default::default()
+        });
+        let provider: Arc<dyn MachineProvider> = fake.clone();
+        let lookups = BatchLookups::default();
+        let (a, b) = tokio::join!(
+            lookups.find(&provider, "c", "u1", "b1"),
+            lookups.find(&provider, "c", "u2", "b2"),
+        );
+        assert!(matches!(a, Err(ProviderError::Transient(_))));
+        assert!(matches!(b, Err(ProviderError::Transient(_))));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+}
