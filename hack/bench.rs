@@ -46,6 +46,9 @@ use report::{Report, Verdict};
 const POLL: Duration = Duration::from_secs(2);
 /// Sweep interval (the operator's default).
 const SWEEP: Duration = Duration::from_secs(60);
+/// Full sweep interval: half the operator's default (10 min), so that the
+/// steady hold (330 s from the end of the fill) always includes one.
+const FULL_SWEEP: Duration = Duration::from_secs(300);
 
 /// The sizes of one run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -293,12 +296,14 @@ fn free_port() -> u16 {
 fn operator_config(env: &TestEnv, fwd: &Forwarder, rate_limits: &str) -> String {
     format!(
         "clusterName: {ns}\nproviders:\n  - name: aws-default\n    type: aws\n    region: {region}\n    \
-         endpointUrl: {url}\n    rateLimits: {rate_limits}\npollInterval: {poll}s\nsweepInterval: {sweep}s\n",
+         endpointUrl: {url}\n    rateLimits: {rate_limits}\npollInterval: {poll}s\nsweepInterval: {sweep}s\n\
+         fullSweepInterval: {full}s\n",
         ns = env.namespace,
         region = support::REGION,
         url = fwd.endpoint(),
         poll = POLL.as_secs(),
         sweep = SWEEP.as_secs(),
+        full = FULL_SWEEP.as_secs(),
     )
 }
 
@@ -971,7 +976,10 @@ async fn steady(start: Instant, sizes: &Sizes, fwd: &Forwarder, report: &mut Rep
         format!("≤ one per poll interval = {max_describes:.0}/min"),
         Verdict::check(describes_per_min <= max_describes),
         format!(
-            "sweep pages of 1,000: {} per sweep",
+            "sweeps each {}s list machines going or gone (1 call when none is); the full \
+             listing every {}s is {} pages of 1,000",
+            SWEEP.as_secs(),
+            FULL_SWEEP.as_secs(),
             (n as f64 / 1000.0).ceil()
         ),
     );

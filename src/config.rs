@@ -34,6 +34,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// unless `sweepInterval` says otherwise.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often a sweep lists every machine the cluster owns (adoption, vanished
+/// machines, orphans), unless `fullSweepInterval` says otherwise; the sweeps in
+/// between list only machines that are stopping, stopped, shutting down or
+/// terminated. At 10,000 machines a full listing is ten 1,000-instance pages,
+/// and parsing them was most of the operator's CPU while nothing changed.
+pub const DEFAULT_FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
 /// How long an instance type in a subnet is avoided after the cloud reported no
 /// capacity for it, unless `capacityCooldown` says otherwise.
 pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
@@ -63,8 +70,10 @@ pub struct OperatorConfig {
     pub gc_grace_period: Duration,
     /// Interval of the batched describe of changing machines.
     pub poll_interval: Duration,
-    /// Interval of the sweep over every owned machine.
+    /// Interval of the sweep for machines that went down.
     pub sweep_interval: Duration,
+    /// Interval of the sweep over every owned machine.
+    pub full_sweep_interval: Duration,
     /// How long an offering without capacity is avoided.
     pub capacity_cooldown: Duration,
     /// Interval of the check for spot interruption notices; zero turns it off.
@@ -200,6 +209,8 @@ struct RawConfig {
     poll_interval: Option<String>,
     #[serde(default)]
     sweep_interval: Option<String>,
+    #[serde(default)]
+    full_sweep_interval: Option<String>,
     #[serde(default)]
     capacity_cooldown: Option<String>,
     #[serde(default)]
@@ -346,6 +357,12 @@ impl RawConfig {
             DEFAULT_SWEEP_INTERVAL,
             Duration::from_secs(1),
         );
+        let full_sweep_interval = duration(
+            "fullSweepInterval",
+            &self.full_sweep_interval,
+            DEFAULT_FULL_SWEEP_INTERVAL,
+            Duration::from_secs(1),
+        );
         let capacity_cooldown = duration(
             "capacityCooldown",
             &self.capacity_cooldown,
@@ -382,6 +399,7 @@ impl RawConfig {
             gc_grace_period,
             poll_interval,
             sweep_interval,
+            full_sweep_interval,
             capacity_cooldown,
             spot_notice_interval,
         })
@@ -571,6 +589,19 @@ gcGracePeriod: 1h30m
         assert_eq!(c.default_provider, "a");
         assert_eq!(c.image_cache_ttl, DEFAULT_IMAGE_CACHE_TTL);
         assert_eq!(c.gc_grace_period, DEFAULT_GC_GRACE_PERIOD);
+        assert_eq!(c.sweep_interval, DEFAULT_SWEEP_INTERVAL);
+        assert_eq!(c.full_sweep_interval, DEFAULT_FULL_SWEEP_INTERVAL);
+    }
+
+    #[test]
+    fn full_sweep_interval_is_read_and_checked() {
+        let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
+        let c = from_yaml(&format!("{base}fullSweepInterval: 2m\n")).expect("valid");
+        assert_eq!(c.full_sweep_interval, Duration::from_secs(120));
+        assert_eq!(
+            err(&format!("{base}fullSweepInterval: 0s\n")),
+            r#"fullSweepInterval: "0s" is too short (at least 1s)"#
+        );
     }
 
     #[test]

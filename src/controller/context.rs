@@ -1,6 +1,7 @@
 //! What every reconcile needs, built once by the operator runtime and shared
 //! through an `Arc`: no DI container, plain fields.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use kube::runtime::events::{Recorder, Reporter};
@@ -53,6 +54,12 @@ pub struct Context {
     /// The only namespace watched, if the operator is namespace-scoped: the
     /// sweep then leaves other namespaces' machines alone.
     pub namespace: Option<String>,
+    /// Set when a running machine may exist that no status lists (a settled
+    /// batch found fewer machines than it asked for, or a batch was given up
+    /// that may have launched): the next sweep lists every owned machine, so
+    /// such machines are adopted within a `sweepInterval`, not a
+    /// `fullSweepInterval`.
+    pub full_sweep_wanted: AtomicBool,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -104,6 +111,7 @@ impl Context {
             superseded: Superseded::default(),
             batch_lookups: BatchLookups::default(),
             namespace: watches.namespace,
+            full_sweep_wanted: AtomicBool::new(false),
         }
     }
 }

@@ -1,5 +1,9 @@
-//! The sweep: one paginated listing per provider of every machine tagged for
-//! this cluster, every `sweepInterval`. It is how the operator notices what no
+//! The sweep: one paginated listing per provider of the machines tagged for
+//! this cluster, every `sweepInterval`. A full sweep (the first, then every
+//! `fullSweepInterval`) lists every such machine; the sweeps in between list
+//! only those stopping, stopped, shutting down or terminated, which is what
+//! changes among held machines (a handful, where a full listing of 10,000 is
+//! ten 1,000-instance pages to parse). It is how the operator notices what no
 //! poll is watching:
 //! - machines of a live request that its status does not list (a launch whose
 //!   status write was lost) are handed to that request to adopt;
@@ -7,11 +11,18 @@
 //!   spot reclaim) or vanished wake that request;
 //! - machines whose request no longer exists are orphans: terminated once they
 //!   are older than the grace period (EC2 reads are eventually consistent).
+//!
+//! Machines that vanished from the listing altogether, and running orphans or
+//! unrecorded running machines, are only seen by full sweeps; a settle that
+//! may have left running machines unlisted asks for one at the next sweep
+//! (`Context::full_sweep_wanted`), and a full sweep whose listing failed is
+//! tried again at the next.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -37,6 +48,8 @@ pub struct SweepReport {
     pub woken: usize,
     /// Orphans terminated.
     pub orphans_terminated: usize,
+    /// Providers whose listing failed (a full sweep is then not done).
+    pub failed_listings: usize,
 }
 
 /// Sweeps every `sweepInterval` until `shutdown` resolves; the first sweep runs
@@ -47,13 +60,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
         if !ctx.requests_synced.wait().await {
             return;
         }
+        let last_full: std::sync::Mutex<Option<Instant>> = Default::default();
         every(
             ctx.config.sweep_interval,
             std::future::pending::<()>(),
             || async {
-                let report = sweep_once(&ctx).await;
+                let started = Instant::now();
+                let wanted = ctx.full_sweep_wanted.swap(false, Ordering::SeqCst);
+                let due =
+                    lock(&last_full).is_none_or(|t| t.elapsed() >= ctx.config.full_sweep_interval);
+                let full = due || wanted;
+                let report = sweep_once(&ctx, full).await;
+                if full && report.failed_listings == 0 {
+                    *lock(&last_full) = Some(started);
+                } else if full && wanted {
+                    // Still wanted; a missed timed one stays due by itself.
+                    ctx.full_sweep_wanted.store(true, Ordering::SeqCst);
+                }
                 if report.unlisted + report.woken + report.orphans_terminated > 0 {
-                    info!(?report, "sweep");
+                    info!(?report, full, "sweep");
                 }
             },
         )
@@ -65,6 +90,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A live request as the sweep needs it.
 struct Live {
     request: ObjectRef<MachineRequest>,
@@ -72,8 +101,9 @@ struct Live {
     listed: HashMap<String, (MachineState, Option<i64>)>,
 }
 
-/// One sweep over every provider.
-pub async fn sweep_once(ctx: &Context) -> SweepReport {
+/// One sweep over every provider: of every owned machine when `full`, else
+/// of those that are going or gone.
+pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
     let mut report = SweepReport::default();
     let live: HashMap<String, Live> = ctx
         .requests
@@ -109,10 +139,16 @@ pub async fn sweep_once(ctx: &Context) -> SweepReport {
             continue;
         };
         ctx.metrics.sweep(name);
-        let machines = match provider.describe_owned(&cluster).await {
+        let listing = if full {
+            provider.describe_owned(&cluster).await
+        } else {
+            provider.describe_owned_down(&cluster).await
+        };
+        let machines = match listing {
             Ok(m) => m,
             Err(err) => {
                 warn!(provider = name, error = %err, "sweep: listing owned machines failed");
+                report.failed_listings += 1;
                 continue;
             }
         };
@@ -151,8 +187,9 @@ pub async fn sweep_once(ctx: &Context) -> SweepReport {
                 }
             }
         }
-        // Machines a request lists that the cloud no longer reports at all.
-        for owner in live.values() {
+        // Machines a request lists that the cloud no longer reports at all
+        // (only a full listing can tell).
+        for owner in live.values().filter(|_| full) {
             for (id, (state, launched)) in &owner.listed {
                 if seen.contains(id) || *state == MachineState::Terminated {
                     continue;

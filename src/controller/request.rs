@@ -16,6 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,7 +261,14 @@ impl<'a> Session<'a> {
             }
             if m.interruption_notice_time.is_none() {
                 if let Some(notice) = tracker.notice(&m.id) {
-                    m.interruption_notice_time = translate::parse_time(&notice.noticed_at);
+                    // An unreadable time still counts as noticed (now), so
+                    // the notice is announced once, not at every reconcile.
+                    m.interruption_notice_time =
+                        translate::parse_time(&notice.noticed_at).or_else(|| {
+                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                k8s_openapi::jiff::Timestamp::now(),
+                            ))
+                        });
                     noticed.push(notice);
                 }
             }
@@ -638,6 +646,12 @@ async fn settle_pending(
                 source,
             })?;
         if !found.is_empty() {
+            if found.len() < usize::try_from(batch.count).unwrap_or(0) {
+                // EC2 may have launched fewer (MaxCount is a ceiling), or a
+                // tag-filtered read may not show all of them yet: the next
+                // sweep lists everything and adopts any that show up later.
+                s.ctx.full_sweep_wanted.store(true, Ordering::SeqCst);
+            }
             s.ctx.tracker.record(found.clone());
             let adopted = s.adopt(found);
             if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch.id) {
@@ -657,6 +671,7 @@ async fn settle_pending(
             }
         };
         if batches::digest(&spec) != batch.params_digest {
+            s.ctx.full_sweep_wanted.store(true, Ordering::SeqCst);
             fail_batch(
                 s,
                 &batch.id,

@@ -77,8 +77,14 @@ impl BatchLookups {
             let provider = provider.clone();
             let cluster = cluster.to_string();
             tokio::spawn(async move {
+                let mut guard = Abandon {
+                    lookups: this.clone(),
+                    key: key.clone(),
+                    armed: true,
+                };
                 tokio::time::sleep(WINDOW).await;
                 while this.answer(&key, &provider, &cluster).await {}
+                guard.armed = false;
             });
         }
         answer.await.unwrap_or_else(|_| {
@@ -118,16 +124,28 @@ impl BatchLookups {
                 &batches,
             )
             .await;
+        // Grouped once, so each waiter costs its own machines, not all of them.
+        let mut by_batch: HashMap<(String, String), Vec<Machine>> = HashMap::new();
+        let found = found.map(|machines| {
+            for m in machines {
+                if let (Some(batch), Some(uid)) =
+                    (m.tags.get(BATCH_TAG), m.tags.get(REQUEST_UID_TAG))
+                {
+                    by_batch
+                        .entry((batch.clone(), uid.clone()))
+                        .or_default()
+                        .push(m);
+                }
+            }
+        });
         for w in waiters {
-            let mine = found.clone().map(|machines| {
-                machines
-                    .into_iter()
-                    .filter(|m| {
-                        m.tags.get(BATCH_TAG) == Some(&w.batch)
-                            && m.tags.get(REQUEST_UID_TAG) == Some(&w.request_uid)
-                    })
-                    .collect()
-            });
+            let mine = match &found {
+                Ok(()) => Ok(by_batch
+                    .get(&(w.batch, w.request_uid))
+                    .cloned()
+                    .unwrap_or_default()),
+                Err(err) => Err(err.clone()),
+            };
             // The reconcile may have been cancelled meanwhile; nothing to do.
             let _ = w.reply.send(mine);
         }
@@ -136,6 +154,25 @@ impl BatchLookups {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Clears a provider's queue if its lookup task dies (a panic below the
+/// provider call): the waiting lookups then end as abandoned, and the next
+/// lookup starts a new task, instead of all of them waiting forever on a
+/// task that is gone.
+struct Abandon {
+    lookups: BatchLookups,
+    key: String,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.armed {
+            // Dropping the waiters' senders answers each of them.
+            self.lookups.lock().remove(&self.key);
+        }
     }
 }
 
@@ -156,6 +193,8 @@ mod tests {
         machines: Vec<Machine>,
         calls: AtomicUsize,
         fail: bool,
+        /// Panic in the first call (a bug below the provider port).
+        panic_once: std::sync::atomic::AtomicBool,
         /// How long each call takes.
         delay: Duration,
         in_flight: AtomicUsize,
@@ -227,6 +266,12 @@ mod tests {
         ) -> Result<Vec<Machine>, ProviderError> {
             Err(unused())
         }
+        async fn describe_owned_down(
+            &self,
+            _: &[(String, String)],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
         async fn describe_owned_any(
             &self,
             tags: &[(String, String)],
@@ -238,6 +283,9 @@ mod tests {
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.panic_once.swap(false, Ordering::SeqCst) {
+                panic!("a bug below the provider port");
+            }
             if self.fail {
                 return Err(ProviderError::Transient(ErrorDetail {
                     operation: "DescribeInstances",
@@ -354,5 +402,24 @@ mod tests {
         assert!(matches!(a, Err(ProviderError::Transient(_))));
         assert!(matches!(b, Err(ProviderError::Transient(_))));
         assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_task_that_dies_abandons_its_lookups_and_the_next_one_works() {
+        let fake = Arc::new(Tagged {
+            machines: vec![machine("i-1", "u1", "b1")],
+            panic_once: true.into(),
+            ..Default::default()
+        });
+        let provider: Arc<dyn MachineProvider> = fake.clone();
+        let lookups = BatchLookups::default();
+        let first = lookups.find(&provider, "c", "u1", "b1").await;
+        assert!(
+            matches!(&first, Err(ProviderError::Transient(d)) if d.code == "LookupAbandoned"),
+            "{first:?}"
+        );
+        let second = lookups.find(&provider, "c", "u1", "b1").await;
+        assert_eq!(second.expect("second lookup").len(), 1);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -195,6 +195,12 @@ mod tests {
         ) -> Result<Vec<Machine>, ProviderError> {
             Ok(vec![])
         }
+        async fn describe_owned_down(
+            &self,
+            _: &[(String, String)],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Ok(vec![])
+        }
         async fn describe_owned_any(
             &self,
             _: &[(String, String)],

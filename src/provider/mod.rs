@@ -66,6 +66,14 @@ pub trait MachineProvider: Send + Sync {
         ids: &[String],
     ) -> Result<Vec<InterruptionNotice>, ProviderError>;
 
+    /// Every machine carrying all of `tags` that is stopping, stopped, shutting
+    /// down or terminated: what changed among held machines without a
+    /// listing of every one of them (usually a handful, whatever the fleet).
+    async fn describe_owned_down(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Machine>, ProviderError>;
+
     /// Every machine carrying all of `tags` and, for the tag `key`, any of
     /// `values`, in any state: the machines of many launch batches in one
     /// call (per 200 values) instead of one call each. No call for no values.

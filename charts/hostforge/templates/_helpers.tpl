@@ -73,7 +73,7 @@ providers:
     assumeRoleArn: {{ . | quote }}
     {{- end }}
 {{- end }}
-{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "capacityCooldown" "spotNoticeInterval" }}
+{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" }}
 {{- with index $c $key }}
 {{ $key }}: {{ . | quote }}
 {{- end }}

@@ -58,6 +58,30 @@ pub(super) async fn by_tags(
     describe(clients, calls, tag_filters(tags)).await
 }
 
+/// Every machine carrying all of `tags` in a state other than pending or
+/// running. Refuses an empty tag list, as [`by_tags`] does.
+pub(super) async fn down_by_tags(
+    clients: &AwsClients,
+    calls: &Calls,
+    tags: &[(String, String)],
+) -> Result<Vec<Machine>, ProviderError> {
+    if tags.is_empty() {
+        return by_tags(clients, calls, tags).await;
+    }
+    let mut filters = tag_filters(tags);
+    filters.push(
+        Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(
+                ["stopping", "stopped", "shutting-down", "terminated"]
+                    .map(String::from)
+                    .to_vec(),
+            ))
+            .build(),
+    );
+    describe(clients, calls, filters).await
+}
+
 /// Every machine carrying all of `tags` and any of `values` for the tag
 /// `key` (EC2 ORs the values of one filter), in calls of at most 200 values.
 pub(super) async fn by_tag_values(

@@ -125,6 +125,13 @@ impl MachineProvider for AwsProvider {
         describe::by_tags(&self.clients, &self.calls, tags).await
     }
 
+    async fn describe_owned_down(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        describe::down_by_tags(&self.clients, &self.calls, tags).await
+    }
+
     async fn describe_owned_any(
         &self,
         tags: &[(String, String)],
