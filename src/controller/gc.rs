@@ -247,21 +247,7 @@ fn older_than(m: &Machine, grace: Duration) -> bool {
 
 /// A machine the cloud stopped reporting: treated as terminated.
 fn vanished(id: &str, last: Option<Machine>) -> Machine {
-    let mut m = last.unwrap_or_else(|| Machine {
-        id: id.to_string(),
-        private_dns_name: None,
-        state: provider::MachineState::Terminated,
-        state_reason: None,
-        instance_type: None,
-        availability_zone: None,
-        subnet_id: None,
-        private_ip: None,
-        public_ip: None,
-        launch_time: None,
-        capacity_type: provider::CapacityType::OnDemand,
-        image_id: None,
-        tags: Default::default(),
-    });
+    let mut m = last.unwrap_or_else(|| Machine::bare(id, provider::MachineState::Terminated));
     m.state = provider::MachineState::Terminated;
     m.state_reason = Some("no longer reported by the cloud".into());
     m

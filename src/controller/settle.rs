@@ -180,8 +180,7 @@ impl Drop for Abandon {
 mod tests {
     use super::*;
     use crate::provider::{
-        CapacityType, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, MachineState,
-        ResolvedImage,
+        ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, MachineState, ResolvedImage,
     };
     use async_trait::async_trait;
     use std::collections::BTreeMap;
@@ -203,23 +202,12 @@ mod tests {
 
     fn machine(id: &str, uid: &str, batch: &str) -> Machine {
         Machine {
-            id: id.into(),
-            private_dns_name: None,
-            state: MachineState::Running,
-            state_reason: None,
-            instance_type: None,
-            availability_zone: None,
-            subnet_id: None,
-            private_ip: None,
-            public_ip: None,
-            launch_time: None,
-            capacity_type: CapacityType::OnDemand,
-            image_id: None,
             tags: BTreeMap::from([
                 (CLUSTER_TAG.to_string(), "c".to_string()),
                 (REQUEST_UID_TAG.to_string(), uid.to_string()),
                 (BATCH_TAG.to_string(), batch.to_string()),
             ]),
+            ..Machine::bare(id, MachineState::Running)
         }
     }
 

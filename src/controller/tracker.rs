@@ -362,25 +362,10 @@ pub(super) async fn every<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::CapacityType;
     use futures::StreamExt;
 
     fn machine(id: &str, state: MachineState) -> Machine {
-        Machine {
-            id: id.into(),
-            private_dns_name: None,
-            state,
-            state_reason: None,
-            instance_type: None,
-            availability_zone: None,
-            subnet_id: None,
-            private_ip: None,
-            public_ip: None,
-            launch_time: None,
-            capacity_type: CapacityType::OnDemand,
-            image_id: None,
-            tags: BTreeMap::new(),
-        }
+        Machine::bare(id, state)
     }
 
     #[tokio::test]

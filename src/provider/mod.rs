@@ -350,6 +350,28 @@ pub struct Machine {
     pub tags: BTreeMap<String, String>,
 }
 
+impl Machine {
+    /// A machine known only by its id and state (a vanished machine, a launch
+    /// answer before its first describe): every other fact is unknown.
+    pub fn bare(id: impl Into<String>, state: MachineState) -> Machine {
+        Machine {
+            id: id.into(),
+            private_dns_name: None,
+            state,
+            state_reason: None,
+            instance_type: None,
+            availability_zone: None,
+            subnet_id: None,
+            private_ip: None,
+            public_ip: None,
+            launch_time: None,
+            capacity_type: CapacityType::OnDemand,
+            image_id: None,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
 /// A machine's lifecycle state, the cloud-neutral subset that controllers act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MachineState {

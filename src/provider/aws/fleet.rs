@@ -344,19 +344,13 @@ pub(super) fn pending_machines(spec: &LaunchSpec, launched: Vec<Launched>) -> Ve
     launched
         .into_iter()
         .map(|l| Machine {
-            id: l.id,
-            private_dns_name: None,
-            state: MachineState::Pending,
-            state_reason: None,
             instance_type: l.instance_type,
             availability_zone: l.availability_zone,
             subnet_id: l.subnet_id,
-            private_ip: None,
-            public_ip: None,
-            launch_time: None,
             capacity_type: l.capacity_type,
             image_id: Some(spec.image_id.clone()),
             tags: spec.tags.clone(),
+            ..Machine::bare(l.id, MachineState::Pending)
         })
         .collect()
 }
