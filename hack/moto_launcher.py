@@ -25,17 +25,36 @@
    operator's 10 s attempt timeout, retried forever. Pages here end at the
    reservation that reaches MaxResults instances (a reservation is never
    split), with the same NextToken scheme.
+5. One request at a time. moto's models are not thread-safe and its server
+   runs a thread per request: under a burst of concurrent launches a subnet's
+   free-address set was popped empty by two threads at once
+   (`KeyError: 'pop from an empty set'` in get_available_subnet_ip) and a
+   generator was re-entered (`ValueError: generator already executing`). A
+   CreateFleet that fails that way has already made some of its instances
+   but never registers its fleet, and every later TerminateInstances of those
+   instances then fails with a 500 (`'NoneType' object has no attribute
+   'launch_specs'`): machines nobody can remove. The GIL serializes moto's
+   work anyway, so a lock around each request costs no throughput.
+6. Terminating an instance whose fleet moto does not know (an instance left
+   by such a half-made CreateFleet) skips the fleet's bookkeeping instead of
+   failing, as EC2 terminates any instance.
+7. DescribeSpotInstanceRequests accepts the `status-code` filter (moto 5.2.5
+   answers a 500, FilterNotImplementedError), which the operator's spot
+   interruption check sends every few seconds while it holds spot machines.
 """
 
 import sys
+import threading
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import InvalidParameterCombination
 from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.elastic_block_store import EBSBackend
-from moto.ec2.models.instances import InstanceBackend
+from moto.ec2.models.instances import Instance, InstanceBackend
+from moto.ec2.models.spot_requests import SpotInstanceRequest
 from moto.ec2.responses import instances
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.server import main
 
 _run_instances = instances.InstanceResponse.run_instances
@@ -143,6 +162,49 @@ def _get_instance_indexed(self, instance_id):
 
 
 InstanceBackend.get_instance = _get_instance_indexed
+
+
+_dispatch = DomainDispatcherApplication.__call__
+_one_at_a_time = threading.Lock()
+
+
+def _dispatch_serialized(self, environ, start_response):
+    # moto renders the whole body inside the call; iterating it needs no lock.
+    with _one_at_a_time:
+        return _dispatch(self, environ, start_response)
+
+
+DomainDispatcherApplication.__call__ = _dispatch_serialized
+
+
+_terminate = Instance.terminate
+
+
+def _terminate_without_a_known_fleet(self):
+    fleet_known = bool(
+        self.ec2_backend.get_spot_fleet_request(self._spot_fleet_id)
+        or self.ec2_backend.get_fleet(self._spot_fleet_id)
+        or self.ec2_backend.get_fleet(self._fleet_id)
+    )
+    if (self._spot_fleet_id or self._fleet_id) and not fleet_known:
+        self._spot_fleet_id = None
+        self._fleet_id = None
+    return _terminate(self)
+
+
+Instance.terminate = _terminate_without_a_known_fleet
+
+
+_spot_filter_value = SpotInstanceRequest.get_filter_value
+
+
+def _spot_filter_value_with_status_code(self, filter_name, method_name=None):
+    if filter_name == "status-code":
+        return self._status_code
+    return _spot_filter_value(self, filter_name, method_name)
+
+
+SpotInstanceRequest.get_filter_value = _spot_filter_value_with_status_code
 
 
 if __name__ == "__main__":
