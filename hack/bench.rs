@@ -442,12 +442,15 @@ async fn wait_all_ready(
     timeout: Duration,
 ) -> Result<(f64, Vec<MachineRequest>), Vec<MachineRequest>> {
     let (reader, writer) = reflector::store();
+    // Every watch event, the end of the initial listing included: the store
+    // fills only when that listing is complete, so checking on object events
+    // alone never returned when everything was already Ready (the wait then
+    // ran into its timeout).
     let events = reflector(
         writer,
         watcher(machines::requests(env), watcher::Config::default()),
     )
-    .default_backoff()
-    .touched_objects();
+    .default_backoff();
     futures::pin_mut!(events);
     let snapshot =
         || -> Vec<MachineRequest> { reader.state().iter().map(|m| (**m).clone()).collect() };

@@ -22,7 +22,7 @@ pub struct Baseline {
 }
 
 /// Launches `requests` × `count` instances of `image`, request i with
-/// instance type `types[i % len]`, tagged `hostforge-bench/baseline=<run>`
+/// instance type `types[i % len]`, tagged `hostforge-bench/baseline=<run>` and five more
 /// (not hostforge's cluster tag, so no operator adopts them).
 pub async fn run(
     ec2: &aws_sdk_ec2::Client,
@@ -36,22 +36,37 @@ pub async fn run(
     let t0 = Instant::now();
     let mut ids = Vec::new();
     for i in 0..requests {
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .tags(
-                Tag::builder()
-                    .key("hostforge-bench/baseline")
-                    .value(run)
-                    .build(),
-            )
-            .build();
+        // As many tags as hostforge puts on each instance and volume (its six
+        // ownership tags): the same launches, so moto does the same work.
+        let request = format!("{run}/request-{i:04}");
+        let tags: Vec<Tag> = [
+            ("hostforge-bench/baseline", run),
+            ("hostforge-bench/request", request.as_str()),
+            (
+                "hostforge-bench/request-uid",
+                "00000000-0000-0000-0000-000000000000",
+            ),
+            ("hostforge-bench/template", types[i % types.len()]),
+            ("hostforge-bench/batch", request.as_str()),
+            ("Name", request.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect();
+        let spec = |kind| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .set_tags(Some(tags.clone()))
+                .build()
+        };
         let out = ec2
             .run_instances()
             .image_id(image)
             .instance_type(InstanceType::from(types[i % types.len()]))
             .min_count(count)
             .max_count(count)
-            .tag_specifications(tags)
+            .tag_specifications(spec(ResourceType::Instance))
+            .tag_specifications(spec(ResourceType::Volume))
             .send()
             .await
             .expect("baseline RunInstances");
