@@ -264,11 +264,7 @@ impl<'a> Session<'a> {
                     // An unreadable time still counts as noticed (now), so
                     // the notice is announced once, not at every reconcile.
                     m.interruption_notice_time =
-                        translate::parse_time(&notice.noticed_at).or_else(|| {
-                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                                k8s_openapi::jiff::Timestamp::now(),
-                            ))
-                        });
+                        Some(translate::parse_time(&notice.noticed_at).unwrap_or_else(now));
                     noticed.push(notice);
                 }
             }
