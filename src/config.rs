@@ -51,6 +51,11 @@ pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
 /// 110 s to drain, for one call per interval while spot machines are held.
 pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
+/// requests in front of the limit, and more connections than that is what the
+/// limit is there to prevent.
+const MAX_KUBE_REQUESTS_IN_FLIGHT: i64 = 1024;
+
 /// Longest accepted duration, so a unit slip ("5000h") is caught at start.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -78,6 +83,9 @@ pub struct OperatorConfig {
     pub capacity_cooldown: Duration,
     /// Interval of the check for spot interruption notices; zero turns it off.
     pub spot_notice_interval: Duration,
+    /// Most requests to the apiserver awaiting their answer at once (each is
+    /// an HTTP/1.1 connection of its own).
+    pub max_kube_requests_in_flight: usize,
 }
 
 /// One named cloud account and region the operator may launch into.
@@ -215,6 +223,8 @@ struct RawConfig {
     capacity_cooldown: Option<String>,
     #[serde(default)]
     spot_notice_interval: Option<String>,
+    #[serde(default)]
+    max_kube_requests_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +385,17 @@ impl RawConfig {
             DEFAULT_SPOT_NOTICE_INTERVAL,
             Duration::ZERO,
         );
+        let max_kube_requests_in_flight = match self.max_kube_requests_in_flight {
+            None => crate::kube_client::DEFAULT_MAX_IN_FLIGHT,
+            Some(n) if (1..=MAX_KUBE_REQUESTS_IN_FLIGHT).contains(&n) => n as usize,
+            Some(n) => {
+                problem(
+                    "maxKubeRequestsInFlight".into(),
+                    format!("{n} is out of range (1 to {MAX_KUBE_REQUESTS_IN_FLIGHT})"),
+                );
+                crate::kube_client::DEFAULT_MAX_IN_FLIGHT
+            }
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -402,6 +423,7 @@ impl RawConfig {
             full_sweep_interval,
             capacity_cooldown,
             spot_notice_interval,
+            max_kube_requests_in_flight,
         })
     }
 }
@@ -591,6 +613,27 @@ gcGracePeriod: 1h30m
         assert_eq!(c.gc_grace_period, DEFAULT_GC_GRACE_PERIOD);
         assert_eq!(c.sweep_interval, DEFAULT_SWEEP_INTERVAL);
         assert_eq!(c.full_sweep_interval, DEFAULT_FULL_SWEEP_INTERVAL);
+        assert_eq!(
+            c.max_kube_requests_in_flight,
+            crate::kube_client::DEFAULT_MAX_IN_FLIGHT
+        );
+    }
+
+    #[test]
+    fn max_kube_requests_in_flight_is_read_and_checked() {
+        let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
+        let c = from_yaml(&format!("{base}maxKubeRequestsInFlight: 4\n")).expect("valid");
+        assert_eq!(c.max_kube_requests_in_flight, 4);
+        assert_eq!(
+            err(&format!("{base}maxKubeRequestsInFlight: 0\n")),
+            "maxKubeRequestsInFlight: 0 is out of range (1 to 1024)"
+        );
+        assert_eq!(
+            err(&format!("{base}maxKubeRequestsInFlight: 5000\n")),
+            "maxKubeRequestsInFlight: 5000 is out of range (1 to 1024)"
+        );
+        assert!(err(&format!("{base}maxKubeRequestsInFlight: many\n"))
+            .contains("maxKubeRequestsInFlight"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod failpoint;
 pub mod hostfactory;
 pub mod http;
 pub mod image;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::Api;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -74,7 +74,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
         "starting hostforge"
     );
-    let client = Client::try_default().await.map_err(RunError::KubeConfig)?;
+    let client = crate::kube_client::infer(config.max_kube_requests_in_flight)
+        .await
+        .map_err(RunError::KubeConfig)?;
 
     let metrics = Arc::new(Metrics::new());
     let providers = Arc::new(

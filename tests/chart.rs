@@ -214,6 +214,12 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let cm = find(&docs, "ConfigMap")[0];
     let config = cm["data"]["config.yaml"].as_str().expect("config.yaml");
     assert!(config.contains("clusterName: \"demo\""), "{config}");
+    let parsed =
+        hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
+    assert_eq!(
+        parsed.max_kube_requests_in_flight,
+        hostforge::kube_client::DEFAULT_MAX_IN_FLIGHT
+    );
 
     // Namespace mode: Roles only, the operator told to watch that namespace.
     let out = helm_ok(
@@ -230,9 +236,16 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
             "networkPolicy.enabled=true",
             "--set",
             "serviceMonitor.enabled=true",
+            "--set",
+            "config.maxKubeRequestsInFlight=8",
         ],
     );
     let docs = documents(&out);
+    let cm = find(&docs, "ConfigMap")[0];
+    let config = cm["data"]["config.yaml"].as_str().expect("config.yaml");
+    let parsed =
+        hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
+    assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
     assert!(find(&docs, "ClusterRole").is_empty() && find(&docs, "ClusterRoleBinding").is_empty());
     let roles = find(&docs, "Role");
     assert!(roles.iter().any(|r| r["metadata"]["namespace"] == "team-a"));

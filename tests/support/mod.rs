@@ -191,11 +191,15 @@ impl Drop for TestEnv {
 
 /// A kube client for the bed's admin user.
 pub async fn kube_client(bed: &TestBed) -> Client {
+    Client::try_from(kube_config(bed).await).expect("building kube client")
+}
+
+/// The client config of the bed's admin user, for tests that build their own client.
+pub async fn kube_config(bed: &TestBed) -> Config {
     let kubeconfig = Kubeconfig::read_from(&bed.kubeconfig).expect("reading test kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("loading test kubeconfig");
-    Client::try_from(config).expect("building kube client")
+        .expect("loading test kubeconfig")
 }
 
 fn aws_config(endpoint: &str) -> aws_config::SdkConfig {

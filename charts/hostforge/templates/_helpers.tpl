@@ -78,4 +78,7 @@ providers:
 {{ $key }}: {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- with $c.maxKubeRequestsInFlight }}
+maxKubeRequestsInFlight: {{ . | int }}
+{{- end }}
 {{- end }}
