@@ -21,6 +21,9 @@ use crate::leader::{Elector, LeaderError, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::provider::registry::ProviderRegistry;
 
+/// The elector sends one request at a time; a second slot is slack.
+const LEASE_REQUESTS_IN_FLIGHT: usize = 2;
+
 /// What `hostforge run` was told on its command line.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -155,7 +158,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (release_tx, release_rx) = watch::channel(false);
     let mut leadership = None;
     if let Some(settings) = opts.leader_election.clone() {
-        let mut elector = Elector::new(client.clone(), settings);
+        // The Lease has a client (and connection) of its own: a renewal must
+        // never wait behind a queue of status writes for longer than the lease.
+        let lease_client = crate::kube_client::infer(LEASE_REQUESTS_IN_FLIGHT)
+            .await
+            .map_err(RunError::KubeConfig)?;
+        let mut elector = Elector::new(lease_client, settings);
         info!(identity = %elector.settings().identity, lease = %elector.settings().name, "waiting for leadership");
         let acquired = {
             let readiness = readiness.clone();
