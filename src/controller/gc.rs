@@ -139,53 +139,60 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
             continue;
         };
         ctx.metrics.sweep(name);
-        let listing = if full {
-            provider.describe_owned(&cluster).await
-        } else {
-            provider.describe_owned_down(&cluster).await
-        };
-        let machines = match listing {
-            Ok(m) => m,
-            Err(err) => {
-                warn!(provider = name, error = %err, "sweep: listing owned machines failed");
-                report.failed_listings += 1;
-                continue;
-            }
-        };
-        report.listed += machines.len();
         let mut wake: HashSet<ObjectRef<MachineRequest>> = HashSet::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut orphans: Vec<Machine> = Vec::new();
-        for m in machines {
-            if !in_scope(ctx, &m) {
-                continue;
-            }
-            seen.insert(m.id.clone());
-            let uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
-            match live.get(&uid) {
-                Some(owner) => match owner.listed.get(&m.id) {
-                    None if !m.state.is_terminating() => {
-                        ctx.tracker.add_unlisted(&uid, m.clone());
-                        report.unlisted += 1;
-                        wake.insert(owner.request.clone());
-                        ctx.tracker.record([m]);
+        // Page by page: a full listing of 10,000 machines is ten pages, and
+        // only the one in hand is kept (its ids stay in `seen`).
+        let listing = provider
+            .list_owned(&cluster, !full, &mut |machines: Vec<Machine>| {
+                report.listed += machines.len();
+                for m in machines {
+                    if !in_scope(ctx, &m) {
+                        continue;
                     }
-                    Some((state, _)) if *state != translate::state(m.state) => {
-                        wake.insert(owner.request.clone());
-                        ctx.tracker.record([m]);
-                    }
-                    // Listed as it is: status already says all of it, and
-                    // keeping a copy of every held machine would only cost
-                    // memory and CPU at every sweep.
-                    _ => {}
-                },
-                None if uid.is_empty() => {}
-                None => {
-                    if !m.state.is_terminating() && older_than(&m, ctx.config.gc_grace_period) {
-                        orphans.push(m);
+                    seen.insert(m.id.clone());
+                    let uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
+                    match live.get(&uid) {
+                        Some(owner) => match owner.listed.get(&m.id) {
+                            None if !m.state.is_terminating() => {
+                                ctx.tracker.add_unlisted(&uid, m.clone());
+                                report.unlisted += 1;
+                                wake.insert(owner.request.clone());
+                                ctx.tracker.record([m]);
+                            }
+                            Some((state, _)) if *state != translate::state(m.state) => {
+                                wake.insert(owner.request.clone());
+                                ctx.tracker.record([m]);
+                            }
+                            // Listed as it is: status already says all of it, and
+                            // keeping a copy of every held machine would only cost
+                            // memory and CPU at every sweep.
+                            _ => {}
+                        },
+                        None if uid.is_empty() => {}
+                        None => {
+                            if !m.state.is_terminating()
+                                && older_than(&m, ctx.config.gc_grace_period)
+                            {
+                                orphans.push(m);
+                            }
+                        }
                     }
                 }
+            })
+            .await;
+        if let Err(err) = listing {
+            // What the pages so far found stays true (machines to adopt,
+            // changed states); vanished machines and orphans need the whole
+            // listing, so they wait for the next sweep.
+            warn!(provider = name, error = %err, "sweep: listing owned machines failed");
+            report.failed_listings += 1;
+            report.woken += wake.len();
+            for request in wake {
+                ctx.tracker.wake(request);
             }
+            continue;
         }
         // Machines a request lists that the cloud no longer reports at all
         // (only a full listing can tell).

@@ -254,10 +254,12 @@ mod tests {
         ) -> Result<Vec<Machine>, ProviderError> {
             Err(unused())
         }
-        async fn describe_owned_down(
+        async fn list_owned(
             &self,
             _: &[(String, String)],
-        ) -> Result<Vec<Machine>, ProviderError> {
+            _: bool,
+            _: &mut (dyn FnMut(Vec<Machine>) + Send),
+        ) -> Result<(), ProviderError> {
             Err(unused())
         }
         async fn describe_owned_any(

@@ -195,11 +195,13 @@ mod tests {
         ) -> Result<Vec<Machine>, ProviderError> {
             Ok(vec![])
         }
-        async fn describe_owned_down(
+        async fn list_owned(
             &self,
             _: &[(String, String)],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Ok(vec![])
+            _: bool,
+            _: &mut (dyn FnMut(Vec<Machine>) + Send),
+        ) -> Result<(), ProviderError> {
+            Ok(())
         }
         async fn describe_owned_any(
             &self,

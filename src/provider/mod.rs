@@ -66,13 +66,18 @@ pub trait MachineProvider: Send + Sync {
         ids: &[String],
     ) -> Result<Vec<InterruptionNotice>, ProviderError>;
 
-    /// Every machine carrying all of `tags` that is stopping, stopped, shutting
-    /// down or terminated: what changed among held machines without a
-    /// listing of every one of them (usually a handful, whatever the fleet).
-    async fn describe_owned_down(
+    /// Every machine carrying all of `tags` (in any state, or with `down_only`
+    /// only those stopping, stopped, shutting down or terminated: what changes
+    /// among held machines, usually a handful whatever the fleet), handed to
+    /// `page` one page of the listing at a time. The sweep lists 10,000
+    /// machines this way while holding one page of them, not all of them.
+    /// An error ends the listing; the pages handed over until then stay valid.
+    async fn list_owned(
         &self,
         tags: &[(String, String)],
-    ) -> Result<Vec<Machine>, ProviderError>;
+        down_only: bool,
+        page: &mut (dyn FnMut(Vec<Machine>) + Send),
+    ) -> Result<(), ProviderError>;
 
     /// Every machine carrying all of `tags` and, for the tag `key`, any of
     /// `values`, in any state: the machines of many launch batches in one

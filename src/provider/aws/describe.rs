@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateN
 use super::calls::Calls;
 use super::clients::AwsClients;
 use super::errors::detail;
-use super::pages::all_pages;
+use super::pages::{all_pages, for_each_page};
 use super::validate::unique;
 use crate::provider::{CapacityType, Machine, MachineState, ProviderError};
 
@@ -58,28 +58,38 @@ pub(super) async fn by_tags(
     describe(clients, calls, tag_filters(tags)).await
 }
 
-/// Every machine carrying all of `tags` in a state other than pending or
-/// running. Refuses an empty tag list, as [`by_tags`] does.
-pub(super) async fn down_by_tags(
+/// Every machine carrying all of `tags` (with `down_only`, only those in a
+/// state other than pending or running), handed to `each` a page at a time.
+/// Refuses an empty tag list, as [`by_tags`] does.
+pub(super) async fn pages_by_tags(
     clients: &AwsClients,
     calls: &Calls,
     tags: &[(String, String)],
-) -> Result<Vec<Machine>, ProviderError> {
+    down_only: bool,
+    each: &mut (dyn FnMut(Vec<Machine>) + Send),
+) -> Result<(), ProviderError> {
     if tags.is_empty() {
-        return by_tags(clients, calls, tags).await;
+        by_tags(clients, calls, tags).await?;
+        return Ok(());
     }
     let mut filters = tag_filters(tags);
-    filters.push(
-        Filter::builder()
-            .name("instance-state-name")
-            .set_values(Some(
-                ["stopping", "stopped", "shutting-down", "terminated"]
-                    .map(String::from)
-                    .to_vec(),
-            ))
-            .build(),
-    );
-    describe(clients, calls, filters).await
+    if down_only {
+        filters.push(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["stopping", "stopped", "shutting-down", "terminated"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        );
+    }
+    for_each_page(
+        |token| describe_page(clients, calls, filters.clone(), token),
+        |machines| each(machines),
+    )
+    .await
 }
 
 /// Every machine carrying all of `tags` and any of `values` for the tag
@@ -126,25 +136,31 @@ async fn describe(
     calls: &Calls,
     filters: Vec<Filter>,
 ) -> Result<Vec<Machine>, ProviderError> {
-    all_pages(|token| {
-        let request = clients
-            .ec2
-            .describe_instances()
-            .set_filters(Some(filters.clone()))
-            .max_results(1000)
-            .set_next_token(token);
-        async move {
-            let out = calls.run("DescribeInstances", request.send()).await?;
-            let machines = out
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(to_machine)
-                .collect();
-            Ok((machines, out.next_token))
-        }
-    })
-    .await
+    all_pages(|token| describe_page(clients, calls, filters.clone(), token)).await
+}
+
+/// One page (of at most 1,000 instances) of a DescribeInstances query and the
+/// token of the next; the SDK's answer is dropped once translated.
+async fn describe_page(
+    clients: &AwsClients,
+    calls: &Calls,
+    filters: Vec<Filter>,
+    token: Option<String>,
+) -> Result<(Vec<Machine>, Option<String>), ProviderError> {
+    let request = clients
+        .ec2
+        .describe_instances()
+        .set_filters(Some(filters))
+        .max_results(1000)
+        .set_next_token(token);
+    let out = calls.run("DescribeInstances", request.send()).await?;
+    let machines = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(to_machine)
+        .collect();
+    Ok((machines, out.next_token))
 }
 
 /// Translates an EC2 instance; one without an id is not a machine.

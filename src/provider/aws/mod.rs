@@ -125,11 +125,13 @@ impl MachineProvider for AwsProvider {
         describe::by_tags(&self.clients, &self.calls, tags).await
     }
 
-    async fn describe_owned_down(
+    async fn list_owned(
         &self,
         tags: &[(String, String)],
-    ) -> Result<Vec<Machine>, ProviderError> {
-        describe::down_by_tags(&self.clients, &self.calls, tags).await
+        down_only: bool,
+        page: &mut (dyn FnMut(Vec<Machine>) + Send),
+    ) -> Result<(), ProviderError> {
+        describe::pages_by_tags(&self.clients, &self.calls, tags, down_only, page).await
     }
 
     async fn describe_owned_any(
