@@ -87,7 +87,7 @@ pub(super) async fn pages_by_tags(
     }
     for_each_page(
         |token| describe_page(clients, calls, filters.clone(), token),
-        |machines| each(machines),
+        each,
     )
     .await
 }
