@@ -56,16 +56,21 @@ impl Calls {
         &self.provider
     }
 
-    /// Waits for `operation`'s request token, then awaits one SDK call
-    /// (`send()` future, which sends nothing until polled) of `operation`,
-    /// reports it and maps its error. The wait is not part of the reported
-    /// latency, and not of the SDK's operation timeout.
-    pub(super) async fn run<T, E, F>(
+    /// Waits for `operation`'s request token, then makes one SDK call of
+    /// `operation` (`call` returns its `send()` future), reports it and maps
+    /// its error. The wait is not part of the reported latency, and not of
+    /// the SDK's operation timeout.
+    ///
+    /// The call's future is made, on the heap, only once the token is here:
+    /// an SDK call future is about 10 KB before it is ever polled, and a
+    /// thousand launches waiting for RunInstances tokens held 23 MB of them.
+    pub(super) async fn run<T, E, C, F>(
         &self,
         operation: &'static str,
-        call: F,
+        call: C,
     ) -> Result<T, ProviderError>
     where
+        C: FnOnce() -> F,
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
@@ -75,7 +80,9 @@ impl Calls {
                 "waited for the request rate limit");
         }
         let start = Instant::now();
-        let result = call.await.map_err(|e| errors::from_sdk(operation, e));
+        let result = Box::pin(call())
+            .await
+            .map_err(|e| errors::from_sdk(operation, e));
         let seconds = start.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "ok",

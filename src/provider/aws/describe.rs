@@ -153,7 +153,7 @@ async fn describe_page(
         .set_filters(Some(filters))
         .max_results(1000)
         .set_next_token(token);
-    let out = calls.run("DescribeInstances", request.send()).await?;
+    let out = calls.run("DescribeInstances", || request.send()).await?;
     let machines = out
         .reservations()
         .iter()

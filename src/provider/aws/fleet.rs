@@ -58,10 +58,9 @@ pub(super) async fn launch(
     let name = template_name(&spec.batch_id);
     ensure_template(clients, calls, spec, &name).await?;
     let answer = calls
-        .run(
-            "CreateFleet",
-            fleet_request(&clients.ec2, spec, &name).send(),
-        )
+        .run("CreateFleet", || {
+            fleet_request(&clients.ec2, spec, &name).send()
+        })
         .await;
     // Whatever the fleet did, the template has served its purpose: a retry of
     // this batch creates it again by name, and nothing else uses it.
@@ -86,7 +85,7 @@ async fn ensure_template(
     name: &str,
 ) -> Result<(), ProviderError> {
     let request = template_request(&clients.ec2, spec, name);
-    match calls.run("CreateLaunchTemplate", request.send()).await {
+    match calls.run("CreateLaunchTemplate", || request.send()).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == TEMPLATE_EXISTS => {
             debug!(provider = %calls.provider(), template = name, "reusing the batch's launch template");
@@ -103,7 +102,7 @@ async fn delete_template(clients: &AwsClients, calls: &Calls, name: &str) {
         .ec2
         .delete_launch_template()
         .launch_template_name(name);
-    if let Err(e) = calls.run("DeleteLaunchTemplate", request.send()).await {
+    if let Err(e) = calls.run("DeleteLaunchTemplate", || request.send()).await {
         warn!(provider = %calls.provider(), template = name, error = %e,
             "deleting the batch's launch template failed; it is left behind");
     }

@@ -51,16 +51,15 @@ pub(super) async fn lookup(
 /// The image with this id, which must exist and be available.
 async fn by_id(clients: &AwsClients, calls: &Calls, id: &str) -> Result<Image, ProviderError> {
     let out = calls
-        .run(
-            "DescribeImages",
+        .run("DescribeImages", || {
             clients
                 .ec2
                 .describe_images()
                 .image_ids(id)
                 // A deprecated image can still be launched; it must still resolve.
                 .include_deprecated(true)
-                .send(),
-        )
+                .send()
+        })
         .await?;
     let image = out
         .images()
@@ -90,10 +89,9 @@ async fn parameter_value(
     name: &str,
 ) -> Result<String, ProviderError> {
     let out = calls
-        .run(
-            "GetParameter",
-            clients.ssm.get_parameter().name(name).send(),
-        )
+        .run("GetParameter", || {
+            clients.ssm.get_parameter().name(name).send()
+        })
         .await?;
     let value = out
         .parameter()
@@ -161,7 +159,7 @@ async fn newest(
             .max_results(1000)
             .set_next_token(token);
         async move {
-            let out = calls.run("DescribeImages", request.send()).await?;
+            let out = calls.run("DescribeImages", || request.send()).await?;
             Ok((out.images.unwrap_or_default(), out.next_token))
         }
     })

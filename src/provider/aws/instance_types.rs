@@ -52,7 +52,9 @@ pub(super) async fn info(
             .values(instance_type)
             .build(),
     );
-    let out = calls.run("DescribeInstanceTypes", request.send()).await?;
+    let out = calls
+        .run("DescribeInstanceTypes", || request.send())
+        .await?;
     let found = out
         .instance_types()
         .iter()

@@ -42,7 +42,7 @@ async fn run_instances(
     spec: &LaunchSpec,
 ) -> Result<Vec<Machine>, ProviderError> {
     let request = run_instances_request(&clients.ec2, spec)?;
-    let out = calls.run("RunInstances", request.send()).await?;
+    let out = calls.run("RunInstances", || request.send()).await?;
     let machines: Vec<Machine> = out.instances().iter().filter_map(to_machine).collect();
     if machines.is_empty() {
         // EC2 answers MinCount=1 with at least one instance or an error, so an

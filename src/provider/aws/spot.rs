@@ -52,7 +52,7 @@ pub(super) async fn notices(
             .set_next_token(token);
         async move {
             let out = calls
-                .run("DescribeSpotInstanceRequests", request.send())
+                .run("DescribeSpotInstanceRequests", || request.send())
                 .await?;
             Ok((out.spot_instance_requests().to_vec(), out.next_token))
         }

@@ -22,14 +22,13 @@ pub(super) async fn terminate(
         .collect();
     for batch in ids.chunks(TERMINATE_BATCH) {
         calls
-            .run(
-                "TerminateInstances",
+            .run("TerminateInstances", || {
                 clients
                     .ec2
                     .terminate_instances()
                     .set_instance_ids(Some(batch.to_vec()))
-                    .send(),
-            )
+                    .send()
+            })
             .await?;
     }
     Ok(())

@@ -30,7 +30,7 @@ pub(super) async fn missing_subnets(
             .max_results(1000)
             .set_next_token(token);
         async move {
-            let out = calls.run("DescribeSubnets", request.send()).await?;
+            let out = calls.run("DescribeSubnets", || request.send()).await?;
             let ids = out.subnets().iter().filter_map(|s| s.subnet_id());
             Ok((ids.map(str::to_string).collect(), out.next_token))
         }
@@ -53,7 +53,9 @@ pub(super) async fn missing_security_groups(
             .max_results(1000)
             .set_next_token(token);
         async move {
-            let out = calls.run("DescribeSecurityGroups", request.send()).await?;
+            let out = calls
+                .run("DescribeSecurityGroups", || request.send())
+                .await?;
             let ids = out.security_groups().iter().filter_map(|g| g.group_id());
             Ok((ids.map(str::to_string).collect(), out.next_token))
         }
@@ -102,7 +104,9 @@ pub(super) async fn unknown_instance_types(
                     .max_results(100)
                     .set_next_token(token);
                 async move {
-                    let out = calls.run("DescribeInstanceTypes", request.send()).await?;
+                    let out = calls
+                        .run("DescribeInstanceTypes", || request.send())
+                        .await?;
                     let types = out
                         .instance_types()
                         .iter()
