@@ -994,10 +994,10 @@ async fn steady(start: Instant, sizes: &Sizes, fwd: &Forwarder, report: &mut Rep
         Verdict::check(describes_per_min <= max_describes),
         format!(
             "sweeps each {}s list machines going or gone (1 call when none is); the full \
-             listing every {}s is {} pages of 1,000",
+             listing every {}s is {} pages of 250",
             SWEEP.as_secs(),
             FULL_SWEEP.as_secs(),
-            (n as f64 / 1000.0).ceil()
+            (n as f64 / 250.0).ceil()
         ),
     );
     report.add(

@@ -3,7 +3,7 @@
 //! `fullSweepInterval`) lists every such machine; the sweeps in between list
 //! only those stopping, stopped, shutting down or terminated, which is what
 //! changes among held machines (a handful, where a full listing of 10,000 is
-//! ten 1,000-instance pages to parse). It is how the operator notices what no
+//! forty 250-instance pages to parse). It is how the operator notices what no
 //! poll is watching:
 //! - machines of a live request that its status does not list (a launch whose
 //!   status write was lost) are handed to that request to adopt;
