@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use hostforge::api::LaunchState;
+use hostforge::api::{LaunchState, MachineState};
 use serde_json::json;
 use support::forwarder::Forwarder;
 use support::machines::{
@@ -122,9 +122,29 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
         "not terminated yet"
     );
     let _op = Operator::start(&env, &cfg).await;
-    let done = wait_request(&env, name, "Ready with 1", WAIT, |m| {
-        is_ready(m) && status_live(m).len() == 1
-    })
+    // Ready with one live machine is already true while the restarted
+    // operator's TerminateInstances of the two marked ones is on its way, so
+    // wait until status reads them going down too (EC2 accepted the call).
+    let done = wait_request(
+        &env,
+        name,
+        "Ready with 1, the marked two going down",
+        WAIT,
+        |m| {
+            let down = m.status.as_ref().is_some_and(|st| {
+                st.machines
+                    .iter()
+                    .filter(|x| x.termination_reason.is_some())
+                    .all(|x| {
+                        matches!(
+                            x.state,
+                            MachineState::ShuttingDown | MachineState::Terminated
+                        )
+                    })
+            });
+            is_ready(m) && status_live(m).len() == 1 && down
+        },
+    )
     .await;
     assert_moto_matches_status(&env, &done).await;
 }
