@@ -71,7 +71,7 @@ demo: testbed ## Start a local control plane + simulator, install CRDs, run the 
 	  $(CARGO) run --locked --quiet --example demo
 
 .PHONY: bench
-bench: testbed ## Release-build the operator and run the benchmarks (HOSTFORGE_BENCH_SCALE=5: the issue's sizes); writes target/bench/results.json.
+bench: testbed ## Release-build the operator and run the benchmarks (the issue's sizes; HOSTFORGE_BENCH_SCALE=1: a quick run); writes target/bench/results.json.
 	@start=$$(date +%s); $(CARGO) build --locked --release --bin hostforge; \
 	  echo "release build of the operator: $$(( $$(date +%s) - start )) s"
 	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/release/hostforge" \

@@ -9,9 +9,10 @@
 //! talking to moto through the fault-injecting forwarder, which counts every
 //! EC2 call and can apply EC2's token-bucket model.
 //!
-//! Sizes: `HOSTFORGE_BENCH_SCALE` (default 1) multiplies the request counts
-//! and durations; 5 gives the sizes (burst 100 × 10, steady 10,000
-//! machines in 1,000 requests). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,churn,steady`
+//! Sizes: `HOSTFORGE_BENCH_SCALE` multiplies the request counts and
+//! durations; the default, 5, is the sizes (burst 100 × 10, steady
+//! 10,000 machines in 1,000 requests; about 18 minutes on 2 cores), and 1 is a
+//! quick run (burst 20 × 10, steady 2,000 machines; about 10 minutes). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,churn,steady`
 //! picks scenarios; `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s) and
 //! `HOSTFORGE_BENCH_LIMITS_SCALE` the bucket scale of the limits scenario.
 
@@ -71,7 +72,7 @@ impl Sizes {
             .ok()
             .and_then(|s| s.parse().ok())
             .filter(|f: &f64| f.is_finite() && *f > 0.0)
-            .unwrap_or(1.0);
+            .unwrap_or(5.0);
         let n = |base: f64| ((base * scale).round() as usize).max(1);
         Sizes {
             scale,
