@@ -38,12 +38,11 @@ pub fn client(config: Config, max_in_flight: usize) -> Result<Client, kube::Erro
         .build())
 }
 
-/// The client `hostforge run` uses: the kubeconfig (`KUBECONFIG`, then
-/// `~/.kube/config`) or the in-cluster service account, as
-/// `kube::Client::try_default` finds them, with the cap above.
-pub async fn infer(max_in_flight: usize) -> Result<Client, kube::Error> {
-    let config = Config::infer().await.map_err(kube::Error::InferConfig)?;
-    client(config, max_in_flight)
+/// The config `hostforge run` builds its clients from: the kubeconfig
+/// (`KUBECONFIG`, then `~/.kube/config`) or the in-cluster service account,
+/// as `kube::Client::try_default` finds them.
+pub async fn infer_config() -> Result<Config, kube::Error> {
+    Config::infer().await.map_err(kube::Error::InferConfig)
 }
 
 /// Wraps a service so that at most `max` of its calls are unanswered at once.

@@ -77,9 +77,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
         "starting hostforge"
     );
-    let client = crate::kube_client::infer(config.max_kube_requests_in_flight)
+    let kube_config = crate::kube_client::infer_config()
         .await
         .map_err(RunError::KubeConfig)?;
+    let client =
+        crate::kube_client::client(kube_config.clone(), config.max_kube_requests_in_flight)
+            .map_err(RunError::KubeConfig)?;
 
     let metrics = Arc::new(Metrics::new());
     let providers = Arc::new(
@@ -160,8 +163,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Some(settings) = opts.leader_election.clone() {
         // The Lease has a client (and connection) of its own: a renewal must
         // never wait behind a queue of status writes for longer than the lease.
-        let lease_client = crate::kube_client::infer(LEASE_REQUESTS_IN_FLIGHT)
-            .await
+        let lease_client = crate::kube_client::client(kube_config, LEASE_REQUESTS_IN_FLIGHT)
             .map_err(RunError::KubeConfig)?;
         let mut elector = Elector::new(lease_client, settings);
         info!(identity = %elector.settings().identity, lease = %elector.settings().name, "waiting for leadership");

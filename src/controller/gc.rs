@@ -142,8 +142,8 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
         let mut wake: HashSet<ObjectRef<MachineRequest>> = HashSet::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut orphans: Vec<Machine> = Vec::new();
-        // Page by page: a full listing of 10,000 machines is ten pages, and
-        // only the one in hand is kept (its ids stay in `seen`).
+        // Page by page: a full listing of 10,000 machines is forty pages,
+        // and only the one in hand is kept (its ids stay in `seen`).
         let listing = provider
             .list_owned(&cluster, !full, &mut |machines: Vec<Machine>| {
                 report.listed += machines.len();

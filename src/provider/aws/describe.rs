@@ -56,6 +56,12 @@ pub(super) async fn by_tags(
     calls: &Calls,
     tags: &[(String, String)],
 ) -> Result<Vec<Machine>, ProviderError> {
+    require_tags(tags)?;
+    describe(clients, calls, tag_filters(tags)).await
+}
+
+/// The refusal of an empty owner-tag list, shared by every listing by tags.
+fn require_tags(tags: &[(String, String)]) -> Result<(), ProviderError> {
     if tags.is_empty() {
         return Err(ProviderError::InvalidParameter(detail(
             "DescribeInstances",
@@ -63,7 +69,7 @@ pub(super) async fn by_tags(
             "describing owned machines needs at least one tag".into(),
         )));
     }
-    describe(clients, calls, tag_filters(tags)).await
+    Ok(())
 }
 
 /// Every machine carrying all of `tags` (with `down_only`, only those in a
@@ -76,10 +82,7 @@ pub(super) async fn pages_by_tags(
     down_only: bool,
     each: &mut (dyn FnMut(Vec<Machine>) + Send),
 ) -> Result<(), ProviderError> {
-    if tags.is_empty() {
-        by_tags(clients, calls, tags).await?;
-        return Ok(());
-    }
+    require_tags(tags)?;
     let mut filters = tag_filters(tags);
     if down_only {
         filters.push(
