@@ -13,7 +13,7 @@ use tracing::{error, info};
 
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::{ConfigError, OperatorConfig};
-use crate::controller::tracker::Tracker;
+use crate::controller::cloud::poller::Tracker;
 use crate::controller::{self, Context, Watches};
 use crate::http::{self, HttpError, Readiness};
 use crate::image::ImageResolver;
@@ -206,15 +206,18 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             wake,
             stopped(),
         )),
-        tokio::spawn(controller::tracker::run_poller(
+        tokio::spawn(controller::cloud::poller::run_poller(
             tracker,
             providers,
             metrics,
             config.poll_interval,
             stopped(),
         )),
-        tokio::spawn(controller::gc::run(ctx.clone(), stopped())),
-        tokio::spawn(controller::interruptions::run(ctx.clone(), stopped())),
+        tokio::spawn(controller::cloud::sweep::run(ctx.clone(), stopped())),
+        tokio::spawn(controller::cloud::interruptions::run(
+            ctx.clone(),
+            stopped(),
+        )),
     ];
     // Ready once both watches have listed everything: before that a reconcile
     // could miss a template, or the sweep take a live request for gone.

@@ -7,6 +7,9 @@
 //! objects. The YAML in `crds/` is produced by [`crd_yaml_files`] (`hostforge crdgen`).
 
 pub mod conditions;
+mod facts;
+#[cfg(test)]
+mod fixtures;
 pub mod request;
 pub mod template;
 

@@ -1,7 +1,6 @@
 //! What every reconcile needs, built once by the operator runtime and shared
 //! through an `Arc`: no DI container, plain fields.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use kube::runtime::events::{Recorder, Reporter};
@@ -9,9 +8,10 @@ use kube::runtime::reflector::Store;
 use kube::Client;
 
 use super::backoff::{Backoff, Superseded};
-use super::capacity::CapacityCache;
-use super::settle::BatchLookups;
-use super::tracker::Tracker;
+use super::cloud::batch_lookups::BatchLookups;
+use super::cloud::capacity::CapacityCache;
+use super::cloud::poller::Tracker;
+use super::cloud::sweep::FullSweepSignal;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
@@ -54,12 +54,8 @@ pub struct Context {
     /// The only namespace watched, if the operator is namespace-scoped: the
     /// sweep then leaves other namespaces' machines alone.
     pub namespace: Option<String>,
-    /// Set when a running machine may exist that no status lists (a settled
-    /// batch found fewer machines than it asked for, or a batch was given up
-    /// that may have launched): the next sweep lists every owned machine, so
-    /// such machines are adopted within a `sweepInterval`, not a
-    /// `fullSweepInterval`.
-    pub full_sweep_wanted: AtomicBool,
+    /// Asks the sweep for a full listing (see [`FullSweepSignal`]).
+    pub full_sweep: FullSweepSignal,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -111,7 +107,7 @@ impl Context {
             superseded: Superseded::default(),
             batch_lookups: BatchLookups::default(),
             namespace: watches.namespace,
-            full_sweep_wanted: AtomicBool::new(false),
+            full_sweep: FullSweepSignal::default(),
         }
     }
 }

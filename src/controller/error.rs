@@ -37,7 +37,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// A bounded label for metrics and Event reasons.
+    /// A bounded label for metrics and logs (conditions and Events use
+    /// [`super::reason::Reason::of_error`]).
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "KubeApiError",

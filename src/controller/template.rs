@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 mod usage;
 
-use super::{Context, Error};
+use super::{events, Context, Error};
 use crate::api::conditions::{self, READY};
 use crate::api::{
     ImageSourceKind, InstanceTypeInfo, MachineRequest, MachineTemplate, MachineTemplateSpec,
@@ -464,7 +464,7 @@ async fn publish_event(mt: &MachineTemplate, ctx: &Context, outcome: &Result<Rea
         Err(not_ready) => Event {
             type_: EventType::Warning,
             reason: not_ready.reason.into(),
-            note: Some(truncate(&not_ready.message, 1000)),
+            note: Some(events::truncate(&not_ready.message, events::NOTE_MAX)),
             action: "Validate".into(),
             secondary: None,
         },
@@ -485,17 +485,4 @@ fn source_field(kind: ImageSourceKind) -> &'static str {
 
 fn to_time(t: SystemTime) -> Time {
     Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
-}
-
-/// Shortens `s` to at most `max` bytes (on a character boundary) with an
-/// ellipsis: Event notes are limited to 1 KiB by the apiserver.
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

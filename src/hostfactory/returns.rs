@@ -25,7 +25,6 @@ use super::{
     is_owned, return_key, HfConfig, HfError, MachineKey, OWNER_LABEL, OWNER_VALUE, RETURN_PREFIX,
 };
 use crate::api::{MachineRequest, TerminationReason};
-use crate::controller::plan;
 
 /// How often a patch refused by its generation test is re-planned.
 const ATTEMPTS: usize = 8;
@@ -118,7 +117,7 @@ pub fn patch_ops(
             .iter()
             .find(|m| m.id == rec.machine_id)
             .is_some_and(|m| {
-                plan::is_live(m)
+                m.is_live()
                     || (m.termination_reason == Some(TerminationReason::Lost)
                         && !mr.spec.replace_lost)
             });

@@ -17,7 +17,6 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 
 use crate::api::{LaunchState, MachineRequest, MachineTemplate};
-use crate::controller::{plan, request};
 
 /// A store of (slimmed) MachineRequests and the stream that fills it; the
 /// stream must be polled (it is the controller's trigger) for the store to fill.
@@ -55,7 +54,7 @@ pub(super) fn machines_in_use(
         .filter(|r| {
             r.namespace().as_deref() == Some(namespace) && r.spec.template_ref.name == template
         })
-        .map(|r| request::machines_in_use(r.status.as_ref()))
+        .map(|r| r.status.as_ref().map_or(0, |st| st.machines_in_use()))
         .sum()
 }
 
@@ -67,7 +66,7 @@ fn slim(mr: &mut MachineRequest) {
         return;
     };
     st.conditions.clear();
-    st.machines.retain(plan::is_live);
+    st.machines.retain(|m| m.is_live());
     for m in &mut st.machines {
         m.name = None;
         m.batch = None;
@@ -137,7 +136,7 @@ mod tests {
         assert!(st.machines.iter().all(|m| m.private_ip.is_none()));
         assert_eq!(st.launches.len(), 1);
         assert!(mr.metadata.annotations.is_none());
-        assert_eq!(request::machines_in_use(mr.status.as_ref()), 4);
+        assert_eq!(st.machines_in_use(), 4);
     }
 
     #[test]

@@ -15,12 +15,12 @@
 //! Machines that vanished from the listing altogether, and running orphans or
 //! unrecorded running machines, are only seen by full sweeps; a settle that
 //! may have left running machines unlisted asks for one at the next sweep
-//! (`Context::full_sweep_wanted`), and a full sweep whose listing failed is
+//! ([`FullSweepSignal::request`]), and a full sweep whose listing failed is
 //! tried again at the next.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,12 +30,32 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
-use super::request::terminate_ids;
-use super::tracker::every;
+use super::ticker::every;
 use super::translate;
-use super::Context;
 use crate::api::{MachineRequest, MachineState};
+use crate::controller::request::act::terminate_ids;
+use crate::controller::Context;
 use crate::provider::{self, Machine};
+
+/// Asks the sweep for a full listing at its next tick: set when a running
+/// machine may exist that no status lists (a settled batch found fewer
+/// machines than it asked for, or a batch was given up that may have
+/// launched), so such machines are adopted within a `sweepInterval`, not a
+/// `fullSweepInterval`. The sweep owns it; others only ask.
+#[derive(Debug, Default)]
+pub struct FullSweepSignal(AtomicBool);
+
+impl FullSweepSignal {
+    /// Wants the next sweep to be a full one.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a full sweep was asked for since the last call (and clears it).
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
 
 /// What one sweep did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -66,7 +86,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
             std::future::pending::<()>(),
             || async {
                 let started = Instant::now();
-                let wanted = ctx.full_sweep_wanted.swap(false, Ordering::SeqCst);
+                let wanted = ctx.full_sweep.take();
                 let due =
                     lock(&last_full).is_none_or(|t| t.elapsed() >= ctx.config.full_sweep_interval);
                 let full = due || wanted;
@@ -75,7 +95,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
                     *lock(&last_full) = Some(started);
                 } else if full && wanted {
                     // Still wanted; a missed timed one stays due by itself.
-                    ctx.full_sweep_wanted.store(true, Ordering::SeqCst);
+                    ctx.full_sweep.request();
                 }
                 if report.unlisted + report.woken + report.orphans_terminated > 0 {
                     info!(?report, full, "sweep");

@@ -6,11 +6,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
-use super::capacity::{CapacityCache, Offering};
-use super::ownership::Owner;
 use crate::api::{
     CapacityType, HttpTokens, LaunchBatch, LaunchState, MachineTemplateSpec, ProviderApi,
 };
+use crate::controller::cloud::capacity::{CapacityCache, Offering};
+use crate::controller::cloud::ownership::Owner;
 use crate::provider::{
     InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
 };

@@ -1,10 +1,10 @@
 //! Translation between the provider's plain machines and the request status's
-//! machines, and the rules that derive a machine's `result` from its state.
+//! machines.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{self, MachineLifecycle, MachineResult, TerminationReason};
+use crate::api::{self, MachineLifecycle, MachineResult};
 use crate::provider::{self, CapacityType};
 
 /// The status spelling of a provider state.
@@ -17,38 +17,6 @@ pub fn state(s: provider::MachineState) -> api::MachineState {
         provider::MachineState::ShuttingDown => api::MachineState::ShuttingDown,
         provider::MachineState::Terminated => api::MachineState::Terminated,
         provider::MachineState::Unknown => api::MachineState::Unknown,
-    }
-}
-
-/// Whether the machine is terminated or on its way there.
-pub fn is_terminating(s: api::MachineState) -> bool {
-    matches!(
-        s,
-        api::MachineState::ShuttingDown | api::MachineState::Terminated
-    )
-}
-
-/// Whether the machine can no longer serve its request without the operator
-/// doing something: stopped, stopping, or terminating.
-pub fn is_down(s: api::MachineState) -> bool {
-    is_terminating(s) || matches!(s, api::MachineState::Stopping | api::MachineState::Stopped)
-}
-
-/// The outcome the requester sees. A machine the request still counts succeeds
-/// when running; one being given back succeeds once terminated (as IBM's
-/// HostFactory provider reports returns); a lost machine has failed.
-pub fn result(s: api::MachineState, reason: Option<TerminationReason>) -> MachineResult {
-    match reason {
-        None => match s {
-            api::MachineState::Running => MachineResult::Succeed,
-            api::MachineState::Pending | api::MachineState::Unknown => MachineResult::Executing,
-            _ => MachineResult::Fail,
-        },
-        Some(TerminationReason::Lost) => MachineResult::Fail,
-        Some(_) => match s {
-            api::MachineState::Terminated => MachineResult::Succeed,
-            _ => MachineResult::Executing,
-        },
     }
 }
 
@@ -96,12 +64,12 @@ pub fn update(out: &mut api::Machine, m: &provider::Machine) {
     if out.batch.is_none() {
         out.batch = m.tags.get(super::ownership::BATCH_TAG).cloned();
     }
-    if is_down(out.state) {
+    if out.state.is_down() {
         if let Some(reason) = &m.state_reason {
             out.message = Some(reason.clone());
         }
     }
-    out.result = result(out.state, out.termination_reason);
+    out.result = MachineResult::of(out.state, out.termination_reason);
 }
 
 fn keep_or(field: &mut Option<String>, value: &Option<String>) {
@@ -136,19 +104,6 @@ mod tests {
             image_id: Some("ami-1".into()),
             tags: BTreeMap::from([("hostforge.io/batch".to_string(), "b-1".to_string())]),
         }
-    }
-
-    #[test]
-    fn results_follow_state_and_reason() {
-        use api::MachineState as S;
-        assert_eq!(result(S::Pending, None), MachineResult::Executing);
-        assert_eq!(result(S::Running, None), MachineResult::Succeed);
-        assert_eq!(result(S::Stopped, None), MachineResult::Fail);
-        let returned = Some(TerminationReason::Returned);
-        assert_eq!(result(S::ShuttingDown, returned), MachineResult::Executing);
-        assert_eq!(result(S::Terminated, returned), MachineResult::Succeed);
-        let lost = Some(TerminationReason::Lost);
-        assert_eq!(result(S::Terminated, lost), MachineResult::Fail);
     }
 
     #[test]

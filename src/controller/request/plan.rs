@@ -14,9 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use crate::api::{Machine, MachineState, TerminationReason};
-
-use super::translate::{is_down, is_terminating, result};
+use crate::api::{Machine, MachineRequestSpec, MachineResult, TerminationReason};
 
 /// What the request's spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +25,17 @@ pub struct Desired {
     pub return_machines: BTreeSet<String>,
     /// Whether lost machines are replaced.
     pub replace_lost: bool,
+}
+
+impl Desired {
+    /// What `spec` asks for.
+    pub fn of(spec: &MachineRequestSpec) -> Desired {
+        Desired {
+            count: spec.count,
+            return_machines: spec.return_machines.iter().cloned().collect(),
+            replace_lost: spec.replace_lost,
+        }
+    }
 }
 
 /// What to do next.
@@ -42,9 +51,18 @@ pub struct Plan {
     pub newly_lost: Vec<String>,
 }
 
-/// Whether the request still counts the machine as one of its live machines.
-pub fn is_live(m: &Machine) -> bool {
-    m.termination_reason.is_none() && !is_down(m.state)
+/// How many live machines the request should have: `count`, less the lost
+/// machines it keeps in their place when it does not replace them.
+pub fn target(count: i32, replace_lost: bool, machines: &[Machine]) -> i32 {
+    let kept_lost = if replace_lost {
+        0
+    } else {
+        machines
+            .iter()
+            .filter(|m| m.termination_reason == Some(TerminationReason::Lost))
+            .count() as i32
+    };
+    (count - kept_lost).max(0)
 }
 
 /// Marks machines in place and plans terminations and launches. `headroom` is
@@ -55,7 +73,7 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
         let listed = desired.return_machines.contains(&m.id);
         match m.termination_reason {
             None if listed => m.termination_reason = Some(TerminationReason::Returned),
-            None if is_down(m.state) => {
+            None if m.state.is_down() => {
                 m.termination_reason = Some(TerminationReason::Lost);
                 out.newly_lost.push(m.id.clone());
             }
@@ -68,7 +86,7 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     }
 
     let live: Vec<usize> = (0..machines.len())
-        .filter(|i| is_live(&machines[*i]))
+        .filter(|i| machines[*i].is_live())
         .collect();
     let count = desired.count.max(0) as usize;
     if live.len() > count {
@@ -88,16 +106,8 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
         }
     }
 
-    let live_now = machines.iter().filter(|m| is_live(m)).count() as i32;
-    let kept_lost = if desired.replace_lost {
-        0
-    } else {
-        machines
-            .iter()
-            .filter(|m| m.termination_reason == Some(TerminationReason::Lost))
-            .count() as i32
-    };
-    let deficit = (desired.count - live_now - kept_lost).max(0);
+    let live_now = machines.iter().filter(|m| m.is_live()).count() as i32;
+    let deficit = (target(desired.count, desired.replace_lost, machines) - live_now).max(0);
     out.launch = match headroom {
         Some(h) => deficit.min(h.max(0)),
         None => deficit,
@@ -109,51 +119,27 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
             continue;
         };
         let terminate = match reason {
-            TerminationReason::Lost => desired.replace_lost && !is_terminating(m.state),
-            _ => !is_terminating(m.state),
+            TerminationReason::Lost => desired.replace_lost && !m.state.is_terminating(),
+            _ => !m.state.is_terminating(),
         };
         if terminate {
             out.terminate.push(m.id.clone());
         }
-        m.result = result(m.state, m.termination_reason);
+        m.result = MachineResult::of(m.state, m.termination_reason);
     }
     out
-}
-
-/// Machines the request counts that are not running yet.
-pub fn pending(machines: &[Machine]) -> usize {
-    machines
-        .iter()
-        .filter(|m| is_live(m) && m.state != MachineState::Running)
-        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MachineResult;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
+    use crate::api::MachineState;
 
     fn m(id: &str, state: MachineState, launched: i64) -> Machine {
+        // Results as a launch leaves them: the plan sets results only of machines it marks.
         Machine {
-            id: id.into(),
-            name: None,
-            state,
             result: MachineResult::Executing,
-            batch: None,
-            instance_type: None,
-            availability_zone: None,
-            private_ip: None,
-            public_ip: None,
-            launch_time: Some(Time(
-                Timestamp::from_second(1_700_000_000 + launched).expect("valid"),
-            )),
-            capacity_type: None,
-            image_id: None,
-            termination_reason: None,
-            interruption_notice_time: None,
-            message: None,
+            ..Machine::test(id).state(state).launched_at(launched)
         }
     }
 
@@ -262,13 +248,5 @@ mod tests {
         assert_eq!((p.launch, p.held_back), (4, 5));
         let p = plan(&desired(10, &[], true), &mut ms, Some(-3));
         assert_eq!((p.launch, p.held_back), (0, 9));
-    }
-
-    #[test]
-    fn pending_counts_live_machines_not_running_yet() {
-        let mut ms = running(2);
-        ms[0].state = MachineState::Pending;
-        ms[1].termination_reason = Some(TerminationReason::ScaledDown);
-        assert_eq!(pending(&ms), 1);
     }
 }

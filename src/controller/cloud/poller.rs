@@ -6,7 +6,7 @@
 //! describes all of those in one batched call per provider per poll interval,
 //! records the answers, and wakes the requests whose machines changed. With
 //! nothing changing, the loop makes no call at all; the periodic sweep
-//! ([`super::gc`]) covers the rest.
+//! ([`super::sweep`]) covers the rest.
 //!
 //! Machines a request starts watching (a launch just answered) do not wait
 //! for the next tick: [`FIRST_LOOK`] after the first of them arrives, the loop
@@ -331,30 +331,6 @@ pub async fn run_poller(
     };
     tokio::select! {
         _ = polls => {}
-        _ = shutdown => {}
-    }
-}
-
-/// Runs `tick` every `interval` (the first at once; a slow tick delays the
-/// next instead of piling up) until `shutdown` resolves.
-pub(super) async fn every<F, Fut>(
-    interval: Duration,
-    shutdown: impl Future<Output = ()>,
-    mut tick: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let ticks = async {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            tick().await;
-        }
-    };
-    tokio::select! {
-        _ = ticks => {}
         _ = shutdown => {}
     }
 }

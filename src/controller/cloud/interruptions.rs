@@ -17,10 +17,9 @@ use std::sync::Arc;
 use kube::runtime::reflector::ObjectRef;
 use tracing::warn;
 
-use super::plan;
-use super::tracker::every;
-use super::Context;
+use super::ticker::every;
 use crate::api::{MachineLifecycle, MachineRequest};
+use crate::controller::Context;
 
 /// Checks every `spotNoticeInterval` (never, when it is zero) until
 /// `shutdown` resolves; the first check waits for the request watch's list.
@@ -91,7 +90,7 @@ fn spot_machines(
         };
         for m in &status.machines {
             let unnoticed_spot = m.capacity_type == Some(MachineLifecycle::Spot)
-                && plan::is_live(m)
+                && m.is_live()
                 && m.interruption_notice_time.is_none()
                 && ctx.tracker.notice(&m.id).is_none();
             if unnoticed_spot {

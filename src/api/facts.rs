@@ -1,0 +1,186 @@
+//! Facts about a request's status that several layers need (the request
+//! controller, the template controller's `machinesInUse`, the sweep, the
+//! HostFactory plugin). They are pure functions of the api types, so they live
+//! beside them and nobody has to reach into a controller for them.
+
+use super::request::{
+    LaunchState, Machine, MachineRequestStatus, MachineResult, MachineState, TerminationReason,
+};
+
+impl MachineState {
+    /// Whether the machine is terminated or on its way there.
+    pub fn is_terminating(self) -> bool {
+        matches!(self, MachineState::ShuttingDown | MachineState::Terminated)
+    }
+
+    /// Whether the machine can no longer serve its request without the
+    /// operator doing something: stopped, stopping, or terminating.
+    pub fn is_down(self) -> bool {
+        self.is_terminating() || matches!(self, MachineState::Stopping | MachineState::Stopped)
+    }
+}
+
+impl MachineResult {
+    /// The outcome the requester sees. A machine the request still counts
+    /// succeeds when running; one being given back succeeds once terminated (as
+    /// IBM's HostFactory provider reports returns); a lost machine has failed.
+    pub fn of(state: MachineState, reason: Option<TerminationReason>) -> MachineResult {
+        match reason {
+            None => match state {
+                MachineState::Running => MachineResult::Succeed,
+                MachineState::Pending | MachineState::Unknown => MachineResult::Executing,
+                _ => MachineResult::Fail,
+            },
+            Some(TerminationReason::Lost) => MachineResult::Fail,
+            Some(_) => match state {
+                MachineState::Terminated => MachineResult::Succeed,
+                _ => MachineResult::Executing,
+            },
+        }
+    }
+}
+
+impl TerminationReason {
+    /// The reason's spelling in status, metrics and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::Returned => "Returned",
+            TerminationReason::ScaledDown => "ScaledDown",
+            TerminationReason::Lost => "Lost",
+            TerminationReason::RequestDeleted => "RequestDeleted",
+        }
+    }
+}
+
+impl Machine {
+    /// Whether the request still counts the machine as one of its live machines.
+    pub fn is_live(&self) -> bool {
+        self.termination_reason.is_none() && !self.state.is_down()
+    }
+
+    /// Whether the machine was marked to go and is not stopped or terminated yet.
+    pub fn is_leaving(&self) -> bool {
+        self.termination_reason.is_some()
+            && !matches!(self.state, MachineState::Terminated | MachineState::Stopped)
+    }
+}
+
+impl MachineRequestStatus {
+    /// Live machines plus machines of launches not settled yet: what the
+    /// request holds against its template's `maxMachines`.
+    pub fn machines_in_use(&self) -> i32 {
+        let pending: i32 = self
+            .launches
+            .iter()
+            .filter(|b| b.state == LaunchState::Pending)
+            .map(|b| b.count)
+            .sum();
+        self.live_machines() + pending
+    }
+
+    /// Machines the request counts as its own.
+    pub fn live_machines(&self) -> i32 {
+        count(self.machines.iter().filter(|m| m.is_live()))
+    }
+
+    /// Machines the request counts that are not running yet.
+    pub fn pending_machines(&self) -> i32 {
+        count(
+            self.machines
+                .iter()
+                .filter(|m| m.is_live() && m.state != MachineState::Running),
+        )
+    }
+}
+
+fn count<'a>(it: impl Iterator<Item = &'a Machine>) -> i32 {
+    i32::try_from(it.count()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::LaunchBatch;
+
+    fn machine(id: &str, state: MachineState, reason: Option<TerminationReason>) -> Machine {
+        let m = Machine::test(id).state(state);
+        match reason {
+            Some(r) => m.reason(r),
+            None => m,
+        }
+    }
+
+    #[test]
+    fn down_and_terminating_states() {
+        use MachineState::*;
+        for (s, terminating, down) in [
+            (Unknown, false, false),
+            (Pending, false, false),
+            (Running, false, false),
+            (Stopping, false, true),
+            (Stopped, false, true),
+            (ShuttingDown, true, true),
+            (Terminated, true, true),
+        ] {
+            assert_eq!(s.is_terminating(), terminating, "{s:?}");
+            assert_eq!(s.is_down(), down, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn results_follow_state_and_reason() {
+        use MachineResult::*;
+        use MachineState::*;
+        assert_eq!(MachineResult::of(Running, None), Succeed);
+        assert_eq!(MachineResult::of(Pending, None), Executing);
+        assert_eq!(MachineResult::of(Stopped, None), Fail);
+        let returned = Some(TerminationReason::Returned);
+        assert_eq!(MachineResult::of(ShuttingDown, returned), Executing);
+        assert_eq!(MachineResult::of(Terminated, returned), Succeed);
+        assert_eq!(
+            MachineResult::of(Running, Some(TerminationReason::Lost)),
+            Fail
+        );
+    }
+
+    #[test]
+    fn machines_in_use_counts_live_machines_and_pending_launches() {
+        let batch = |state, count| LaunchBatch {
+            id: "b".into(),
+            attempt: 0,
+            token: "t".into(),
+            count,
+            params_digest: String::new(),
+            state,
+            image_id: None,
+            instance_types: vec![],
+            subnet_ids: vec![],
+            capacity_type: None,
+            created_at: None,
+            message: None,
+        };
+        let st = MachineRequestStatus {
+            machines: vec![
+                machine("i-1", MachineState::Running, None),
+                machine("i-2", MachineState::Pending, None),
+                machine("i-3", MachineState::Stopped, None),
+                machine(
+                    "i-4",
+                    MachineState::Running,
+                    Some(TerminationReason::Returned),
+                ),
+            ],
+            launches: vec![
+                batch(LaunchState::Pending, 3),
+                batch(LaunchState::Launched, 2),
+                batch(LaunchState::Failed, 5),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(st.live_machines(), 2);
+        assert_eq!(st.pending_machines(), 1);
+        assert_eq!(st.machines_in_use(), 5);
+        assert!(st.machines[3].is_leaving());
+        assert!(!st.machines[2].is_leaving());
+    }
+}

@@ -1,0 +1,13 @@
+//! The controllers' view of the cloud between reconciles: the background loops
+//! (the poller, the sweep, interruption notices) and the shared state they and
+//! the request controller use (batch lookups, capacity, ownership tags, the
+//! translation of provider machines into status machines).
+
+pub mod batch_lookups;
+pub mod capacity;
+pub mod interruptions;
+pub mod ownership;
+pub mod poller;
+pub mod sweep;
+pub mod ticker;
+pub mod translate;

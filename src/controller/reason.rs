@@ -1,0 +1,249 @@
+//! Condition and Event reasons, typed. Control flow (how soon a blocked
+//! request looks again) is decided by the variant, never by a reason's
+//! spelling, and every error maps to a reason by its variant.
+
+use std::time::Duration;
+
+use super::Error;
+use crate::provider::ProviderError;
+
+/// How often a request waiting on its template looks again (template changes
+/// also wake it at once).
+pub const RETRY_BLOCKED: Duration = Duration::from_secs(30);
+/// How soon a request whose launch the cloud refused tries again.
+pub const RETRY_REFUSED: Duration = Duration::from_secs(60);
+/// How soon a request held back by the template's maxMachines looks again
+/// (template changes, e.g. machinesInUse, also wake it).
+pub const RETRY_HELD_BACK: Duration = Duration::from_secs(10);
+
+/// Every reason hostforge writes into a condition or an Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Why a request cannot make progress (Ready=False, Degraded=True).
+    /// The request's MachineTemplate does not exist.
+    TemplateNotFound,
+    /// The request's MachineTemplate is not Ready for its current spec.
+    TemplateNotReady,
+    /// The provider named by the template (or recorded in status) is not configured.
+    ProviderUnknown,
+    /// The user-data Secret cannot be read or lacks its key.
+    UserDataUnavailable,
+    /// The template's image cannot be found.
+    ImageNotFound,
+    /// No instance type and subnet of the template has capacity now.
+    CapacityUnavailable,
+    /// The cloud refused a launch for sure (nothing was created).
+    LaunchFailed,
+    /// The template's maxMachines holds machines back.
+    MaxMachinesReached,
+    // Why a reconcile failed (it is retried with backoff).
+    /// The cloud throttled a call.
+    Throttled,
+    /// The cloud answered 5xx, timed out or could not be reached.
+    CloudUnavailable,
+    /// The cloud answered with an error hostforge does not classify.
+    CloudError,
+    /// The operator's credentials may not make a call.
+    AccessDenied,
+    /// The cloud called a parameter of the spec invalid.
+    InvalidSpec,
+    /// The cloud did not find something the spec names.
+    NotFound,
+    /// A Kubernetes API call failed.
+    KubeApiError,
+    /// Something that should not happen (an object without a uid, say).
+    InternalError,
+    // The template controller's own causes.
+    /// A subnet the template names does not exist.
+    SubnetNotFound,
+    /// A security group the template names does not exist.
+    SecurityGroupNotFound,
+    /// An instance type the template names is not offered.
+    InstanceTypeUnknown,
+    /// The provider failed in a way hostforge does not classify.
+    ProviderError,
+    // States that are not problems.
+    /// All desired machines run.
+    AllRunning,
+    /// Machines are being launched towards the desired count.
+    Provisioning,
+    /// Machines are being launched.
+    Launching,
+    /// Machines are being terminated.
+    Terminating,
+    /// Nothing is in flight.
+    Stable,
+    /// Not degraded.
+    AsExpected,
+    /// The request is being deleted.
+    Deleting,
+    /// A template's image is resolved (its Ready condition).
+    Resolved,
+    /// A template became Ready (its Event).
+    Ready,
+    /// A launch returned machines.
+    Launched,
+    /// A machine was stopped or terminated outside hostforge.
+    MachineLost,
+    /// The cloud announced it takes a spot machine back.
+    SpotInterruption,
+}
+
+impl Reason {
+    /// The reason's spelling in conditions and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TemplateNotFound => "TemplateNotFound",
+            Reason::TemplateNotReady => "TemplateNotReady",
+            Reason::ProviderUnknown => "ProviderUnknown",
+            Reason::UserDataUnavailable => "UserDataUnavailable",
+            Reason::ImageNotFound => "ImageNotFound",
+            Reason::CapacityUnavailable => "CapacityUnavailable",
+            Reason::LaunchFailed => "LaunchFailed",
+            Reason::MaxMachinesReached => "MaxMachinesReached",
+            Reason::Throttled => "Throttled",
+            Reason::CloudUnavailable => "CloudUnavailable",
+            Reason::CloudError => "CloudError",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::NotFound => "NotFound",
+            Reason::KubeApiError => "KubeApiError",
+            Reason::InternalError => "InternalError",
+            Reason::SubnetNotFound => "SubnetNotFound",
+            Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
+            Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
+            Reason::ProviderError => "ProviderError",
+            Reason::AllRunning => "AllRunning",
+            Reason::Provisioning => "Provisioning",
+            Reason::Launching => "Launching",
+            Reason::Terminating => "Terminating",
+            Reason::Stable => "Stable",
+            Reason::AsExpected => "AsExpected",
+            Reason::Deleting => "Deleting",
+            Reason::Resolved => "Resolved",
+            Reason::Ready => "Ready",
+            Reason::Launched => "Launched",
+            Reason::MachineLost => "MachineLost",
+            Reason::SpotInterruption => "SpotInterruption",
+        }
+    }
+
+    /// How soon a request blocked for this reason looks again; `None` when the
+    /// caller decides (capacity waits for its cooldown to expire).
+    pub fn retry_after(self) -> Option<Duration> {
+        match self {
+            Reason::TemplateNotFound | Reason::TemplateNotReady | Reason::ProviderUnknown => {
+                Some(RETRY_BLOCKED)
+            }
+            Reason::MaxMachinesReached => Some(RETRY_HELD_BACK),
+            Reason::CapacityUnavailable => None,
+            _ => Some(RETRY_REFUSED),
+        }
+    }
+
+    /// The reason a provider error is reported under; `not_found` names what
+    /// was looked for when the cloud answered "not found".
+    pub fn of_provider(err: &ProviderError, not_found: Reason) -> Reason {
+        match err {
+            ProviderError::NotFound(_) => not_found,
+            ProviderError::AccessDenied(_) => Reason::AccessDenied,
+            ProviderError::Throttled(_) => Reason::Throttled,
+            ProviderError::InvalidParameter(_) => Reason::InvalidSpec,
+            ProviderError::Capacity(_) => Reason::CapacityUnavailable,
+            ProviderError::Transient(_) => Reason::CloudUnavailable,
+            ProviderError::Unknown(_) => Reason::CloudError,
+        }
+    }
+
+    /// The reason a failed reconcile is reported under.
+    pub fn of_error(err: &Error) -> Reason {
+        match err {
+            Error::Kube { .. } => Reason::KubeApiError,
+            Error::MissingObjectKey(_) | Error::Serialize(_) => Reason::InternalError,
+            Error::Provider { source, .. } => Reason::of_provider(source, Reason::NotFound),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => Reason::of_error(e),
+                _ => Reason::KubeApiError,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ErrorDetail;
+
+    fn detail(code: &str) -> ErrorDetail {
+        ErrorDetail {
+            operation: "RunInstances",
+            code: code.into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_reasons_by_variant() {
+        let cases = [
+            (
+                ProviderError::Unknown(detail("VolumeLimitExceeded")),
+                Reason::CloudError,
+            ),
+            (
+                ProviderError::Throttled(detail("RequestLimitExceeded")),
+                Reason::Throttled,
+            ),
+            (
+                ProviderError::Transient(detail("InternalError")),
+                Reason::CloudUnavailable,
+            ),
+            (
+                ProviderError::AccessDenied(detail("UnauthorizedOperation")),
+                Reason::AccessDenied,
+            ),
+            (
+                ProviderError::NotFound(detail("InvalidAMIID.NotFound")),
+                Reason::ImageNotFound,
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(
+                Reason::of_provider(&err, Reason::ImageNotFound),
+                want,
+                "{err}"
+            );
+        }
+        let err = Error::Provider {
+            action: "launching batch b-1".into(),
+            source: ProviderError::Unknown(detail("VolumeLimitExceeded")),
+        };
+        assert_eq!(Reason::of_error(&err), Reason::CloudError);
+        assert_eq!(
+            Reason::of_error(&Error::MissingObjectKey("metadata.uid")),
+            Reason::InternalError
+        );
+    }
+
+    #[test]
+    fn waiting_on_the_template_retries_sooner_than_a_refusal() {
+        assert_eq!(Reason::TemplateNotReady.retry_after(), Some(RETRY_BLOCKED));
+        assert_eq!(Reason::ProviderUnknown.retry_after(), Some(RETRY_BLOCKED));
+        assert_eq!(Reason::LaunchFailed.retry_after(), Some(RETRY_REFUSED));
+        assert_eq!(
+            Reason::UserDataUnavailable.retry_after(),
+            Some(RETRY_REFUSED)
+        );
+        assert_eq!(Reason::CapacityUnavailable.retry_after(), None);
+        assert_eq!(
+            Reason::MaxMachinesReached.retry_after(),
+            Some(RETRY_HELD_BACK)
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The gate: whether a request may launch now. Its template must exist, be
+//! Ready for its current spec with an image resolved, and name a configured
+//! provider; and the template's `maxMachines` bounds how many it may add. The
+//! decisions are pure functions of the objects, table-tested below; `check`
+//! only looks the objects up.
+
+use std::sync::Arc;
+
+use kube::runtime::reflector::ObjectRef;
+use kube::ResourceExt;
+
+use crate::api::conditions::{self, READY};
+use crate::api::{MachineRequest, MachineRequestStatus, MachineTemplate};
+use crate::controller::reason::Reason;
+use crate::controller::Context;
+use crate::provider::MachineProvider;
+
+/// Why a request cannot launch now: the condition's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The typed reason (also decides how soon to look again).
+    pub reason: Reason,
+    /// What a user reads in the condition.
+    pub message: String,
+}
+
+impl Blocked {
+    /// A cause with its message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Blocked {
+        Blocked {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request that may launch: its usable template and its provider.
+pub struct Open<P> {
+    /// The template, Ready for its current spec, with an image.
+    pub template: Arc<MachineTemplate>,
+    /// The provider the template names (or the default).
+    pub provider: P,
+    /// That provider's name.
+    pub provider_name: String,
+}
+
+/// A request that may not launch now, and the provider its machines are
+/// polled through if one is known.
+pub struct Closed<P> {
+    /// Why.
+    pub blocked: Blocked,
+    /// The provider, if it is configured (its machines are still watched).
+    pub provider: Option<P>,
+}
+
+/// The gate's answer for a live request.
+pub type Gate = Result<Open<Arc<dyn MachineProvider>>, Closed<Arc<dyn MachineProvider>>>;
+
+/// Looks up the request's template and provider and decides.
+pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) -> Gate {
+    let namespace = mr.namespace().unwrap_or_default();
+    let name = &mr.spec.template_ref.name;
+    let template = ctx.templates.get(&ObjectRef::new(name).within(&namespace));
+    let provider_name = provider_name(template.as_deref(), status, ctx.providers.default_name());
+    let provider = ctx.providers.get(&provider_name);
+    decide(template, &namespace, name, provider, provider_name)
+}
+
+/// The decision of [`check`], on what it looked up.
+pub fn decide<P>(
+    template: Option<Arc<MachineTemplate>>,
+    namespace: &str,
+    name: &str,
+    provider: Option<P>,
+    provider_name: String,
+) -> Result<Open<P>, Closed<P>> {
+    let Some(provider) = provider else {
+        return Err(Closed {
+            blocked: Blocked::new(
+                Reason::ProviderUnknown,
+                format!("provider {provider_name:?} is not configured"),
+            ),
+            provider: None,
+        });
+    };
+    match usable(template.as_deref(), namespace, name) {
+        Ok(()) => match template {
+            Some(template) => Ok(Open {
+                template,
+                provider,
+                provider_name,
+            }),
+            None => Err(Closed {
+                blocked: not_found(namespace, name),
+                provider: Some(provider),
+            }),
+        },
+        Err(blocked) => Err(Closed {
+            blocked,
+            provider: Some(provider),
+        }),
+    }
+}
+
+/// Whether the template is usable: it exists, is Ready for its current spec,
+/// and has an image.
+pub fn usable(
+    template: Option<&MachineTemplate>,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Blocked> {
+    let Some(mt) = template else {
+        return Err(not_found(namespace, name));
+    };
+    let status = mt.status.clone().unwrap_or_default();
+    if !conditions::is_true(&status.conditions, READY) {
+        let why = conditions::find_condition(&status.conditions, READY)
+            .map(|c| format!("{}: {}", c.reason, c.message))
+            .unwrap_or_else(|| "not reconciled yet".into());
+        return Err(Blocked::new(
+            Reason::TemplateNotReady,
+            format!("MachineTemplate {name} is not Ready ({why}); waiting for it"),
+        ));
+    }
+    if status.observed_generation != mt.metadata.generation || status.resolved_image.is_none() {
+        return Err(Blocked::new(
+            Reason::TemplateNotReady,
+            format!("MachineTemplate {name} changed; waiting for its image to be resolved"),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(namespace: &str, name: &str) -> Blocked {
+    Blocked::new(
+        Reason::TemplateNotFound,
+        format!("MachineTemplate {namespace}/{name} does not exist; waiting for it"),
+    )
+}
+
+/// The provider of the request: the template's, else the one recorded in
+/// status (the template may be gone), else the default.
+pub fn provider_name(
+    template: Option<&MachineTemplate>,
+    status: &MachineRequestStatus,
+    default: &str,
+) -> String {
+    template
+        .and_then(|t| t.spec.provider.clone())
+        .or_else(|| status.provider.clone())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// How many more machines the template's `maxMachines` allows this request:
+/// the maximum less what the template's other requests hold and what this one
+/// holds live (None: no limit).
+pub fn headroom(ctx: &Context, mr: &MachineRequest, template: &MachineTemplate) -> Option<i32> {
+    let max = template.spec.max_machines?;
+    let namespace = mr.namespace();
+    let uid = mr.uid();
+    let others: i32 = ctx
+        .requests
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace() == namespace
+                && r.spec.template_ref.name == mr.spec.template_ref.name
+                && r.uid() != uid
+        })
+        .map(|r| r.status.as_ref().map_or(0, |st| st.machines_in_use()))
+        .sum();
+    let mine = mr.status.as_ref().map_or(0, |st| st.live_machines());
+    Some(max - others - mine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::new_condition;
+    use crate::api::{MachineTemplateStatus, ResolvedImage};
+
+    fn template(
+        generation: i64,
+        ready: Option<bool>,
+        observed: i64,
+        image: bool,
+        provider: Option<&str>,
+    ) -> Arc<MachineTemplate> {
+        let mut mt: MachineTemplate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
+            "metadata": {"name": "t", "namespace": "ns", "generation": generation},
+            "spec": {"image": {"id": "ami-12345678"},
+                     "instanceTypes": [{"type": "t3.micro"}]},
+        }))
+        .expect("a template");
+        mt.spec.provider = provider.map(str::to_string);
+        let conditions = ready
+            .map(|r| {
+                let reason = if r { "Resolved" } else { "ImageNotFound" };
+                vec![new_condition(
+                    READY,
+                    r,
+                    reason,
+                    "m",
+                    Some(observed),
+                    super::super::session::now(),
+                )]
+            })
+            .unwrap_or_default();
+        mt.status = Some(MachineTemplateStatus {
+            observed_generation: Some(observed),
+            conditions,
+            resolved_image: image.then(|| ResolvedImage {
+                id: "ami-12345678".into(),
+                name: None,
+                source: crate::api::ImageSourceKind::Id,
+                creation_date: None,
+                resolved_at: super::super::session::now(),
+            }),
+            ..Default::default()
+        });
+        Arc::new(mt)
+    }
+
+    #[test]
+    fn the_gate_opens_only_for_a_ready_resolved_template_and_a_known_provider() {
+        let ready = || Some(template(2, Some(true), 2, true, None));
+        type Row = (
+            &'static str,
+            Option<Arc<MachineTemplate>>,
+            Option<&'static str>,
+            Result<(), Reason>,
+        );
+        let cases: Vec<Row> = vec![
+            ("usable", ready(), Some("aws"), Ok(())),
+            (
+                "provider not configured",
+                ready(),
+                None,
+                Err(Reason::ProviderUnknown),
+            ),
+            (
+                "no template",
+                None,
+                Some("aws"),
+                Err(Reason::TemplateNotFound),
+            ),
+            (
+                "not reconciled",
+                Some(template(1, None, 0, false, None)),
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
+            (
+                "not ready",
+                Some(template(1, Some(false), 1, false, None)),
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
+            (
+                "spec changed since",
+                Some(template(3, Some(true), 2, true, None)),
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
+            (
+                "no image yet",
+                Some(template(2, Some(true), 2, false, None)),
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
+        ];
+        for (what, template, provider, want) in cases {
+            let got = decide(template, "ns", "t", provider, "aws".into());
+            let got = got.map(|_| ()).map_err(|c| c.blocked.reason);
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_closed_gate_keeps_the_provider_when_it_is_configured() {
+        let closed = decide(None, "ns", "t", Some("p"), "aws".into())
+            .err()
+            .expect("closed");
+        assert_eq!(closed.provider, Some("p"));
+        assert!(
+            closed.blocked.message.contains("ns/t does not exist"),
+            "{}",
+            closed.blocked.message
+        );
+        let closed = decide::<&str>(None, "ns", "t", None, "other".into())
+            .err()
+            .expect("closed");
+        assert_eq!(
+            closed.blocked.message,
+            "provider \"other\" is not configured"
+        );
+    }
+
+    #[test]
+    fn the_provider_is_the_templates_then_the_recorded_one_then_the_default() {
+        let named = template(1, Some(true), 1, true, Some("eu"));
+        let unnamed = template(1, Some(true), 1, true, None);
+        let recorded = MachineRequestStatus {
+            provider: Some("us".into()),
+            ..Default::default()
+        };
+        let none = MachineRequestStatus::default();
+        assert_eq!(provider_name(Some(&named), &recorded, "aws"), "eu");
+        assert_eq!(provider_name(Some(&unnamed), &recorded, "aws"), "us");
+        assert_eq!(provider_name(None, &recorded, "aws"), "us");
+        assert_eq!(provider_name(None, &none, "aws"), "aws");
+    }
+}

@@ -1,0 +1,59 @@
+//! "Intent before launch", as a type. A launch may only be sent for a batch
+//! the apiserver holds as `Pending` in the request's status: after a crash the
+//! next reconcile then finds it and settles it (adopts its machines or re-sends
+//! the same token) instead of losing or repeating it. [`Recorded`] can only be
+//! made by [`record`] (after the status write) or by [`Recorded::pending`]
+//! (for a batch already in the written status), and
+//! [`super::act::launch`] takes one.
+
+use super::session::Session;
+use crate::api::{LaunchBatch, LaunchState};
+use crate::controller::Error;
+use crate::provider::LaunchSpec;
+
+/// A batch chosen by this reconcile, not written yet.
+pub struct NewBatch {
+    /// The status entry (state Pending, with its token and digest).
+    pub batch: LaunchBatch,
+    /// What will be sent.
+    pub spec: LaunchSpec,
+}
+
+/// A batch whose intent the apiserver has accepted: safe to send.
+#[derive(Debug)]
+pub struct Recorded {
+    batch_id: String,
+    spec: LaunchSpec,
+}
+
+impl Recorded {
+    /// The batch, if the written status holds it as Pending.
+    pub fn pending(s: &Session<'_>, batch_id: &str, spec: LaunchSpec) -> Option<Recorded> {
+        s.written()
+            .launches
+            .iter()
+            .any(|b| b.id == batch_id && b.state == LaunchState::Pending)
+            .then(|| Recorded {
+                batch_id: batch_id.to_string(),
+                spec,
+            })
+    }
+
+    /// The batch's id (its tag and status entry).
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
+
+    /// What to send.
+    pub fn spec(&self) -> &LaunchSpec {
+        &self.spec
+    }
+}
+
+/// Writes the intent (marks made by the plan, and `new` as a Pending batch)
+/// with optimistic concurrency; if the write fails nothing may be sent.
+pub async fn record(s: &mut Session<'_>, new: Option<NewBatch>) -> Result<Option<Recorded>, Error> {
+    let new = new.inspect(|n| s.status.launches.push(n.batch.clone()));
+    s.write().await?;
+    Ok(new.and_then(|n| Recorded::pending(s, &n.batch.id, n.spec)))
+}

@@ -1,0 +1,263 @@
+//! The status step, pure: from the machines and launches in status, what the
+//! request wants, and why it may be blocked, derive the counts, the three
+//! conditions, the phase, which machines to poll and when to look again. No
+//! client, no clock of its own, so every case is a row in the tables below.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::gate::Blocked;
+use super::plan;
+use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
+use crate::api::{
+    LaunchState, MachineCounts, MachineRequestStatus, MachineState, RequestPhase, TerminationReason,
+};
+use crate::controller::reason::{Reason, RETRY_REFUSED};
+
+/// A request with nothing in flight is still looked at this often.
+pub const RESYNC: Duration = Duration::from_secs(5 * 60);
+/// How soon a request with machines changing state looks again (the poller
+/// wakes it sooner when they do).
+pub const RETRY_BUSY: Duration = Duration::from_secs(60);
+/// How soon a request with more to launch (batch cap, partial capacity) goes on.
+pub const RETRY_MORE: Duration = Duration::from_millis(200);
+/// Settled batches kept in status besides pending ones (the newest is always
+/// kept so batch numbers only grow).
+pub const KEEP_BATCHES: usize = 20;
+/// Machines given back or lost that status keeps listing, oldest dropped first.
+pub const KEEP_GONE: usize = 200;
+
+/// What the request's spec says that the status step reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// spec.count.
+    pub count: i32,
+    /// spec.replaceLost.
+    pub replace_lost: bool,
+    /// metadata.generation.
+    pub generation: Option<i64>,
+}
+
+/// What the status step decided besides status itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Why the request is degraded, if it is.
+    pub degraded: Option<Blocked>,
+    /// Whether the Degraded condition's (status, reason) changed: a Warning
+    /// Event is published once per change, not per reconcile.
+    pub degraded_changed: bool,
+    /// Machines to poll: launches not running yet, machines on their way out.
+    pub watch: Vec<String>,
+    /// When to look again, unless the capacity cooldown decides.
+    pub next: Next,
+}
+
+/// When to look at the request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// After this long.
+    After(Duration),
+    /// When the capacity cooldown of some offering expires.
+    CapacityExpiry,
+}
+
+impl Next {
+    /// The delay, given when the next capacity cooldown expires.
+    pub fn delay(self, capacity_expiry: Option<Duration>) -> Duration {
+        match self {
+            Next::After(d) => d,
+            Next::CapacityExpiry => capacity_expiry
+                .map(|d| d + Duration::from_millis(100))
+                .unwrap_or(RETRY_REFUSED),
+        }
+    }
+}
+
+/// Prunes status and fills in counts, conditions and phase.
+pub fn summarize(
+    want: Wanted,
+    st: &mut MachineRequestStatus,
+    blocked: Option<Blocked>,
+    held_back: i32,
+    now: Time,
+) -> Summary {
+    prune(st);
+    let generation = want.generation;
+    let count = want.count;
+    let live = st.live_machines();
+    let running = i32::try_from(
+        st.machines
+            .iter()
+            .filter(|m| m.is_live() && m.state == MachineState::Running)
+            .count(),
+    )
+    .unwrap_or(i32::MAX);
+    let pending_batches = st.launches.iter().any(|b| b.state == LaunchState::Pending);
+    let leaving = st.machines.iter().filter(|m| m.is_leaving()).count();
+    let with_reason = |r: TerminationReason| {
+        i32::try_from(
+            st.machines
+                .iter()
+                .filter(|m| m.termination_reason == Some(r))
+                .count(),
+        )
+        .unwrap_or(i32::MAX)
+    };
+    st.counts = MachineCounts {
+        desired: count,
+        pending: st.pending_machines(),
+        running,
+        returned: with_reason(TerminationReason::Returned),
+        failed: with_reason(TerminationReason::Lost),
+    };
+    st.observed_generation = generation;
+    let target = plan::target(count, want.replace_lost, &st.machines);
+    let ready = running == target && live == target && !pending_batches;
+    let degraded = blocked.or_else(|| {
+        (held_back > 0).then(|| {
+            Blocked::new(
+                Reason::MaxMachinesReached,
+                format!("{held_back} machines wait: the template's maxMachines is reached"),
+            )
+        })
+    });
+    let condition = |type_: &str, status: bool, reason: Reason, message: String| {
+        conditions::new_condition(
+            type_,
+            status,
+            reason.as_str(),
+            message,
+            generation,
+            now.clone(),
+        )
+    };
+    let ready_cond = if ready {
+        condition(
+            READY,
+            true,
+            Reason::AllRunning,
+            format!("{running}/{count} machines running"),
+        )
+    } else if let Some(d) = &degraded {
+        condition(READY, false, d.reason, d.message.clone())
+    } else {
+        condition(
+            READY,
+            false,
+            Reason::Provisioning,
+            format!("{running}/{count} machines running"),
+        )
+    };
+    let progressing =
+        !ready && (live != target || running != live || pending_batches) || leaving > 0;
+    let progressing_cond = if !progressing {
+        condition(
+            PROGRESSING,
+            false,
+            Reason::Stable,
+            "nothing in flight".into(),
+        )
+    } else if leaving > 0 && live <= target {
+        condition(
+            PROGRESSING,
+            true,
+            Reason::Terminating,
+            format!("{leaving} machines terminating"),
+        )
+    } else {
+        condition(
+            PROGRESSING,
+            true,
+            Reason::Launching,
+            format!("{live}/{count} machines launched, {running} running"),
+        )
+    };
+    let degraded_cond = match &degraded {
+        Some(d) => condition(DEGRADED, true, d.reason, d.message.clone()),
+        None => condition(DEGRADED, false, Reason::AsExpected, String::new()),
+    };
+    let was_degraded = degraded_key(st);
+    conditions::set_condition(&mut st.conditions, ready_cond);
+    conditions::set_condition(&mut st.conditions, progressing_cond);
+    conditions::set_condition(&mut st.conditions, degraded_cond);
+    st.phase = Some(if ready {
+        RequestPhase::Ready
+    } else if degraded.is_some() {
+        RequestPhase::Degraded
+    } else if st.machines.is_empty() && st.launches.is_empty() {
+        RequestPhase::Pending
+    } else {
+        RequestPhase::Provisioning
+    });
+    let degraded_changed = was_degraded != degraded_key(st);
+    let watch: Vec<String> = st
+        .machines
+        .iter()
+        .filter(|m| (m.is_live() && m.state != MachineState::Running) || m.is_leaving())
+        .map(|m| m.id.clone())
+        .collect();
+    let next = match &degraded {
+        Some(d) => d
+            .reason
+            .retry_after()
+            .map_or(Next::CapacityExpiry, Next::After),
+        // More to launch (batch cap, partial capacity): go on at once.
+        None if live < target && !pending_batches => Next::After(RETRY_MORE),
+        None if !watch.is_empty() => Next::After(RETRY_BUSY),
+        None => Next::After(RESYNC),
+    };
+    Summary {
+        degraded,
+        degraded_changed,
+        watch,
+        next,
+    }
+}
+
+fn degraded_key(st: &MachineRequestStatus) -> Option<(String, String)> {
+    conditions::find_condition(&st.conditions, DEGRADED)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Drops old settled batches and old gone machines, so status stays small.
+pub fn prune(st: &mut MachineRequestStatus) {
+    let settled: Vec<usize> = (0..st.launches.len())
+        .filter(|i| st.launches[*i].state != LaunchState::Pending)
+        .collect();
+    if settled.len() > KEEP_BATCHES {
+        let last = st.launches.len() - 1;
+        let drop: BTreeSet<usize> = settled
+            .into_iter()
+            .filter(|i| *i != last)
+            .take(st.launches.len() - KEEP_BATCHES)
+            .collect();
+        retain_indices(&mut st.launches, &drop);
+    }
+    let gone: Vec<usize> = (0..st.machines.len())
+        .filter(|i| {
+            let m = &st.machines[*i];
+            m.termination_reason.is_some() && m.state == MachineState::Terminated
+        })
+        .collect();
+    if gone.len() > KEEP_GONE {
+        let drop: BTreeSet<usize> = gone
+            .into_iter()
+            .take(st.machines.len() - KEEP_GONE)
+            .collect();
+        retain_indices(&mut st.machines, &drop);
+    }
+}
+
+fn retain_indices<T>(items: &mut Vec<T>, drop: &BTreeSet<usize>) {
+    let mut i = 0;
+    items.retain(|_| {
+        let keep = !drop.contains(&i);
+        i += 1;
+        keep
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The status step, case by case: one row per situation a request can be in.
+
+use super::*;
+use crate::api::conditions::find_condition;
+use crate::api::{LaunchBatch, Machine};
+use crate::controller::reason::{RETRY_BLOCKED, RETRY_HELD_BACK};
+use k8s_openapi::jiff::Timestamp;
+
+fn batch(id: &str, state: LaunchState) -> LaunchBatch {
+    LaunchBatch {
+        id: id.into(),
+        attempt: 0,
+        token: format!("t-{id}"),
+        count: 1,
+        params_digest: String::new(),
+        state,
+        image_id: None,
+        instance_types: vec![],
+        subnet_ids: vec![],
+        capacity_type: None,
+        created_at: None,
+        message: None,
+    }
+}
+
+fn running(n: usize) -> Vec<Machine> {
+    (0..n)
+        .map(|i| Machine::test(&format!("i-{i}")).launched_at(i as i64))
+        .collect()
+}
+
+/// One case: status before, and the inputs of the step.
+struct Case {
+    what: &'static str,
+    count: i32,
+    replace_lost: bool,
+    machines: Vec<Machine>,
+    launches: Vec<LaunchBatch>,
+    blocked: Option<Blocked>,
+    held_back: i32,
+}
+
+impl Case {
+    fn new(what: &'static str, count: i32, machines: Vec<Machine>) -> Case {
+        Case {
+            what,
+            count,
+            replace_lost: true,
+            machines,
+            launches: vec![],
+            blocked: None,
+            held_back: 0,
+        }
+    }
+}
+
+/// What the step should say: phase, (Ready, Progressing, Degraded) reasons, next look.
+type Want = (RequestPhase, [&'static str; 3], Next);
+
+fn run(case: Case) -> (MachineRequestStatus, Summary) {
+    let mut st = MachineRequestStatus {
+        machines: case.machines,
+        launches: case.launches,
+        ..Default::default()
+    };
+    let want = Wanted {
+        count: case.count,
+        replace_lost: case.replace_lost,
+        generation: Some(3),
+    };
+    let now = Time(Timestamp::from_second(1_700_000_000).expect("a time"));
+    let summary = summarize(want, &mut st, case.blocked, case.held_back, now);
+    (st, summary)
+}
+
+fn reasons(st: &MachineRequestStatus) -> [String; 3] {
+    [READY, PROGRESSING, DEGRADED].map(|t| {
+        find_condition(&st.conditions, t)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn phase_conditions_and_next_look_for_each_situation() {
+    let blocked = Blocked::new(Reason::TemplateNotReady, "MachineTemplate t is not Ready");
+    let capacity = Blocked::new(Reason::CapacityUnavailable, "no capacity");
+    let mut one_pending = running(2);
+    one_pending[1] = Machine::test("i-1").state(MachineState::Pending);
+    let mut leaving = running(3);
+    leaving[2] = Machine::test("i-2")
+        .reason(TerminationReason::ScaledDown)
+        .state(MachineState::ShuttingDown);
+    let mut lost_kept = running(2);
+    lost_kept[1] = Machine::test("i-1")
+        .state(MachineState::Terminated)
+        .reason(TerminationReason::Lost);
+    let cases: Vec<(Case, Want)> = vec![
+        (
+            Case::new("all running", 2, running(2)),
+            (
+                RequestPhase::Ready,
+                ["AllRunning", "Stable", "AsExpected"],
+                Next::After(RESYNC),
+            ),
+        ),
+        (
+            Case::new("nothing yet", 2, vec![]),
+            (
+                RequestPhase::Pending,
+                ["Provisioning", "Launching", "AsExpected"],
+                Next::After(RETRY_MORE),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(blocked.clone()),
+                ..Case::new("blocked on the template", 2, vec![])
+            },
+            (
+                RequestPhase::Degraded,
+                ["TemplateNotReady", "Launching", "TemplateNotReady"],
+                Next::After(RETRY_BLOCKED),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(capacity),
+                ..Case::new("no capacity anywhere", 2, running(1))
+            },
+            (
+                RequestPhase::Degraded,
+                ["CapacityUnavailable", "Launching", "CapacityUnavailable"],
+                Next::CapacityExpiry,
+            ),
+        ),
+        (
+            Case {
+                held_back: 1,
+                ..Case::new("held back by maxMachines", 2, running(1))
+            },
+            (
+                RequestPhase::Degraded,
+                ["MaxMachinesReached", "Launching", "MaxMachinesReached"],
+                Next::After(RETRY_HELD_BACK),
+            ),
+        ),
+        (
+            Case::new("partial: one launched, more to go", 3, running(1)),
+            (
+                RequestPhase::Provisioning,
+                ["Provisioning", "Launching", "AsExpected"],
+                Next::After(RETRY_MORE),
+            ),
+        ),
+        (
+            Case {
+                launches: vec![batch("b-1", LaunchState::Pending)],
+                ..Case::new("a batch still pending", 2, running(1))
+            },
+            (
+                RequestPhase::Provisioning,
+                ["Provisioning", "Launching", "AsExpected"],
+                Next::After(RESYNC),
+            ),
+        ),
+        (
+            Case::new("a machine still starting", 2, one_pending),
+            (
+                RequestPhase::Provisioning,
+                ["Provisioning", "Launching", "AsExpected"],
+                Next::After(RETRY_BUSY),
+            ),
+        ),
+        (
+            Case::new("a machine on its way out", 2, leaving),
+            (
+                RequestPhase::Ready,
+                ["AllRunning", "Terminating", "AsExpected"],
+                Next::After(RETRY_BUSY),
+            ),
+        ),
+        (
+            Case {
+                replace_lost: false,
+                ..Case::new("a lost machine kept in count", 2, lost_kept)
+            },
+            (
+                RequestPhase::Ready,
+                ["AllRunning", "Stable", "AsExpected"],
+                Next::After(RESYNC),
+            ),
+        ),
+    ];
+    for (case, (phase, want_reasons, next)) in cases {
+        let what = case.what;
+        let (st, summary) = run(case);
+        assert_eq!(st.phase, Some(phase), "{what}: phase");
+        assert_eq!(
+            reasons(&st),
+            want_reasons.map(String::from),
+            "{what}: reasons"
+        );
+        assert_eq!(summary.next, next, "{what}: next look");
+        assert_eq!(st.observed_generation, Some(3), "{what}");
+    }
+}
+
+#[test]
+fn counts_follow_the_machines() {
+    let machines = vec![
+        Machine::test("i-1"),
+        Machine::test("i-2").state(MachineState::Pending),
+        Machine::test("i-3")
+            .reason(TerminationReason::Returned)
+            .state(MachineState::Terminated),
+        Machine::test("i-4")
+            .state(MachineState::Stopped)
+            .reason(TerminationReason::Lost),
+    ];
+    let (st, summary) = run(Case::new("mixed", 3, machines));
+    assert_eq!(
+        st.counts,
+        MachineCounts {
+            desired: 3,
+            pending: 1,
+            running: 1,
+            returned: 1,
+            failed: 1
+        }
+    );
+    // The starting machine is polled; the stopped lost one is not leaving (replaceLost
+    // terminates it through the plan, which marks it first).
+    assert_eq!(summary.watch, vec!["i-2".to_string()]);
+}
+
+#[test]
+fn degraded_is_announced_once_per_change_and_cleared_when_the_cause_is_gone() {
+    let blocked = Blocked::new(
+        Reason::LaunchFailed,
+        "RunInstances failed: InvalidParameterValue",
+    );
+    let mut st = MachineRequestStatus::default();
+    let want = Wanted {
+        count: 1,
+        replace_lost: true,
+        generation: Some(1),
+    };
+    let now = || Time(Timestamp::from_second(1_700_000_000).expect("a time"));
+    let first = summarize(want, &mut st, Some(blocked.clone()), 0, now());
+    assert!(first.degraded_changed);
+    let again = summarize(want, &mut st, Some(blocked), 0, now());
+    assert!(!again.degraded_changed, "same cause, no new Event");
+    st.machines = running(1);
+    let fixed = summarize(want, &mut st, None, 0, now());
+    assert!(fixed.degraded_changed);
+    assert_eq!(fixed.degraded, None);
+    let degraded = find_condition(&st.conditions, DEGRADED).expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("False", "AsExpected")
+    );
+    let ready = find_condition(&st.conditions, READY).expect("Ready");
+    assert_eq!(ready.reason, "AllRunning", "no stale cause on Ready");
+}
+
+#[test]
+fn pruning_keeps_pending_batches_the_newest_and_recent_gone_machines() {
+    let mut st = MachineRequestStatus {
+        launches: (0..30)
+            .map(|i| batch(&format!("b-{i}"), LaunchState::Launched))
+            .collect(),
+        ..Default::default()
+    };
+    st.launches[3].state = LaunchState::Pending;
+    st.machines = (0..250)
+        .map(|i| {
+            Machine::test(&format!("i-{i}"))
+                .reason(TerminationReason::Returned)
+                .state(MachineState::Terminated)
+        })
+        .collect();
+    prune(&mut st);
+    assert_eq!(st.launches.len(), KEEP_BATCHES);
+    assert!(st.launches.iter().any(|b| b.id == "b-3"), "pending kept");
+    assert_eq!(
+        st.launches.last().map(|b| b.id.as_str()),
+        Some("b-29"),
+        "newest kept"
+    );
+    assert_eq!(st.machines.len(), KEEP_GONE);
+    assert_eq!(st.machines[0].id, "i-50", "oldest dropped first");
+}
