@@ -1,4 +1,5 @@
-# hostforge — the two commands are `make demo` and `make test`; see README.md.
+# hostforge — the two commands are `make demo` and `make test` (`make check` is the
+# quick loop); see README.md and docs/development.md.
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -43,6 +44,14 @@ fmt-check: toolchain ## Fail when code is not rustfmt-formatted.
 .PHONY: lint
 lint: toolchain ## cargo clippy on every target, warnings are errors.
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
+
+.PHONY: check
+check: fmt-check lint ## The quick loop: format, clippy, unit tests (no test bed; < 2 min warm).
+	$(CARGO) test --locked --lib --bins $(TEST_FEATURES)
+
+.PHONY: doc
+doc: ## API docs without dependencies; broken intra-doc links are errors.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps
 
 .PHONY: test
 test: fmt-check ## The whole suite: format, clippy, unit and integration tests.

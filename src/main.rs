@@ -66,13 +66,10 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Hf(args) = cli.command {
-        // The HostFactory protocol owns stdout and the exit code.
-        return hostforge::hostfactory::cli::main(args);
-    }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        // The HostFactory protocol owns stdout and the exit code.
+        Command::Hf(args) => return hostforge::hostfactory::cli::main(args),
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout).map_err(Into::into),
-        Command::Hf(_) => Ok(()),
         Command::Run {
             config,
             namespace,
@@ -142,14 +139,27 @@ fn own_namespace() -> Option<String> {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_ansi(format, std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Whether log lines carry ANSI colour codes: only text lines written to a
+/// terminal. A log file or a pipe (a container runtime, the tests' operator
+/// log) gets plain text that grep and diff can read; JSON lines never have any.
+fn use_ansi(format: LogFormat, stderr_is_terminal: bool) -> bool {
+    match format {
+        LogFormat::Text => stderr_is_terminal,
+        LogFormat::Json => false,
     }
 }
 
@@ -162,4 +172,25 @@ fn crdgen(out_dir: &std::path::Path, stdout: bool) -> Result<(), hostforge::api:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{use_ansi, LogFormat};
+
+    #[test]
+    fn colour_codes_only_for_text_on_a_terminal() {
+        for (format, terminal, ansi) in [
+            (LogFormat::Text, true, true),
+            (LogFormat::Text, false, false),
+            (LogFormat::Json, true, false),
+            (LogFormat::Json, false, false),
+        ] {
+            assert_eq!(
+                use_ansi(format, terminal),
+                ansi,
+                "{format:?}, terminal: {terminal}"
+            );
+        }
+    }
 }
