@@ -3,12 +3,14 @@
 //! logged rather than failing the reconcile (an Event is a courtesy).
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tracing::warn;
 
 use super::reason::Reason;
+use super::{Context, Error};
 
 /// The apiserver's limit on an Event's note, in bytes.
 pub const NOTE_MAX: usize = 1024;
@@ -37,6 +39,25 @@ pub async fn publish(
             "publishing event failed"
         );
     }
+}
+
+/// Publishes a Warning Event naming the error a reconcile ended in, from a
+/// controller's synchronous error policy (the Event goes out in the
+/// background; the retry does not wait for it).
+pub fn spawn_failure(ctx: Arc<Context>, object: ObjectReference, err: &Error) {
+    let reason = Reason::of_error(err);
+    let note = chain(err);
+    tokio::spawn(async move {
+        publish(
+            &ctx.recorder,
+            &object,
+            EventType::Warning,
+            reason,
+            "Reconcile",
+            &note,
+        )
+        .await;
+    });
 }
 
 /// The error and every cause under it, joined: what a user reads in a

@@ -41,7 +41,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Finalize};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use self::session::Session;
@@ -97,6 +97,12 @@ fn key(mr: &MachineRequest) -> String {
 fn error_policy(mr: Arc<MachineRequest>, err: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff.failed(&key(&mr));
     warn!(request = %key(&mr), category = err.category(), error = %err, retry_in = ?delay, "request reconcile failed");
+    // A failed apply has already said so on the request (report::failure).
+    let reported =
+        matches!(err, Error::Finalizer(e) if matches!(**e, FinalizerError::ApplyFailed(_)));
+    if !reported {
+        super::events::spawn_failure(ctx, mr.object_ref(&()), err);
+    }
     Action::requeue(delay)
 }
 

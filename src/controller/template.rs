@@ -11,11 +11,11 @@
 //! (cached per provider and type by the adapter), and `machinesInUse`, the live
 //! machines of every request using the template. Requests changing trigger a
 //! reconcile of their template, through a watch of this controller's own (see
-//! [`usage`]) so the count is never read from a store that lags the trigger.
+//! `usage.rs`) so the count is never read from a store that lags the trigger.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -28,61 +28,19 @@ use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+mod evaluate;
 mod usage;
 
+use super::reason::Reason;
 use super::{events, Context, Error};
 use crate::api::conditions::{self, READY};
-use crate::api::{
-    ImageSourceKind, InstanceTypeInfo, MachineRequest, MachineTemplate, MachineTemplateSpec,
-    MachineTemplateStatus, ResolvedImage,
-};
-use crate::provider::{self, MachineProvider, ProviderError};
+use crate::api::{ImageSourceKind, MachineRequest, MachineTemplate};
+use evaluate::{evaluate, NotReady, Ready};
 
 /// Label value for this controller in metrics.
 const CONTROLLER: &str = "template";
 /// Field manager of hostforge's status patches (server-side apply).
 pub const FIELD_MANAGER: &str = "hostforge";
-/// How long to wait before retrying a template whose provider said "no" in a
-/// way that may change on its own (an image published later, a subnet created).
-const RETRY_MISSING: Duration = Duration::from_secs(60);
-/// Retry delay after a transient provider failure (throttling, 5xx, timeouts).
-const RETRY_TRANSIENT: Duration = Duration::from_secs(15);
-
-/// Why a template is not Ready: the condition's reason and message.
-#[derive(Debug, Clone, PartialEq)]
-struct NotReady {
-    reason: &'static str,
-    message: String,
-    retry: Option<Duration>,
-}
-
-impl NotReady {
-    fn new(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Self {
-        NotReady {
-            reason,
-            message: message.into(),
-            retry,
-        }
-    }
-
-    /// Maps a provider error met while doing `what` to a condition reason.
-    fn from_provider(what: &str, not_found_reason: &'static str, err: &ProviderError) -> Self {
-        let retry = if err.is_retryable() {
-            Some(RETRY_TRANSIENT)
-        } else {
-            Some(RETRY_MISSING)
-        };
-        let reason = match err.category() {
-            "NotFound" => not_found_reason,
-            "AccessDenied" => "AccessDenied",
-            "InvalidParameter" => "InvalidSpec",
-            "Throttled" => "Throttled",
-            _ => "ProviderError",
-        };
-        NotReady::new(reason, format!("{what}: {err}"), retry)
-    }
-}
-
 /// Runs the controller until `shutdown` resolves. MachineRequests changing
 /// trigger their template too (for `status.machinesInUse`).
 pub async fn run(
@@ -118,6 +76,7 @@ pub async fn run(
 fn error_policy(mt: Arc<MachineTemplate>, err: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff.failed(&backoff_key(&mt));
     warn!(template = %mt.name_any(), category = err.category(), error = %err, retry_in = ?delay, "retrying template");
+    events::spawn_failure(ctx, mt.object_ref(&()), err);
     Action::requeue(delay)
 }
 
@@ -197,7 +156,14 @@ async fn reconcile_template(
                 source_field(ready.image.source)
             );
             (
-                conditions::new_condition(READY, true, "Resolved", message, generation, now),
+                conditions::new_condition(
+                    READY,
+                    true,
+                    Reason::Resolved.as_str(),
+                    message,
+                    generation,
+                    now,
+                ),
                 Action::requeue(ready.refresh_in),
             )
         }
@@ -205,7 +171,7 @@ async fn reconcile_template(
             conditions::new_condition(
                 READY,
                 false,
-                not_ready.reason,
+                not_ready.reason.as_str(),
                 not_ready.message.clone(),
                 generation,
                 now,
@@ -250,220 +216,18 @@ async fn reconcile_template(
     Ok(requeue)
 }
 
-/// A template that is Ready: its image, the first instance type's size (when
-/// the provider could tell) and when to look at it again.
-struct Ready {
-    image: ResolvedImage,
-    type_info: Option<InstanceTypeInfo>,
-    refresh_in: Duration,
-}
-
-async fn evaluate(
-    mt: &MachineTemplate,
-    old_status: &MachineTemplateStatus,
-    generation: Option<i64>,
-    ctx: &Context,
-) -> Result<Ready, NotReady> {
-    let spec = &mt.spec;
-    let provider_name = spec
-        .provider
-        .clone()
-        .unwrap_or_else(|| ctx.providers.default_name().to_string());
-    let provider = ctx.providers.get(&provider_name).ok_or_else(|| {
-        NotReady::new(
-            "ProviderUnknown",
-            format!(
-                "provider {provider_name:?} is not in the operator configuration (configured: {})",
-                ctx.providers.names().join(", ")
-            ),
-            None,
-        )
-    })?;
-    let (source, kind) = image_source(spec)?;
-
-    // The provider checks cost AWS calls: only when the spec changed or the
-    // template is not Ready yet (a failed check is retried until it passes).
-    let spec_seen = old_status.observed_generation == generation
-        && conditions::is_true(&old_status.conditions, READY);
-    if !spec_seen {
-        validate_in_provider(provider.as_ref(), spec).await?;
-    }
-
-    let (image, resolved_at) = ctx
-        .images
-        .resolve(&provider, &source)
-        .await
-        .map_err(|e| NotReady::from_provider("resolving the image", "ImageNotFound", &e))?;
-    let refresh_in = ctx
-        .images
-        .expires_in(&provider_name, &source)
-        .unwrap_or(ctx.config.image_cache_ttl)
-        + Duration::from_secs(1);
-    let type_info = first_type_info(provider.as_ref(), spec).await;
-    Ok(Ready {
-        type_info,
-        image: ResolvedImage {
-            id: image.id,
-            name: image.name,
-            source: kind,
-            creation_date: image.creation_date,
-            resolved_at: to_time(resolved_at),
-        },
-        refresh_in,
-    })
-}
-
-/// The size of the template's first instance type. A failed look-up does not
-/// make the template unusable (launching does not need it): it is logged, the
-/// status keeps what it had, and the next reconcile asks again (the adapter
-/// caches answers, so a known type costs no call).
-async fn first_type_info(
-    provider: &dyn MachineProvider,
-    spec: &MachineTemplateSpec,
-) -> Option<InstanceTypeInfo> {
-    let first = spec.instance_types.first()?;
-    match provider.instance_type_info(&first.instance_type).await {
-        Ok(Some(info)) => Some(InstanceTypeInfo {
-            instance_type: info.instance_type,
-            vcpus: info.vcpus,
-            cores: info.cores,
-            memory_mib: info.memory_mib,
-            architecture: info.architecture,
-        }),
-        Ok(None) => None,
-        Err(err) => {
-            warn!(instance_type = %first.instance_type, error = %err, "describing the instance type failed");
-            None
-        }
-    }
-}
-
-/// Translates `spec.image` into the provider's plain type.
-fn image_source(
-    spec: &MachineTemplateSpec,
-) -> Result<(provider::ImageSource, ImageSourceKind), NotReady> {
-    let image = &spec.image;
-    let sources = [
-        image.id.is_some(),
-        image.ssm_parameter.is_some(),
-        image.selector.is_some(),
-    ];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(NotReady::new(
-            "InvalidSpec",
-            "spec.image must set exactly one of id, ssmParameter, selector",
-            None,
-        ));
-    }
-    if let Some(id) = &image.id {
-        return Ok((provider::ImageSource::Id(id.clone()), ImageSourceKind::Id));
-    }
-    if let Some(param) = &image.ssm_parameter {
-        return Ok((
-            provider::ImageSource::SsmParameter(param.clone()),
-            ImageSourceKind::SsmParameter,
-        ));
-    }
-    let selector = image
-        .selector
-        .as_ref()
-        .ok_or_else(|| NotReady::new("InvalidSpec", "spec.image.selector is empty", None))?;
-    let architecture = selector
-        .architecture
-        .and_then(|a| serde_json::to_value(a).ok())
-        .and_then(|v| v.as_str().map(str::to_string));
-    Ok((
-        provider::ImageSource::Selector {
-            name: selector.name.clone().unwrap_or_else(|| "*".to_string()),
-            owners: selector.owners.clone(),
-            architecture,
-            tags: selector.tags.clone(),
-        },
-        ImageSourceKind::Selector,
-    ))
-}
-
-/// Checks that what the template names exists in the provider.
-async fn validate_in_provider(
-    provider: &dyn MachineProvider,
-    spec: &MachineTemplateSpec,
-) -> Result<(), NotReady> {
-    if !spec.subnet_ids.is_empty() {
-        let missing = provider
-            .missing_subnets(&spec.subnet_ids)
-            .await
-            .map_err(|e| {
-                NotReady::from_provider("checking spec.subnetIds", "SubnetNotFound", &e)
-            })?;
-        if !missing.is_empty() {
-            return Err(NotReady::new(
-                "SubnetNotFound",
-                format!(
-                    "spec.subnetIds: {} not found in provider {}",
-                    missing.join(", "),
-                    provider.name()
-                ),
-                Some(RETRY_MISSING),
-            ));
-        }
-    }
-    if !spec.security_group_ids.is_empty() {
-        let missing = provider
-            .missing_security_groups(&spec.security_group_ids)
-            .await
-            .map_err(|e| {
-                NotReady::from_provider(
-                    "checking spec.securityGroupIds",
-                    "SecurityGroupNotFound",
-                    &e,
-                )
-            })?;
-        if !missing.is_empty() {
-            return Err(NotReady::new(
-                "SecurityGroupNotFound",
-                format!(
-                    "spec.securityGroupIds: {} not found in provider {}",
-                    missing.join(", "),
-                    provider.name()
-                ),
-                Some(RETRY_MISSING),
-            ));
-        }
-    }
-    let types: Vec<String> = spec
-        .instance_types
-        .iter()
-        .map(|t| t.instance_type.clone())
-        .collect();
-    let unknown = provider.unknown_instance_types(&types).await.map_err(|e| {
-        NotReady::from_provider("checking spec.instanceTypes", "InstanceTypeUnknown", &e)
-    })?;
-    if !unknown.is_empty() {
-        return Err(NotReady::new(
-            "InstanceTypeUnknown",
-            format!(
-                "spec.instanceTypes: {} not offered by provider {}",
-                unknown.join(", "),
-                provider.name()
-            ),
-            Some(RETRY_MISSING),
-        ));
-    }
-    Ok(())
-}
-
 async fn publish_event(mt: &MachineTemplate, ctx: &Context, outcome: &Result<Ready, NotReady>) {
     let event = match outcome {
         Ok(ready) => Event {
             type_: EventType::Normal,
-            reason: "Ready".into(),
+            reason: Reason::Ready.as_str().into(),
             note: Some(format!("image {} resolved", ready.image.id)),
             action: "ResolveImage".into(),
             secondary: None,
         },
         Err(not_ready) => Event {
             type_: EventType::Warning,
-            reason: not_ready.reason.into(),
+            reason: not_ready.reason.as_str().into(),
             note: Some(events::truncate(&not_ready.message, events::NOTE_MAX)),
             action: "Validate".into(),
             secondary: None,
@@ -481,8 +245,4 @@ fn source_field(kind: ImageSourceKind) -> &'static str {
         ImageSourceKind::SsmParameter => "spec.image.ssmParameter",
         ImageSourceKind::Selector => "spec.image.selector",
     }
-}
-
-fn to_time(t: SystemTime) -> Time {
-    Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
 }
