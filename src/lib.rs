@@ -8,6 +8,8 @@ pub mod hostfactory;
 pub mod http;
 pub mod image;
 pub mod kube_client;
+#[cfg(test)]
+mod layering;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
