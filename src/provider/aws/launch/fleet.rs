@@ -24,13 +24,11 @@ use aws_sdk_ec2::types::{
 };
 use tracing::{debug, info, warn};
 
-use super::calls::Calls;
-use super::clients::AwsClients;
-use super::errors::{classify, detail};
-use super::launch::{
-    check_common, client_token, invalid, is_arn, non_empty, root_device, user_data,
-};
-use super::tags;
+use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use crate::provider::aws::calls::Calls;
+use crate::provider::aws::clients::AwsClients;
+use crate::provider::aws::errors::{classify, detail};
+use crate::provider::aws::tags;
 use crate::provider::{CapacityType, LaunchSpec, Machine, MachineState, ProviderError};
 
 /// The error EC2 answers CreateLaunchTemplate with when the name is taken: for
@@ -356,8 +354,8 @@ pub(super) fn pending_machines(spec: &LaunchSpec, launched: Vec<Launched>) -> Ve
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{offline_client, spec};
     use super::*;
-    use crate::provider::aws::launch::tests::{offline_client, spec};
     use crate::provider::{LaunchApi, LaunchCapacity};
     use aws_sdk_ec2::types::{CreateFleetError, CreateFleetInstance};
 

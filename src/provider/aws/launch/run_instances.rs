@@ -1,0 +1,263 @@
+//! One batch through RunInstances: the first instance type and subnet,
+//! MinCount 1 and MaxCount `count`, all on-demand or all spot. Its answer holds
+//! the full instances, so no describe follows.
+
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceType, MarketType, SpotMarketOptions, VolumeType,
+};
+
+use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use crate::provider::aws::calls::Calls;
+use crate::provider::aws::clients::AwsClients;
+use crate::provider::aws::describe::to_machine;
+use crate::provider::aws::errors::detail;
+use crate::provider::aws::tags;
+use crate::provider::{LaunchSpec, Machine, ProviderError};
+
+/// One RunInstances call; its answer holds the full instances, so no describe
+/// follows.
+pub(super) async fn launch(
+    clients: &AwsClients,
+    calls: &Calls,
+    spec: &LaunchSpec,
+) -> Result<Vec<Machine>, ProviderError> {
+    let request = run_instances_request(&clients.ec2, spec)?;
+    let out = calls.run("RunInstances", || request.send()).await?;
+    let machines: Vec<Machine> = out.instances().iter().filter_map(to_machine).collect();
+    if machines.is_empty() {
+        // EC2 answers MinCount=1 with at least one instance or an error, so an
+        // empty success should not happen. Treated as a capacity verdict: the
+        // same ClientToken would only replay this answer, so the caller must
+        // move on to another type, subnet or capacity type as a new batch.
+        return Err(ProviderError::Capacity(detail(
+            "RunInstances",
+            "NoInstancesLaunched",
+            format!(
+                "RunInstances for batch {} succeeded without instances",
+                spec.batch_id
+            ),
+        )));
+    }
+    Ok(machines)
+}
+
+/// The RunInstances request for `spec`: the first instance type and subnet,
+/// MinCount 1 and MaxCount `count`, spot when the spec is all spot.
+fn run_instances_request(
+    ec2: &aws_sdk_ec2::Client,
+    spec: &LaunchSpec,
+) -> Result<RunInstancesFluentBuilder, ProviderError> {
+    const OP: &str = "RunInstances";
+    check_common(OP, spec)?;
+    let market = match spec.capacity.on_demand_percent {
+        100 => None,
+        0 => Some(
+            InstanceMarketOptionsRequest::builder()
+                .market_type(MarketType::Spot)
+                .spot_options(
+                    SpotMarketOptions::builder()
+                        .set_max_price(spec.capacity.max_price.clone())
+                        .build(),
+                )
+                .build(),
+        ),
+        p => {
+            return Err(invalid(
+                OP,
+                format!("RunInstances launches all on-demand or all spot, not {p} % on-demand"),
+            ))
+        }
+    };
+    let instance_type = spec
+        .instance_types
+        .first()
+        .map(|t| InstanceType::from(t.name.as_str()));
+    let root = spec.root_volume.as_ref().map(|v| {
+        BlockDeviceMapping::builder()
+            .device_name(root_device(spec))
+            .ebs(
+                EbsBlockDevice::builder()
+                    .volume_size(v.size_gib)
+                    .volume_type(VolumeType::from(v.volume_type.as_str()))
+                    .set_iops(v.iops)
+                    .set_throughput(v.throughput)
+                    .encrypted(v.encrypted)
+                    .set_kms_key_id(v.kms_key_id.clone())
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build()
+    });
+    let profile = spec.instance_profile.as_deref().map(|p| {
+        let b = IamInstanceProfileSpecification::builder();
+        if is_arn(p) {
+            b.arn(p).build()
+        } else {
+            b.name(p).build()
+        }
+    });
+    let metadata = InstanceMetadataOptionsRequest::builder()
+        .http_tokens(if spec.metadata.http_tokens_required {
+            HttpTokensState::Required
+        } else {
+            HttpTokensState::Optional
+        })
+        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+        .set_http_put_response_hop_limit(spec.metadata.hop_limit)
+        .build();
+    Ok(ec2
+        .run_instances()
+        .image_id(&spec.image_id)
+        .set_instance_type(instance_type)
+        .min_count(1)
+        .max_count(spec.count)
+        .set_client_token(client_token(spec))
+        .set_subnet_id(spec.subnet_ids.first().cloned())
+        .set_security_group_ids(non_empty(&spec.security_group_ids))
+        .set_key_name(spec.key_name.clone())
+        .set_iam_instance_profile(profile)
+        .set_user_data(user_data(spec))
+        .set_block_device_mappings(root.map(|r| vec![r]))
+        .metadata_options(metadata)
+        .set_instance_market_options(market)
+        .set_tag_specifications(non_empty(&tags::tag_specifications(
+            &spec.tags,
+            &tags::LAUNCHED,
+        ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{offline_client, spec};
+    use super::super::DEFAULT_ROOT_DEVICE;
+    use super::*;
+    use crate::provider::{LaunchCapacity, MetadataSpec};
+    use aws_sdk_ec2::types::ResourceType;
+
+    #[test]
+    fn run_instances_carries_the_whole_spec() {
+        let client = offline_client();
+        let req = run_instances_request(&client, &spec()).expect("valid");
+        let i = req.as_input();
+        assert_eq!(i.get_image_id().as_deref(), Some("ami-1"));
+        assert_eq!(i.get_instance_type(), &Some(InstanceType::C6iXlarge));
+        assert_eq!((i.get_min_count(), i.get_max_count()), (&Some(1), &Some(3)));
+        assert_eq!(i.get_client_token().as_deref(), Some("tok-1"));
+        assert_eq!(i.get_subnet_id().as_deref(), Some("subnet-a"));
+        assert_eq!(i.get_security_group_ids(), &Some(vec!["sg-1".to_string()]));
+        assert_eq!(i.get_key_name().as_deref(), Some("key"));
+        let profile = i.get_iam_instance_profile().as_ref().expect("profile");
+        assert_eq!(profile.arn(), Some("arn:aws:iam::1:instance-profile/p"));
+        assert_eq!(profile.name(), None);
+        assert_eq!(
+            i.get_user_data().as_deref(),
+            Some("IyEvYmluL3NoCmVjaG8gaGkK")
+        );
+        let bdm = i.get_block_device_mappings().as_ref().expect("root");
+        assert_eq!(bdm.len(), 1);
+        assert_eq!(bdm[0].device_name(), Some(DEFAULT_ROOT_DEVICE));
+        let ebs = bdm[0].ebs().expect("ebs");
+        assert_eq!(ebs.volume_size(), Some(50));
+        assert_eq!(ebs.volume_type(), Some(&VolumeType::Gp3));
+        assert_eq!((ebs.iops(), ebs.throughput()), (Some(4000), Some(250)));
+        assert_eq!(ebs.encrypted(), Some(true));
+        assert_eq!(ebs.kms_key_id(), Some("key-1"));
+        assert_eq!(ebs.delete_on_termination(), Some(true));
+        let md = i.get_metadata_options().as_ref().expect("metadata");
+        assert_eq!(md.http_tokens(), Some(&HttpTokensState::Required));
+        assert_eq!(
+            md.http_endpoint(),
+            Some(&InstanceMetadataEndpointState::Enabled)
+        );
+        assert_eq!(md.http_put_response_hop_limit(), Some(2));
+        assert_eq!(i.get_instance_market_options(), &None, "on-demand");
+        let ts = i.get_tag_specifications().as_ref().expect("tags");
+        let types: Vec<_> = ts.iter().filter_map(|t| t.resource_type()).collect();
+        assert_eq!(types, [&ResourceType::Instance, &ResourceType::Volume]);
+        assert!(ts.iter().all(|t| t.tags().len() == 2));
+    }
+
+    #[test]
+    fn minimal_spec_leaves_optional_parameters_out() {
+        let mut s = spec();
+        s.subnet_ids.clear();
+        s.security_group_ids.clear();
+        s.key_name = None;
+        s.instance_profile = Some("worker".into());
+        s.user_data = None;
+        s.root_volume = None;
+        s.tags.clear();
+        s.client_token.clear();
+        s.metadata = MetadataSpec {
+            http_tokens_required: false,
+            hop_limit: None,
+        };
+        let client = offline_client();
+        let req = run_instances_request(&client, &s).expect("valid");
+        let i = req.as_input();
+        assert_eq!(i.get_subnet_id(), &None);
+        assert_eq!(i.get_security_group_ids(), &None);
+        assert_eq!(i.get_key_name(), &None);
+        assert_eq!(i.get_user_data(), &None);
+        assert_eq!(i.get_block_device_mappings(), &None);
+        assert_eq!(i.get_tag_specifications(), &None);
+        assert_eq!(i.get_client_token(), &None);
+        let profile = i.get_iam_instance_profile().as_ref().expect("profile");
+        assert_eq!((profile.name(), profile.arn()), (Some("worker"), None));
+        let md = i.get_metadata_options().as_ref().expect("metadata");
+        assert_eq!(md.http_tokens(), Some(&HttpTokensState::Optional));
+        assert_eq!(md.http_put_response_hop_limit(), None);
+    }
+
+    #[test]
+    fn root_volume_follows_the_image_root_device() {
+        let mut s = spec();
+        s.root_device_name = Some("/dev/sda1".into());
+        let client = offline_client();
+        let req = run_instances_request(&client, &s).expect("valid");
+        let bdm = req.as_input().get_block_device_mappings().clone();
+        assert_eq!(bdm.expect("root")[0].device_name(), Some("/dev/sda1"));
+    }
+
+    #[test]
+    fn all_spot_uses_the_spot_market_with_the_max_price() {
+        let mut s = spec();
+        s.capacity = LaunchCapacity {
+            on_demand_percent: 0,
+            max_price: Some("0.12".into()),
+            allocation_strategy: None,
+        };
+        let client = offline_client();
+        let req = run_instances_request(&client, &s).expect("valid");
+        let m = req
+            .as_input()
+            .get_instance_market_options()
+            .clone()
+            .expect("spot");
+        assert_eq!(m.market_type(), Some(&MarketType::Spot));
+        assert_eq!(m.spot_options().and_then(|o| o.max_price()), Some("0.12"));
+    }
+
+    #[test]
+    fn mixed_capacity_and_empty_batches_are_refused_before_any_call() {
+        let client = offline_client();
+        let mut s = spec();
+        s.capacity.on_demand_percent = 50;
+        let err = run_instances_request(&client, &s).expect_err("mixed");
+        assert!(matches!(err, ProviderError::InvalidParameter(_)), "{err}");
+        assert_eq!(err.detail().operation, "RunInstances");
+
+        let mut s = spec();
+        s.count = 0;
+        let err = run_instances_request(&client, &s).expect_err("no machines");
+        assert!(matches!(err, ProviderError::InvalidParameter(_)), "{err}");
+
+        let mut s = spec();
+        s.instance_types.clear();
+        let err = run_instances_request(&client, &s).expect_err("no type");
+        assert!(matches!(err, ProviderError::InvalidParameter(_)), "{err}");
+    }
+}
