@@ -4,11 +4,22 @@
 //! mapped with a change that is reported, or reported as not mapped: the
 //! caller gets a [`Note`] for each, by field name, so nothing is dropped
 //! silently.
+//!
+//! [`convert`] reads the fields by group, in a fixed order (the notes come
+//! out in that order): the launch group ([`launch`]), the host group
+//! ([`host`]), the machine limit, then the fields with no equivalent
+//! ([`unmapped`]).
 
-use std::collections::BTreeMap;
+mod cursor;
+mod host;
+mod launch;
+mod unmapped;
+
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
+
+use cursor::Cursor;
 
 use crate::api::MachineTemplate;
 use crate::hostfactory::TEMPLATE_ID_ANNOTATION;
@@ -48,10 +59,7 @@ pub fn convert(
     dir: &Path,
     namespace: Option<&str>,
 ) -> Result<Converted, String> {
-    let mut c = Cursor {
-        rest: source.clone(),
-        notes: vec![],
-    };
+    let mut c = Cursor::new(source);
     let template_id = c
         .string("templateId")
         .ok_or("templateId is missing or not a string")?;
@@ -60,146 +68,19 @@ pub fn convert(
     })?;
     let mut spec = Map::new();
 
-    // Instance types first: weights and spot decide the API.
-    let (types, weighted) = instance_types(&mut c);
-    if types.is_empty() {
-        return Err(format!("{template_id}: no vmType or vmTypes"));
-    }
-    let capacity = capacity(&mut c);
-    let handler = c
-        .string("providerApi")
-        .map(|v| ("providerApi", v))
-        .or_else(|| c.string("awshandler").map(|v| ("awshandler", v)));
-    let allocation = c.string("allocationStrategy");
-    let mut fleet = capacity.0 == "mixed" || (allocation.is_some() && capacity.0 != "on-demand");
-    if let Some((field, api)) = &handler {
-        match api.as_str() {
-            "RunInstances" if fleet => c.note(
-                field,
-                "RunInstances launches one capacity type without allocation strategies; EC2Fleet is used",
-            ),
-            "RunInstances" => {}
-            "EC2Fleet" | "EC2FleetInstant" => fleet = true,
-            other => {
-                fleet = true;
-                c.note(
-                    field,
-                    format!("{other} is launched as an EC2 Fleet of type instant; the operator keeps the count itself"),
-                );
-            }
-        }
-    }
-    if fleet {
-        spec.insert("providerApi".into(), json!("EC2Fleet"));
-    }
-    let types_json: Vec<Value> = types
-        .iter()
-        .map(|(t, w)| match w {
-            Some(w) if fleet => json!({"type": t, "weight": w}),
-            _ => json!({"type": t}),
-        })
-        .collect();
-    if weighted && !fleet {
-        c.note(
-            "vmTypes",
-            "weights need EC2 Fleet; this template launches with RunInstances, so they are dropped",
-        );
-    }
-    spec.insert("instanceTypes".into(), Value::Array(types_json));
-    spec.insert("capacityType".into(), json!(capacity.0));
-    if let Some(pct) = capacity.1 {
-        spec.insert("onDemandPercent".into(), json!(pct));
-    }
-    if let Some(a) = allocation {
-        match allocation_strategy(&a) {
-            Some(v) if fleet && capacity.0 != "on-demand" => {
-                spec.insert("allocationStrategy".into(), json!(v));
-            }
-            Some(_) => c.note(
-                "allocationStrategy",
-                "only applies to spot capacity; on-demand capacity follows the order of vmTypes",
-            ),
-            None => c.note(
-                "allocationStrategy",
-                format!("{a:?} is not an EC2 Fleet spot strategy"),
-            ),
-        }
-    }
-    if let Some(price) = c.take("maxSpotPrice") {
-        let text = match &price {
-            Value::Number(n) => Some(n.to_string()),
-            Value::String(s) => Some(s.clone()),
-            _ => None,
-        };
-        match text {
-            Some(p) if capacity.0 != "on-demand" => {
-                spec.insert("maxPrice".into(), json!(p));
-            }
-            Some(_) => c.note(
-                "maxSpotPrice",
-                "ignored: the template launches on-demand capacity",
-            ),
-            None => c.note("maxSpotPrice", "not a number"),
-        }
-    }
-
-    image(&mut c, &mut spec);
-    let subnets = [c.list("subnetId"), c.list("subnetIds")].concat();
-    if !subnets.is_empty() {
-        spec.insert("subnetIds".into(), json!(dedup(subnets)));
-    }
-    let groups = c.list("securityGroupIds");
-    if !groups.is_empty() {
-        spec.insert("securityGroupIds".into(), json!(dedup(groups)));
-    }
-    if let Some(k) = c.string("keyName") {
-        spec.insert("keyName".into(), json!(k));
-    }
-    if let Some(p) = c.string("instanceProfile") {
-        spec.insert("instanceProfile".into(), json!(p));
-    }
-    if let Some(v) = root_volume(&mut c) {
+    launch::read(&mut c, &template_id)?.write(&mut spec);
+    host::image(&mut c, &mut spec);
+    host::network(&mut c, &mut spec);
+    if let Some(v) = host::root_volume(&mut c) {
         spec.insert("rootVolume".into(), v);
     }
-    let tags = tags(&mut c);
+    let tags = host::tags(&mut c);
     if !tags.is_empty() {
         spec.insert("tags".into(), json!(tags));
     }
-    match c.take("maxNumber") {
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(v) if (1..=100_000).contains(&v) => {
-                spec.insert("maxMachines".into(), json!(v));
-            }
-            Some(v) if v < 0 => {}
-            _ => c.note(
-                "maxNumber",
-                format!("{n} is outside 1..100000; no limit set"),
-            ),
-        },
-        Some(other) => c.note(
-            "maxNumber",
-            format!("{other} is not a number; no limit set"),
-        ),
-        None => {}
-    }
-    let secret = user_data(&mut c, &mut spec, &name, dir, namespace);
-
-    for (field, message) in [
-        ("attributes", "not needed: the operator reads the size of the first instance type from the cloud (status.instanceTypeInfo)"),
-        ("fleetRole", "not needed: EC2 Fleet instant fleets use the service-linked role"),
-        ("fleetType", "not needed: fleets are always of type instant"),
-        ("launchTemplateId", "not supported: hostforge launches without launch templates; copy its settings into this template"),
-        ("launchTemplateVersion", "not supported: hostforge launches without launch templates"),
-        ("userData", "not mapped: these variables fed IBM's own user_data.sh; put them into the user data script"),
-    ] {
-        if c.take(field).is_some() {
-            c.note(field, message);
-        }
-    }
-    let rest: Vec<String> = c.rest.keys().cloned().collect();
-    for field in rest {
-        c.note(&field, "no hostforge equivalent; not mapped");
-    }
+    max_machines(&mut c, &mut spec);
+    let secret = host::user_data(&mut c, &mut spec, &name, dir, namespace);
+    unmapped::note_the_rest(&mut c);
 
     let mut metadata = json!({
         "name": name,
@@ -226,72 +107,25 @@ pub fn convert(
     })
 }
 
-/// The source fields not consumed yet, and the notes so far.
-struct Cursor {
-    rest: Map<String, Value>,
-    notes: Vec<Note>,
-}
-
-impl Cursor {
-    fn take(&mut self, field: &str) -> Option<Value> {
-        self.rest.remove(field).filter(|v| !v.is_null())
-    }
-
-    fn note(&mut self, field: &str, message: impl Into<String>) {
-        self.notes.push(Note {
-            field: field.to_string(),
-            message: message.into(),
-        });
-    }
-
-    /// A string field (numbers and booleans are accepted as their text).
-    fn string(&mut self, field: &str) -> Option<String> {
-        match self.take(field)? {
-            Value::String(s) if s.trim().is_empty() => None,
-            Value::String(s) => Some(s.trim().to_string()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            other => {
-                self.note(field, format!("expected a string, got {other}; not mapped"));
-                None
+/// maxNumber → maxMachines; a negative number means no limit.
+fn max_machines(c: &mut Cursor, spec: &mut Map<String, Value>) {
+    match c.take("maxNumber") {
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if (1..=100_000).contains(&v) => {
+                spec.insert("maxMachines".into(), json!(v));
             }
-        }
+            Some(v) if v < 0 => {}
+            _ => c.note(
+                "maxNumber",
+                format!("{n} is outside 1..100000; no limit set"),
+            ),
+        },
+        Some(other) => c.note(
+            "maxNumber",
+            format!("{other} is not a number; no limit set"),
+        ),
+        None => {}
     }
-
-    /// A list field, given as a JSON list or a comma-separated string.
-    fn list(&mut self, field: &str) -> Vec<String> {
-        match self.take(field) {
-            None => vec![],
-            Some(Value::String(s)) => split(&s, ','),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::trim).filter(|s| !s.is_empty()))
-                .map(String::from)
-                .collect(),
-            Some(other) => {
-                self.note(field, format!("expected a list, got {other}; not mapped"));
-                vec![]
-            }
-        }
-    }
-}
-
-fn split(s: &str, sep: char) -> Vec<String> {
-    s.split(sep)
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn dedup(items: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = vec![];
-    for i in items {
-        if !out.contains(&i) {
-            out.push(i);
-        }
-    }
-    out
 }
 
 /// A Kubernetes object name for a templateId: lower case, runs of other
@@ -315,275 +149,6 @@ pub fn kube_name(id: &str) -> Option<String> {
         .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string();
     (!trimmed.is_empty()).then_some(trimmed)
-}
-
-/// vmType (a type or a comma list) then vmTypes (a list, or an object of type →
-/// weight; JSON objects carry no order, so those come sorted by name). Returns
-/// the types with weights and whether any weight is not 1.
-fn instance_types(c: &mut Cursor) -> (Vec<(String, Option<i64>)>, bool) {
-    let mut types: Vec<(String, Option<i64>)> =
-        c.list("vmType").into_iter().map(|t| (t, None)).collect();
-    let mut weighted = false;
-    match c.take("vmTypes") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (t, w) in map {
-                let weight = w.as_i64().filter(|w| (1..=1000).contains(w));
-                if weight.is_none() {
-                    c.note(
-                        "vmTypes",
-                        format!("weight of {t} ({w}) is not 1..1000; dropped"),
-                    );
-                }
-                weighted |= weight.is_some_and(|w| w != 1);
-                match types.iter_mut().find(|(x, _)| *x == t) {
-                    Some(entry) => entry.1 = weight,
-                    None => types.push((t, weight)),
-                }
-            }
-        }
-        Some(Value::Array(items)) => {
-            for t in items.iter().filter_map(|v| v.as_str()) {
-                if !types.iter().any(|(x, _)| x == t) {
-                    types.push((t.to_string(), None));
-                }
-            }
-        }
-        Some(Value::String(s)) => {
-            for t in split(&s, ',') {
-                if !types.iter().any(|(x, _)| *x == t) {
-                    types.push((t, None));
-                }
-            }
-        }
-        Some(other) => c.note(
-            "vmTypes",
-            format!("expected an object or list, got {other}"),
-        ),
-    }
-    if types.len() > 20 {
-        c.note(
-            "vmTypes",
-            format!("{} types; only the first 20 are kept", types.len()),
-        );
-        types.truncate(20);
-    }
-    for extra in ["vmTypesOnDemand", "vmTypesPriority"] {
-        if c.take(extra).is_some() {
-            c.note(extra, "not mapped: hostforge uses one list of types (vmType/vmTypes) for both capacity types");
-        }
-    }
-    (types, weighted)
-}
-
-/// priceType and percentOnDemand → capacityType and onDemandPercent.
-fn capacity(c: &mut Cursor) -> (&'static str, Option<i64>) {
-    let price = c.string("priceType");
-    let pct = c.take("percentOnDemand");
-    let kind = match price.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("ondemand") | Some("on-demand") => "on-demand",
-        Some("spot") => "spot",
-        Some("heterogeneous") | Some("mixed") => "mixed",
-        Some(other) => {
-            c.note(
-                "priceType",
-                format!("{other:?} is not ondemand, spot or heterogeneous; on-demand used"),
-            );
-            "on-demand"
-        }
-    };
-    let pct = match (kind, pct) {
-        ("mixed", Some(v)) => match v.as_i64().filter(|p| (0..=100).contains(p)) {
-            Some(p) => Some(p),
-            None => {
-                c.note("percentOnDemand", format!("{v} is not 0..100; 0 used"));
-                Some(0)
-            }
-        },
-        ("mixed", None) => {
-            c.note(
-                "percentOnDemand",
-                "missing with priceType heterogeneous; 0 (all spot) used",
-            );
-            Some(0)
-        }
-        (_, Some(_)) => {
-            c.note(
-                "percentOnDemand",
-                "ignored: only used with priceType heterogeneous",
-            );
-            None
-        }
-        (_, None) => None,
-    };
-    (kind, pct)
-}
-
-/// IBM's camelCase strategies → the API's kebab-case ones.
-fn allocation_strategy(s: &str) -> Option<&'static str> {
-    Some(match s {
-        "priceCapacityOptimized" | "price-capacity-optimized" => "price-capacity-optimized",
-        "capacityOptimized" | "capacity-optimized" => "capacity-optimized",
-        "capacityOptimizedPrioritized" | "capacity-optimized-prioritized" => {
-            "capacity-optimized-prioritized"
-        }
-        "lowestPrice" | "lowest-price" => "lowest-price",
-        "diversified" => "diversified",
-        _ => return None,
-    })
-}
-
-/// imageId: an AMI id, or an SSM parameter path (also as `resolve:ssm:…`).
-fn image(c: &mut Cursor, spec: &mut Map<String, Value>) {
-    let Some(id) = c.string("imageId") else {
-        c.note(
-            "imageId",
-            "missing: the template cannot launch until spec.image is set",
-        );
-        return;
-    };
-    if is_ami_id(&id) {
-        spec.insert("image".into(), json!({"id": id}));
-    } else if let Some(param) = id
-        .strip_prefix("resolve:ssm:")
-        .or(Some(&id))
-        .filter(|p| p.starts_with('/'))
-    {
-        spec.insert("image".into(), json!({"ssmParameter": param}));
-    } else {
-        c.note(
-            "imageId",
-            format!("{id:?} is neither an AMI id nor an SSM parameter path; not mapped"),
-        );
-    }
-}
-
-/// Whether `s` is an AMI id as the API accepts it (`ami-` and 8 or 17
-/// lower-case hex digits, [`crate::api::AMI_ID_PATTERN`]).
-fn is_ami_id(s: &str) -> bool {
-    s.strip_prefix("ami-").is_some_and(|hex| {
-        (hex.len() == 8 || hex.len() == 17)
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-    })
-}
-
-/// rootDeviceVolumeSize, volumeType, iops → rootVolume.
-fn root_volume(c: &mut Cursor) -> Option<Value> {
-    let size = c.take("rootDeviceVolumeSize");
-    let vtype = c.string("volumeType");
-    let iops = c.take("iops");
-    let Some(size) = size else {
-        for (field, present) in [("volumeType", vtype.is_some()), ("iops", iops.is_some())] {
-            if present {
-                c.note(
-                    field,
-                    "not mapped: needs rootDeviceVolumeSize (the root volume's size)",
-                );
-            }
-        }
-        return None;
-    };
-    let Some(size) = size.as_i64().filter(|s| (1..=16384).contains(s)) else {
-        c.note(
-            "rootDeviceVolumeSize",
-            format!("{size} is not 1..16384 GiB; not mapped"),
-        );
-        return None;
-    };
-    let mut v = json!({"sizeGiB": size});
-    let vt = vtype.unwrap_or_else(|| "gp3".into());
-    if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&vt.as_str()) {
-        c.note(
-            "volumeType",
-            format!("{vt:?} is not an EBS volume type; gp3 used"),
-        );
-    } else {
-        v["type"] = json!(vt);
-    }
-    let vt = v["type"].as_str().unwrap_or("gp3").to_string();
-    match iops.as_ref().and_then(Value::as_i64) {
-        Some(n) if ["gp3", "io1", "io2"].contains(&vt.as_str()) && (100..=256_000).contains(&n) => {
-            v["iops"] = json!(n);
-        }
-        Some(n) => c.note(
-            "iops",
-            format!("{n} does not apply to volume type {vt}; not mapped"),
-        ),
-        None if iops.is_some() => c.note("iops", "not a number; not mapped"),
-        None => {}
-    }
-    if ["io1", "io2"].contains(&vt.as_str()) && v.get("iops").is_none() {
-        c.note("volumeType", format!("{vt} needs iops; gp3 used instead"));
-        v["type"] = json!("gp3");
-    }
-    Some(v)
-}
-
-/// instanceTags `k=v;k=v` → tags (reserved keys reported).
-fn tags(c: &mut Cursor) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Some(text) = c.string("instanceTags") else {
-        return out;
-    };
-    for pair in split(&text, ';') {
-        match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                let k = k.trim();
-                if k.starts_with("hostforge.io/") || k.starts_with("aws:") {
-                    c.note("instanceTags", format!("tag {k} is reserved; dropped"));
-                } else if k.len() > 128 || v.len() > 256 {
-                    c.note("instanceTags", format!("tag {k} is too long; dropped"));
-                } else {
-                    out.insert(k.to_string(), v.trim().to_string());
-                }
-            }
-            _ => c.note(
-                "instanceTags",
-                format!("{pair:?} is not key=value; dropped"),
-            ),
-        }
-    }
-    out
-}
-
-/// userDataScript (a file) → a Secret and spec.userData.secretRef.
-fn user_data(
-    c: &mut Cursor,
-    spec: &mut Map<String, Value>,
-    name: &str,
-    dir: &Path,
-    namespace: Option<&str>,
-) -> Option<Value> {
-    let script = c.string("userDataScript")?;
-    let path = dir.join(&script);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            c.note(
-                "userDataScript",
-                format!("cannot read {}: {e}; not mapped", path.display()),
-            );
-            return None;
-        }
-    };
-    let secret_name = format!("{}-userdata", name.chars().take(240).collect::<String>());
-    spec.insert(
-        "userData".into(),
-        json!({"secretRef": {"name": secret_name, "key": "userData"}}),
-    );
-    let mut metadata = json!({"name": secret_name});
-    if let Some(ns) = namespace {
-        metadata["namespace"] = json!(ns);
-    }
-    Some(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata,
-        "type": "Opaque",
-        "stringData": {"userData": text},
-    }))
 }
 
 #[cfg(test)]
