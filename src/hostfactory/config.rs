@@ -87,7 +87,7 @@ impl HfConfig {
         }
         let timeout = match raw.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
-            Some(t) => crate::config::parse_duration(t)
+            Some(t) => crate::config::duration::parse_duration(t)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| invalid(format!("timeout: {t:?} is not a duration like 30s")))?,
         };

@@ -6,7 +6,6 @@ mod calls;
 pub mod clients;
 mod describe;
 pub mod errors;
-mod fleet;
 mod images;
 mod instance_types;
 mod launch;
@@ -25,8 +24,9 @@ use aws_sdk_ec2::config::SharedCredentialsProvider;
 pub use clients::AwsClients;
 
 use calls::Calls;
-use limits::{Limiter, RateLimitConfig};
+use limits::Limiter;
 
+use crate::config::rate_limits::RateLimitConfig;
 use crate::config::ProviderConfig;
 use crate::provider::{
     CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchApi, LaunchSpec,

@@ -6,14 +6,19 @@
 //! Templates choose a provider instance by its `name`; nothing else in the
 //! operator knows about accounts, regions or endpoints.
 
-use std::collections::BTreeSet;
+mod checks;
+pub mod duration;
+pub mod rate_limits;
+mod raw;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::provider::aws::limits::{RateLimitConfig, RawRateLimits};
+use rate_limits::RateLimitConfig;
+use raw::RawConfig;
 
 /// Image look-ups are cached this long unless `imageCacheTtl` says otherwise:
 /// short enough that a new SSM parameter value reaches launches within minutes,
@@ -51,13 +56,13 @@ pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
 /// 110 s to drain, for one call per interval while spot machines are held.
 pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
-/// requests in front of the limit, and more connections than that is what the
-/// limit is there to prevent.
-const MAX_KUBE_REQUESTS_IN_FLIGHT: i64 = 1024;
-
-/// Longest accepted duration, so a unit slip ("5000h") is caught at start.
-const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Requests in flight to the apiserver unless `maxKubeRequestsInFlight` says
+/// otherwise: well above what the controllers need to keep the apiserver busy
+/// (a status write takes a few milliseconds there), far below a connection
+/// per request. Defined here, with the other defaults, so the config stays a
+/// leaf; it must equal `crate::kube_client::DEFAULT_MAX_IN_FLIGHT` (a test
+/// checks it).
+pub const DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT: usize = 32;
 
 /// The validated operator configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,381 +177,22 @@ impl fmt::Display for Problem {
 impl OperatorConfig {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<OperatorConfig, ConfigError> {
-        load(path)
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        OperatorConfig::from_yaml(&text)
     }
 
     /// Parses and validates a config document.
     pub fn from_yaml(s: &str) -> Result<OperatorConfig, ConfigError> {
-        from_yaml(s)
+        let raw: RawConfig = serde_yaml::from_str(s)?;
+        raw.validate()
     }
 
     /// The provider instance called `name`, if configured.
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
-    }
-}
-
-/// Reads and validates the config file at `path`.
-pub fn load(path: &Path) -> Result<OperatorConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    from_yaml(&text)
-}
-
-/// Parses and validates a config document.
-pub fn from_yaml(s: &str) -> Result<OperatorConfig, ConfigError> {
-    let raw: RawConfig = serde_yaml::from_str(s)?;
-    raw.validate()
-}
-
-/// The file as written, before validation.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawConfig {
-    cluster_name: String,
-    providers: Vec<RawProvider>,
-    #[serde(default)]
-    default_provider: Option<String>,
-    #[serde(default)]
-    image_cache_ttl: Option<String>,
-    #[serde(default)]
-    gc_grace_period: Option<String>,
-    #[serde(default)]
-    poll_interval: Option<String>,
-    #[serde(default)]
-    sweep_interval: Option<String>,
-    #[serde(default)]
-    full_sweep_interval: Option<String>,
-    #[serde(default)]
-    capacity_cooldown: Option<String>,
-    #[serde(default)]
-    spot_notice_interval: Option<String>,
-    #[serde(default)]
-    max_kube_requests_in_flight: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawProvider {
-    name: String,
-    #[serde(rename = "type")]
-    kind: ProviderKind,
-    region: String,
-    #[serde(default)]
-    endpoint_url: Option<String>,
-    #[serde(default)]
-    assume_role_arn: Option<String>,
-    #[serde(default)]
-    rate_limits: Option<RawRateLimits>,
-}
-
-impl RawConfig {
-    fn validate(mut self) -> Result<OperatorConfig, ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
-
-        if let Err(msg) = check_dns_label(&self.cluster_name) {
-            problem("clusterName".into(), msg);
-        }
-        if self.providers.is_empty() {
-            problem(
-                "providers".into(),
-                "must list at least one provider instance".into(),
-            );
-        }
-        let mut seen = BTreeSet::new();
-        let mut rate_limits = Vec::with_capacity(self.providers.len());
-        for (i, p) in self.providers.iter_mut().enumerate() {
-            let key = |field: &str| format!("providers[{i}].{field}");
-            if let Err(msg) = check_dns_label(&p.name) {
-                problem(key("name"), msg);
-            } else if !seen.insert(p.name.as_str()) {
-                problem(
-                    key("name"),
-                    format!(
-                        "{:?} is used by an earlier provider; names must be unique",
-                        p.name
-                    ),
-                );
-            }
-            if let Err(msg) = check_region(&p.region) {
-                problem(key("region"), msg);
-            }
-            if let Some(url) = &p.endpoint_url {
-                if let Err(msg) = check_url(url) {
-                    problem(key("endpointUrl"), msg);
-                }
-            }
-            if let Some(arn) = &p.assume_role_arn {
-                if let Err(msg) = check_role_arn(arn) {
-                    problem(key("assumeRoleArn"), msg);
-                }
-            }
-            let limits = match p.rate_limits.take() {
-                None => RateLimitConfig::default(),
-                Some(raw) => raw.validate(&key("rateLimits")).unwrap_or_else(|found| {
-                    for (key, message) in found {
-                        problem(key, message);
-                    }
-                    RateLimitConfig::default()
-                }),
-            };
-            rate_limits.push(limits);
-        }
-        let default_provider = match &self.default_provider {
-            Some(name) => {
-                if !self.providers.iter().any(|p| &p.name == name) {
-                    problem(
-                        "defaultProvider".into(),
-                        format!("{name:?} is not the name of a configured provider"),
-                    );
-                }
-                name.clone()
-            }
-            None => self
-                .providers
-                .first()
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-        };
-        let mut duration = |key: &str, value: &Option<String>, default: Duration, min: Duration| {
-            let Some(text) = value else {
-                return default;
-            };
-            match parse_duration(text) {
-                Some(d) if d < min => {
-                    problem(
-                        key.into(),
-                        format!("{text:?} is too short (at least {})", format_duration(min)),
-                    );
-                    default
-                }
-                Some(d) if d > MAX_DURATION => {
-                    problem(
-                        key.into(),
-                        format!(
-                            "{text:?} is too long (at most {})",
-                            format_duration(MAX_DURATION)
-                        ),
-                    );
-                    default
-                }
-                Some(d) => d,
-                None => {
-                    problem(
-                        key.into(),
-                        format!("{text:?} is not a duration (use 30s, 5m, 1h)"),
-                    );
-                    default
-                }
-            }
-        };
-        let image_cache_ttl = duration(
-            "imageCacheTtl",
-            &self.image_cache_ttl,
-            DEFAULT_IMAGE_CACHE_TTL,
-            Duration::from_secs(1),
-        );
-        let gc_grace_period = duration(
-            "gcGracePeriod",
-            &self.gc_grace_period,
-            DEFAULT_GC_GRACE_PERIOD,
-            Duration::ZERO,
-        );
-        let poll_interval = duration(
-            "pollInterval",
-            &self.poll_interval,
-            DEFAULT_POLL_INTERVAL,
-            Duration::from_millis(200),
-        );
-        let sweep_interval = duration(
-            "sweepInterval",
-            &self.sweep_interval,
-            DEFAULT_SWEEP_INTERVAL,
-            Duration::from_secs(1),
-        );
-        let full_sweep_interval = duration(
-            "fullSweepInterval",
-            &self.full_sweep_interval,
-            DEFAULT_FULL_SWEEP_INTERVAL,
-            Duration::from_secs(1),
-        );
-        let capacity_cooldown = duration(
-            "capacityCooldown",
-            &self.capacity_cooldown,
-            DEFAULT_CAPACITY_COOLDOWN,
-            Duration::ZERO,
-        );
-        let spot_notice_interval = duration(
-            "spotNoticeInterval",
-            &self.spot_notice_interval,
-            DEFAULT_SPOT_NOTICE_INTERVAL,
-            Duration::ZERO,
-        );
-        let max_kube_requests_in_flight = match self.max_kube_requests_in_flight {
-            None => crate::kube_client::DEFAULT_MAX_IN_FLIGHT,
-            Some(n) if (1..=MAX_KUBE_REQUESTS_IN_FLIGHT).contains(&n) => n as usize,
-            Some(n) => {
-                problem(
-                    "maxKubeRequestsInFlight".into(),
-                    format!("{n} is out of range (1 to {MAX_KUBE_REQUESTS_IN_FLIGHT})"),
-                );
-                crate::kube_client::DEFAULT_MAX_IN_FLIGHT
-            }
-        };
-
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
-        Ok(OperatorConfig {
-            cluster_name: self.cluster_name,
-            providers: self
-                .providers
-                .into_iter()
-                .zip(rate_limits)
-                .map(|(p, rate_limits)| ProviderConfig {
-                    name: p.name,
-                    kind: p.kind,
-                    region: p.region,
-                    endpoint_url: p.endpoint_url,
-                    assume_role_arn: p.assume_role_arn,
-                    rate_limits,
-                })
-                .collect(),
-            default_provider,
-            image_cache_ttl,
-            gc_grace_period,
-            poll_interval,
-            sweep_interval,
-            full_sweep_interval,
-            capacity_cooldown,
-            spot_notice_interval,
-            max_kube_requests_in_flight,
-        })
-    }
-}
-
-/// Names end up in tags and in `spec.provider`, whose schema only admits
-/// DNS labels: accept exactly those.
-fn check_dns_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!("{s:?} is longer than 63 characters"));
-    }
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok_chars || s.starts_with('-') || s.ends_with('-') {
-        return Err(format!(
-            "{s:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-fn check_region(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let ok = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok || s.starts_with('-') || s.ends_with('-') {
-        return Err(format!("{s:?} is not a region name (e.g. us-east-1)"));
-    }
-    Ok(())
-}
-
-fn check_url(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty (leave it out to use the cloud's own endpoint)".into());
-    }
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    match rest {
-        Some(host)
-            if !host.is_empty()
-                && !host.starts_with('/')
-                && !host.contains(char::is_whitespace) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
-    }
-}
-
-fn check_role_arn(s: &str) -> Result<(), String> {
-    // arn:<partition>:iam::<account>:role/<path/name>
-    let parts: Vec<&str> = s.splitn(6, ':').collect();
-    let ok = parts.len() == 6
-        && parts[0] == "arn"
-        && parts[1].starts_with("aws")
-        && parts[2] == "iam"
-        && parts[3].is_empty()
-        && parts[4].len() == 12
-        && parts[4].bytes().all(|b| b.is_ascii_digit())
-        && parts[5]
-            .strip_prefix("role/")
-            .is_some_and(|n| !n.is_empty());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{s:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"
-        ))
-    }
-}
-
-/// Parses `30s`, `5m`, `1h`, `250ms` and sums like `1h30m`. No bare numbers:
-/// a unit left out is more often a mistake than a choice.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let value: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value.checked_mul(60)?),
-            "h" => Duration::from_secs(value.checked_mul(3600)?),
-            "d" => Duration::from_secs(value.checked_mul(86_400)?),
-            _ => return None,
-        };
-        total = total.checked_add(part)?;
-    }
-    Some(total)
-}
-
-/// The inverse of [`parse_duration`] for whole units, for messages.
-fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if d.subsec_millis() != 0 || secs == 0 {
-        format!("{}ms", d.as_millis())
-    } else if secs.is_multiple_of(86_400) {
-        format!("{}d", secs / 86_400)
-    } else if secs.is_multiple_of(3600) {
-        format!("{}h", secs / 3600)
-    } else if secs.is_multiple_of(60) {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
     }
 }
 
@@ -573,14 +219,14 @@ gcGracePeriod: 1h30m
 "#;
 
     fn err(yaml: &str) -> String {
-        from_yaml(yaml)
+        OperatorConfig::from_yaml(yaml)
             .expect_err("config must be rejected")
             .to_string()
     }
 
     #[test]
     fn full_config_parses() {
-        let c = from_yaml(GOOD).expect("valid config");
+        let c = OperatorConfig::from_yaml(GOOD).expect("valid config");
         assert_eq!(c.cluster_name, "prod-east");
         assert_eq!(c.providers.len(), 2);
         assert_eq!(c.providers[0].kind, ProviderKind::Aws);
@@ -605,9 +251,10 @@ gcGracePeriod: 1h30m
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c =
-            from_yaml("clusterName: c1\nproviders:\n- {name: a, type: aws, region: eu-west-1}\n")
-                .expect("valid config");
+        let c = OperatorConfig::from_yaml(
+            "clusterName: c1\nproviders:\n- {name: a, type: aws, region: eu-west-1}\n",
+        )
+        .expect("valid config");
         assert_eq!(c.default_provider, "a");
         assert_eq!(c.image_cache_ttl, DEFAULT_IMAGE_CACHE_TTL);
         assert_eq!(c.gc_grace_period, DEFAULT_GC_GRACE_PERIOD);
@@ -622,7 +269,8 @@ gcGracePeriod: 1h30m
     #[test]
     fn max_kube_requests_in_flight_is_read_and_checked() {
         let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
-        let c = from_yaml(&format!("{base}maxKubeRequestsInFlight: 4\n")).expect("valid");
+        let c = OperatorConfig::from_yaml(&format!("{base}maxKubeRequestsInFlight: 4\n"))
+            .expect("valid");
         assert_eq!(c.max_kube_requests_in_flight, 4);
         assert_eq!(
             err(&format!("{base}maxKubeRequestsInFlight: 0\n")),
@@ -639,7 +287,8 @@ gcGracePeriod: 1h30m
     #[test]
     fn full_sweep_interval_is_read_and_checked() {
         let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
-        let c = from_yaml(&format!("{base}fullSweepInterval: 2m\n")).expect("valid");
+        let c =
+            OperatorConfig::from_yaml(&format!("{base}fullSweepInterval: 2m\n")).expect("valid");
         assert_eq!(c.full_sweep_interval, Duration::from_secs(120));
         assert_eq!(
             err(&format!("{base}fullSweepInterval: 0s\n")),
@@ -649,10 +298,10 @@ gcGracePeriod: 1h30m
 
     #[test]
     fn rate_limits_default_to_ec2s_and_can_be_scaled_or_disabled() {
-        use crate::provider::aws::limits::{BucketShape, Class};
-        let c = from_yaml(GOOD).expect("valid config");
+        use crate::config::rate_limits::{BucketShape, Class};
+        let c = OperatorConfig::from_yaml(GOOD).expect("valid config");
         assert_eq!(c.providers[0].rate_limits, RateLimitConfig::default());
-        let c = from_yaml(
+        let c = OperatorConfig::from_yaml(
             "clusterName: c1\nproviders:\n- name: a\n  type: aws\n  region: eu-west-1\n  \
              rateLimits: {scale: 0.5, runInstances: {burst: 10, rate: 4}}\n\
              - name: b\n  type: aws\n  region: eu-west-1\n  rateLimits: {enabled: false}\n",
@@ -701,7 +350,9 @@ gcGracePeriod: 1h30m
             "prod-east"
         );
         let missing = dir.path().join("absent.yaml");
-        let msg = load(&missing).expect_err("missing file").to_string();
+        let msg = OperatorConfig::load(&missing)
+            .expect_err("missing file")
+            .to_string();
         assert!(
             msg.starts_with(&format!("reading {}", missing.display())),
             "{msg}"
@@ -733,7 +384,7 @@ gcGracePeriod: 1h30m
         );
         assert!(err(&format!("{base}imageCacheTtl: 9000h\n")).contains("too long"));
         // gcGracePeriod may be zero (tests), unlike the cache TTL.
-        let c = from_yaml(&format!("{base}gcGracePeriod: 0s\n")).expect("valid");
+        let c = OperatorConfig::from_yaml(&format!("{base}gcGracePeriod: 0s\n")).expect("valid");
         assert_eq!(c.gc_grace_period, Duration::ZERO);
     }
 
@@ -817,34 +468,10 @@ gcGracePeriod: 1h30m
             msg.contains(r#"providers[0].assumeRoleArn: "role/x" is not an IAM role ARN"#),
             "{msg}"
         );
-        let c = from_yaml(
+        let c = OperatorConfig::from_yaml(
             "clusterName: c\nproviders:\n- {name: a, type: aws, region: cn-north-1, endpointUrl: 'https://ec2.vpce.example', assumeRoleArn: 'arn:aws-cn:iam::123456789012:role/path/x'}\n",
         )
         .expect("valid");
         assert_eq!(c.providers[0].region, "cn-north-1");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
-        for bad in [
-            "",
-            "5",
-            "5x",
-            "m",
-            "-5s",
-            "5 s",
-            "1.5h",
-            "99999999999999999999h",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-        assert_eq!(format_duration(Duration::from_secs(7 * 86_400)), "7d");
-        assert_eq!(format_duration(Duration::from_secs(1)), "1s");
     }
 }

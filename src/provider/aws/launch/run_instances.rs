@@ -1,7 +1,6 @@
-//! Launching one batch: RunInstances (here) or an instant EC2 Fleet
-//! ([`super::fleet`]), with the batch's ClientToken and every tag applied in the
-//! launch call itself. The request builders are plain functions of the spec, so
-//! unit tests can read back exactly what would be sent.
+//! One batch through RunInstances: the first instance type and subnet,
+//! MinCount 1 and MaxCount `count`, all on-demand or all spot. Its answer holds
+//! the full instances, so no describe follows.
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -9,34 +8,18 @@ use aws_sdk_ec2::types::{
     InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
     InstanceType, MarketType, SpotMarketOptions, VolumeType,
 };
-use base64::Engine as _;
 
-use super::calls::Calls;
-use super::clients::AwsClients;
-use super::describe::to_machine;
-use super::errors::detail;
-use super::{fleet, tags};
-use crate::provider::{LaunchApi, LaunchSpec, Machine, ProviderError};
-
-/// Where the root volume settings apply when the image did not say: the root
-/// device of Amazon Linux and most current Linux images.
-pub(super) const DEFAULT_ROOT_DEVICE: &str = "/dev/xvda";
-
-/// Launches `spec` (see [`crate::provider::MachineProvider::launch`]).
-pub(super) async fn launch(
-    clients: &AwsClients,
-    calls: &Calls,
-    spec: &LaunchSpec,
-) -> Result<Vec<Machine>, ProviderError> {
-    match spec.api {
-        LaunchApi::RunInstances => run_instances(clients, calls, spec).await,
-        LaunchApi::Fleet => fleet::launch(clients, calls, spec).await,
-    }
-}
+use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use crate::provider::aws::calls::Calls;
+use crate::provider::aws::clients::AwsClients;
+use crate::provider::aws::describe::to_machine;
+use crate::provider::aws::errors::detail;
+use crate::provider::aws::tags;
+use crate::provider::{LaunchSpec, Machine, ProviderError};
 
 /// One RunInstances call; its answer holds the full instances, so no describe
 /// follows.
-async fn run_instances(
+pub(super) async fn launch(
     clients: &AwsClients,
     calls: &Calls,
     spec: &LaunchSpec,
@@ -63,7 +46,7 @@ async fn run_instances(
 
 /// The RunInstances request for `spec`: the first instance type and subnet,
 /// MinCount 1 and MaxCount `count`, spot when the spec is all spot.
-pub(super) fn run_instances_request(
+fn run_instances_request(
     ec2: &aws_sdk_ec2::Client,
     spec: &LaunchSpec,
 ) -> Result<RunInstancesFluentBuilder, ProviderError> {
@@ -146,121 +129,13 @@ pub(super) fn run_instances_request(
         ))))
 }
 
-/// Refuses specs that cannot launch anything, before any call: both APIs need
-/// a positive count and at least one instance type.
-pub(super) fn check_common(
-    operation: &'static str,
-    spec: &LaunchSpec,
-) -> Result<(), ProviderError> {
-    if spec.count < 1 {
-        return Err(invalid(
-            operation,
-            format!("batch {} asks for {} machines", spec.batch_id, spec.count),
-        ));
-    }
-    if spec.instance_types.is_empty() {
-        return Err(invalid(
-            operation,
-            format!("batch {} names no instance type", spec.batch_id),
-        ));
-    }
-    Ok(())
-}
-
-/// A bad spec found by the adapter itself (no call was made).
-pub(super) fn invalid(operation: &'static str, message: String) -> ProviderError {
-    ProviderError::InvalidParameter(detail(operation, "InvalidParameterValue", message))
-}
-
-/// The spec's ClientToken, absent when empty (EC2 rejects an empty token).
-pub(super) fn client_token(spec: &LaunchSpec) -> Option<String> {
-    Some(spec.client_token.clone()).filter(|t| !t.is_empty())
-}
-
-/// The user data as EC2 wants it: base64 of the bytes the machine should see.
-pub(super) fn user_data(spec: &LaunchSpec) -> Option<String> {
-    spec.user_data
-        .as_deref()
-        .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
-}
-
-/// The device the root volume settings apply to.
-pub(super) fn root_device(spec: &LaunchSpec) -> String {
-    spec.root_device_name
-        .clone()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| DEFAULT_ROOT_DEVICE.to_string())
-}
-
-/// Whether an instance profile value is an ARN rather than a name.
-pub(super) fn is_arn(profile: &str) -> bool {
-    profile.starts_with("arn:")
-}
-
-/// `None` for an empty list, so optional list parameters are left out.
-pub(super) fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
-    (!items.is_empty()).then(|| items.to_vec())
-}
-
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use super::super::fixtures::{offline_client, spec};
+    use super::super::DEFAULT_ROOT_DEVICE;
     use super::*;
-    use crate::provider::{InstanceTypeChoice, LaunchCapacity, MetadataSpec, VolumeSpec};
+    use crate::provider::{LaunchCapacity, MetadataSpec};
     use aws_sdk_ec2::types::ResourceType;
-
-    /// A client that is never sent anything: the builders only need one.
-    pub(crate) fn offline_client() -> aws_sdk_ec2::Client {
-        let config = aws_sdk_ec2::Config::builder()
-            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-            .build();
-        aws_sdk_ec2::Client::from_conf(config)
-    }
-
-    /// A spec using every field.
-    pub(crate) fn spec() -> LaunchSpec {
-        LaunchSpec {
-            batch_id: "3f2a9c1e-4".into(),
-            client_token: "tok-1".into(),
-            count: 3,
-            api: LaunchApi::RunInstances,
-            image_id: "ami-1".into(),
-            root_device_name: None,
-            instance_types: vec![
-                InstanceTypeChoice {
-                    name: "c6i.xlarge".into(),
-                    weight: None,
-                },
-                InstanceTypeChoice {
-                    name: "m6i.xlarge".into(),
-                    weight: Some(2),
-                },
-            ],
-            subnet_ids: vec!["subnet-a".into(), "subnet-b".into()],
-            capacity: LaunchCapacity::on_demand(),
-            security_group_ids: vec!["sg-1".into()],
-            key_name: Some("key".into()),
-            instance_profile: Some("arn:aws:iam::1:instance-profile/p".into()),
-            user_data: Some(b"#!/bin/sh\necho hi\n".to_vec()),
-            root_volume: Some(VolumeSpec {
-                size_gib: 50,
-                volume_type: "gp3".into(),
-                iops: Some(4000),
-                throughput: Some(250),
-                encrypted: true,
-                kms_key_id: Some("key-1".into()),
-            }),
-            metadata: MetadataSpec {
-                http_tokens_required: true,
-                hop_limit: Some(2),
-            },
-            tags: [
-                ("hostforge.io/batch".to_string(), "3f2a9c1e-4".to_string()),
-                ("Name".to_string(), "w".to_string()),
-            ]
-            .into(),
-        }
-    }
 
     #[test]
     fn run_instances_carries_the_whole_spec() {

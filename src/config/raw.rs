@@ -1,0 +1,256 @@
+//! The config file as written, and its validation into [`OperatorConfig`]:
+//! every problem is collected with its key path, so one run of the operator
+//! names all of them.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::checks::{check_dns_label, check_region, check_role_arn, check_url};
+use super::duration::{format_duration, parse_duration};
+use super::rate_limits::{RateLimitConfig, RawRateLimits};
+use super::{
+    ConfigError, OperatorConfig, Problem, ProviderConfig, ProviderKind, DEFAULT_CAPACITY_COOLDOWN,
+    DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD, DEFAULT_IMAGE_CACHE_TTL,
+    DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL,
+    DEFAULT_SWEEP_INTERVAL,
+};
+
+/// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
+/// requests in front of the limit, and more connections than that is what the
+/// limit is there to prevent.
+const MAX_KUBE_REQUESTS_IN_FLIGHT: i64 = 1024;
+
+/// Longest accepted duration, so a unit slip ("5000h") is caught at start.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawConfig {
+    cluster_name: String,
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    default_provider: Option<String>,
+    #[serde(default)]
+    image_cache_ttl: Option<String>,
+    #[serde(default)]
+    gc_grace_period: Option<String>,
+    #[serde(default)]
+    poll_interval: Option<String>,
+    #[serde(default)]
+    sweep_interval: Option<String>,
+    #[serde(default)]
+    full_sweep_interval: Option<String>,
+    #[serde(default)]
+    capacity_cooldown: Option<String>,
+    #[serde(default)]
+    spot_notice_interval: Option<String>,
+    #[serde(default)]
+    max_kube_requests_in_flight: Option<i64>,
+}
+
+/// One `providers[]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    #[serde(rename = "type")]
+    kind: ProviderKind,
+    region: String,
+    #[serde(default)]
+    endpoint_url: Option<String>,
+    #[serde(default)]
+    assume_role_arn: Option<String>,
+    #[serde(default)]
+    rate_limits: Option<RawRateLimits>,
+}
+
+impl RawConfig {
+    /// Checks every value, collecting all problems with their key paths, and
+    /// fills in the defaults.
+    pub(super) fn validate(mut self) -> Result<OperatorConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+        if let Err(msg) = check_dns_label(&self.cluster_name) {
+            problem("clusterName".into(), msg);
+        }
+        if self.providers.is_empty() {
+            problem(
+                "providers".into(),
+                "must list at least one provider instance".into(),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        let mut rate_limits = Vec::with_capacity(self.providers.len());
+        for (i, p) in self.providers.iter_mut().enumerate() {
+            let key = |field: &str| format!("providers[{i}].{field}");
+            if let Err(msg) = check_dns_label(&p.name) {
+                problem(key("name"), msg);
+            } else if !seen.insert(p.name.as_str()) {
+                problem(
+                    key("name"),
+                    format!(
+                        "{:?} is used by an earlier provider; names must be unique",
+                        p.name
+                    ),
+                );
+            }
+            if let Err(msg) = check_region(&p.region) {
+                problem(key("region"), msg);
+            }
+            if let Some(url) = &p.endpoint_url {
+                if let Err(msg) = check_url(url) {
+                    problem(key("endpointUrl"), msg);
+                }
+            }
+            if let Some(arn) = &p.assume_role_arn {
+                if let Err(msg) = check_role_arn(arn) {
+                    problem(key("assumeRoleArn"), msg);
+                }
+            }
+            let limits = match p.rate_limits.take() {
+                None => RateLimitConfig::default(),
+                Some(raw) => raw.validate(&key("rateLimits")).unwrap_or_else(|found| {
+                    for (key, message) in found {
+                        problem(key, message);
+                    }
+                    RateLimitConfig::default()
+                }),
+            };
+            rate_limits.push(limits);
+        }
+        let default_provider = match &self.default_provider {
+            Some(name) => {
+                if !self.providers.iter().any(|p| &p.name == name) {
+                    problem(
+                        "defaultProvider".into(),
+                        format!("{name:?} is not the name of a configured provider"),
+                    );
+                }
+                name.clone()
+            }
+            None => self
+                .providers
+                .first()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+        };
+        let mut duration = |key: &str, value: &Option<String>, default: Duration, min: Duration| {
+            let Some(text) = value else {
+                return default;
+            };
+            match parse_duration(text) {
+                Some(d) if d < min => {
+                    problem(
+                        key.into(),
+                        format!("{text:?} is too short (at least {})", format_duration(min)),
+                    );
+                    default
+                }
+                Some(d) if d > MAX_DURATION => {
+                    problem(
+                        key.into(),
+                        format!(
+                            "{text:?} is too long (at most {})",
+                            format_duration(MAX_DURATION)
+                        ),
+                    );
+                    default
+                }
+                Some(d) => d,
+                None => {
+                    problem(
+                        key.into(),
+                        format!("{text:?} is not a duration (use 30s, 5m, 1h)"),
+                    );
+                    default
+                }
+            }
+        };
+        let image_cache_ttl = duration(
+            "imageCacheTtl",
+            &self.image_cache_ttl,
+            DEFAULT_IMAGE_CACHE_TTL,
+            Duration::from_secs(1),
+        );
+        let gc_grace_period = duration(
+            "gcGracePeriod",
+            &self.gc_grace_period,
+            DEFAULT_GC_GRACE_PERIOD,
+            Duration::ZERO,
+        );
+        let poll_interval = duration(
+            "pollInterval",
+            &self.poll_interval,
+            DEFAULT_POLL_INTERVAL,
+            Duration::from_millis(200),
+        );
+        let sweep_interval = duration(
+            "sweepInterval",
+            &self.sweep_interval,
+            DEFAULT_SWEEP_INTERVAL,
+            Duration::from_secs(1),
+        );
+        let full_sweep_interval = duration(
+            "fullSweepInterval",
+            &self.full_sweep_interval,
+            DEFAULT_FULL_SWEEP_INTERVAL,
+            Duration::from_secs(1),
+        );
+        let capacity_cooldown = duration(
+            "capacityCooldown",
+            &self.capacity_cooldown,
+            DEFAULT_CAPACITY_COOLDOWN,
+            Duration::ZERO,
+        );
+        let spot_notice_interval = duration(
+            "spotNoticeInterval",
+            &self.spot_notice_interval,
+            DEFAULT_SPOT_NOTICE_INTERVAL,
+            Duration::ZERO,
+        );
+        let max_kube_requests_in_flight = match self.max_kube_requests_in_flight {
+            None => DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
+            Some(n) if (1..=MAX_KUBE_REQUESTS_IN_FLIGHT).contains(&n) => n as usize,
+            Some(n) => {
+                problem(
+                    "maxKubeRequestsInFlight".into(),
+                    format!("{n} is out of range (1 to {MAX_KUBE_REQUESTS_IN_FLIGHT})"),
+                );
+                DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT
+            }
+        };
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(OperatorConfig {
+            cluster_name: self.cluster_name,
+            providers: self
+                .providers
+                .into_iter()
+                .zip(rate_limits)
+                .map(|(p, rate_limits)| ProviderConfig {
+                    name: p.name,
+                    kind: p.kind,
+                    region: p.region,
+                    endpoint_url: p.endpoint_url,
+                    assume_role_arn: p.assume_role_arn,
+                    rate_limits,
+                })
+                .collect(),
+            default_provider,
+            image_cache_ttl,
+            gc_grace_period,
+            poll_interval,
+            sweep_interval,
+            full_sweep_interval,
+            capacity_cooldown,
+            spot_notice_interval,
+            max_kube_requests_in_flight,
+        })
+    }
+}

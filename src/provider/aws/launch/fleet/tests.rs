@@ -1,0 +1,269 @@
+//! Unit tests of the fleet request builders and answer parsing, read back
+//! from the builders without any call.
+
+use super::super::fixtures::{offline_client, spec};
+use super::*;
+use crate::provider::{LaunchApi, LaunchCapacity};
+use aws_sdk_ec2::types::{CreateFleetError, CreateFleetInstance};
+
+fn fleet_spec(on_demand_percent: i32, count: i32) -> LaunchSpec {
+    let mut s = spec();
+    s.api = LaunchApi::Fleet;
+    s.count = count;
+    s.capacity = LaunchCapacity {
+        on_demand_percent,
+        max_price: Some("0.2".into()),
+        allocation_strategy: Some("price-capacity-optimized".into()),
+    };
+    s
+}
+
+#[test]
+fn overrides_are_types_times_subnets_in_priority_order() {
+    let o = overrides(&fleet_spec(50, 4));
+    let rows: Vec<_> = o
+        .iter()
+        .map(|o| {
+            (
+                o.instance_type().map(|t| t.as_str()),
+                o.subnet_id(),
+                o.weighted_capacity(),
+                o.priority(),
+                o.max_price(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                Some("c6i.xlarge"),
+                Some("subnet-a"),
+                None,
+                Some(0.0),
+                Some("0.2")
+            ),
+            (
+                Some("c6i.xlarge"),
+                Some("subnet-b"),
+                None,
+                Some(1.0),
+                Some("0.2")
+            ),
+            (
+                Some("m6i.xlarge"),
+                Some("subnet-a"),
+                Some(2.0),
+                Some(2.0),
+                Some("0.2")
+            ),
+            (
+                Some("m6i.xlarge"),
+                Some("subnet-b"),
+                Some(2.0),
+                Some(3.0),
+                Some("0.2")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn without_subnets_overrides_are_types_only_and_on_demand_has_no_price_cap() {
+    let mut s = fleet_spec(100, 2);
+    s.subnet_ids.clear();
+    let o = overrides(&s);
+    assert_eq!(o.len(), 2);
+    assert!(o
+        .iter()
+        .all(|o| o.subnet_id().is_none() && o.max_price().is_none()));
+}
+
+#[test]
+fn target_capacity_splits_on_demand_rounding_up() {
+    let t = target_capacity(&fleet_spec(50, 3));
+    assert_eq!(t.total_target_capacity(), Some(3));
+    assert_eq!(t.on_demand_target_capacity(), Some(2));
+    assert_eq!(t.spot_target_capacity(), Some(1));
+    assert_eq!(
+        t.default_target_capacity_type(),
+        Some(&DefaultTargetCapacityType::OnDemand)
+    );
+    let t = target_capacity(&fleet_spec(0, 3));
+    assert_eq!(
+        (t.on_demand_target_capacity(), t.spot_target_capacity()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(
+        t.default_target_capacity_type(),
+        Some(&DefaultTargetCapacityType::Spot)
+    );
+}
+
+#[test]
+fn fleet_request_is_instant_by_template_name_with_both_strategies() {
+    let client = offline_client();
+    let req = fleet_request(&client, &fleet_spec(50, 4), "hostforge-3f2a9c1e-4");
+    let i = req.as_input();
+    assert_eq!(i.get_type(), &Some(FleetType::Instant));
+    assert_eq!(i.get_client_token().as_deref(), Some("tok-1"));
+    let configs = i.get_launch_template_configs().as_ref().expect("configs");
+    assert_eq!(configs.len(), 1);
+    let lt = configs[0]
+        .launch_template_specification()
+        .expect("template");
+    assert_eq!(lt.launch_template_name(), Some("hostforge-3f2a9c1e-4"));
+    assert_eq!(lt.version(), Some(TEMPLATE_VERSION));
+    assert_eq!(configs[0].overrides().len(), 4);
+    let od = i
+        .get_on_demand_options()
+        .as_ref()
+        .expect("on-demand options");
+    assert_eq!(
+        od.allocation_strategy(),
+        Some(&FleetOnDemandAllocationStrategy::Prioritized)
+    );
+    let spot = i.get_spot_options().as_ref().expect("spot options");
+    assert_eq!(
+        spot.allocation_strategy(),
+        Some(&SpotAllocationStrategy::PriceCapacityOptimized)
+    );
+
+    let req = fleet_request(&client, &fleet_spec(100, 4), "t");
+    assert_eq!(req.as_input().get_spot_options(), &None, "no spot wanted");
+}
+
+#[test]
+fn template_holds_everything_but_type_and_subnet() {
+    let s = fleet_spec(50, 4);
+    let client = offline_client();
+    let req = template_request(&client, &s, "hostforge-3f2a9c1e-4");
+    let i = req.as_input();
+    assert_eq!(
+        i.get_launch_template_name().as_deref(),
+        Some("hostforge-3f2a9c1e-4")
+    );
+    let own = i.get_tag_specifications().as_ref().expect("template tags");
+    assert_eq!(own[0].resource_type(), Some(&ResourceType::LaunchTemplate));
+    let d = i.get_launch_template_data().as_ref().expect("data");
+    assert_eq!(d.image_id(), Some("ami-1"));
+    assert_eq!(d.instance_type(), None);
+    assert_eq!(d.security_group_ids(), ["sg-1"]);
+    assert_eq!(d.key_name(), Some("key"));
+    assert_eq!(
+        d.iam_instance_profile().and_then(|p| p.arn()),
+        Some("arn:aws:iam::1:instance-profile/p")
+    );
+    assert_eq!(d.user_data(), Some("IyEvYmluL3NoCmVjaG8gaGkK"));
+    let root = &d.block_device_mappings()[0];
+    assert_eq!(root.device_name(), Some("/dev/xvda"));
+    let ebs = root.ebs().expect("ebs");
+    assert_eq!(ebs.volume_size(), Some(50));
+    assert_eq!(ebs.delete_on_termination(), Some(true));
+    let md = d.metadata_options().expect("metadata");
+    assert_eq!(
+        md.http_tokens(),
+        Some(&LaunchTemplateHttpTokensState::Required)
+    );
+    assert_eq!(md.http_put_response_hop_limit(), Some(2));
+    let types: Vec<_> = d
+        .tag_specifications()
+        .iter()
+        .filter_map(|t| t.resource_type())
+        .collect();
+    assert_eq!(types, [&ResourceType::Instance, &ResourceType::Volume]);
+}
+
+fn answer(instances: Vec<CreateFleetInstance>, errors: Vec<CreateFleetError>) -> CreateFleetOutput {
+    CreateFleetOutput::builder()
+        .set_instances(Some(instances))
+        .set_errors(Some(errors))
+        .build()
+}
+
+fn group(lifecycle: InstanceLifecycle, ids: &[&str]) -> CreateFleetInstance {
+    CreateFleetInstance::builder()
+        .lifecycle(lifecycle)
+        .instance_type(InstanceType::C6iXlarge)
+        .set_instance_ids(Some(ids.iter().map(|s| s.to_string()).collect()))
+        .build()
+}
+
+fn error(code: &str) -> CreateFleetError {
+    CreateFleetError::builder()
+        .error_code(code)
+        .error_message("no capacity in us-east-1a")
+        .build()
+}
+
+#[test]
+fn answers_with_instances_succeed_even_with_errors() {
+    let out = answer(
+        vec![
+            group(InstanceLifecycle::OnDemand, &["i-1", "i-2"]),
+            group(InstanceLifecycle::Spot, &["i-3", "i-1"]),
+        ],
+        vec![error("InsufficientInstanceCapacity")],
+    );
+    let l = launched(&out).expect("some launched");
+    let rows: Vec<_> = l.iter().map(|l| (l.id.as_str(), l.capacity_type)).collect();
+    assert_eq!(
+        rows,
+        [
+            ("i-1", CapacityType::OnDemand),
+            ("i-2", CapacityType::OnDemand),
+            ("i-3", CapacityType::Spot)
+        ]
+    );
+    assert_eq!(l[0].instance_type.as_deref(), Some("c6i.xlarge"));
+}
+
+#[test]
+fn empty_answers_fail_with_the_first_error_classified() {
+    let out = answer(
+        vec![],
+        vec![
+            error("InsufficientInstanceCapacity"),
+            error("InvalidParameterValue"),
+        ],
+    );
+    let e = launched(&out).expect_err("nothing launched");
+    assert!(matches!(e, ProviderError::Capacity(_)), "{e}");
+    assert_eq!(e.detail().operation, "CreateFleet");
+    assert_eq!(e.code(), "InsufficientInstanceCapacity");
+    assert_eq!(e.detail().message, "no capacity in us-east-1a");
+
+    let e = launched(&answer(vec![], vec![error("InvalidParameterValue")])).expect_err("bad");
+    assert!(matches!(e, ProviderError::InvalidParameter(_)), "{e}");
+
+    let e = launched(&answer(vec![], vec![])).expect_err("silent");
+    assert!(matches!(e, ProviderError::Capacity(_)), "{e}");
+    assert_eq!(e.code(), "NoInstancesLaunched");
+}
+
+#[test]
+fn fleet_machines_are_pending_with_what_the_fleet_said() {
+    let s = fleet_spec(50, 2);
+    let l = launched(&answer(
+        vec![group(InstanceLifecycle::Spot, &["i-1", "i-2"])],
+        vec![],
+    ))
+    .expect("launched");
+    let machines = pending_machines(&s, l);
+    assert_eq!(
+        machines.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["i-1", "i-2"],
+        "in the fleet's answer order"
+    );
+    let m = &machines[1];
+    assert_eq!(m.state, MachineState::Pending);
+    assert_eq!(m.capacity_type, CapacityType::Spot);
+    assert_eq!(m.instance_type.as_deref(), Some("c6i.xlarge"));
+    assert_eq!(m.image_id.as_deref(), Some(s.image_id.as_str()));
+    assert_eq!(m.tags, s.tags);
+}
+
+#[test]
+fn template_names_follow_the_batch() {
+    assert_eq!(template_name("3f2a9c1e-4"), "hostforge-3f2a9c1e-4");
+}

@@ -1,0 +1,220 @@
+//! Terminating a list of machines when some of them may be unknown to the
+//! cloud: EC2 rejects a whole TerminateInstances call if one id does not exist
+//! (yet, or any more), and callers (the request controller, the sweep) want
+//! the others to go anyway.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{MachineProvider, ProviderError};
+
+/// Terminates `ids` in one call; if the cloud rejects the batch because an id
+/// is unknown ([`ProviderError::NotFound`]), each id is tried alone and the
+/// unknown ones are skipped. Returns the ids the cloud accepted; no call is
+/// made for an empty list. Any other error ends the attempt and is returned,
+/// so a throttled or failing cloud is retried by the caller as a whole.
+pub async fn terminate_each_known(
+    provider: &Arc<dyn MachineProvider>,
+    ids: &[String],
+) -> Result<BTreeSet<String>, ProviderError> {
+    if ids.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    match provider.terminate(ids).await {
+        Ok(()) => Ok(ids.iter().cloned().collect()),
+        Err(ProviderError::NotFound(_)) => {
+            let mut accepted = BTreeSet::new();
+            for id in ids {
+                match provider.terminate(std::slice::from_ref(id)).await {
+                    Ok(()) => {
+                        accepted.insert(id.clone());
+                    }
+                    Err(ProviderError::NotFound(_)) => {
+                        debug!(instance = %id, "not visible to terminate yet");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(accepted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::provider::{
+        ErrorDetail, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, Machine,
+        ResolvedImage,
+    };
+
+    /// Answers `terminate` only: NotFound when a call names an unknown id,
+    /// else Throttled when it names `failing`; records every call.
+    struct Terminator {
+        unknown: Vec<String>,
+        failing: Option<String>,
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    fn detail() -> ErrorDetail {
+        ErrorDetail {
+            operation: "TerminateInstances",
+            code: "InvalidInstanceID.NotFound".into(),
+            message: String::new(),
+        }
+    }
+
+    fn unused() -> ProviderError {
+        ProviderError::Unknown(detail())
+    }
+
+    #[async_trait]
+    impl MachineProvider for Terminator {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        async fn lookup_image(&self, _: &ImageSource) -> Result<ResolvedImage, ProviderError> {
+            Err(unused())
+        }
+        async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn missing_security_groups(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
+            Err(unused())
+        }
+        async fn instance_type_info(
+            &self,
+            _: &str,
+        ) -> Result<Option<InstanceTypeInfo>, ProviderError> {
+            Err(unused())
+        }
+        async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+        async fn describe_owned(
+            &self,
+            _: &[(String, String)],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+        async fn interruption_notices(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<InterruptionNotice>, ProviderError> {
+            Err(unused())
+        }
+        async fn list_owned(
+            &self,
+            _: &[(String, String)],
+            _: bool,
+            _: &mut (dyn FnMut(Vec<Machine>) + Send),
+        ) -> Result<(), ProviderError> {
+            Err(unused())
+        }
+        async fn describe_owned_any(
+            &self,
+            _: &[(String, String)],
+            _: &str,
+            _: &[String],
+        ) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+        async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+            self.calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ids.to_vec());
+            if ids.iter().any(|id| self.unknown.contains(id)) {
+                return Err(ProviderError::NotFound(detail()));
+            }
+            if ids.iter().any(|id| self.failing.as_ref() == Some(id)) {
+                return Err(ProviderError::Throttled(detail()));
+            }
+            Ok(())
+        }
+        async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+            Err(unused())
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn fake(unknown: &[&str], failing: Option<&str>) -> Arc<Terminator> {
+        Arc::new(Terminator {
+            unknown: ids(unknown),
+            failing: failing.map(String::from),
+            calls: Mutex::new(vec![]),
+        })
+    }
+
+    fn calls(f: &Terminator) -> Vec<Vec<String>> {
+        f.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    #[tokio::test]
+    async fn known_ids_go_in_one_call_and_none_for_an_empty_list() {
+        let f = fake(&[], None);
+        let p: Arc<dyn MachineProvider> = f.clone();
+        let got = terminate_each_known(&p, &ids(&["i-1", "i-2"]))
+            .await
+            .expect("accepted");
+        assert_eq!(got, ids(&["i-1", "i-2"]).into_iter().collect());
+        assert!(terminate_each_known(&p, &[])
+            .await
+            .expect("nothing")
+            .is_empty());
+        assert_eq!(calls(&f), [ids(&["i-1", "i-2"])]);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_id_is_skipped_and_the_others_go_one_by_one() {
+        let f = fake(&["i-2"], None);
+        let p: Arc<dyn MachineProvider> = f.clone();
+        let got = terminate_each_known(&p, &ids(&["i-1", "i-2", "i-3"]))
+            .await
+            .expect("accepted");
+        assert_eq!(got, ids(&["i-1", "i-3"]).into_iter().collect());
+        assert_eq!(
+            calls(&f),
+            [
+                ids(&["i-1", "i-2", "i-3"]),
+                ids(&["i-1"]),
+                ids(&["i-2"]),
+                ids(&["i-3"])
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn other_errors_end_the_attempt() {
+        let f = fake(&[], Some("i-1"));
+        let p: Arc<dyn MachineProvider> = f.clone();
+        let err = terminate_each_known(&p, &ids(&["i-1", "i-2"]))
+            .await
+            .expect_err("throttled");
+        assert!(matches!(err, ProviderError::Throttled(_)), "{err}");
+
+        let f = fake(&["i-1"], Some("i-2"));
+        let p: Arc<dyn MachineProvider> = f.clone();
+        let err = terminate_each_known(&p, &ids(&["i-1", "i-2", "i-3"]))
+            .await
+            .expect_err("throttled while one by one");
+        assert!(matches!(err, ProviderError::Throttled(_)), "{err}");
+        assert_eq!(calls(&f).len(), 3, "stops at the failing id");
+    }
+}
