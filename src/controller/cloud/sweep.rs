@@ -33,7 +33,6 @@ use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::ticker::every;
 use super::translate;
 use crate::api::{MachineRequest, MachineState};
-use crate::controller::request::act::terminate_ids;
 use crate::controller::Context;
 use crate::provider::{self, Machine};
 
@@ -287,7 +286,7 @@ async fn collect_orphans(
     orphans: &[Machine],
 ) -> usize {
     let ids: Vec<String> = orphans.iter().map(|m| m.id.clone()).collect();
-    match terminate_ids(provider, &ids).await {
+    match provider::terminate_each_known(provider, &ids).await {
         Ok(accepted) => {
             for m in orphans.iter().filter(|m| accepted.contains(&m.id)) {
                 warn!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
 use kube::Api;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::batch::{self, Extras};
 use super::gate::{Blocked, Open};
@@ -220,7 +220,7 @@ pub async fn terminate(
     provider: &Arc<dyn MachineProvider>,
     ids: &[String],
 ) -> Result<(), Error> {
-    let accepted = terminate_ids(provider, ids)
+    let accepted = provider::terminate_each_known(provider, ids)
         .await
         .map_err(|source| Error::Provider {
             action: "terminating machines".into(),
@@ -249,34 +249,4 @@ pub async fn terminate(
             .await;
     }
     Ok(())
-}
-
-/// Terminates in one call; if the cloud rejects the batch because one id is
-/// unknown, each id is tried alone. Returns the ids the cloud accepted.
-pub(crate) async fn terminate_ids(
-    provider: &Arc<dyn MachineProvider>,
-    ids: &[String],
-) -> Result<BTreeSet<String>, ProviderError> {
-    if ids.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    match provider.terminate(ids).await {
-        Ok(()) => Ok(ids.iter().cloned().collect()),
-        Err(ProviderError::NotFound(_)) => {
-            let mut accepted = BTreeSet::new();
-            for id in ids {
-                match provider.terminate(std::slice::from_ref(id)).await {
-                    Ok(()) => {
-                        accepted.insert(id.clone());
-                    }
-                    Err(ProviderError::NotFound(_)) => {
-                        debug!(instance = %id, "not visible to terminate yet");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(accepted)
-        }
-        Err(e) => Err(e),
-    }
 }
