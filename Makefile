@@ -61,13 +61,13 @@ test: fmt-check ## The whole suite: format, clippy, unit and integration tests.
 	@( bash hack/build-k8s.sh && bash hack/moto.sh install ) >.cache/testbed.log 2>&1 & \
 	  bed=$$!; \
 	  status=0; \
-	  $(CARGO) clippy --locked --all-targets --all-features -- -D warnings && \
-	  $(CARGO) test --locked --all-targets $(TEST_FEATURES) --no-run || status=$$?; \
+	  $(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings && \
+	  $(CARGO) test --locked --workspace --all-targets $(TEST_FEATURES) --no-run || status=$$?; \
 	  if ! wait $$bed; then cat .cache/testbed.log; echo "make test: building the test bed failed" >&2; exit 1; fi; \
 	  cat .cache/testbed.log; \
 	  exit $$status
-	$(CARGO) test --locked --all-targets $(TEST_FEATURES)
-	$(CARGO) test --locked --doc $(TEST_FEATURES)
+	$(CARGO) test --locked --workspace --all-targets $(TEST_FEATURES)
+	$(CARGO) test --locked --workspace --doc $(TEST_FEATURES)
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types.

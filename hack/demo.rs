@@ -4,15 +4,12 @@
 //! the machines. With a terminal attached it keeps everything
 //! running until Ctrl-C, and prints how to point kubectl at it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::IsTerminal;
 
 #[tokio::main]
 async fn main() {
     println!("==> starting kube-apiserver + etcd + moto (the same bed the tests use)");
-    let env = support::TestEnv::new("demo").await;
+    let env = hostforge_testbed::TestEnv::new("demo").await;
     let bed = env.bed;
     println!("    apiserver  {}", bed.apiserver_url);
     println!("    simulator  {}", bed.moto_url);
@@ -24,15 +21,15 @@ async fn main() {
     println!("==> running the operator (hostforge run) against the bed");
     let config = format!(
         "{}pollInterval: 1s\nsweepInterval: 10s\n",
-        support::operator::default_config(&env, "5m")
+        hostforge_testbed::operator::default_config(&env, "5m")
     );
-    let operator = support::Operator::start(&env, &config).await;
+    let operator = hostforge_testbed::OperatorProcess::start(&env, &config).await;
     println!(
         "    metrics    http://127.0.0.1:{}/metrics",
         operator.metrics_port
     );
 
-    let examples = support::repo_path("examples");
+    let examples = hostforge_testbed::repo_path("examples");
     println!("==> applying examples/ into namespace {}", env.namespace);
     print!(
         "{}",

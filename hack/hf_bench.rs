@@ -8,22 +8,20 @@
 //! (`hf/scripts/<op>.sh -f input.json`, a fresh process each time) and prints
 //! min / median / max wall time over `HF_BENCH_RUNS` runs (default 7).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use hostforge::api::{MachineRequest, MachineTemplate};
+use hostforge_testbed::fixtures;
+use hostforge_testbed::hf::Shim;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
-use support::hf::Shim;
 
 const MACHINES: usize = 2000;
 
 #[tokio::main]
 async fn main() {
-    let bin = support::operator::operator_bin();
+    let bin = hostforge_testbed::operator::operator_bin();
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build` first",
@@ -34,7 +32,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
     println!("==> starting the bed (kube-apiserver + etcd)");
-    let env = support::TestEnv::new("hf-bench").await;
+    let env = hostforge_testbed::TestEnv::new("hf-bench").await;
     env.install_crds().await;
     seed(&env).await;
     let shim = Shim::new(&env, "");
@@ -128,7 +126,7 @@ async fn main() {
 
 /// What the apiserver stores for the request: the whole object and the part of
 /// it that is managedFields (server-side field tracking, rewritten on every write).
-async fn size_of_request(env: &support::TestEnv) {
+async fn size_of_request(env: &hostforge_testbed::TestEnv) {
     let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
     let mr = requests.get("hf-bench").await.expect("read request");
     let whole = serde_json::to_vec(&mr).map(|v| v.len()).unwrap_or(0);
@@ -169,9 +167,8 @@ fn host_name(i: usize) -> String {
 }
 
 /// A Ready template and a scheduler-owned request with 2,000 running machines.
-async fn seed(env: &support::TestEnv) {
-    let ready = json!([{"type": "Ready", "status": "True", "reason": "Resolved", "message": "",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]);
+async fn seed(env: &hostforge_testbed::TestEnv) {
+    let ready = fixtures::ready_conditions("Resolved");
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     let mt: MachineTemplate = serde_json::from_value(json!({
         "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
@@ -211,13 +208,12 @@ async fn seed(env: &support::TestEnv) {
         .expect("create request");
     let machines: Vec<Value> = (0..MACHINES)
         .map(|i| {
-            json!({
-                "id": instance_id(i), "name": host_name(i), "state": "running", "result": "succeed",
-                "batch": "bench-1", "instanceType": "c6i.xlarge", "availabilityZone": "us-east-1a",
-                "privateIp": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-                "launchTime": "2026-01-01T00:00:00Z", "capacityType": "on-demand",
-                "imageId": "ami-12345678"
-            })
+            fixtures::running_machine(
+                &instance_id(i),
+                &host_name(i),
+                &format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                "bench-1",
+            )
         })
         .collect();
     requests

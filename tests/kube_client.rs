@@ -4,17 +4,15 @@
 //! and a long-running watch does not take a slot from the requests behind it.
 //! Alone in its test binary, so no other test's connections are counted.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use hostforge_testbed::TestEnv;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use support::TestEnv;
 
 /// Established TCP connections of this process to `port` (its sockets in
 /// /proc/self/fd matched against /proc/net/tcp{,6}).
@@ -61,7 +59,7 @@ async fn burst(client: &Client, namespace: &str, port: u16, n: usize) -> usize {
 #[tokio::test]
 async fn a_burst_opens_no_more_connections_than_the_cap_and_watches_keep_no_slot() {
     let env = TestEnv::new("kube-client").await;
-    let config = support::kube_config(env.bed).await;
+    let config = hostforge_testbed::kube_config(env.bed).await;
     let port = config
         .cluster_url
         .port_u16()

@@ -4,21 +4,19 @@
 //! anything twice, a SIGTERMed leader hands over at once, and a leader whose
 //! Lease is taken stops and exits.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use hostforge_testbed::machines::{
+    create_request, create_template, is_ready, moto_instances, moto_live, patch_spec, status_live,
+    uid, wait_request,
+};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::OperatorProcess;
+use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
-use support::machines::{
-    create_request, create_template, is_ready, moto_instances, moto_live, patch_spec, status_live,
-    uid, wait_request,
-};
-use support::operator::default_config;
-use support::replica::Replica;
-use support::{TestEnv, AL2023_PARAM};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// The operator's lease duration and standby retry period (src/leader.rs).
@@ -26,8 +24,9 @@ const LEASE: Duration = Duration::from_secs(15);
 const RETRY: Duration = Duration::from_secs(2);
 const BECAME_LEADER: &str = "became leader";
 
-fn reconciles(r: &Replica) -> f64 {
-    r.metric("hostforge_reconciles_total", &[]).unwrap_or(-1.0)
+fn reconciles(r: &OperatorProcess) -> f64 {
+    r.try_metric("hostforge_reconciles_total", &[])
+        .unwrap_or(-1.0)
 }
 
 #[tokio::test]
@@ -48,8 +47,8 @@ async fn one_replica_reconciles_and_a_standby_takes_over_without_double_launches
         env.namespace.as_str(),
     ];
     let kubeconfig = env.bed.kubeconfig.clone();
-    let mut a = Replica::spawn(&env, "a", &config, &kubeconfig, &args);
-    let mut b = Replica::spawn(&env, "b", &config, &kubeconfig, &args);
+    let mut a = OperatorProcess::replica(&env, "a", &config, &kubeconfig, &args);
+    let mut b = OperatorProcess::replica(&env, "b", &config, &kubeconfig, &args);
 
     // Both become ready (a standby is ready once it reached the Lease); one leads.
     assert!(a.wait_ready(Duration::from_secs(60)).await, "a never ready");
@@ -79,7 +78,7 @@ async fn one_replica_reconciles_and_a_standby_takes_over_without_double_launches
     assert!(reconciles(&leader) > 0.0, "the leader reconciled nothing");
     assert_eq!(reconciles(&standby), 0.0, "the standby reconciled");
     assert_eq!(
-        standby.metric("hostforge_aws_calls_total", &[]),
+        standby.try_metric("hostforge_aws_calls_total", &[]),
         Some(0.0),
         "the standby called AWS"
     );
@@ -159,11 +158,11 @@ async fn one_replica_reconciles_and_a_standby_takes_over_without_double_launches
     assert!(reconciles(&standby) > 0.0);
 
     // A graceful stop releases the Lease: a new standby takes over at its next try.
-    let mut c = Replica::spawn(&env, "c", &config, &kubeconfig, &args);
+    let mut c = OperatorProcess::replica(&env, "c", &config, &kubeconfig, &args);
     assert!(c.wait_ready(Duration::from_secs(60)).await, "c never ready");
     assert!(c.wait_log("standing by", Duration::from_secs(10)).await);
     let stopping = Instant::now();
-    let status = standby.terminate(Duration::from_secs(30)).await;
+    let (status, _) = standby.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(standby.log().contains("released the lease"));
     assert!(

@@ -14,8 +14,6 @@
 //! CreateFleet nor its RunInstances honours ClientToken: re-sending a launch
 //! launches again. Those parts are covered by the request builders' unit tests.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +29,7 @@ use hostforge::provider::{
     CallObserver, CapacityType, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec,
     MachineProvider, MachineState, MetadataSpec, ProviderError, VolumeSpec,
 };
-use support::TestEnv;
+use hostforge_testbed::TestEnv;
 
 /// Remembers every reported call as (operation, outcome).
 #[derive(Default)]
@@ -60,7 +58,7 @@ async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
     let config = ProviderConfig {
         name: "aws-test".into(),
         kind: ProviderKind::Aws,
-        region: support::REGION.into(),
+        region: hostforge_testbed::REGION.into(),
         endpoint_url: Some(endpoint.into()),
         assume_role_arn: None,
         rate_limits: Default::default(),

@@ -2,19 +2,17 @@
 //! operator as a child process: launch, scale, return, delete, lost machines,
 //! orphans, EC2 Fleet, and batched polling.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostforge::api::{MachineResult, TerminationReason};
-use serde_json::json;
-use support::machines::{
+use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready,
     moto_instances, moto_live, patch_spec, requests, status_live, uid, wait_request,
 };
-use support::operator::default_config;
-use support::{Operator, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -43,7 +41,7 @@ async fn ssm_template(env: &TestEnv, name: &str) {
 async fn a_request_scales_returns_and_deletes_with_moto_matching_status() {
     let env = TestEnv::new("req-life").await;
     env.install_crds().await;
-    let op = Operator::start(&env, &config(&env, "")).await;
+    let op = OperatorProcess::start(&env, &config(&env, "")).await;
     ssm_template(&env, "compute").await;
     let mr = create_request(&env, "burst", "compute", 5, true).await;
     let uid = uid(&mr);
@@ -173,7 +171,7 @@ async fn a_request_scales_returns_and_deletes_with_moto_matching_status() {
 async fn lost_machines_are_replaced_or_only_reported() {
     let env = TestEnv::new("req-lost").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &config(&env, "")).await;
+    let _op = OperatorProcess::start(&env, &config(&env, "")).await;
     ssm_template(&env, "compute").await;
     let replace = create_request(&env, "replace", "compute", 2, true).await;
     let keep = create_request(&env, "keep", "compute", 2, false).await;
@@ -223,7 +221,7 @@ async fn lost_machines_are_replaced_or_only_reported() {
 async fn a_waiting_request_starts_when_its_template_appears() {
     let env = TestEnv::new("req-wait").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &config(&env, "")).await;
+    let _op = OperatorProcess::start(&env, &config(&env, "")).await;
     create_request(&env, "early", "later", 1, true).await;
     let mr = wait_request(&env, "early", "waiting", WAIT, |m| {
         condition(m, "Ready").is_some_and(|(_, r)| r == "TemplateNotFound")
@@ -249,14 +247,14 @@ async fn an_orphan_left_by_a_forced_delete_is_collected() {
     env.install_crds().await;
     // Running orphans are found by full sweeps only.
     let cfg = config(&env, "gcGracePeriod: 0s\nfullSweepInterval: 2s\n");
-    let mut op = Operator::start(&env, &cfg).await;
+    let mut op = OperatorProcess::start(&env, &cfg).await;
     ssm_template(&env, "compute").await;
     let mr = create_request(&env, "doomed", "compute", 2, true).await;
     wait_request(&env, "doomed", "Ready", WAIT, is_ready).await;
     let uid = uid(&mr);
 
     // Stop the operator, then delete the request with its finalizer removed.
-    op.terminate(Duration::from_secs(20));
+    op.terminate(Duration::from_secs(20)).await;
     env.kubectl_ok(&[
         "-n",
         &env.namespace,
@@ -277,7 +275,7 @@ async fn an_orphan_left_by_a_forced_delete_is_collected() {
     ]);
     assert_eq!(moto_live(&env, &uid).await.len(), 2, "orphans exist");
 
-    let op = Operator::start(&env, &cfg).await;
+    let op = OperatorProcess::start(&env, &cfg).await;
     let deadline = std::time::Instant::now() + WAIT;
     while !moto_live(&env, &uid).await.is_empty() {
         assert!(
@@ -301,7 +299,7 @@ async fn an_orphan_left_by_a_forced_delete_is_collected() {
 async fn ec2_fleet_launches_a_mixed_request_in_one_call() {
     let env = TestEnv::new("req-fleet").await;
     env.install_crds().await;
-    let op = Operator::start(&env, &config(&env, "")).await;
+    let op = OperatorProcess::start(&env, &config(&env, "")).await;
     let (subnet, _) = env.default_subnet_and_group().await;
     create_template(
         &env,
@@ -344,7 +342,7 @@ async fn twenty_pending_requests_share_one_describe_per_poll() {
         "{}pollInterval: 500ms\nsweepInterval: 1h\n",
         default_config(&env, "5m")
     );
-    let op = Operator::start(&env, &cfg).await;
+    let op = OperatorProcess::start(&env, &cfg).await;
     ssm_template(&env, "compute").await;
     for i in 0..20 {
         create_request(&env, &format!("r{i}"), "compute", 1, true).await;
@@ -375,7 +373,7 @@ async fn twenty_pending_requests_share_one_describe_per_poll() {
 async fn max_machines_caps_all_requests_of_a_template() {
     let env = TestEnv::new("req-max").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &config(&env, "")).await;
+    let _op = OperatorProcess::start(&env, &config(&env, "")).await;
     create_template(
         &env,
         "capped",

@@ -8,19 +8,17 @@
 //!
 //! Needs `--features failpoints` (Cargo.toml `required-features`).
 
-mod support;
-
 use std::time::Duration;
 
 use hostforge::api::{LaunchState, MachineState};
-use serde_json::json;
-use support::forwarder::Forwarder;
-use support::machines::{
+use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_live, patch_spec,
     requests, status_live, uid, wait_request,
 };
-use support::operator::default_config;
-use support::{Operator, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -32,9 +30,9 @@ fn config(env: &TestEnv, fwd: &Forwarder) -> String {
 }
 
 /// Runs the operator with `point` enabled until it aborts there.
-fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
-    let mut op = Operator::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
-    let status = op.wait_exit(WAIT);
+async fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
+    let mut op = OperatorProcess::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
+    let status = op.wait_exit(WAIT).await;
     let log = op.log();
     assert!(
         status.is_some_and(|s| !s.success()),
@@ -66,7 +64,7 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
         let name = format!("crash-{i}");
         fwd.reset_counters();
         let mr = create_request(&env, &name, "compute", 3, true).await;
-        crash_at(&env, &cfg, point);
+        crash_at(&env, &cfg, point).await;
 
         // The intent is on record, still Pending.
         let crashed = requests(&env).get(&name).await.expect("get");
@@ -88,7 +86,7 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
             }
         }
 
-        let mut op = Operator::start(&env, &cfg).await;
+        let mut op = OperatorProcess::start(&env, &cfg).await;
         let done = wait_request(&env, &name, "Ready", WAIT, is_ready).await;
         assert_moto_matches_status(&env, &done).await;
         assert_eq!(status_live(&done).len(), 3, "{point}");
@@ -107,13 +105,13 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
             (batch.state, batch.token.as_str()),
             (LaunchState::Launched, token.as_str())
         );
-        op.terminate(Duration::from_secs(20));
+        op.terminate(Duration::from_secs(20)).await;
     }
 
     // A kill between marking machines for scale-down and terminating them.
     let name = "crash-0";
     patch_spec(&env, name, json!({"count": 1})).await;
-    crash_at(&env, &cfg, "request-after-mark");
+    crash_at(&env, &cfg, "request-after-mark").await;
     let marked = requests(&env).get(name).await.expect("get");
     assert_eq!(status_live(&marked).len(), 1, "two marked ScaledDown");
     assert_eq!(
@@ -121,7 +119,7 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
         3,
         "not terminated yet"
     );
-    let _op = Operator::start(&env, &cfg).await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
     // Ready with one live machine is already true while the restarted
     // operator's TerminateInstances of the two marked ones is on its way, so
     // wait until status reads them going down too (EC2 accepted the call).

@@ -3,17 +3,15 @@
 //! AWS's message until capacity returns; throttling and 5xx answers are
 //! retried. The faults come from the test forwarder between operator and moto.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::json;
-use support::forwarder::{Forwarder, InjectedError, Rule};
-use support::machines::{
+use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
+use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready, wait_request,
 };
-use support::operator::default_config;
-use support::{Operator, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -26,7 +24,7 @@ async fn capacity_errors_fall_back_then_degrade_then_recover() {
         "{}pollInterval: 500ms\nsweepInterval: 2s\ncapacityCooldown: 3s\n",
         default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
     );
-    let _op = Operator::start(&env, &cfg).await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
     create_template(
         &env,
         "compute",
@@ -106,7 +104,7 @@ async fn throttling_and_server_errors_are_retried() {
         "{}pollInterval: 500ms\nsweepInterval: 2s\n",
         default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
     );
-    let op = Operator::start(&env, &cfg).await;
+    let op = OperatorProcess::start(&env, &cfg).await;
     create_template(
         &env,
         "compute",

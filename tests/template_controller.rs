@@ -1,17 +1,16 @@
 //! The MachineTemplate controller against a real apiserver and moto: each test
 //! runs its own `hostforge run` child scoped to its namespace.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use hostforge::api::{ImageSourceKind, MachineTemplate};
+use hostforge_testbed::machines::wait_template;
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use support::operator::default_config;
-use support::{Operator, TestEnv, AL2023_PARAM};
 
 fn template(name: &str, spec: serde_json::Value) -> MachineTemplate {
     serde_json::from_value(json!({
@@ -41,20 +40,7 @@ async fn wait_for(
     what: &str,
     pred: impl Fn(&MachineTemplate) -> bool,
 ) -> MachineTemplate {
-    let api = Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mt = api.get(name).await.expect("get template");
-        if pred(&mt) {
-            return mt;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "template {name} never became {what}; status: {:?}",
-            mt.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_template(env, name, what, Duration::from_secs(60), pred).await
 }
 
 fn ready(mt: &MachineTemplate) -> Option<(String, String)> {
@@ -75,7 +61,7 @@ async fn wait_ready(env: &TestEnv, name: &str) -> MachineTemplate {
 async fn each_image_source_resolves_to_the_image_aws_names() {
     let env = TestEnv::new("mt-sources").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &default_config(&env, "5m")).await;
+    let _op = OperatorProcess::start(&env, &default_config(&env, "5m")).await;
     let al2023 = env.al2023_ami().await;
 
     // Three images registered one second apart: the selector must pick the last.
@@ -128,7 +114,7 @@ async fn each_image_source_resolves_to_the_image_aws_names() {
 async fn failures_set_a_reason_and_an_event_and_a_fix_makes_the_template_ready() {
     let env = TestEnv::new("mt-failures").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &default_config(&env, "5m")).await;
+    let _op = OperatorProcess::start(&env, &default_config(&env, "5m")).await;
     let (subnet, sg) = env.default_subnet_and_group().await;
 
     // (name, bad spec, expected reason, fixed spec)
@@ -230,7 +216,7 @@ async fn fifty_templates_sharing_a_parameter_cost_one_get_parameter() {
         .send()
         .await
         .expect("PutParameter");
-    let op = Operator::start(&env, &default_config(&env, "10m")).await;
+    let op = OperatorProcess::start(&env, &default_config(&env, "10m")).await;
 
     for i in 0..50 {
         create(
@@ -259,7 +245,7 @@ async fn fifty_templates_sharing_a_parameter_cost_one_get_parameter() {
 async fn reconciling_an_unchanged_template_calls_nothing_and_writes_nothing() {
     let env = TestEnv::new("mt-quiet").await;
     env.install_crds().await;
-    let op = Operator::start(&env, &default_config(&env, "10m")).await;
+    let op = OperatorProcess::start(&env, &default_config(&env, "10m")).await;
     create(
         &env,
         &template("quiet", base_spec(json!({"ssmParameter": AL2023_PARAM}))),
@@ -312,9 +298,10 @@ async fn bad_config_exits_non_zero_naming_the_key() {
         "clusterName: x\nproviders:\n  - name: aws-default\n    type: aws\n    region: \"\"\n    endpointUrl: {}\n",
         env.bed.moto_url
     );
-    let mut op = Operator::spawn(&env, &config, &[]);
+    let mut op = OperatorProcess::spawn(&env, &config, &[]);
     let status = op
         .wait_exit(Duration::from_secs(20))
+        .await
         .expect("the operator exits");
     assert!(!status.success());
     let log = op.log();
@@ -328,8 +315,8 @@ async fn bad_config_exits_non_zero_naming_the_key() {
 async fn sigterm_stops_the_operator_cleanly() {
     let env = TestEnv::new("mt-sigterm").await;
     env.install_crds().await;
-    let mut op = Operator::start(&env, &default_config(&env, "5m")).await;
-    let (status, took) = op.terminate(Duration::from_secs(10));
+    let mut op = OperatorProcess::start(&env, &default_config(&env, "5m")).await;
+    let (status, took) = op.terminate(Duration::from_secs(10)).await;
     let status = status.expect("exited within 10 s");
     assert!(
         status.success(),
@@ -343,14 +330,17 @@ async fn sigterm_stops_the_operator_cleanly() {
 async fn json_logs_health_and_readiness_after_the_watches_sync() {
     let env = TestEnv::new("mt-runtime").await;
     env.install_crds().await;
-    let mut op = Operator::spawn(&env, &default_config(&env, "5m"), &["--log-format", "json"]);
+    let mut op =
+        OperatorProcess::spawn(&env, &default_config(&env, "5m"), &["--log-format", "json"]);
     let port = op.metrics_port;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while support::operator::http_get(port, "/readyz").is_none_or(|(code, _)| code != 200) {
+    while hostforge_testbed::operator::http_get(port, "/readyz").is_none_or(|(code, _)| code != 200)
+    {
         assert!(Instant::now() < deadline, "never ready:\n{}", op.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, body) = support::operator::http_get(port, "/healthz").expect("/healthz answers");
+    let (code, body) =
+        hostforge_testbed::operator::http_get(port, "/healthz").expect("/healthz answers");
     assert_eq!((code, body.trim()), (200, "ok"));
     let log = op.log();
     let lines: Vec<serde_json::Value> = log
@@ -367,6 +357,6 @@ async fn json_logs_health_and_readiness_after_the_watches_sync() {
             .any(|l| l["fields"]["message"] == "watches synced; ready"),
         "readiness is logged once the watches have listed: {log}"
     );
-    let (status, _) = op.terminate(Duration::from_secs(10));
+    let (status, _) = op.terminate(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()));
 }

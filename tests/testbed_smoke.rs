@@ -1,13 +1,11 @@
 //! Proves the test bed is made of real peers: every assertion below holds only
 //! for objects and instances that a real kube-apiserver and moto returned.
 
-mod support;
-
 use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use hostforge_testbed::TestEnv;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
-use support::TestEnv;
 
 #[tokio::test]
 async fn apiserver_stores_and_returns_objects() {

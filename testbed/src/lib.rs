@@ -1,27 +1,33 @@
-//! The integration-test harness shared by every file under `tests/`.
+//! The integration-test bed shared by `tests/`, `hack/` and this crate's own
+//! tests: a crate of its own so it is compiled once, not into every test
+//! binary.
 //!
 //! One real control plane (etcd + kube-apiserver built from the Go module
-//! proxy) and one moto server per test binary; each test gets its own
-//! namespace through [`TestEnv::new`]. Include it with `mod support;`.
-#![allow(dead_code)]
+//! proxy) and one moto server per process; each test gets its own namespace
+//! through [`TestEnv::new`]. The operator runs as a child process
+//! ([`OperatorProcess`]), and calls to moto can go through the
+//! fault-injecting [`forwarder`].
 
 mod bed;
 mod certs;
+pub mod cli;
+pub mod fixtures;
 pub mod forwarder;
 pub mod hf;
 pub mod machines;
 pub mod operator;
 mod process;
-pub mod replica;
+pub mod wait;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 pub use bed::{bed, TestBed};
-#[allow(unused_imports)] // only the files that run the operator use it
-pub use operator::Operator;
+pub use operator::OperatorProcess;
+pub use process::free_port;
+pub use wait::wait_for;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
@@ -265,7 +271,14 @@ fn install_crds_once(bed: &TestBed) {
     *done = true;
 }
 
+/// The hostforge checkout (this crate lives in its `testbed/` folder), for
+/// `crds/`, `examples/`, `hack/` and `hf/`.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
 /// Path of a file in the checkout.
-pub fn repo_path(rel: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+pub fn repo_path(rel: &str) -> PathBuf {
+    repo_root().join(rel)
 }

@@ -2,15 +2,16 @@
 //! requests, wait on their status, and read what really exists in moto.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
+use hostforge::api::conditions::{is_true, READY};
 use hostforge::api::{MachineRequest, MachineTemplate};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
-use super::TestEnv;
+use super::{wait_for, TestEnv};
 
 /// Creates a MachineTemplate from a JSON spec.
 pub async fn create_template(env: &TestEnv, name: &str, spec: serde_json::Value) {
@@ -65,7 +66,7 @@ pub async fn patch_spec(env: &TestEnv, name: &str, spec: serde_json::Value) {
         .unwrap_or_else(|e| panic!("patching request {name}: {e}"));
 }
 
-/// Polls the request until `pred` holds.
+/// Polls the request until `pred` holds ([`crate::wait_for`] on requests).
 pub async fn wait_request(
     env: &TestEnv,
     name: &str,
@@ -73,20 +74,19 @@ pub async fn wait_request(
     timeout: Duration,
     pred: impl Fn(&MachineRequest) -> bool,
 ) -> MachineRequest {
-    let api = requests(env);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mr = api.get(name).await.expect("get request");
-        if pred(&mr) {
-            return mr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "request {name} never became {what}; status: {}",
-            serde_json::to_string_pretty(&mr.status).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for(&requests(env), name, what, timeout, pred).await
+}
+
+/// Polls the template until `pred` holds ([`crate::wait_for`] on templates).
+pub async fn wait_template(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&MachineTemplate) -> bool,
+) -> MachineTemplate {
+    let api = Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace);
+    wait_for(&api, name, what, timeout, pred).await
 }
 
 /// The status of condition `type_` and its reason.
@@ -101,14 +101,16 @@ pub fn condition(mr: &MachineRequest, type_: &str) -> Option<(String, String)> {
 
 /// Ready=True for the current generation.
 pub fn is_ready(mr: &MachineRequest) -> bool {
-    let Some(st) = mr.status.as_ref() else {
-        return false;
-    };
-    st.observed_generation == mr.metadata.generation
-        && st
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+    mr.status.as_ref().is_some_and(|st| {
+        st.observed_generation == mr.metadata.generation && is_true(&st.conditions, READY)
+    })
+}
+
+/// Ready=True on a template (whatever generation it was observed at).
+pub fn template_is_ready(mt: &MachineTemplate) -> bool {
+    mt.status
+        .as_ref()
+        .is_some_and(|st| is_true(&st.conditions, READY))
 }
 
 /// Ids of the machines the request still counts (no termination reason).

@@ -1,9 +1,7 @@
-//! The fault-injecting forwarder (tests/support/forwarder.rs), driven through
+//! The fault-injecting forwarder (src/forwarder/), driven through
 //! the real aws-sdk-ec2 / aws-sdk-ssm clients against the bed's moto: what it
 //! passes through must reach moto, what it injects must reach the SDK as an
 //! AWS error, and its counters must match what was sent.
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,106 +15,14 @@ use aws_sdk_ec2::types::{
     InstanceType, ResourceType, Tag, TagSpecification, TargetCapacitySpecificationRequest,
 };
 use bytes::Bytes;
+use hostforge_testbed::forwarder::{Bucket, Forwarder, InjectedError, RateLimits, Rule};
+use hostforge_testbed::TestEnv;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::forwarder::{Bucket, Forwarder, InjectedError, RateLimits, Rule};
-use support::TestEnv;
 
-/// Tag that marks the instances of one test, so moto's shared state can be
-/// asked about that test's launches only.
-const MARK: &str = "hostforge.io/forwarder-test";
+mod clients;
 
-fn ec2_with(endpoint: &str, retry: RetryConfig) -> aws_sdk_ec2::Client {
-    let conf = support::ec2_client(endpoint)
-        .config()
-        .to_builder()
-        .retry_config(retry)
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
-}
-
-/// One attempt per call: the SDK's answer is exactly the forwarder's.
-fn ec2_no_retry(endpoint: &str) -> aws_sdk_ec2::Client {
-    ec2_with(endpoint, RetryConfig::disabled())
-}
-
-/// The SDK's standard strategy (3 attempts) with millisecond backoff.
-fn ec2_fast_retry(endpoint: &str) -> aws_sdk_ec2::Client {
-    ec2_with(
-        endpoint,
-        RetryConfig::standard()
-            .with_max_attempts(3)
-            .with_initial_backoff(Duration::from_millis(5)),
-    )
-}
-
-async fn launch(
-    ec2: &aws_sdk_ec2::Client,
-    ami: &str,
-    instance_type: &str,
-    marker: &str,
-    count: i32,
-) -> Result<Vec<String>, SdkError<RunInstancesError>> {
-    let out = ec2
-        .run_instances()
-        .image_id(ami)
-        .instance_type(InstanceType::from(instance_type))
-        .min_count(1)
-        .max_count(count)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key(MARK).value(marker).build())
-                .build(),
-        )
-        .send()
-        .await?;
-    Ok(out
-        .instances()
-        .iter()
-        .filter_map(|i| i.instance_id().map(str::to_string))
-        .collect())
-}
-
-/// `(instance id, type)` of the instances moto itself holds with tag
-/// `MARK=marker`, asked directly, not through the forwarder.
-async fn in_moto(env: &TestEnv, marker: &str) -> Vec<(String, String)> {
-    let out = env
-        .ec2()
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{MARK}"))
-                .values(marker)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeInstances directly in moto");
-    let mut found: Vec<(String, String)> = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| {
-            (
-                i.instance_id().unwrap_or_default().to_string(),
-                i.instance_type()
-                    .map(|t| t.as_str().to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-/// The AWS error code and HTTP status the SDK saw.
-fn code_and_status<E: ProvideErrorMetadata>(err: &SdkError<E>) -> (String, Option<u16>) {
-    (
-        err.code().unwrap_or("<no code>").to_string(),
-        err.raw_response().map(|r| r.status().as_u16()),
-    )
-}
+use clients::{code_and_status, ec2_fast_retry, ec2_no_retry, in_moto, launch};
 
 #[tokio::test]
 async fn passes_ec2_and_ssm_calls_through_to_moto() {
@@ -145,10 +51,10 @@ async fn passes_ec2_and_ssm_calls_through_to_moto() {
         "what was launched through the forwarder is in moto"
     );
 
-    let ssm = support::ssm_client(fwd.endpoint());
+    let ssm = hostforge_testbed::ssm_client(fwd.endpoint());
     let via_fwd = ssm
         .get_parameter()
-        .name(support::AL2023_PARAM)
+        .name(hostforge_testbed::AL2023_PARAM)
         .send()
         .await
         .expect("GetParameter through the forwarder");
@@ -167,7 +73,7 @@ async fn passes_ec2_and_ssm_calls_through_to_moto() {
     let ssm_sent = fwd.requests("GetParameter");
     assert_eq!(
         ssm_sent[0].get("Name").map(String::as_str),
-        Some(support::AL2023_PARAM),
+        Some(hostforge_testbed::AL2023_PARAM),
         "JSON bodies are decoded too: {ssm_sent:?}"
     );
 }
@@ -573,10 +479,10 @@ async fn rate_limits_throttle_empty_buckets_and_refill() {
         .expect("filtered call has its own bucket");
 
     // SSM is not EC2: not limited.
-    let ssm = support::ssm_client(fwd.endpoint());
+    let ssm = hostforge_testbed::ssm_client(fwd.endpoint());
     for _ in 0..5 {
         ssm.get_parameter()
-            .name(support::AL2023_PARAM)
+            .name(hostforge_testbed::AL2023_PARAM)
             .send()
             .await
             .expect("GetParameter is not throttled");

@@ -3,143 +3,40 @@
 //! real apiserver, with the operator launching into moto; bad input; and
 //! import-templates on IBM and open-hostfactory-plugin template files.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hostforge::api::{MachineRequest, MachineTemplate};
+use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::hf::{expect_failure, Shim};
+use hostforge_testbed::machines::{
+    create_template, moto_instances, moto_live, requests, template_is_ready, uid, wait_template,
+};
+use hostforge_testbed::operator::quick_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
-use support::forwarder::Forwarder;
-use support::hf::{expect_failure, Shim};
-use support::machines::{create_template, moto_instances, moto_live, requests, uid};
-use support::operator::default_config;
-use support::{Operator, TestEnv, AL2023_PARAM};
+
+mod answers;
+mod spot;
+
+use answers::{assert_machine_shape, eventually, host, moto_facts, status_of};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Fast polls and sweeps, so the operator notices moto-side changes quickly.
 fn config(env: &TestEnv) -> String {
-    format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(env, "5m")
-    )
-}
-
-/// Polls `f` until it returns Some, or fails after `WAIT` naming `what`.
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn wait_template<F: Fn(&MachineTemplate) -> bool>(
-    env: &TestEnv,
-    name: &str,
-    what: &str,
-    pred: F,
-) -> MachineTemplate {
-    let api: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mt = api.get(name).await.expect("get template");
-        if pred(&mt) {
-            return mt;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "template {name} never became {what}: {:?}",
-            mt.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn is_ready(mt: &MachineTemplate) -> bool {
-    mt.status.as_ref().is_some_and(|st| {
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
-/// What moto says about an instance: (private DNS, private IP, public IP,
-/// launch time in epoch seconds, state).
-async fn moto_facts(env: &TestEnv, id: &str) -> (String, String, String, i64, String) {
-    let out = env
-        .ec2()
-        .describe_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .expect("DescribeInstances");
-    let i = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .next()
-        .expect("instance in moto")
-        .clone();
-    (
-        i.private_dns_name().unwrap_or_default().to_string(),
-        i.private_ip_address().unwrap_or_default().to_string(),
-        i.public_ip_address().unwrap_or_default().to_string(),
-        i.launch_time().map(|t| t.secs()).unwrap_or_default(),
-        i.state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default(),
-    )
-}
-
-fn status_of(answer: &Value, id: &str) -> Value {
-    answer["requests"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["requestId"] == id))
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} not in {answer}"))
-}
-
-/// Every documented field of a getRequestStatus machine, with its type.
-fn assert_machine_shape(m: &Value) {
-    for key in [
-        "machineId",
-        "name",
-        "result",
-        "status",
-        "privateIpAddress",
-        "publicIpAddress",
-        "message",
-    ] {
-        assert!(m[key].is_string(), "{key} is not a string in {m}");
-    }
-    assert!(
-        m["launchtime"].is_i64(),
-        "launchtime is not an integer in {m}"
-    );
-    if m["result"] == "fail" {
-        assert_ne!(m["message"], "", "fail without a message: {m}");
-    }
-}
-
-fn host(m: &Value) -> Value {
-    json!({"name": m["name"], "machineId": m["machineId"]})
+    quick_config(env)
 }
 
 #[tokio::test]
 async fn the_five_operations_drive_machines_through_the_operator() {
     let env = TestEnv::new("hf-life").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &config(&env)).await;
+    let _op = OperatorProcess::start(&env, &config(&env)).await;
     create_template(
         &env,
         "compute",
@@ -154,8 +51,9 @@ async fn the_five_operations_drive_machines_through_the_operator() {
         &env,
         "compute",
         "Ready with its instance type's size",
+        WAIT,
         |mt| {
-            is_ready(mt)
+            template_is_ready(mt)
                 && mt
                     .status
                     .as_ref()
@@ -458,8 +356,10 @@ async fn bad_input_fails_with_one_line_and_creates_nothing() {
 
     // A missing configuration is one line too.
     let out = std::process::Command::new("sh")
-        .arg(support::repo_path("hf/scripts/getAvailableTemplates.sh"))
-        .env("HOSTFORGE_BIN", support::operator::operator_bin())
+        .arg(hostforge_testbed::repo_path(
+            "hf/scripts/getAvailableTemplates.sh",
+        ))
+        .env("HOSTFORGE_BIN", hostforge_testbed::operator::operator_bin())
         .env_remove("HF_PROVIDER_CONFDIR")
         .env_remove("PRO_CONF_DIR")
         .env_remove("HOSTFORGE_HF_CONFIG")
@@ -467,7 +367,7 @@ async fn bad_input_fails_with_one_line_and_creates_nothing() {
         .expect("run script");
     let unconfigured = expect_failure(
         "getAvailableTemplates",
-        support::hf::Outcome {
+        hostforge_testbed::hf::Outcome {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -509,7 +409,7 @@ fn fixture(src: &Path, dst: &Path, ids: &[(&str, &str)]) {
 async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
     let env = TestEnv::new("hf-import").await;
     env.install_crds().await;
-    let _op = Operator::start(&env, &config(&env)).await;
+    let _op = OperatorProcess::start(&env, &config(&env)).await;
     let (subnet, group) = env.default_subnet_and_group().await;
     let ami = env.al2023_ami().await;
     let ids = [
@@ -518,12 +418,12 @@ async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
         ("@AMI@", ami.as_str()),
     ];
     let work = env.bed.dir.join(format!("import-{}", env.namespace));
-    let fixtures = support::repo_path("tests/fixtures/hostfactory");
+    let fixtures = hostforge_testbed::repo_path("tests/fixtures/hostfactory");
     fixture(&fixtures.join("ibm"), &work.join("ibm"), &ids);
     fixture(&fixtures.join("ohfp"), &work.join("ohfp"), &ids);
     let out_dir = work.join("manifests");
 
-    let out = std::process::Command::new(support::operator::operator_bin())
+    let out = std::process::Command::new(hostforge_testbed::operator::operator_bin())
         .args([
             "hf",
             "import-templates",
@@ -581,7 +481,7 @@ async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
         "template-spot-fleet",
     ];
     for name in names {
-        wait_template(&env, name, "Ready", is_ready).await;
+        wait_template(&env, name, "Ready", WAIT, template_is_ready).await;
     }
     let api: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     let od = api.get("template-ondemand-1").await.expect("template");
@@ -637,182 +537,4 @@ async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
         .await
         .expect("request");
     assert_eq!(mr.spec.template_ref.name, "template-ondemand-1");
-}
-
-/// EC2's answer to DescribeSpotInstanceRequests with one request carrying an
-/// interruption notice for `instance`, given at `noticed_at` (moto keeps
-/// every spot request `fulfilled`, so the forwarder answers for it).
-fn noticed_spot_request(instance: &str, noticed_at: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <DescribeSpotInstanceRequestsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
-         <requestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</requestId>\
-         <spotInstanceRequestSet><item>\
-         <spotInstanceRequestId>sir-1a2b3c4d</spotInstanceRequestId>\
-         <state>active</state>\
-         <status><code>marked-for-termination</code><updateTime>{noticed_at}</updateTime>\
-         <message>Your Spot Instance is marked to be terminated.</message></status>\
-         <instanceId>{instance}</instanceId>\
-         </item></spotInstanceRequestSet>\
-         </DescribeSpotInstanceRequestsResponse>"
-    )
-}
-
-#[tokio::test]
-async fn a_spot_interruption_notice_is_announced_with_the_rest_of_the_warning() {
-    let env = TestEnv::new("hf-spot").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let config = format!(
-        "clusterName: {ns}\nproviders:\n  - name: aws-default\n    type: aws\n    region: {region}\n    \
-         endpointUrl: {url}\npollInterval: 500ms\nsweepInterval: 2s\nspotNoticeInterval: 500ms\n",
-        ns = env.namespace,
-        region = support::REGION,
-        url = fwd.endpoint(),
-    );
-    let _op = Operator::start(&env, &config).await;
-    create_template(
-        &env,
-        "spot",
-        json!({
-            "image": {"ssmParameter": AL2023_PARAM},
-            "instanceTypes": [{"type": "t3.micro"}],
-            "capacityType": "spot",
-        }),
-    )
-    .await;
-    wait_template(&env, "spot", "Ready", is_ready).await;
-    let shim = Shim::new(&env, "");
-    let created = shim.ok(
-        "requestMachines",
-        &json!({"template": {"templateId": "spot", "machineCount": 2}}),
-    );
-    let req_id = created["requestId"]
-        .as_str()
-        .expect("requestId")
-        .to_string();
-    let poll = json!({"requests": [{"requestId": req_id}]});
-    let mut machines = vec![];
-    for _ in 0..360 {
-        let r = status_of(&shim.ok("getRequestStatus", &poll), &req_id);
-        if r["status"] == "complete" {
-            machines = r["machines"].as_array().cloned().unwrap_or_default();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(machines.len(), 2, "two spot machines running");
-    let held: Vec<Value> = machines.iter().map(host).collect();
-    let (noticed, fine) = (&machines[0], &machines[1]);
-    let noticed_id = noticed["machineId"].as_str().expect("id").to_string();
-
-    // Nothing is announced before EC2 says anything; the check is one
-    // DescribeSpotInstanceRequests filtered on the notice codes.
-    let none = shim.ok("getReturnRequests", &json!({"machines": held}));
-    assert_eq!(none["requests"], json!([]), "{none}");
-    eventually("a spot notice check", || {
-        (fwd.calls("DescribeSpotInstanceRequests") > 0).then_some(())
-    })
-    .await;
-    let sent = fwd.requests("DescribeSpotInstanceRequests");
-    assert_eq!(
-        sent[0].get("Filter.1.Name").map(String::as_str),
-        Some("status-code")
-    );
-
-    // EC2 gives the two-minute warning for one of them, 30 s ago.
-    let noticed_at =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(30);
-    let noticed_at = noticed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string();
-    fwd.reply_with(
-        "DescribeSpotInstanceRequests",
-        noticed_spot_request(&noticed_id, &noticed_at),
-    );
-    let api = requests(&env);
-    let mut mr: Option<MachineRequest> = None;
-    let deadline = Instant::now() + WAIT;
-    while mr.is_none() {
-        let got = api.get(&req_id).await.expect("get request");
-        let has_notice = got.status.as_ref().is_some_and(|s| {
-            s.machines
-                .iter()
-                .any(|m| m.id == noticed_id && m.interruption_notice_time.is_some())
-        });
-        if has_notice {
-            mr = Some(got);
-        } else {
-            assert!(Instant::now() < deadline, "the notice never reached status");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    let mr = mr.expect("request with the notice");
-    let st = mr.status.as_ref().expect("status");
-    let recorded = st
-        .machines
-        .iter()
-        .find(|m| m.id == noticed_id)
-        .and_then(|m| m.interruption_notice_time.as_ref())
-        .expect("notice time");
-    assert_eq!(
-        recorded.0.strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string(),
-        noticed_at,
-        "status keeps EC2's notice time"
-    );
-    assert!(
-        st.machines
-            .iter()
-            .filter(|m| m.id != noticed_id)
-            .all(|m| m.interruption_notice_time.is_none()),
-        "only the noticed machine carries a notice"
-    );
-    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
-    let announced = eventually_async(|| async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("SpotInterruption")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(req_id.as_str())
-        })
-    })
-    .await;
-    assert!(
-        announced
-            .note
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&noticed_id),
-        "{announced:?}"
-    );
-
-    // getReturnRequests lists the noticed host with what is left of the
-    // 120 s warning (about 90 s), and not the other one.
-    let answer = shim.ok("getReturnRequests", &json!({"machines": held}));
-    let listed = answer["requests"].as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 1, "{answer}");
-    assert_eq!(listed[0]["machine"], noticed["name"]);
-    let grace = listed[0]["gracePeriod"]
-        .as_i64()
-        .expect("integer gracePeriod");
-    assert!((60..=90).contains(&grace), "grace {grace} in {answer}");
-    assert!(
-        listed.iter().all(|h| h["machine"] != fine["name"]),
-        "a host without a notice is not listed"
-    );
-    // Moto still runs both: a notice is a warning, not a termination.
-    assert_eq!(moto_live(&env, &uid(&mr)).await.len(), 2);
-}
-
-/// Polls the async `f` until it returns Some, or fails after `WAIT`.
-async fn eventually_async<T, F, Fut>(mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(t) = f().await {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }

@@ -65,7 +65,7 @@ pub fn bed() -> Result<&'static TestBed, String> {
 }
 
 fn start() -> Result<TestBed, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = super::repo_root();
     let bin_dir = std::env::var_os("HOSTFORGE_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".cache/bin"));
@@ -88,8 +88,7 @@ fn start() -> Result<TestBed, String> {
     }
 
     // Integration tests get a tmp folder inside target/; the demo example does not.
-    let base = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
+    let base = target_tmpdir()
         .unwrap_or_else(std::env::temp_dir)
         .join("hostforge-testbed");
     sweep_stale(&base);
@@ -201,6 +200,18 @@ fn start() -> Result<TestBed, String> {
         moto_url: format!("http://127.0.0.1:{moto_port}"),
         _procs: Mutex::new(procs),
     })
+}
+
+/// `<target>/tmp` (what cargo names `CARGO_TARGET_TMPDIR` for integration
+/// tests) when this process is a test binary in `<target>/<profile>/deps/`;
+/// `None` for examples and other programs.
+fn target_tmpdir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    if deps.file_name()? != "deps" {
+        return None;
+    }
+    Some(deps.parent()?.parent()?.join("tmp"))
 }
 
 fn write_kubeconfig(path: &Path, server: &str, ca_file: &Path) -> Result<(), String> {

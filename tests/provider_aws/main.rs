@@ -2,8 +2,6 @@
 //! image look-ups from each source, existence checks, describe and terminate,
 //! error classification, and the calls reported to the observer.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,78 +15,18 @@ use hostforge::provider::registry::ProviderRegistry;
 use hostforge::provider::{
     CallObserver, CapacityType, ImageSource, MachineProvider, MachineState, ProviderError,
 };
-use support::{TestEnv, AL2023_PARAM};
+use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod adapter;
+mod fixed_server;
+
+use adapter::{adapter, base_credentials, provider_config, Recorder};
+use fixed_server::fixed_answer_server;
 
 /// The public parameter that Amazon Linux 2023 images are published under.
 /// The account moto answers as.
 const MOTO_ACCOUNT: &str = "123456789012";
-
-/// Remembers every reported call.
-#[derive(Default)]
-struct Recorder {
-    calls: Mutex<Vec<(String, &'static str, &'static str)>>,
-}
-
-impl CallObserver for Recorder {
-    fn aws_call(
-        &self,
-        provider: &str,
-        operation: &'static str,
-        outcome: &'static str,
-        seconds: f64,
-    ) {
-        assert!(seconds >= 0.0);
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push((
-            provider.to_string(),
-            operation,
-            outcome,
-        ));
-    }
-}
-
-impl Recorder {
-    fn count(&self, operation: &str, outcome: &str) -> usize {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, op, out)| *op == operation && *out == outcome)
-            .count()
-    }
-
-    fn total(&self) -> usize {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-fn provider_config(endpoint: &str) -> ProviderConfig {
-    ProviderConfig {
-        name: "aws-test".into(),
-        kind: ProviderKind::Aws,
-        region: support::REGION.into(),
-        endpoint_url: Some(endpoint.into()),
-        assume_role_arn: None,
-        rate_limits: Default::default(),
-    }
-}
-
-/// The fixed credentials moto accepts.
-fn base_credentials() -> SharedCredentialsProvider {
-    SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"))
-}
-
-/// The adapter on `endpoint` with the fixed credentials, reporting to a recorder.
-async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let provider = AwsProvider::connect_with_credentials(
-        &provider_config(endpoint),
-        base_credentials(),
-        recorder.clone(),
-    )
-    .await;
-    (provider, recorder)
-}
 
 #[tokio::test]
 async fn ssm_parameter_resolves_to_the_ami_it_holds() {
@@ -433,58 +371,6 @@ async fn owned_machines_are_described_and_terminated() {
     assert!(recorder.count("DescribeInstances", "ok") >= 4);
 }
 
-/// A stand-in endpoint that answers every request with one fixed response,
-/// for errors moto never produces (throttling, access denied).
-async fn fixed_answer_server(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read the head, then as much body as it announces.
-                loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf);
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let reply = format!(
-                    "HTTP/1.1 {status} Error\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    (url, hits)
-}
-
 #[tokio::test]
 async fn aws_errors_are_classified_and_observed() {
     const THROTTLED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r1</RequestID></Response>";
@@ -582,7 +468,7 @@ async fn env_chain_child() {
     };
     let config = OperatorConfig::from_yaml(&format!(
         "clusterName: child\nproviders:\n- {{name: aws-env, type: aws, region: {}, endpointUrl: '{url}'}}\n",
-        support::REGION
+        hostforge_testbed::REGION
     ))
     .expect("config");
     let recorder = Arc::new(Recorder::default());

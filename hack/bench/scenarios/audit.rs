@@ -1,0 +1,80 @@
+//! After a churn or crash phase: duplicates and leaks, held against what moto
+//! runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::Filter;
+use hostforge::api::MachineRequest;
+use hostforge_testbed::machines::status_live;
+use hostforge_testbed::TestEnv;
+
+/// moto's pending/running instances tagged for `cluster`.
+async fn moto_live_for_cluster(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:hostforge.io/cluster")
+                    .values(cluster)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .max_results(1000)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("DescribeInstances on moto");
+        ids.extend(
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id().map(str::to_string)),
+        );
+        token = out
+            .next_token()
+            .map(str::to_string)
+            .filter(|t| !t.is_empty());
+        if token.is_none() {
+            return ids;
+        }
+    }
+}
+
+/// Duplicates (ids listed by more than one request, or more live machines in
+/// status than count) and leaks (running in moto, listed nowhere) after a phase.
+pub(super) async fn audit(env: &TestEnv, list: &[MachineRequest]) -> (usize, usize, usize, String) {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut over = 0usize;
+    for mr in list {
+        let live = status_live(mr);
+        over += live.len().saturating_sub(mr.spec.count.max(0) as usize);
+        for id in live {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let listed_twice = seen.values().filter(|n| **n > 1).count();
+    let in_moto: BTreeSet<String> = moto_live_for_cluster(&env.ec2(), &env.namespace)
+        .await
+        .into_iter()
+        .collect();
+    let listed: BTreeSet<String> = seen.keys().cloned().collect();
+    let leaks: Vec<&String> = in_moto.difference(&listed).collect();
+    let missing: Vec<&String> = listed.difference(&in_moto).collect();
+    let detail = format!(
+        "moto {} running, status {} live; over count {over}, listed twice {listed_twice}; leaks {:?}; listed but not running {:?}",
+        in_moto.len(),
+        listed.len(),
+        leaks.iter().take(5).collect::<Vec<_>>(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    (over + listed_twice, leaks.len(), missing.len(), detail)
+}

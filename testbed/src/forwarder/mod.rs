@@ -1,0 +1,402 @@
+//! A fault-injecting HTTP forwarder between AWS clients and the simulator.
+//!
+//! moto never answers `InsufficientInstanceCapacity`, `RequestLimitExceeded`
+//! or a 5xx, yet those are the answers a launcher has to survive. The
+//! [`Forwarder`] sits between a client (the AWS SDK with an endpoint override,
+//! in a test or in a child-process operator) and moto: it forwards every
+//! request unchanged and relays moto's answer, except where a [`Rule`] or the
+//! optional EC2 rate-limit model ([`RateLimits`]) says to answer with an error
+//! instead. It also counts calls and keeps the decoded parameters of recent
+//! calls, so a test can assert what was actually sent.
+//!
+//! What it understands of a request:
+//! * EC2 (query protocol): `POST /` with an `application/x-www-form-urlencoded`
+//!   body `Action=RunInstances&Version=…&InstanceType=…`; query-string
+//!   parameters are read as well.
+//! * JSON protocols (SSM): the action is the part of `X-Amz-Target` after the
+//!   dot (`AmazonSSM.GetParameter` → `GetParameter`); the body's fields are
+//!   flattened into dotted keys (`Name`, `Tags.1.Key`).
+//! * anything else (moto's own `/moto-api/…`): forwarded, not counted.
+//!
+//! Error answers follow what EC2 and the SDKs show on the wire:
+//! * `InsufficientInstanceCapacity` is an EC2 *server* error, so HTTP 500
+//!   (EC2 API reference, "Error codes": server errors "are accompanied by a
+//!   500-series HTTP response code" and list InsufficientInstanceCapacity;
+//!   client logs show `statusCode: 500, retryable: true`, e.g.
+//!   nib-health-funds/hammertime#29). The code is the bare
+//!   `InsufficientInstanceCapacity`; `Server.` prefixes belong to instance
+//!   state reasons, not to API errors.
+//! * `RequestLimitExceeded` is HTTP 503 with message `Request limit exceeded.`
+//!   (as AWS SDK logs show it: "Request limit exceeded. (Service: AmazonEC2;
+//!   Status Code: 503; Error Code: RequestLimitExceeded …)",
+//!   cloudfoundry/bosh-aws-cpi-release#61, jclouds/legacy-jclouds#1214).
+//! * `InternalError` is HTTP 500.
+//!
+//! Note for test writers: the Rust SDK's standard retry strategy retries
+//! HTTP 500/502/503/504 and throttling codes (3 attempts by default), so an
+//! injected `InsufficientInstanceCapacity` or `RequestLimitExceeded` is seen
+//! by the forwarder up to three times per SDK call unless the client's retry
+//! config is changed. Also note that a real `CreateFleet` of type `instant`
+//! reports capacity shortfalls inside a 200 answer (its `errorSet`); a rule
+//! on `CreateFleet` models a failed call, not that partial answer.
+
+mod rules;
+mod server;
+mod throttle;
+mod wire;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use rules::{InjectedError, Rule, RuleId};
+pub use throttle::{Bucket, RateLimits};
+
+use server::accept_loop;
+use throttle::Buckets;
+use wire::Call;
+
+/// How many recent calls [`Forwarder::requests`] can look back on; older
+/// ones are dropped so a long benchmark does not grow without bound.
+pub const REQUEST_LOG_LIMIT: usize = 10_000;
+
+/// A running forwarder: an HTTP/1.1 server on `127.0.0.1:<free port>` with
+/// its own thread and tokio runtime, so it serves the same whether the
+/// caller is a `#[tokio::test]`, plain code, or an operator in a child
+/// process given [`Forwarder::endpoint`]. Keep the value alive as long as
+/// clients use the endpoint: dropping it stops the server and closes its
+/// connections.
+///
+/// All methods take `&self`, so a test can flip faults while clients run.
+pub struct Forwarder {
+    endpoint: String,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Starts a forwarder to `upstream` (`http://127.0.0.1:PORT`, e.g.
+    /// `TestBed::moto_url`); panics when it cannot, as test setup does.
+    pub fn start(upstream: &str) -> Forwarder {
+        Forwarder::try_start(upstream)
+            .unwrap_or_else(|e| panic!("starting the forwarder to {upstream}: {e}"))
+    }
+
+    /// Starts a forwarder to `upstream`, reporting why it could not.
+    pub fn try_start(upstream: &str) -> std::io::Result<Forwarder> {
+        let upstream = upstream.trim_end_matches('/').to_string();
+        upstream.parse::<Uri>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("upstream {upstream:?}: {e}"),
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("forwarder")
+            .enable_all()
+            .build()?;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // No idle upstream connections: moto's server may close one between
+        // calls, and a call sent on such a connection would fail; a fresh
+        // loopback connection per call costs little.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let shared = Arc::new(Shared {
+            upstream,
+            client,
+            state: Mutex::new(State::default()),
+        });
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("forwarder-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(accept_loop(listener, serving, rx));
+                // Connection tasks still open are cancelled here.
+                runtime.shutdown_background();
+            })?;
+        Ok(Forwarder {
+            endpoint: format!("http://{addr}"),
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The URL to give clients or the operator's endpoint override.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Where calls are forwarded to.
+    pub fn upstream(&self) -> &str {
+        &self.shared.upstream
+    }
+
+    /// Adds a rule after the existing ones; the first matching rule with
+    /// uses left answers a call.
+    pub fn add_rule(&self, rule: Rule) -> RuleId {
+        let mut state = self.shared.lock();
+        state.next_rule += 1;
+        let id = RuleId(state.next_rule);
+        state.rules.push((id, rule));
+        id
+    }
+
+    /// Removes one rule; false when it was already gone (removed, or used up
+    /// its `times`).
+    pub fn remove_rule(&self, id: RuleId) -> bool {
+        let mut state = self.shared.lock();
+        let before = state.rules.len();
+        state.rules.retain(|(rid, _)| *rid != id);
+        state.rules.len() != before
+    }
+
+    /// Removes every rule, so calls pass again (rate limits stay).
+    pub fn clear_rules(&self) {
+        self.shared.lock().rules.clear();
+    }
+
+    /// Answers every EC2 `action` call with `body` (a whole 200 XML document)
+    /// instead of forwarding it, until [`Forwarder::clear_reply`]: for what
+    /// moto does not model, such as a spot request carrying an interruption
+    /// notice. Rate limits and rules still apply first.
+    pub fn reply_with(&self, action: impl Into<String>, body: impl Into<String>) {
+        self.shared
+            .lock()
+            .replies
+            .insert(action.into(), body.into());
+    }
+
+    /// Forwards `action` to moto again.
+    pub fn clear_reply(&self, action: &str) {
+        self.shared.lock().replies.remove(action);
+    }
+
+    /// Turns the EC2 rate-limit model on (`Some`) or off (`None`, the
+    /// default). Every bucket starts full.
+    pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
+        let mut state = self.shared.lock();
+        state.limits = limits;
+        state.buckets.clear();
+    }
+
+    /// Calls of `action` that reached the forwarder, however answered
+    /// (forwarded, injected by a rule, or throttled).
+    pub fn calls(&self, action: &str) -> u64 {
+        get(&self.shared.lock().calls, action)
+    }
+
+    /// Calls of `action` sent on to the upstream.
+    pub fn forwarded(&self, action: &str) -> u64 {
+        get(&self.shared.lock().forwarded, action)
+    }
+
+    /// Calls of `action` answered by a rule, whatever the code.
+    pub fn injected(&self, action: &str) -> u64 {
+        self.shared
+            .lock()
+            .injected
+            .iter()
+            .filter(|((a, _), _)| a == action)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Calls of `action` answered by a rule with error `code`.
+    pub fn injected_code(&self, action: &str, code: &str) -> u64 {
+        self.shared
+            .lock()
+            .injected
+            .get(&(action.to_string(), code.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls answered `RequestLimitExceeded` by the rate-limit model (not by
+    /// rules), all actions together.
+    pub fn throttled(&self) -> u64 {
+        self.shared.lock().throttled.values().sum()
+    }
+
+    /// Calls of `action` answered by the rate-limit model.
+    pub fn throttled_for(&self, action: &str) -> u64 {
+        get(&self.shared.lock().throttled, action)
+    }
+
+    /// Every counter, for a report or an assertion message:
+    /// `calls/<Action>`, `forwarded/<Action>`, `injected/<Action>/<Code>`,
+    /// `throttled/<Action>`, `upstream_errors/<Action>` and the total
+    /// `throttled`.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        let state = self.shared.lock();
+        let mut out = BTreeMap::new();
+        for (prefix, map) in [
+            ("calls", &state.calls),
+            ("forwarded", &state.forwarded),
+            ("throttled", &state.throttled),
+            ("upstream_errors", &state.upstream_errors),
+        ] {
+            for (action, n) in map {
+                out.insert(format!("{prefix}/{action}"), *n);
+            }
+        }
+        for ((action, code), n) in &state.injected {
+            out.insert(format!("injected/{action}/{code}"), *n);
+        }
+        out.insert("throttled".to_string(), state.throttled.values().sum());
+        out
+    }
+
+    /// Zeroes every counter and forgets recorded calls (rules, rate limits
+    /// and bucket levels stay).
+    pub fn reset_counters(&self) {
+        let mut state = self.shared.lock();
+        state.calls.clear();
+        state.forwarded.clear();
+        state.injected.clear();
+        state.throttled.clear();
+        state.upstream_errors.clear();
+        state.requests.clear();
+    }
+
+    /// Decoded parameters of the recent calls of `action` (oldest first, at
+    /// most [`REQUEST_LOG_LIMIT`] calls of all actions kept), however they
+    /// were answered: e.g. to check that a re-sent RunInstances carried the
+    /// same `ClientToken`.
+    pub fn requests(&self, action: &str) -> Vec<BTreeMap<String, String>> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+impl Drop for Forwarder {
+    /// Stops accepting, closes open connections and waits for the thread.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn get(map: &BTreeMap<String, u64>, key: &str) -> u64 {
+    map.get(key).copied().unwrap_or(0)
+}
+
+struct Shared {
+    upstream: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// The state, even if a panicking test thread poisoned the lock.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<(RuleId, Rule)>,
+    next_rule: u64,
+    limits: Option<RateLimits>,
+    buckets: Buckets,
+    calls: BTreeMap<String, u64>,
+    forwarded: BTreeMap<String, u64>,
+    injected: BTreeMap<(String, String), u64>,
+    throttled: BTreeMap<String, u64>,
+    upstream_errors: BTreeMap<String, u64>,
+    requests: VecDeque<(String, BTreeMap<String, String>)>,
+    replies: HashMap<String, String>,
+}
+
+/// What the forwarder decided for one call.
+enum Decision {
+    Forward,
+    Answer(InjectedError),
+    Reply(String),
+}
+
+impl State {
+    fn decide(&mut self, call: &Call) -> Decision {
+        let Some(action) = call.action.as_deref() else {
+            return Decision::Forward;
+        };
+        *self.calls.entry(action.to_string()).or_default() += 1;
+        self.requests
+            .push_back((action.to_string(), call.params.clone()));
+        while self.requests.len() > REQUEST_LOG_LIMIT {
+            self.requests.pop_front();
+        }
+
+        // EC2 throttles before it does anything else, so a throttled call
+        // takes no rule use, and a call a rule fails still took its tokens.
+        if call.is_ec2() && !self.admit(action, &call.params) {
+            *self.throttled.entry(action.to_string()).or_default() += 1;
+            return Decision::Answer(InjectedError::request_limit_exceeded());
+        }
+
+        let hit = self
+            .rules
+            .iter()
+            .position(|(_, rule)| rule.times != Some(0) && rule.matches(action, &call.params));
+        if let Some(index) = hit {
+            let rule = &mut self.rules[index].1;
+            let error = rule.error.clone();
+            if let Some(left) = rule.times.as_mut() {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.rules.remove(index);
+                }
+            }
+            *self
+                .injected
+                .entry((action.to_string(), error.code.clone()))
+                .or_default() += 1;
+            return Decision::Answer(error);
+        }
+        if let Some(body) = self.replies.get(action) {
+            return Decision::Reply(body.clone());
+        }
+        *self.forwarded.entry(action.to_string()).or_default() += 1;
+        Decision::Forward
+    }
+
+    /// Takes the call's tokens when the rate-limit model is on and every
+    /// bucket it draws from has enough; true when it is off.
+    fn admit(&mut self, action: &str, params: &BTreeMap<String, String>) -> bool {
+        match &self.limits {
+            Some(limits) => self.buckets.admit(limits, action, params),
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The forwarder's HTTP side: accepting connections, deciding each call and
+//! relaying it to the upstream unchanged.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::http::request::Parts;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+
+use super::wire::{error_response, plain, xml_response, Call};
+use super::{Decision, Shared};
+
+/// Largest request or upstream answer body the forwarder reads (64 MiB);
+/// EC2 and SSM calls are far smaller, so a larger one is a broken client.
+const MAX_BODY: usize = 64 << 20;
+
+/// Headers that describe one hop, not the message, so they are never relayed
+/// (RFC 9110 §7.6.1); hyper sets its own framing on each side.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub(super) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| handle(shared.clone(), req));
+                        // Keep-alive: a client may send many calls on one
+                        // connection and keep it idle as long as it likes.
+                        let _ = http1::Builder::new()
+                            .header_read_timeout(None)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                // Out of file descriptors and the like: pause, keep serving.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                format!("forwarder: reading the request body: {e}"),
+            ))
+        }
+    };
+    let call = Call::parse(&parts, &body);
+    let decision = shared.lock().decide(&call);
+    match decision {
+        Decision::Answer(error) => Ok(error_response(&error, call.json)),
+        Decision::Reply(body) => Ok(xml_response(body)),
+        Decision::Forward => match forward(&shared, parts, body).await {
+            Ok(response) => Ok(response),
+            Err(message) => {
+                if let Some(action) = &call.action {
+                    *shared
+                        .lock()
+                        .upstream_errors
+                        .entry(action.clone())
+                        .or_default() += 1;
+                }
+                Ok(plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("forwarder: upstream {}: {message}", shared.upstream),
+                ))
+            }
+        },
+    }
+}
+
+/// Sends the request on unchanged (same method, path, query, headers but the
+/// hop-by-hop ones, body) and returns the upstream answer the same way.
+async fn forward(
+    shared: &Shared,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, String> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("{}{path}", shared.upstream)
+        .parse()
+        .map_err(|e| format!("bad target URI: {e}"))?;
+    let mut request = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| format!("building the request: {e}"))?;
+    copy_end_to_end(&parts.headers, request.headers_mut());
+
+    let answer = shared
+        .client
+        .request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (answer_parts, answer_body) = answer.into_parts();
+    let answer_body = Limited::new(answer_body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    let mut response = Response::new(Full::new(answer_body));
+    *response.status_mut() = answer_parts.status;
+    copy_end_to_end(&answer_parts.headers, response.headers_mut());
+    Ok(response)
+}
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The malformed manifests the CRDs must reject, each with the words
+//! kubectl's error must name.
+
+use super::*;
+
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    /// Applied first (and expected to succeed), for update rules.
+    pub(super) before: Option<Value>,
+    pub(super) manifest: Value,
+    /// Every fragment must appear in kubectl's error output; `a|b` accepts either (the
+    /// two apply modes word some errors differently).
+    pub(super) wanted: &'static [&'static str],
+}
+
+fn case(name: &'static str, manifest: Value, wanted: &'static [&'static str]) -> Case {
+    Case {
+        name,
+        before: None,
+        manifest,
+        wanted,
+    }
+}
+
+pub(super) fn malformed_cases() -> Vec<Case> {
+    let req = |spec: Value| request_with("req", spec);
+    vec![
+        case(
+            "missing image",
+            template_with("t", json!({"image": null})),
+            &["spec.image", "Required value"],
+        ),
+        case(
+            "two image sources",
+            template_with(
+                "t",
+                json!({"image": {"id": "ami-0123456789abcdef0", "ssmParameter": "/a/b"}}),
+            ),
+            &["spec.image", "exactly one of id, ssmParameter or selector"],
+        ),
+        case(
+            "empty image",
+            template_with("t", json!({"image": {}})),
+            &["spec.image", "exactly one of id, ssmParameter or selector"],
+        ),
+        case(
+            "bad ami id",
+            template_with("t", json!({"image": {"id": "ami-xyz"}})),
+            &["spec.image.id", "should match"],
+        ),
+        case(
+            "bad subnet id",
+            template_with("t", json!({"subnetIds": ["subnet-a"]})),
+            &["spec.subnetIds[0]", "should match"],
+        ),
+        case(
+            "bad security group id",
+            template_with("t", json!({"securityGroupIds": ["sg-1"]})),
+            &["spec.securityGroupIds[0]", "should match"],
+        ),
+        case(
+            "bad instance id to return",
+            req(json!({"templateRef": {"name": "t"}, "count": 1, "returnMachines": ["i-nothex"]})),
+            &["spec.returnMachines[0]", "should match"],
+        ),
+        case(
+            "count -1",
+            req(json!({"templateRef": {"name": "t"}, "count": -1})),
+            &["spec.count", "greater than or equal to 0"],
+        ),
+        case(
+            "count 5000",
+            req(json!({"templateRef": {"name": "t"}, "count": 5000})),
+            &["spec.count", "less than or equal to 2000"],
+        ),
+        case(
+            "count missing",
+            req(json!({"templateRef": {"name": "t"}})),
+            &["spec.count", "Required value"],
+        ),
+        case(
+            "templateRef missing",
+            req(json!({"count": 1})),
+            &["spec.templateRef", "Required value"],
+        ),
+        case(
+            "templateRef bad name",
+            req(json!({"templateRef": {"name": "Bad_Name"}, "count": 1})),
+            &["spec.templateRef.name", "should match"],
+        ),
+        case(
+            "unknown providerApi",
+            template_with("t", json!({"providerApi": "SpotFleet"})),
+            &["spec.providerApi", "Unsupported value", "\"EC2Fleet\""],
+        ),
+        case(
+            "unknown capacityType",
+            template_with("t", json!({"capacityType": "preemptible"})),
+            &["spec.capacityType", "Unsupported value"],
+        ),
+        case(
+            "unknown httpTokens",
+            template_with("t", json!({"metadataOptions": {"httpTokens": "sometimes"}})),
+            &["spec.metadataOptions.httpTokens", "Unsupported value"],
+        ),
+        case(
+            "inline user data script",
+            template_with("t", json!({"userData": "#!/bin/bash\necho hi"})),
+            &["spec.userData", "must be of type object|expected map"],
+        ),
+        case(
+            "inline user data field",
+            template_with("t", json!({"userData": {"content": "#!/bin/bash"}})),
+            &["spec.userData"],
+        ),
+        case(
+            "empty instanceTypes",
+            template_with("t", json!({"instanceTypes": []})),
+            &["spec.instanceTypes", "should have at least 1 items"],
+        ),
+        case(
+            "duplicate instance type",
+            template_with(
+                "t",
+                json!({"instanceTypes": [{"type": "c6i.xlarge"}, {"type": "c6i.xlarge"}]}),
+            ),
+            &["spec.instanceTypes", "Duplicate value|duplicate entries"],
+        ),
+        case(
+            "malformed instance type",
+            template_with("t", json!({"instanceTypes": [{"type": "C6I XL"}]})),
+            &["spec.instanceTypes[0].type", "should match"],
+        ),
+        case(
+            "mixed with RunInstances",
+            template_with("t", json!({"capacityType": "mixed", "onDemandPercent": 20})),
+            &["spec.capacityType", "mixed needs providerApi EC2Fleet"],
+        ),
+        case(
+            "mixed without onDemandPercent",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet", "capacityType": "mixed"}),
+            ),
+            &["spec.onDemandPercent", "required with capacityType mixed"],
+        ),
+        case(
+            "onDemandPercent 150",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet", "capacityType": "mixed", "onDemandPercent": 150}),
+            ),
+            &["spec.onDemandPercent", "less than or equal to 100"],
+        ),
+        case(
+            "maxPrice on-demand",
+            template_with("t", json!({"maxPrice": "0.5"})),
+            &["spec.maxPrice", "spot"],
+        ),
+        case(
+            "allocationStrategy with RunInstances",
+            template_with(
+                "t",
+                json!({"capacityType": "spot", "allocationStrategy": "lowest-price"}),
+            ),
+            &["spec.allocationStrategy", "EC2Fleet"],
+        ),
+        case(
+            "weight with RunInstances",
+            template_with(
+                "t",
+                json!({"instanceTypes": [{"type": "c6i.xlarge", "weight": 2}]}),
+            ),
+            &[
+                "spec.instanceTypes",
+                "weight is only used with providerApi EC2Fleet",
+            ],
+        ),
+        case(
+            "reserved tag key",
+            template_with("t", json!({"tags": {"hostforge.io/request": "x"}})),
+            &["spec.tags", "reserved"],
+        ),
+        case(
+            "too long tag value",
+            template_with("t", json!({"tags": {"team": "x".repeat(300)}})),
+            &["spec.tags.team", "Too long"],
+        ),
+        case(
+            "selector without owners",
+            template_with("t", json!({"image": {"selector": {"name": "al2023-*"}}})),
+            &["spec.image.selector.owners", "Required value"],
+        ),
+        case(
+            "selector with a bad owner",
+            template_with(
+                "t",
+                json!({"image": {"selector": {"name": "al2023-*", "owners": ["anyone"]}}}),
+            ),
+            &["spec.image.selector.owners[0]", "should match"],
+        ),
+        case(
+            "io2 without iops",
+            template_with("t", json!({"rootVolume": {"sizeGiB": 100, "type": "io2"}})),
+            &["spec.rootVolume.iops", "required for types io1 and io2"],
+        ),
+        case(
+            "throughput on gp2",
+            template_with(
+                "t",
+                json!({"rootVolume": {"sizeGiB": 100, "type": "gp2", "throughput": 250}}),
+            ),
+            &["spec.rootVolume.throughput", "gp3"],
+        ),
+        case(
+            "unknown field",
+            template_with("t", json!({"replicas": 3})),
+            &["spec.replicas"],
+        ),
+        case(
+            "request name too long",
+            request_with(
+                &"r".repeat(200),
+                json!({"templateRef": {"name": "t"}, "count": 1}),
+            ),
+            &["metadata.name", "at most 192"],
+        ),
+        Case {
+            name: "templateRef changed on update",
+            before: Some(req(json!({"templateRef": {"name": "first"}, "count": 1}))),
+            manifest: req(json!({"templateRef": {"name": "second"}, "count": 1})),
+            wanted: &["spec.templateRef", "templateRef is immutable"],
+        },
+    ]
+}
