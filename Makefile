@@ -24,7 +24,8 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: toolchain
-toolchain: ## Make sure rustfmt and clippy are installed.
+toolchain: ## Make sure the pinned toolchain, rustfmt and clippy are installed.
+	@bash hack/toolchain.sh
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
@@ -34,7 +35,7 @@ testbed: ## Build kube-apiserver, kubectl, etcd, helm (Go module proxy) and inst
 	@bash hack/moto.sh install
 
 .PHONY: build
-build: ## Build the operator.
+build: toolchain ## Build the operator.
 	$(CARGO) build --locked
 
 .PHONY: fmt-check
@@ -43,7 +44,7 @@ fmt-check: toolchain ## Fail when code is not rustfmt-formatted.
 
 .PHONY: lint
 lint: toolchain ## cargo clippy on every target, warnings are errors.
-	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 .PHONY: check
 check: fmt-check lint ## The quick loop: format, clippy, unit tests (no test bed; < 2 min warm).
@@ -74,13 +75,13 @@ crds: ## Regenerate crds/ from the Rust types.
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
 
 .PHONY: demo
-demo: testbed ## Start a local control plane + simulator, install CRDs, run the operator, apply examples/.
+demo: toolchain testbed ## Start a local control plane + simulator, install CRDs, run the operator, apply examples/.
 	$(CARGO) build --locked --quiet --bin hostforge
 	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/debug/hostforge" \
 	  $(CARGO) run --locked --quiet --example demo
 
 .PHONY: bench
-bench: testbed ## Release-build the operator and run the benchmarks (the issue's sizes; HOSTFORGE_BENCH_SCALE=1: a quick run); writes target/bench/results.json.
+bench: toolchain testbed ## Release-build the operator and run the benchmarks (default scale 5: burst 100 x 10, steady 10,000 machines; HOSTFORGE_BENCH_SCALE=1: a quick run); writes target/bench/results.json.
 	@start=$$(date +%s); $(CARGO) build --locked --release --bin hostforge; \
 	  echo "release build of the operator: $$(( $$(date +%s) - start )) s"
 	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/release/hostforge" \

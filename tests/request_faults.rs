@@ -11,6 +11,8 @@ use hostforge_testbed::machines::{
 };
 use hostforge_testbed::operator::default_config;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -125,5 +127,78 @@ async fn throttling_and_server_errors_are_retried() {
             "hostforge_aws_calls_total",
             &["operation=\"RunInstances\"", "outcome=\"Throttled\""]
         ) >= 1.0
+    );
+}
+
+/// An answer hostforge does not classify (VolumeLimitExceeded is a 4xx the
+/// error table does not list) must not hide behind a stale cause: the very
+/// reconcile that meets it writes Degraded naming the cloud's code, Ready says
+/// the same instead of an old "template not ready", and a Warning Event
+/// carries it. Once EC2 accepts, the re-sent token fills the request and the
+/// cause is cleared.
+#[tokio::test]
+async fn an_unlisted_launch_error_is_named_on_the_request() {
+    let env = TestEnv::new("faults-unlisted").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
+        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    );
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    let refused = fwd.add_rule(Rule::new(
+        "RunInstances",
+        InjectedError::new(
+            400,
+            "VolumeLimitExceeded",
+            "You have exceeded your maximum gp3 storage limit of 50 TiB in this region.",
+        ),
+    ));
+    create_request(&env, "unlisted", "compute", 2, true).await;
+    let mr = wait_request(&env, "unlisted", "Degraded naming the code", WAIT, |m| {
+        condition(m, "Degraded").is_some_and(|(s, r)| s == "True" && r == "CloudError")
+    })
+    .await;
+    let st = mr.status.as_ref().expect("status");
+    let message = |type_: &str| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    let (_, degraded) = message("Degraded");
+    assert!(degraded.contains("VolumeLimitExceeded"), "{degraded}");
+    assert!(degraded.contains("maximum gp3 storage limit"), "{degraded}");
+    let (ready_reason, ready) = message("Ready");
+    assert_eq!(ready_reason, "CloudError", "Ready names the error, not a stale cause: {ready}");
+    assert!(fwd.injected_code("RunInstances", "VolumeLimitExceeded") >= 1);
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let named = events
+        .list(&ListParams::default().fields("involvedObject.name=unlisted"))
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some("CloudError")
+                && e.message.as_deref().is_some_and(|m| m.contains("VolumeLimitExceeded"))
+        });
+    assert!(named, "a Warning Event names the code");
+
+    // EC2 accepts again: the batch's token is re-sent and the cause goes away.
+    assert!(fwd.remove_rule(refused));
+    let mr = wait_request(&env, "unlisted", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    assert_eq!(
+        condition(&mr, "Degraded"),
+        Some(("False".into(), "AsExpected".into()))
     );
 }
