@@ -177,7 +177,10 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
     assert!(degraded.contains("VolumeLimitExceeded"), "{degraded}");
     assert!(degraded.contains("maximum gp3 storage limit"), "{degraded}");
     let (ready_reason, ready) = message("Ready");
-    assert_eq!(ready_reason, "CloudError", "Ready names the error, not a stale cause: {ready}");
+    assert_eq!(
+        ready_reason, "CloudError",
+        "Ready names the error, not a stale cause: {ready}"
+    );
     assert!(fwd.injected_code("RunInstances", "VolumeLimitExceeded") >= 1);
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
     let named = events
@@ -189,7 +192,9 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
         .any(|e| {
             e.type_.as_deref() == Some("Warning")
                 && e.reason.as_deref() == Some("CloudError")
-                && e.message.as_deref().is_some_and(|m| m.contains("VolumeLimitExceeded"))
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("VolumeLimitExceeded"))
         });
     assert!(named, "a Warning Event names the code");
 

@@ -319,7 +319,7 @@ pub enum MachineLifecycle {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LaunchBatch {
-    /// Batch id, <request-uid-prefix>-<sequence>; also the hostforge.io/batch tag of its
+    /// Batch id, `<request-uid-prefix>-<sequence>`; also the hostforge.io/batch tag of its
     /// machines.
     pub id: String,
 

@@ -107,7 +107,7 @@ fn error_policy(mr: Arc<MachineRequest>, err: &Error, ctx: Arc<Context>) -> Acti
 }
 
 /// One reconcile of one request: the stale-copy guard, then the finalizer
-/// around [`apply`] or [`cleanup::cleanup`].
+/// around `apply` (the pipeline) or [`cleanup::cleanup`].
 pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = mr

@@ -33,7 +33,7 @@ use crate::config::rate_limits::{Class, RateLimitConfig};
 impl Class {
     /// The request class of an EC2 `operation`; `None` for calls EC2 does not
     /// throttle with these buckets (the SSM calls that go through the same
-    /// [`super::calls::Calls`]).
+    /// `super::calls::Calls`).
     pub fn of(operation: &str) -> Option<Class> {
         if SSM_OPERATIONS.contains(&operation) {
             return None;

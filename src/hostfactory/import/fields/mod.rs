@@ -6,9 +6,9 @@
 //! silently.
 //!
 //! [`convert`] reads the fields by group, in a fixed order (the notes come
-//! out in that order): the launch group ([`launch`]), the host group
-//! ([`host`]), the machine limit, then the fields with no equivalent
-//! ([`unmapped`]).
+//! out in that order): the launch group (`launch.rs`), the host group
+//! (`host.rs`), the machine limit, then the fields with no equivalent
+//! (`unmapped.rs`).
 
 mod cursor;
 mod host;
