@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 /// otherwise: well above what the controllers need to keep the apiserver busy
 /// (a status write takes a few milliseconds there), far below a connection
 /// per request.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = crate::config::DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 
 /// A client from `config` whose requests in flight never exceed
 /// `max_in_flight` (at least 1).

@@ -17,16 +17,23 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-#[tokio::test]
-async fn capacity_errors_fall_back_then_degrade_then_recover() {
-    let env = TestEnv::new("faults-cap").await;
+/// A namespace of its own, a forwarder in front of moto, and an operator that
+/// talks to EC2 through it (fast loops, plus `extra` config lines).
+async fn bed(name: &str, extra: &str) -> (TestEnv, Forwarder, OperatorProcess) {
+    let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\ncapacityCooldown: 3s\n",
+        "{}pollInterval: 500ms\nsweepInterval: 2s\n{extra}",
         default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
     );
-    let _op = OperatorProcess::start(&env, &cfg).await;
+    let op = OperatorProcess::start(&env, &cfg).await;
+    (env, fwd, op)
+}
+
+#[tokio::test]
+async fn capacity_errors_fall_back_then_degrade_then_recover() {
+    let (env, fwd, _op) = bed("faults-cap", "capacityCooldown: 3s\n").await;
     create_template(
         &env,
         "compute",
@@ -99,14 +106,7 @@ async fn capacity_errors_fall_back_then_degrade_then_recover() {
 
 #[tokio::test]
 async fn throttling_and_server_errors_are_retried() {
-    let env = TestEnv::new("faults-retry").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
-    let op = OperatorProcess::start(&env, &cfg).await;
+    let (env, fwd, op) = bed("faults-retry", "").await;
     create_template(
         &env,
         "compute",
@@ -138,14 +138,7 @@ async fn throttling_and_server_errors_are_retried() {
 /// cause is cleared.
 #[tokio::test]
 async fn an_unlisted_launch_error_is_named_on_the_request() {
-    let env = TestEnv::new("faults-unlisted").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
-    let _op = OperatorProcess::start(&env, &cfg).await;
+    let (env, fwd, _op) = bed("faults-unlisted", "").await;
     create_template(
         &env,
         "compute",

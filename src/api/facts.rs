@@ -53,6 +53,28 @@ impl TerminationReason {
 }
 
 impl Machine {
+    /// A status entry for a machine known only by its id, before the cloud has
+    /// said anything about it.
+    pub fn unknown(id: &str) -> Machine {
+        Machine {
+            id: id.into(),
+            name: None,
+            state: MachineState::Unknown,
+            result: MachineResult::Executing,
+            batch: None,
+            instance_type: None,
+            availability_zone: None,
+            private_ip: None,
+            public_ip: None,
+            launch_time: None,
+            capacity_type: None,
+            image_id: None,
+            termination_reason: None,
+            interruption_notice_time: None,
+            message: None,
+        }
+    }
+
     /// Whether the request still counts the machine as one of its live machines.
     pub fn is_live(&self) -> bool {
         self.termination_reason.is_none() && !self.state.is_down()
@@ -146,18 +168,8 @@ mod tests {
     #[test]
     fn machines_in_use_counts_live_machines_and_pending_launches() {
         let batch = |state, count| LaunchBatch {
-            id: "b".into(),
-            attempt: 0,
-            token: "t".into(),
             count,
-            params_digest: String::new(),
-            state,
-            image_id: None,
-            instance_types: vec![],
-            subnet_ids: vec![],
-            capacity_type: None,
-            created_at: None,
-            message: None,
+            ..LaunchBatch::test("b", state)
         };
         let st = MachineRequestStatus {
             machines: vec![

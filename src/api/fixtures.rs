@@ -4,7 +4,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::request::{Machine, MachineResult, MachineState, TerminationReason};
+use super::request::{
+    LaunchBatch, LaunchState, Machine, MachineResult, MachineState, TerminationReason,
+};
 
 /// Launch times in tests count seconds from this instant.
 pub const EPOCH: i64 = 1_700_000_000;
@@ -12,23 +14,7 @@ pub const EPOCH: i64 = 1_700_000_000;
 impl Machine {
     /// A running machine with only its id set.
     pub fn test(id: &str) -> Machine {
-        Machine {
-            id: id.into(),
-            name: None,
-            state: MachineState::Running,
-            result: MachineResult::Succeed,
-            batch: None,
-            instance_type: None,
-            availability_zone: None,
-            private_ip: None,
-            public_ip: None,
-            launch_time: None,
-            capacity_type: None,
-            image_id: None,
-            termination_reason: None,
-            interruption_notice_time: None,
-            message: None,
-        }
+        Machine::unknown(id).state(MachineState::Running)
     }
 
     /// With this state (and the result it implies).
@@ -55,5 +41,25 @@ impl Machine {
     pub fn in_batch(mut self, batch: &str) -> Machine {
         self.batch = Some(batch.into());
         self
+    }
+}
+
+impl LaunchBatch {
+    /// A batch of one machine in this state, with a token derived from its id.
+    pub fn test(id: &str, state: LaunchState) -> LaunchBatch {
+        LaunchBatch {
+            id: id.into(),
+            attempt: 0,
+            token: format!("t-{id}"),
+            count: 1,
+            params_digest: String::new(),
+            state,
+            image_id: None,
+            instance_types: vec![],
+            subnet_ids: vec![],
+            capacity_type: None,
+            created_at: None,
+            message: None,
+        }
     }
 }

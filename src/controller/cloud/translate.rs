@@ -22,23 +22,8 @@ pub fn state(s: provider::MachineState) -> api::MachineState {
 
 /// A status entry for a machine the cloud reported.
 pub fn new_machine(m: &provider::Machine, batch: Option<&str>) -> api::Machine {
-    let mut out = api::Machine {
-        id: m.id.clone(),
-        name: None,
-        state: api::MachineState::Unknown,
-        result: MachineResult::Executing,
-        batch: batch.map(str::to_string),
-        instance_type: None,
-        availability_zone: None,
-        private_ip: None,
-        public_ip: None,
-        launch_time: None,
-        capacity_type: None,
-        image_id: None,
-        termination_reason: None,
-        interruption_notice_time: None,
-        message: None,
-    };
+    let mut out = api::Machine::unknown(&m.id);
+    out.batch = batch.map(str::to_string);
     update(&mut out, m);
     out
 }

@@ -7,20 +7,7 @@ use crate::controller::reason::{RETRY_BLOCKED, RETRY_HELD_BACK};
 use k8s_openapi::jiff::Timestamp;
 
 fn batch(id: &str, state: LaunchState) -> LaunchBatch {
-    LaunchBatch {
-        id: id.into(),
-        attempt: 0,
-        token: format!("t-{id}"),
-        count: 1,
-        params_digest: String::new(),
-        state,
-        image_id: None,
-        instance_types: vec![],
-        subnet_ids: vec![],
-        capacity_type: None,
-        created_at: None,
-        message: None,
-    }
+    LaunchBatch::test(id, state)
 }
 
 fn running(n: usize) -> Vec<Machine> {
