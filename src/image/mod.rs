@@ -113,119 +113,20 @@ fn backoff(attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
 
     use super::*;
-    use crate::provider::{ErrorDetail, Machine};
+    use crate::provider::fake::FakeProvider;
+    use crate::provider::ErrorDetail;
 
     const TTL: Duration = Duration::from_secs(300);
 
-    /// Answers image look-ups after a short (virtual) delay, from a script of
-    /// results (then "ok" forever), counting calls.
-    struct FakeProvider {
-        name: String,
-        calls: AtomicUsize,
-        script: Mutex<VecDeque<Result<(), ProviderError>>>,
-    }
-
-    impl FakeProvider {
-        fn new(name: &str) -> Arc<FakeProvider> {
-            Arc::new(FakeProvider {
-                name: name.into(),
-                calls: AtomicUsize::new(0),
-                script: Mutex::new(VecDeque::new()),
-            })
-        }
-
-        fn then(&self, result: Result<(), ProviderError>) {
-            self.script.lock().expect("script").push_back(result);
-        }
-
-        fn calls(&self) -> usize {
-            self.calls.load(Ordering::SeqCst)
-        }
-    }
-
-    #[async_trait]
-    impl MachineProvider for FakeProvider {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        async fn lookup_image(&self, source: &ImageSource) -> Result<ResolvedImage, ProviderError> {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let scripted = self.script.lock().expect("script").pop_front();
-            scripted.unwrap_or(Ok(()))?;
-            Ok(ResolvedImage {
-                id: format!("ami-{n}"),
-                name: Some(source.to_string()),
-                creation_date: None,
-                source: source.kind().to_string(),
-                root_device_name: None,
-            })
-        }
-        async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn missing_security_groups(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<String>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn instance_type_info(
-            &self,
-            _: &str,
-        ) -> Result<Option<crate::provider::InstanceTypeInfo>, ProviderError> {
-            Ok(None)
-        }
-        async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn describe_owned(
-            &self,
-            _: &[(String, String)],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn list_owned(
-            &self,
-            _: &[(String, String)],
-            _: bool,
-            _: &mut (dyn FnMut(Vec<Machine>) + Send),
-        ) -> Result<(), ProviderError> {
-            Ok(())
-        }
-        async fn describe_owned_any(
-            &self,
-            _: &[(String, String)],
-            _: &str,
-            _: &[String],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn interruption_notices(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<crate::provider::InterruptionNotice>, ProviderError> {
-            Ok(vec![])
-        }
-        async fn terminate(&self, _: &[String]) -> Result<(), ProviderError> {
-            Ok(())
-        }
-        async fn launch(
-            &self,
-            _: &crate::provider::LaunchSpec,
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Ok(vec![])
-        }
+    /// A provider named `name` whose image look-ups take 50 ms (virtual), so
+    /// concurrent resolves overlap.
+    fn slow_fake(name: &str) -> Arc<FakeProvider> {
+        let f = FakeProvider::new(name);
+        f.set_delay(Duration::from_millis(50));
+        f
     }
 
     #[derive(Default)]
@@ -262,7 +163,7 @@ mod tests {
         Arc<Counts>,
         ImageResolver,
     ) {
-        let fake = FakeProvider::new("aws-a");
+        let fake = slow_fake("aws-a");
         let provider: Arc<dyn MachineProvider> = fake.clone();
         let counts = Arc::new(Counts::default());
         let resolver = ImageResolver::new(TTL, counts.clone());
@@ -275,7 +176,7 @@ mod tests {
         let source = param("/al2023");
         let results =
             futures::future::join_all((0..50).map(|_| resolver.resolve(&provider, &source))).await;
-        assert_eq!(fake.calls(), 1);
+        assert_eq!(fake.calls("lookup_image"), 1);
         for r in &results {
             assert_eq!(r.as_ref().expect("resolves").0.id, "ami-0");
         }
@@ -284,7 +185,10 @@ mod tests {
 
         // Still fresh: answered from the cache with the original timestamp.
         let (again, at) = resolver.resolve(&provider, &source).await.expect("hit");
-        assert_eq!((again.id.as_str(), fake.calls()), ("ami-0", 1));
+        assert_eq!(
+            (again.id.as_str(), fake.calls("lookup_image")),
+            ("ami-0", 1)
+        );
         assert_eq!(at, results[0].as_ref().expect("ok").1);
     }
 
@@ -304,7 +208,7 @@ mod tests {
             .resolve(&provider, &source)
             .await
             .expect("still cached");
-        assert_eq!(fake.calls(), 1);
+        assert_eq!(fake.calls("lookup_image"), 1);
         let left = resolver.expires_in("aws-a", &source).expect("cached");
         assert!(left <= Duration::from_secs(10), "{left:?}");
 
@@ -312,7 +216,7 @@ mod tests {
         assert_eq!(resolver.expires_in("aws-a", &source), None);
         let results =
             futures::future::join_all((0..10).map(|_| resolver.resolve(&provider, &source))).await;
-        assert_eq!(fake.calls(), 2);
+        assert_eq!(fake.calls("lookup_image"), 2);
         assert!(results
             .iter()
             .all(|r| r.as_ref().expect("ok").0.id == "ami-1"));
@@ -321,7 +225,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn different_keys_are_looked_up_separately() {
         let (fake, provider, counts, resolver) = setup();
-        let other_fake = FakeProvider::new("aws-b");
+        let other_fake = slow_fake("aws-b");
         let other: Arc<dyn MachineProvider> = other_fake.clone();
         let a = param("/a");
         let b = ImageSource::Id("ami-12345678".into());
@@ -331,8 +235,8 @@ mod tests {
             resolver.resolve(&other, &a),
         );
         assert!(r1.is_ok() && r2.is_ok() && r3.is_ok());
-        assert_eq!(fake.calls(), 2);
-        assert_eq!(other_fake.calls(), 1);
+        assert_eq!(fake.calls("lookup_image"), 2);
+        assert_eq!(other_fake.calls("lookup_image"), 1);
         assert_eq!(counts.misses.load(Ordering::SeqCst), 3);
         assert_eq!(resolver.expires_in("aws-b", &b), None);
     }
@@ -341,10 +245,14 @@ mod tests {
     async fn errors_are_shared_by_waiters_but_not_cached() {
         let (fake, provider, _counts, resolver) = setup();
         let source = param("/missing");
-        fake.then(Err(err(ProviderError::NotFound, "ParameterNotFound")));
+        fake.script_image(Err(err(ProviderError::NotFound, "ParameterNotFound")));
         let results =
             futures::future::join_all((0..5).map(|_| resolver.resolve(&provider, &source))).await;
-        assert_eq!(fake.calls(), 1, "waiters join the failing look-up");
+        assert_eq!(
+            fake.calls("lookup_image"),
+            1,
+            "waiters join the failing look-up"
+        );
         assert!(results
             .iter()
             .all(|r| r.as_ref().err().map(ProviderError::category) == Some("NotFound")));
@@ -353,43 +261,49 @@ mod tests {
         // The next resolve asks again (and now the parameter exists).
         let (image, _) = resolver.resolve(&provider, &source).await.expect("fixed");
         assert_eq!(image.id, "ami-1");
-        assert_eq!(fake.calls(), 2);
+        assert_eq!(fake.calls("lookup_image"), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn throttled_look_ups_are_retried_then_given_up() {
         let (fake, provider, counts, resolver) = setup();
-        fake.then(Err(err(ProviderError::Throttled, "ThrottlingException")));
-        fake.then(Err(err(ProviderError::Throttled, "ThrottlingException")));
+        fake.script_image(Err(err(ProviderError::Throttled, "ThrottlingException")));
+        fake.script_image(Err(err(ProviderError::Throttled, "ThrottlingException")));
         let (image, _) = resolver
             .resolve(&provider, &param("/busy"))
             .await
             .expect("succeeds after retries");
         assert_eq!(image.id, "ami-2");
-        assert_eq!(fake.calls(), 3);
+        assert_eq!(fake.calls("lookup_image"), 3);
         assert_eq!(counts.misses.load(Ordering::SeqCst), 1);
 
         for _ in 0..=THROTTLE_RETRIES {
-            fake.then(Err(err(ProviderError::Throttled, "ThrottlingException")));
+            fake.script_image(Err(err(ProviderError::Throttled, "ThrottlingException")));
         }
         let e = resolver
             .resolve(&provider, &param("/busier"))
             .await
             .expect_err("gives up");
         assert_eq!(e.category(), "Throttled");
-        assert_eq!(fake.calls(), 3 + 1 + THROTTLE_RETRIES as usize);
+        assert_eq!(
+            fake.calls("lookup_image"),
+            3 + 1 + THROTTLE_RETRIES as usize
+        );
 
         // Other errors are not retried.
-        fake.then(Err(err(
+        fake.script_image(Err(err(
             ProviderError::AccessDenied,
             "AccessDeniedException",
         )));
-        let before = fake.calls();
+        let before = fake.calls("lookup_image");
         let e = resolver
             .resolve(&provider, &param("/denied"))
             .await
             .expect_err("denied");
-        assert_eq!((e.category(), fake.calls()), ("AccessDenied", before + 1));
+        assert_eq!(
+            (e.category(), fake.calls("lookup_image")),
+            ("AccessDenied", before + 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -408,7 +322,7 @@ mod tests {
             .resolve(&provider, &source)
             .await
             .expect("resolves");
-        assert_eq!(fake.calls(), 1);
+        assert_eq!(fake.calls("lookup_image"), 1);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 pub mod aws;
 mod error;
+#[cfg(test)]
+pub mod fake;
 mod image;
 mod launch_spec;
 mod machine;

@@ -45,125 +45,24 @@ pub async fn terminate_each_known(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::provider::{
-        ErrorDetail, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, Machine,
-        ResolvedImage,
-    };
-
-    /// Answers `terminate` only: NotFound when a call names an unknown id,
-    /// else Throttled when it names `failing`; records every call.
-    struct Terminator {
-        unknown: Vec<String>,
-        failing: Option<String>,
-        calls: Mutex<Vec<Vec<String>>>,
-    }
-
-    fn detail() -> ErrorDetail {
-        ErrorDetail {
-            operation: "TerminateInstances",
-            code: "InvalidInstanceID.NotFound".into(),
-            message: String::new(),
-        }
-    }
-
-    fn unused() -> ProviderError {
-        ProviderError::Unknown(detail())
-    }
-
-    #[async_trait]
-    impl MachineProvider for Terminator {
-        fn name(&self) -> &str {
-            "fake"
-        }
-        async fn lookup_image(&self, _: &ImageSource) -> Result<ResolvedImage, ProviderError> {
-            Err(unused())
-        }
-        async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn missing_security_groups(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn instance_type_info(
-            &self,
-            _: &str,
-        ) -> Result<Option<InstanceTypeInfo>, ProviderError> {
-            Err(unused())
-        }
-        async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-        async fn describe_owned(
-            &self,
-            _: &[(String, String)],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-        async fn interruption_notices(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<InterruptionNotice>, ProviderError> {
-            Err(unused())
-        }
-        async fn list_owned(
-            &self,
-            _: &[(String, String)],
-            _: bool,
-            _: &mut (dyn FnMut(Vec<Machine>) + Send),
-        ) -> Result<(), ProviderError> {
-            Err(unused())
-        }
-        async fn describe_owned_any(
-            &self,
-            _: &[(String, String)],
-            _: &str,
-            _: &[String],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-        async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
-            self.calls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ids.to_vec());
-            if ids.iter().any(|id| self.unknown.contains(id)) {
-                return Err(ProviderError::NotFound(detail()));
-            }
-            if ids.iter().any(|id| self.failing.as_ref() == Some(id)) {
-                return Err(ProviderError::Throttled(detail()));
-            }
-            Ok(())
-        }
-        async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-    }
+    use crate::provider::fake::FakeProvider;
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn fake(unknown: &[&str], failing: Option<&str>) -> Arc<Terminator> {
-        Arc::new(Terminator {
-            unknown: ids(unknown),
-            failing: failing.map(String::from),
-            calls: Mutex::new(vec![]),
-        })
+    fn fake(unknown: &[&str], failing: Option<&str>) -> Arc<FakeProvider> {
+        let f = FakeProvider::new("fake");
+        f.unknown_ids(unknown);
+        if let Some(id) = failing {
+            f.failing_id(id);
+        }
+        f
     }
 
-    fn calls(f: &Terminator) -> Vec<Vec<String>> {
-        f.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn calls(f: &FakeProvider) -> Vec<Vec<String>> {
+        f.terminate_calls()
     }
 
     #[tokio::test]

@@ -179,26 +179,9 @@ impl Drop for Abandon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::{
-        ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, MachineState, ResolvedImage,
-    };
-    use async_trait::async_trait;
+    use crate::provider::fake::FakeProvider;
+    use crate::provider::MachineState;
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Answers tag lookups from a fixed set of machines and counts the calls.
-    #[derive(Default)]
-    struct Tagged {
-        machines: Vec<Machine>,
-        calls: AtomicUsize,
-        fail: bool,
-        /// Panic in the first call (a bug below the provider port).
-        panic_once: std::sync::atomic::AtomicBool,
-        /// How long each call takes.
-        delay: Duration,
-        in_flight: AtomicUsize,
-        most_in_flight: AtomicUsize,
-    }
 
     fn machine(id: &str, uid: &str, batch: &str) -> Machine {
         Machine {
@@ -211,112 +194,16 @@ mod tests {
         }
     }
 
-    fn unused() -> ProviderError {
-        ProviderError::Unknown(ErrorDetail {
-            operation: "test",
-            code: "Unused".into(),
-            message: String::new(),
-        })
-    }
-
-    #[async_trait]
-    impl MachineProvider for Tagged {
-        fn name(&self) -> &str {
-            "p"
-        }
-        async fn lookup_image(&self, _: &ImageSource) -> Result<ResolvedImage, ProviderError> {
-            Err(unused())
-        }
-        async fn missing_subnets(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn missing_security_groups(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn unknown_instance_types(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
-            Err(unused())
-        }
-        async fn instance_type_info(
-            &self,
-            _: &str,
-        ) -> Result<Option<InstanceTypeInfo>, ProviderError> {
-            Err(unused())
-        }
-        async fn describe_machines(&self, _: &[String]) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-        async fn describe_owned(
-            &self,
-            _: &[(String, String)],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-        async fn list_owned(
-            &self,
-            _: &[(String, String)],
-            _: bool,
-            _: &mut (dyn FnMut(Vec<Machine>) + Send),
-        ) -> Result<(), ProviderError> {
-            Err(unused())
-        }
-        async fn describe_owned_any(
-            &self,
-            tags: &[(String, String)],
-            key: &str,
-            values: &[String],
-        ) -> Result<Vec<Machine>, ProviderError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if self.panic_once.swap(false, Ordering::SeqCst) {
-                panic!("a bug below the provider port");
-            }
-            if self.fail {
-                return Err(ProviderError::Transient(ErrorDetail {
-                    operation: "DescribeInstances",
-                    code: "InternalError".into(),
-                    message: "boom".into(),
-                }));
-            }
-            Ok(self
-                .machines
-                .iter()
-                .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
-                .filter(|m| m.tags.get(key).is_some_and(|v| values.contains(v)))
-                .cloned()
-                .collect())
-        }
-        async fn interruption_notices(
-            &self,
-            _: &[String],
-        ) -> Result<Vec<InterruptionNotice>, ProviderError> {
-            Err(unused())
-        }
-        async fn terminate(&self, _: &[String]) -> Result<(), ProviderError> {
-            Err(unused())
-        }
-        async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
-            Err(unused())
-        }
-    }
-
     #[tokio::test]
     async fn concurrent_lookups_share_one_call_and_get_their_own_machines() {
-        let fake = Arc::new(Tagged {
-            machines: vec![
-                machine("i-1", "u1", "b1"),
-                machine("i-2", "u1", "b1"),
-                machine("i-3", "u2", "b2"),
-                // Same batch id, another request: never handed to u3.
-                machine("i-4", "u9", "b3"),
-            ],
-            ..Default::default()
-        });
+        let fake = FakeProvider::new("p");
+        fake.with_machines(vec![
+            machine("i-1", "u1", "b1"),
+            machine("i-2", "u1", "b1"),
+            machine("i-3", "u2", "b2"),
+            // Same batch id, another request: never handed to u3.
+            machine("i-4", "u9", "b3"),
+        ]);
         let provider: Arc<dyn MachineProvider> = fake.clone();
         let lookups = BatchLookups::default();
         let (a, b, c) = tokio::join!(
@@ -330,23 +217,21 @@ mod tests {
         assert_eq!(ids(b), ["i-3"]);
         assert!(ids(c).is_empty());
         assert_eq!(
-            fake.calls.load(Ordering::SeqCst),
+            fake.calls("describe_owned_any"),
             1,
             "one call for all three"
         );
 
         // A later lookup makes a call of its own.
         ids(lookups.find(&provider, "c", "u1", "b1").await);
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.calls("describe_owned_any"), 2);
     }
 
     #[tokio::test]
     async fn lookups_arriving_during_a_call_share_the_next_one() {
-        let fake = Arc::new(Tagged {
-            machines: vec![machine("i-1", "u1", "b1"), machine("i-2", "u2", "b2")],
-            delay: Duration::from_millis(200),
-            ..Default::default()
-        });
+        let fake = FakeProvider::new("p");
+        fake.with_machines(vec![machine("i-1", "u1", "b1"), machine("i-2", "u2", "b2")]);
+        fake.set_delay(Duration::from_millis(200));
         let provider: Arc<dyn MachineProvider> = fake.clone();
         let lookups = BatchLookups::default();
         let late = |uid: &'static str, batch: &'static str| {
@@ -366,23 +251,21 @@ mod tests {
         assert_eq!(b.expect("b").len(), 1);
         assert_eq!(c.expect("c").len(), 1);
         assert_eq!(
-            fake.calls.load(Ordering::SeqCst),
+            fake.calls("describe_owned_any"),
             2,
             "the late ones share the second"
         );
-        assert_eq!(
-            fake.most_in_flight.load(Ordering::SeqCst),
-            1,
-            "never two calls at once"
-        );
+        assert_eq!(fake.most_in_flight(), 1, "never two calls at once");
     }
 
     #[tokio::test]
     async fn a_failed_call_fails_every_lookup_that_shared_it() {
-        let fake = Arc::new(Tagged {
-            fail: true,
-            ..Default::default()
-        });
+        let fake = FakeProvider::new("p");
+        fake.fail_describe(ProviderError::Transient(ErrorDetail {
+            operation: "DescribeInstances",
+            code: "InternalError".into(),
+            message: "boom".into(),
+        }));
         let provider: Arc<dyn MachineProvider> = fake.clone();
         let lookups = BatchLookups::default();
         let (a, b) = tokio::join!(
@@ -391,16 +274,14 @@ mod tests {
         );
         assert!(matches!(a, Err(ProviderError::Transient(_))));
         assert!(matches!(b, Err(ProviderError::Transient(_))));
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.calls("describe_owned_any"), 1);
     }
 
     #[tokio::test]
     async fn a_lookup_task_that_dies_abandons_its_lookups_and_the_next_one_works() {
-        let fake = Arc::new(Tagged {
-            machines: vec![machine("i-1", "u1", "b1")],
-            panic_once: true.into(),
-            ..Default::default()
-        });
+        let fake = FakeProvider::new("p");
+        fake.with_machines(vec![machine("i-1", "u1", "b1")]);
+        fake.panic_once();
         let provider: Arc<dyn MachineProvider> = fake.clone();
         let lookups = BatchLookups::default();
         let first = lookups.find(&provider, "c", "u1", "b1").await;
@@ -410,6 +291,6 @@ mod tests {
         );
         let second = lookups.find(&provider, "c", "u1", "b1").await;
         assert_eq!(second.expect("second lookup").len(), 1);
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.calls("describe_owned_any"), 2);
     }
 }
