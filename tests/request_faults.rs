@@ -200,3 +200,60 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
         Some(("False".into(), "AsExpected".into()))
     );
 }
+
+/// A template that names a provider the operator does not have: the template
+/// and the request both say `ProviderUnknown` (not a template problem), and
+/// nothing is sent to EC2.
+/// Pointing the template at the configured provider then fills the request.
+#[tokio::test]
+async fn a_provider_that_is_not_configured_is_named_as_such() {
+    let (env, fwd, _op) = bed("faults-provider", "").await;
+    create_template(
+        &env,
+        "elsewhere",
+        json!({
+            "provider": "other-account",
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+        }),
+    )
+    .await;
+    create_request(&env, "lost", "elsewhere", 1, true).await;
+    let mr = wait_request(&env, "lost", "ProviderUnknown", WAIT, |m| {
+        condition(m, "Ready").is_some_and(|(s, r)| s == "False" && r == "ProviderUnknown")
+    })
+    .await;
+    let ready = mr
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(ready.contains("other-account"), "{ready}");
+    let templates: Api<hostforge::api::MachineTemplate> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let mt = templates.get("elsewhere").await.expect("template");
+    let template_ready = mt
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    assert_eq!(
+        template_ready,
+        Some(("False".into(), "ProviderUnknown".into()))
+    );
+    assert_eq!(fwd.calls("RunInstances"), 0, "nothing launched");
+    assert_eq!(fwd.calls("CreateFleet"), 0, "nothing launched");
+
+    // The template names the configured provider: the request fills.
+    templates
+        .patch(
+            "elsewhere",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"provider": null}})),
+        )
+        .await
+        .expect("patch template");
+    let mr = wait_request(&env, "lost", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+}
