@@ -151,7 +151,7 @@ impl Reason {
             ProviderError::InvalidParameter(_) => Reason::InvalidSpec,
             ProviderError::Capacity(_) => Reason::CapacityUnavailable,
             ProviderError::Transient(_) => Reason::CloudUnavailable,
-            ProviderError::Unknown(_) => Reason::CloudError,
+            ProviderError::Refused(_) | ProviderError::Unknown(_) => Reason::CloudError,
         }
     }
 

@@ -47,7 +47,15 @@ pub enum ProviderError {
     /// A 5xx, timeout or connection failure; retry with backoff.
     #[error("transient failure: {0}")]
     Transient(ErrorDetail),
-    /// Anything else.
+    /// The cloud answered the call with a client error (HTTP 4xx) that no
+    /// other variant names, e.g. `VolumeLimitExceeded`: EC2 refused the call
+    /// and did nothing, so trying the same call again will not help
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>:
+    /// client errors are "usually caused by something the client did").
+    #[error("refused: {0}")]
+    Refused(ErrorDetail),
+    /// Anything else (no answer, or an answer that cannot be read): the call
+    /// may or may not have taken effect.
     #[error("unexpected error: {0}")]
     Unknown(ErrorDetail),
 }
@@ -62,6 +70,7 @@ impl ProviderError {
             ProviderError::InvalidParameter(_) => "InvalidParameter",
             ProviderError::Capacity(_) => "Capacity",
             ProviderError::Transient(_) => "Transient",
+            ProviderError::Refused(_) => "Refused",
             ProviderError::Unknown(_) => "Unknown",
         }
     }
@@ -84,6 +93,7 @@ impl ProviderError {
             | ProviderError::InvalidParameter(d)
             | ProviderError::Capacity(d)
             | ProviderError::Transient(d)
+            | ProviderError::Refused(d)
             | ProviderError::Unknown(d) => d,
         }
     }
@@ -115,6 +125,7 @@ mod tests {
             ProviderError::InvalidParameter(detail()),
             ProviderError::Capacity(detail()),
             ProviderError::Transient(detail()),
+            ProviderError::Refused(detail()),
             ProviderError::Unknown(detail()),
         ];
         let cats: Vec<_> = all.iter().map(ProviderError::category).collect();
@@ -127,11 +138,15 @@ mod tests {
                 "InvalidParameter",
                 "Capacity",
                 "Transient",
+                "Refused",
                 "Unknown"
             ]
         );
         let retryable: Vec<_> = all.iter().map(ProviderError::is_retryable).collect();
-        assert_eq!(retryable, [false, false, true, false, false, true, false]);
+        assert_eq!(
+            retryable,
+            [false, false, true, false, false, true, false, false]
+        );
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl NotReady {
             ProviderError::Throttled(_) => Reason::Throttled,
             ProviderError::Capacity(_)
             | ProviderError::Transient(_)
+            | ProviderError::Refused(_)
             | ProviderError::Unknown(_) => Reason::ProviderError,
         };
         NotReady::new(reason, format!("{what}: {err}"), retry)

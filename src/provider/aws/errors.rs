@@ -132,6 +132,7 @@ pub fn classify(
         }
         _ => match status {
             Some(s) if s >= 500 => ProviderError::Transient(d),
+            Some(s) if (400..500).contains(&s) => ProviderError::Refused(d),
             _ => ProviderError::Unknown(d),
         },
     }
@@ -190,7 +191,8 @@ mod tests {
             ("UnfulfillableCapacity", "Capacity"),
             ("InternalError", "Transient"),
             ("ServiceUnavailable", "Transient"),
-            ("SomethingNew", "Unknown"),
+            ("SomethingNew", "Refused"),
+            ("VolumeLimitExceeded", "Refused"),
         ] {
             assert_eq!(category(code), want, "{code}");
         }
@@ -202,7 +204,7 @@ mod tests {
             classify("Op", "Weird", "", Some(503)).category(),
             "Transient"
         );
-        assert_eq!(classify("Op", "Weird", "", Some(403)).category(), "Unknown");
+        assert_eq!(classify("Op", "Weird", "", Some(403)).category(), "Refused");
         assert_eq!(classify("Op", "", "", None).category(), "Unknown");
     }
 
