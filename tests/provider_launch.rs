@@ -87,6 +87,7 @@ async fn spec(env: &TestEnv, api: LaunchApi, count: i32) -> LaunchSpec {
             weight: None,
         }],
         subnet_ids: Vec::new(),
+        availability_zone: None,
         capacity: LaunchCapacity::on_demand(),
         security_group_ids: Vec::new(),
         key_name: None,

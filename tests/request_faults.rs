@@ -131,11 +131,11 @@ async fn throttling_and_server_errors_are_retried() {
 }
 
 /// An answer hostforge does not classify (VolumeLimitExceeded is a 4xx the
-/// error table does not list) must not hide behind a stale cause: the very
-/// reconcile that meets it writes Degraded naming the cloud's code, Ready says
-/// the same instead of an old "template not ready", and a Warning Event
-/// carries it. Once EC2 accepts, the re-sent token fills the request and the
-/// cause is cleared.
+/// error table does not list) is a refusal: nothing was launched. The very
+/// reconcile that meets it writes Degraded (LaunchFailed) naming the cloud's
+/// code, Ready says the same instead of an old "template not ready", and a
+/// Warning Event carries it. Once EC2 accepts, a new batch (after the short
+/// first backoff step) fills the request and the cause is cleared.
 #[tokio::test]
 async fn an_unlisted_launch_error_is_named_on_the_request() {
     let (env, fwd, _op) = bed("faults-unlisted", "").await;
@@ -155,7 +155,7 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
     ));
     create_request(&env, "unlisted", "compute", 2, true).await;
     let mr = wait_request(&env, "unlisted", "Degraded naming the code", WAIT, |m| {
-        condition(m, "Degraded").is_some_and(|(s, r)| s == "True" && r == "CloudError")
+        condition(m, "Degraded").is_some_and(|(s, r)| s == "True" && r == "LaunchFailed")
     })
     .await;
     let st = mr.status.as_ref().expect("status");
@@ -171,7 +171,7 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
     assert!(degraded.contains("maximum gp3 storage limit"), "{degraded}");
     let (ready_reason, ready) = message("Ready");
     assert_eq!(
-        ready_reason, "CloudError",
+        ready_reason, "LaunchFailed",
         "Ready names the error, not a stale cause: {ready}"
     );
     assert!(fwd.injected_code("RunInstances", "VolumeLimitExceeded") >= 1);
@@ -184,14 +184,14 @@ async fn an_unlisted_launch_error_is_named_on_the_request() {
         .into_iter()
         .any(|e| {
             e.type_.as_deref() == Some("Warning")
-                && e.reason.as_deref() == Some("CloudError")
+                && e.reason.as_deref() == Some("LaunchFailed")
                 && e.message
                     .as_deref()
                     .is_some_and(|m| m.contains("VolumeLimitExceeded"))
         });
     assert!(named, "a Warning Event names the code");
 
-    // EC2 accepts again: the batch's token is re-sent and the cause goes away.
+    // EC2 accepts again: a new batch fills the request and the cause goes away.
     assert!(fwd.remove_rule(refused));
     let mr = wait_request(&env, "unlisted", "Ready", WAIT, is_ready).await;
     assert_moto_matches_status(&env, &mr).await;

@@ -60,6 +60,8 @@ impl LaunchBatch {
             capacity_type: None,
             created_at: None,
             message: None,
+            availability_zone: None,
+            failure: None,
         }
     }
 }

@@ -323,12 +323,15 @@ pub struct LaunchBatch {
     /// machines.
     pub id: String,
 
-    /// Retry number of this batch; each attempt has its own token.
+    /// Always 0: a batch is sent under one token only, so every send and re-send
+    /// of it (SDK retries, settling after a crash) is the same request to EC2. A
+    /// launch that must be tried again after a refusal is a new batch, with a new
+    /// id and token.
     #[serde(default)]
     pub attempt: i32,
 
-    /// Idempotency token (EC2 ClientToken) sent with the launch, derived from the
-    /// request uid, batch and attempt.
+    /// Idempotency token (EC2 ClientToken) sent with every send of this batch,
+    /// derived from the request uid and batch, so it survives restarts.
     #[schemars(length(max = 64))]
     pub token: String,
 
@@ -356,6 +359,15 @@ pub struct LaunchBatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnet_ids: Vec<String>,
 
+    /// The Availability Zone a RunInstances batch without a subnet is pinned to
+    /// (sent as Placement.AvailabilityZone, so EC2 uses that zone's default
+    /// subnet). Chosen before the batch is recorded and sent with every send of
+    /// it: EC2's ClientToken is zonal, and a re-send EC2 placed in another zone
+    /// would be a new launch
+    /// (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+
     /// Pricing model of the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_type: Option<super::CapacityType>,
@@ -367,6 +379,24 @@ pub struct LaunchBatch {
     /// Why the launch failed, or other detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// How a Failed launch was refused by the cloud: Capacity (the offering
+    /// cools down and another is tried at once) or Refused (any other refusal:
+    /// the next batch waits a backoff that doubles with each refusal in a row).
+    /// Absent when the batch was not refused by the cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<LaunchFailure>,
+}
+
+/// How the cloud refused a launch; decides when the next batch may go.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum LaunchFailure {
+    /// No capacity for the batch's offerings: they cool down, others are tried.
+    Capacity,
+    /// Any other refusal (a 4xx such as VolumeLimitExceeded, a bad parameter,
+    /// access denied): nothing was launched, and new batches back off.
+    Refused,
 }
 
 /// Progress of a launch batch.

@@ -366,6 +366,8 @@ fn status_round_trips_through_json() {
             capacity_type: Some(CapacityType::OnDemand),
             created_at: Some(now),
             message: None,
+            availability_zone: None,
+            failure: None,
         }],
     };
     let value = serde_json::to_value(&status).expect("serializes");

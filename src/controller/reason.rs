@@ -12,6 +12,26 @@ use crate::provider::ProviderError;
 pub const RETRY_BLOCKED: Duration = Duration::from_secs(30);
 /// How soon a request whose launch the cloud refused tries again.
 pub const RETRY_REFUSED: Duration = Duration::from_secs(60);
+/// The wait before the next batch after one launch refused for a reason
+/// other than capacity (a 4xx: nothing was launched). Small, so a cause fixed
+/// at once costs little.
+pub const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between batches while launches keep being refused: a
+/// refusal that never ends costs one launch call per this long, not a loop.
+pub const RETRY_REFUSED_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// How long the next batch waits after `refusals` launches in a row were
+/// refused (not for capacity): [`RETRY_REFUSED_FIRST`], doubling with each
+/// refusal, at most [`RETRY_REFUSED_MAX`]; zero without a refusal.
+pub fn refused_backoff(refusals: u32) -> Duration {
+    let Some(doublings) = refusals.checked_sub(1) else {
+        return Duration::ZERO;
+    };
+    RETRY_REFUSED_FIRST
+        .checked_mul(2u32.saturating_pow(doublings.min(16)))
+        .map_or(RETRY_REFUSED_MAX, |d| d.min(RETRY_REFUSED_MAX))
+}
+
 /// How soon a request held back by the template's maxMachines looks again
 /// (template changes, e.g. machinesInUse, also wake it).
 pub const RETRY_HELD_BACK: Duration = Duration::from_secs(10);
@@ -229,6 +249,27 @@ mod tests {
             Reason::of_error(&Error::MissingObjectKey("metadata.uid")),
             Reason::InternalError
         );
+    }
+
+    #[test]
+    fn refused_launches_back_off_doubling_to_a_ceiling() {
+        let s = Duration::from_secs;
+        let table = [
+            (0, s(0)),
+            (1, s(5)),
+            (2, s(10)),
+            (3, s(20)),
+            (4, s(40)),
+            (5, s(80)),
+            (6, s(160)),
+            (7, s(300)),
+            (8, s(300)),
+            (40, s(300)),
+            (u32::MAX, s(300)),
+        ];
+        for (refusals, want) in table {
+            assert_eq!(refused_backoff(refusals), want, "{refusals} refusals");
+        }
     }
 
     #[test]

@@ -102,7 +102,30 @@ impl ProviderError {
     pub fn code(&self) -> &str {
         &self.detail().code
     }
+
+    /// Whether a launch was refused because every instance an earlier send
+    /// of the same ClientToken launched is terminated: EC2 launches nothing
+    /// and never will for that token, so the batch is settled with nothing
+    /// live (EC2's `IdempotentInstanceTerminated`,
+    /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+    pub fn is_token_terminated(&self) -> bool {
+        self.code() == IDEMPOTENT_INSTANCE_TERMINATED
+    }
+
+    /// Whether a launch was refused because its ClientToken was used before
+    /// with other parameters: proof that an earlier send did launch, so its
+    /// machines must be looked up, not launched again (EC2's
+    /// `IdempotentParameterMismatch`,
+    /// <https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>).
+    pub fn is_token_mismatch(&self) -> bool {
+        self.code() == IDEMPOTENT_PARAMETER_MISMATCH
+    }
 }
+
+/// EC2's code for a token whose instances are all terminated.
+pub const IDEMPOTENT_INSTANCE_TERMINATED: &str = "IdempotentInstanceTerminated";
+/// EC2's code for a token reused with other parameters.
+pub const IDEMPOTENT_PARAMETER_MISMATCH: &str = "IdempotentParameterMismatch";
 
 #[cfg(test)]
 mod tests {
@@ -157,5 +180,22 @@ mod tests {
             "not found: DescribeImages failed: InvalidAMIID.NotFound: The image id '[ami-1]' does not exist"
         );
         assert_eq!(e.code(), "InvalidAMIID.NotFound");
+    }
+
+    #[test]
+    fn token_answers_are_recognised_by_code_whatever_the_category() {
+        let with = |code: &str| ErrorDetail {
+            operation: "RunInstances",
+            code: code.into(),
+            message: String::new(),
+        };
+        let terminated = ProviderError::Refused(with(IDEMPOTENT_INSTANCE_TERMINATED));
+        assert!(terminated.is_token_terminated());
+        assert!(!terminated.is_token_mismatch());
+        let mismatch = ProviderError::InvalidParameter(with(IDEMPOTENT_PARAMETER_MISMATCH));
+        assert!(mismatch.is_token_mismatch());
+        assert!(!mismatch.is_token_terminated());
+        let other = ProviderError::Refused(with("VolumeLimitExceeded"));
+        assert!(!other.is_token_terminated() && !other.is_token_mismatch());
     }
 }

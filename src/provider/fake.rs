@@ -35,6 +35,8 @@ pub struct FakeProvider {
     unknown_ids: Mutex<Vec<String>>,
     /// An id `terminate` answers Throttled for.
     failing_id: Mutex<Option<String>>,
+    /// What `default_zones` answers.
+    zones: Mutex<Vec<String>>,
     /// Whether the next call panics (a bug below the provider port).
     panic_once: AtomicBool,
     calls: Mutex<HashMap<&'static str, usize>>,
@@ -101,6 +103,11 @@ impl FakeProvider {
     /// id).
     pub fn failing_id(&self, id: &str) {
         *lock(&self.failing_id) = Some(id.to_string());
+    }
+
+    /// `default_zones` answers `zones` from now on (none by default: no pinning).
+    pub fn set_default_zones(&self, zones: &[&str]) {
+        *lock(&self.zones) = zones.iter().map(|z| z.to_string()).collect();
     }
 
     /// The next call of any method panics after its delay, like a bug below
@@ -250,5 +257,10 @@ impl MachineProvider for FakeProvider {
     async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
         self.call("launch").await;
         Ok(vec![])
+    }
+
+    async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
+        self.call("default_zones").await;
+        Ok(lock(&self.zones).clone())
     }
 }

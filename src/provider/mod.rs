@@ -116,4 +116,12 @@ pub trait MachineProvider: Send + Sync {
     /// means nothing was launched; a [`ProviderError::Capacity`] tells the caller to
     /// try another instance type, subnet or capacity type as a new batch.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError>;
+
+    /// The zones a launch without subnets may be pinned to (those with a
+    /// default subnet), sorted. A launch token is zonal on EC2, so a batch
+    /// without subnets records one of these before it is sent and keeps it for
+    /// every re-send. Empty: this provider does not pin zones (the default).
+    async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
 }

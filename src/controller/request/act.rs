@@ -2,6 +2,30 @@
 //! user-data Secret and the image), send a recorded launch and classify the
 //! answer, and terminate machines. Outcomes go into the session's status; the
 //! status step writes them.
+//!
+//! EC2's rule for launch answers
+//! (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>),
+//! as [`outcome_of`] applies it:
+//! - machines: the batch is Launched;
+//! - a client error (4xx) other than throttling: nothing was launched. The
+//!   batch is Failed with the code and message, the request Degraded naming
+//!   them, a Warning Event says so; capacity errors cool their offering down
+//!   and the next offering goes at once, any other refusal holds new batches
+//!   back for a backoff that doubles with each refusal in a row
+//!   ([`batch::refusal_hold`]), so a refusal that never ends costs one call per
+//!   backoff step, and a refused token is never sent again;
+//! - `IdempotentInstanceTerminated`: an earlier send of the token launched, and
+//!   all of it is terminated: the batch is settled with nothing live, and the
+//!   request launches a new batch as usual;
+//! - `IdempotentParameterMismatch`: an earlier send of the token launched; its
+//!   machines are looked up by the batch tag (and a full sweep asked for), never
+//!   launched again in the same reconcile;
+//! - throttling, 5xx, timeouts and lost connections: maybe launched, so the
+//!   batch stays Pending and the next reconcile settles it (adopt by tag or
+//!   re-send the same token, to the same zone).
+//!
+//! A batch without subnets is pinned to a zone before it is recorded
+//! ([`batch::pinned_zone`]), since EC2's token is zonal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,7 +39,10 @@ use super::batch::{self, Extras};
 use super::gate::{Blocked, Open};
 use super::intent::{NewBatch, Recorded};
 use super::session::{now, Session};
-use crate::api::{LaunchBatch, LaunchState, MachineResult, MachineState, MachineTemplate};
+use crate::api::request::LaunchFailure;
+use crate::api::{
+    LaunchBatch, LaunchState, MachineResult, MachineState, MachineTemplate, ProviderApi,
+};
 use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
 use crate::controller::Error;
@@ -30,6 +57,9 @@ pub async fn next_batch(
     count: i32,
 ) -> Result<NewBatch, Blocked> {
     let template = &open.template;
+    if let Some(hold) = batch::refusal_hold(&s.status.launches, &now()).filter(|h| h.is_holding()) {
+        return Err(Blocked::new(Reason::LaunchFailed, hold.describe()));
+    }
     let Some(choice) = batch::choose(&template.spec, &open.provider_name, &s.ctx.capacity) else {
         return Err(Blocked::new(
             Reason::CapacityUnavailable,
@@ -44,15 +74,26 @@ pub async fn next_batch(
         .and_then(|st| st.resolved_image.as_ref())
         .map(|i| i.id.clone())
         .unwrap_or_default();
+    let seq = batch::next_seq(&s.status.launches);
+    let zones = match (template.spec.provider_api, choice.subnet_ids.is_empty()) {
+        (ProviderApi::RunInstances, true) => open.provider.default_zones().await.map_err(|e| {
+            Blocked::new(
+                Reason::of_provider(&e, Reason::NotFound),
+                format!("looking up the default subnets to pin the batch's zone: {e}"),
+            )
+        })?,
+        _ => Vec::new(),
+    };
     let mut new = batch::new_batch(
         &s.owner.uid,
-        batch::next_seq(&s.status.launches),
+        seq,
         count.min(batch::MAX_BATCH),
         &choice,
         &template.spec,
         &image_id,
         now(),
     );
+    new.availability_zone = batch::pinned_zone(template.spec.provider_api, &choice, &zones, seq);
     let spec = launch_spec(s, &open.provider, template, &new).await?;
     new.params_digest = batch::digest(&spec);
     Ok(NewBatch { batch: new, spec })
@@ -129,10 +170,11 @@ pub async fn launch_spec(
     ))
 }
 
-/// Sends a recorded batch and records the outcome in status (not written yet).
-/// A definitive refusal marks the batch Failed and is returned as the reason
-/// the request is degraded; an unclear failure leaves it Pending, to be
-/// settled (adopted or re-sent with the same token) by the next reconcile.
+/// Sends a recorded batch and records the outcome in status (not written yet),
+/// by EC2's rule for launch answers (see the module doc). Returns why the
+/// request is degraded when the cloud refused the launch; an unclear failure
+/// leaves the batch Pending and fails the reconcile, to be settled (adopted or
+/// re-sent with the same token) by the next one.
 pub async fn launch(
     s: &mut Session<'_>,
     provider: &Arc<dyn MachineProvider>,
@@ -142,15 +184,15 @@ pub async fn launch(
     failpoint!("request-after-launch");
     let batch_id = recorded.batch_id();
     let provider_name = provider.name().to_string();
-    let Some(index) = s.status.launches.iter().position(|b| b.id == batch_id) else {
+    if !s.status.launches.iter().any(|b| b.id == batch_id) {
         return Ok(None);
-    };
+    }
     let asked = recorded.spec().count;
     match outcome {
         Ok(machines) => {
-            s.ctx.tracker.record(machines.clone());
             s.ctx.metrics.launched(&provider_name, machines.len());
             let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
+            s.ctx.tracker.record(machines.clone());
             let known: BTreeSet<String> = s.status.machines.iter().map(|m| m.id.clone()).collect();
             for m in &machines {
                 if !known.contains(&m.id) {
@@ -159,10 +201,9 @@ pub async fn launch(
                         .push(translate::new_machine(m, Some(batch_id)));
                 }
             }
-            let batch = &mut s.status.launches[index];
-            batch.state = LaunchState::Launched;
-            batch.message = (machines.len() < asked as usize)
+            let message = (machines.len() < asked as usize)
                 .then(|| format!("the cloud launched {} of {}", machines.len(), asked));
+            settle_batch(s, batch_id, LaunchState::Launched, None, message);
             info!(request = %s.key(), batch = %batch_id, launched = ids.len(), "launched");
             let note = format!(
                 "batch {batch_id}: launched {} ({})",
@@ -173,44 +214,168 @@ pub async fn launch(
                 .await;
             Ok(None)
         }
-        Err(err) if is_definitive(&err) => {
-            let batch = &mut s.status.launches[index];
-            batch.state = LaunchState::Failed;
-            batch.message = Some(err.to_string());
-            let reason = if matches!(err, ProviderError::Capacity(_)) {
-                let offerings = batch::offerings_of(batch, &provider_name);
-                s.ctx.capacity.mark_unavailable(offerings);
-                Reason::CapacityUnavailable
-            } else {
-                Reason::LaunchFailed
-            };
-            warn!(request = %s.key(), batch = %batch_id, error = %err, "launch refused");
-            let note = format!("batch {batch_id}: {err}");
-            s.event(EventType::Warning, reason, "Launch", &note).await;
-            Ok(Some(Blocked::new(reason, err.to_string())))
-        }
-        Err(err) => {
-            // Maybe sent, maybe not: keep it Pending and let the next reconcile
-            // settle it. Persist what we know so far first.
-            s.status.launches[index].message = Some(err.to_string());
-            s.write().await?;
-            Err(Error::Provider {
-                action: format!("launching batch {batch_id}"),
-                source: err,
-            })
+        Err(err) => match outcome_of(&err) {
+            Outcome::TokenTerminated => {
+                let message = format!(
+                    "every instance launched with this batch's token is terminated, nothing live from it ({err})"
+                );
+                info!(request = %s.key(), batch = %batch_id, "batch token's instances are all terminated");
+                settle_batch(s, batch_id, LaunchState::Launched, None, Some(message));
+                Ok(None)
+            }
+            Outcome::TokenUsed => token_used(s, provider, batch_id, &err).await,
+            Outcome::Refused(failure) => {
+                if failure == LaunchFailure::Capacity {
+                    if let Some(b) = s.status.launches.iter().find(|b| b.id == batch_id) {
+                        s.ctx
+                            .capacity
+                            .mark_unavailable(batch::offerings_of(b, &provider_name));
+                    }
+                }
+                Ok(Some(refused(s, batch_id, failure, err.to_string()).await))
+            }
+            Outcome::Unclear => {
+                // Maybe sent, maybe not: keep it Pending and let the next
+                // reconcile settle it. Persist what we know so far first.
+                if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
+                    b.message = Some(err.to_string());
+                }
+                s.write().await?;
+                Err(Error::Provider {
+                    action: format!("launching batch {batch_id}"),
+                    source: err,
+                })
+            }
+        },
+    }
+}
+
+/// What a failed launch call means for its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was launched, for the reason given: the batch is Failed.
+    Refused(LaunchFailure),
+    /// Every instance of the token is terminated: settled, nothing live.
+    TokenTerminated,
+    /// The token launched before (with other parameters): look it up.
+    TokenUsed,
+    /// Maybe launched (throttled, 5xx, timeout, lost or unreadable answer):
+    /// the batch stays Pending.
+    Unclear,
+}
+
+/// EC2's rule for launch answers: a client error other than throttling means
+/// nothing was launched; only throttling, 5xx, timeouts and lost connections
+/// leave a launch in doubt. The token answers are recognised by their code.
+pub fn outcome_of(err: &ProviderError) -> Outcome {
+    if err.is_token_terminated() {
+        return Outcome::TokenTerminated;
+    }
+    if err.is_token_mismatch() {
+        return Outcome::TokenUsed;
+    }
+    match err {
+        ProviderError::Capacity(_) => Outcome::Refused(LaunchFailure::Capacity),
+        ProviderError::InvalidParameter(_)
+        | ProviderError::AccessDenied(_)
+        | ProviderError::NotFound(_)
+        | ProviderError::Refused(_) => Outcome::Refused(LaunchFailure::Refused),
+        ProviderError::Throttled(_) | ProviderError::Transient(_) | ProviderError::Unknown(_) => {
+            Outcome::Unclear
         }
     }
 }
 
-/// Whether the cloud refused a launch for sure (nothing was created).
-fn is_definitive(err: &ProviderError) -> bool {
-    matches!(
-        err,
-        ProviderError::Capacity(_)
-            | ProviderError::InvalidParameter(_)
-            | ProviderError::AccessDenied(_)
-            | ProviderError::NotFound(_)
-    )
+/// Sets the outcome of batch `id` in status.
+fn settle_batch(
+    s: &mut Session<'_>,
+    id: &str,
+    state: LaunchState,
+    failure: Option<LaunchFailure>,
+    message: Option<String>,
+) {
+    if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == id) {
+        b.state = state;
+        b.failure = failure;
+        b.message = message;
+    }
+}
+
+/// Marks batch `id` Failed as refused with `message` (the cloud's code and
+/// message), says so in a Warning Event, and returns why the request is
+/// degraded: for a non-capacity refusal, the backoff the next batch waits.
+async fn refused(
+    s: &mut Session<'_>,
+    id: &str,
+    failure: LaunchFailure,
+    message: String,
+) -> Blocked {
+    settle_batch(
+        s,
+        id,
+        LaunchState::Failed,
+        Some(failure),
+        Some(message.clone()),
+    );
+    warn!(request = %s.key(), batch = %id, error = %message, "launch refused");
+    let (reason, message) = match failure {
+        LaunchFailure::Capacity => (Reason::CapacityUnavailable, message),
+        LaunchFailure::Refused => (
+            Reason::LaunchFailed,
+            batch::refusal_hold(&s.status.launches, &now()).map_or(message, |hold| hold.describe()),
+        ),
+    };
+    let note = format!("batch {id}: {message}");
+    s.event(EventType::Warning, reason, "Launch", &note).await;
+    Blocked::new(reason, message)
+}
+
+/// `IdempotentParameterMismatch`: an earlier send of this token did launch.
+/// Its machines are looked up by the batch tag and adopted (the batch is then
+/// Launched), and a full sweep is asked for to find any the tag read misses;
+/// with nothing found the batch is Failed (refused). Nothing is launched
+/// blindly in its place in this reconcile: the refusal holds new batches back.
+async fn token_used(
+    s: &mut Session<'_>,
+    provider: &Arc<dyn MachineProvider>,
+    id: &str,
+    err: &ProviderError,
+) -> Result<Option<Blocked>, Error> {
+    s.ctx.full_sweep.request();
+    let found = match s
+        .ctx
+        .batch_lookups
+        .find(provider, &s.owner.cluster, &s.owner.uid, id)
+        .await
+    {
+        Ok(found) => found,
+        Err(source) => {
+            // Still Pending: the next reconcile settles it by tag first.
+            if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == id) {
+                b.message = Some(err.to_string());
+            }
+            s.write().await?;
+            return Err(Error::Provider {
+                action: format!("looking up what batch {id}'s token launched ({err})"),
+                source,
+            });
+        }
+    };
+    if found.is_empty() {
+        let message = format!(
+            "{err}; nothing carries the batch's tag yet (a full sweep adopts what the token launched)"
+        );
+        return Ok(Some(refused(s, id, LaunchFailure::Refused, message).await));
+    }
+    s.ctx.tracker.record(found.clone());
+    let adopted = s.adopt(found);
+    let message = format!(
+        "the token was used before with other parameters ({}); {adopted} machines adopted by the batch tag",
+        err.code()
+    );
+    info!(request = %s.key(), batch = %id, adopted, "token used before: adopted its machines");
+    settle_batch(s, id, LaunchState::Launched, None, Some(message));
+    Ok(None)
 }
 
 /// Terminates `ids`; an id the cloud does not know (yet) does not stop the
@@ -249,4 +414,79 @@ pub async fn terminate(
             .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::aws::errors::classify;
+
+    /// EC2's rule, one row per answer RunInstances or CreateFleet can give:
+    /// the code, the HTTP status, and what it means for the batch.
+    #[test]
+    fn launch_answers_follow_ec2s_rule() {
+        use LaunchFailure::{Capacity, Refused};
+        let table = [
+            (
+                "InsufficientInstanceCapacity",
+                Some(500),
+                Outcome::Refused(Capacity),
+            ),
+            ("VcpuLimitExceeded", Some(400), Outcome::Refused(Capacity)),
+            ("VolumeLimitExceeded", Some(400), Outcome::Refused(Refused)),
+            (
+                "InvalidBlockDeviceMapping",
+                Some(400),
+                Outcome::Refused(Refused),
+            ),
+            (
+                "MaxTemplateLimitExceeded",
+                Some(400),
+                Outcome::Refused(Refused),
+            ),
+            (
+                "InvalidLaunchTemplateName.NotFoundException",
+                Some(400),
+                Outcome::Refused(Refused),
+            ),
+            (
+                "InvalidParameterValue",
+                Some(400),
+                Outcome::Refused(Refused),
+            ),
+            (
+                "UnauthorizedOperation",
+                Some(403),
+                Outcome::Refused(Refused),
+            ),
+            (
+                "InvalidAMIID.NotFound",
+                Some(400),
+                Outcome::Refused(Refused),
+            ),
+            ("SomeFutureCode", Some(400), Outcome::Refused(Refused)),
+            (
+                "IdempotentInstanceTerminated",
+                Some(400),
+                Outcome::TokenTerminated,
+            ),
+            ("IdempotentParameterMismatch", Some(400), Outcome::TokenUsed),
+            ("RequestLimitExceeded", Some(503), Outcome::Unclear),
+            ("RequestLimitExceeded", Some(400), Outcome::Unclear),
+            ("InternalError", Some(500), Outcome::Unclear),
+            ("SomeFutureCode", Some(503), Outcome::Unclear),
+            // No answer, or one that cannot be read: maybe launched.
+            ("DispatchFailure", None, Outcome::Unclear),
+        ];
+        for (code, status, want) in table {
+            let err = classify("RunInstances", code, "m", status);
+            assert_eq!(outcome_of(&err), want, "{code} {status:?}: {err}");
+        }
+        let timeout = ProviderError::Transient(crate::provider::ErrorDetail {
+            operation: "RunInstances",
+            code: "Timeout".into(),
+            message: String::new(),
+        });
+        assert_eq!(outcome_of(&timeout), Outcome::Unclear);
+    }
 }

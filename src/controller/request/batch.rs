@@ -1,16 +1,21 @@
 //! Turning a template and a planned batch into the provider's [`LaunchSpec`]:
 //! which offering to try (skipping those without capacity), the batch record
-//! written to status before the launch, its ClientToken, and the digest that
-//! guards re-sending that token.
+//! written to status before the launch, its ClientToken and pinned zone, the
+//! digest that guards re-sending that token, and the backoff new batches wait
+//! after launches the cloud refused.
+
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
+use crate::api::request::LaunchFailure;
 use crate::api::{
     CapacityType, HttpTokens, LaunchBatch, LaunchState, MachineTemplateSpec, ProviderApi,
 };
 use crate::controller::cloud::capacity::{CapacityCache, Offering};
 use crate::controller::cloud::ownership::Owner;
+use crate::controller::reason::refused_backoff;
 use crate::provider::{
     InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
 };
@@ -93,6 +98,89 @@ pub fn choose(spec: &MachineTemplateSpec, provider: &str, cache: &CapacityCache)
     }
 }
 
+/// The zone a new batch is pinned to: for RunInstances without a subnet, one
+/// of the provider's default zones, taken in turn by batch number so batches
+/// spread over zones as EC2 would spread them; `None` with a subnet (it names
+/// the zone), for a fleet (its overrides decide), or when the provider pins no
+/// zones. EC2's ClientToken is zonal, so the zone is recorded with the batch
+/// and every send of it goes to the same zone.
+pub fn pinned_zone(
+    api: ProviderApi,
+    choice: &Choice,
+    zones: &[String],
+    seq: u32,
+) -> Option<String> {
+    if api != ProviderApi::RunInstances || !choice.subnet_ids.is_empty() || zones.is_empty() {
+        return None;
+    }
+    let turn = usize::try_from(seq.saturating_sub(1)).unwrap_or(0) % zones.len();
+    zones.get(turn).cloned()
+}
+
+/// The backoff new batches are under after launches refused in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalHold {
+    /// The newest refused batch.
+    pub batch_id: String,
+    /// What the cloud said about it (its code and message).
+    pub cause: String,
+    /// Launches refused in a row.
+    pub refusals: u32,
+    /// The wait after that many refusals.
+    pub backoff: Duration,
+    /// What is left of the wait now; zero once a new batch may go.
+    pub remaining: Duration,
+}
+
+impl RefusalHold {
+    /// Whether a new batch must still wait.
+    pub fn is_holding(&self) -> bool {
+        !self.remaining.is_zero()
+    }
+
+    /// What the request's conditions say while the hold lasts: the cloud's
+    /// code and message, and the wait (the same text for the whole wait, so
+    /// the condition is not rewritten on every look).
+    pub fn describe(&self) -> String {
+        format!(
+            "batch {} was refused, nothing was launched: {} ({} refused in a row; the next batch waits {}s)",
+            self.batch_id,
+            self.cause,
+            self.refusals,
+            self.backoff.as_secs()
+        )
+    }
+}
+
+/// The backoff after the refused launches at the end of `launches`: batches
+/// Failed as [`LaunchFailure::Refused`] count, newest first; capacity
+/// refusals (which cool their offering down instead) and Pending batches are
+/// passed over; a Launched batch or one failed without a refusal (not
+/// re-sent after a template change) ends the run. The wait runs from when the
+/// newest refused batch was recorded. `None` without a refusal.
+pub fn refusal_hold(launches: &[LaunchBatch], now: &Time) -> Option<RefusalHold> {
+    let mut refused = launches
+        .iter()
+        .rev()
+        .filter(|b| b.state != LaunchState::Pending)
+        .take_while(|b| b.state == LaunchState::Failed && b.failure.is_some())
+        .filter(|b| b.failure == Some(LaunchFailure::Refused));
+    let newest = refused.next()?;
+    let refusals = u32::try_from(refused.count() + 1).unwrap_or(u32::MAX);
+    let backoff = refused_backoff(refusals);
+    let elapsed = newest.created_at.as_ref().map_or(backoff, |at| {
+        let ms = now.0.as_millisecond().saturating_sub(at.0.as_millisecond());
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    });
+    Some(RefusalHold {
+        batch_id: newest.id.clone(),
+        cause: newest.message.clone().unwrap_or_default(),
+        refusals,
+        backoff,
+        remaining: backoff.saturating_sub(elapsed),
+    })
+}
+
 /// Every offering a batch asked for, to mark after a capacity error.
 pub fn offerings_of(batch: &LaunchBatch, provider: &str) -> Vec<Offering> {
     let spot = batch.capacity_type == Some(CapacityType::Spot);
@@ -157,6 +245,8 @@ pub fn new_batch(
         capacity_type: Some(spec.capacity_type),
         created_at: Some(now),
         message: None,
+        availability_zone: None,
+        failure: None,
     }
 }
 
@@ -210,6 +300,7 @@ pub fn spec_for(
             })
             .collect(),
         subnet_ids: batch.subnet_ids.clone(),
+        availability_zone: batch.availability_zone.clone(),
         capacity,
         security_group_ids: template.security_group_ids.clone(),
         key_name: template.key_name.clone(),
@@ -341,6 +432,119 @@ mod tests {
     }
 
     #[test]
+    fn only_run_instances_without_a_subnet_pins_a_zone_taken_in_turn() {
+        let zones: Vec<String> = ["us-east-1a", "us-east-1b"].map(String::from).to_vec();
+        let default = Choice {
+            instance_types: vec!["a".into()],
+            subnet_ids: vec![],
+        };
+        let subnet = Choice {
+            subnet_ids: vec!["s1".into()],
+            ..default.clone()
+        };
+        let run = ProviderApi::RunInstances;
+        type Row<'a> = (ProviderApi, &'a Choice, &'a [String], u32, Option<&'a str>);
+        let table: [Row; 7] = [
+            (run, &default, &zones, 1, Some("us-east-1a")),
+            (run, &default, &zones, 2, Some("us-east-1b")),
+            (run, &default, &zones, 3, Some("us-east-1a")),
+            (run, &default, &zones, 0, Some("us-east-1a")),
+            (run, &default, &[], 1, None),
+            (run, &subnet, &zones, 1, None),
+            (ProviderApi::Ec2Fleet, &default, &zones, 1, None),
+        ];
+        for (api, choice, zones, seq, want) in table {
+            assert_eq!(
+                pinned_zone(api, choice, zones, seq).as_deref(),
+                want,
+                "{api:?} {choice:?} {zones:?} {seq}"
+            );
+        }
+    }
+
+    /// Batches as status lists them, oldest first, and what the backoff is
+    /// now: (batches, refusals in a row, remaining seconds), `None`: no hold.
+    #[test]
+    fn refused_batches_in_a_row_hold_the_next_one_back() {
+        use crate::api::request::LaunchFailure::{Capacity, Refused};
+        let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let b = |state: LaunchState, failure: Option<LaunchFailure>, ago: i64| LaunchBatch {
+            failure,
+            message: Some(format!("{failure:?}")),
+            created_at: Some(Time(
+                Timestamp::from_second(1_700_000_000 - ago).expect("time"),
+            )),
+            ..LaunchBatch::test("x", state)
+        };
+        let failed = LaunchState::Failed;
+        let refused = |ago| b(failed, Some(Refused), ago);
+        let capacity = |ago| b(failed, Some(Capacity), ago);
+        let launched = |ago| b(LaunchState::Launched, None, ago);
+        let pending = |ago| b(LaunchState::Pending, None, ago);
+        let not_resent = |ago| b(failed, None, ago);
+        type Row = (&'static str, Vec<LaunchBatch>, Option<(u32, u64)>);
+        let table: Vec<Row> = vec![
+            ("nothing yet", vec![], None),
+            ("launched", vec![launched(1)], None),
+            ("capacity only", vec![capacity(1)], None),
+            ("one refusal just now", vec![refused(0)], Some((1, 5))),
+            ("one refusal 3 s ago", vec![refused(3)], Some((1, 2))),
+            ("one refusal, backoff over", vec![refused(5)], Some((1, 0))),
+            ("two in a row", vec![refused(20), refused(1)], Some((2, 9))),
+            (
+                "three in a row",
+                vec![refused(60), refused(40), refused(0)],
+                Some((3, 20)),
+            ),
+            (
+                "a launch ends the run",
+                vec![refused(60), launched(30), refused(0)],
+                Some((1, 5)),
+            ),
+            (
+                "a batch not re-sent ends the run",
+                vec![refused(60), not_resent(30), refused(0)],
+                Some((1, 5)),
+            ),
+            (
+                "capacity refusals neither count nor end the run",
+                vec![refused(60), capacity(30), refused(0)],
+                Some((2, 10)),
+            ),
+            (
+                "a pending batch is passed over",
+                vec![refused(2), pending(1)],
+                Some((1, 3)),
+            ),
+            (
+                "eight in a row: the ceiling",
+                (0..8).map(|i| refused(100 - i)).collect(),
+                Some((8, 207)),
+            ),
+            (
+                "a refusal from the future waits the whole backoff",
+                vec![refused(-50)],
+                Some((1, 5)),
+            ),
+        ];
+        for (what, launches, want) in table {
+            let got = refusal_hold(&launches, &now).map(|h| (h.refusals, h.remaining.as_secs()));
+            assert_eq!(got, want, "{what}");
+        }
+        let hold = refusal_hold(&[refused(1)], &now).expect("hold");
+        assert!(hold.is_holding());
+        assert!(hold.describe().contains("Some(Refused)"), "names the cause");
+        assert!(!refusal_hold(&[refused(9)], &now)
+            .expect("hold")
+            .is_holding());
+        let undated = LaunchBatch {
+            created_at: None,
+            ..refused(0)
+        };
+        assert!(!refusal_hold(&[undated], &now).expect("hold").is_holding());
+    }
+
+    #[test]
     fn the_digest_changes_with_any_parameter() {
         let uid = "u";
         let t = template(ProviderApi::RunInstances, &["a"], &["s1"]);
@@ -369,5 +573,10 @@ mod tests {
         let mut t2 = t.clone();
         t2.key_name = Some("ops".into());
         assert_ne!(d, digest(&spec_for(&b, &t2, &extras)));
+        let mut zoned = b.clone();
+        zoned.availability_zone = Some("us-east-1a".into());
+        let zoned_spec = spec_for(&zoned, &t, &extras);
+        assert_eq!(zoned_spec.availability_zone.as_deref(), Some("us-east-1a"));
+        assert_ne!(d, digest(&zoned_spec), "the pinned zone is a parameter");
     }
 }

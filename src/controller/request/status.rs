@@ -1,6 +1,7 @@
 //! The status step, pure: from the machines and launches in status, what the
 //! request wants, and why it may be blocked, derive the counts, the three
-//! conditions, the phase, which machines to poll and when to look again. No
+//! conditions, the phase, which machines to poll and when to look again (after
+//! refused launches: when their backoff lets the next batch go). No
 //! client, no clock of its own, so every case is a row in the tables below.
 
 use std::collections::BTreeSet;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::batch;
 use super::gate::Blocked;
 use super::plan;
 use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
@@ -23,6 +25,9 @@ pub const RESYNC: Duration = Duration::from_secs(5 * 60);
 pub const RETRY_BUSY: Duration = Duration::from_secs(60);
 /// How soon a request with more to launch (batch cap, partial capacity) goes on.
 pub const RETRY_MORE: Duration = Duration::from_millis(200);
+/// Looked again this long after a refusal backoff ends, so the new batch is
+/// not held back by a few milliseconds.
+pub const HOLD_MARGIN: Duration = Duration::from_millis(100);
 /// Settled batches kept in status besides pending ones (the newest is always
 /// kept so batch numbers only grow).
 pub const KEEP_BATCHES: usize = 20;
@@ -198,11 +203,15 @@ pub fn summarize(
         .filter(|m| (m.is_live() && m.state != MachineState::Running) || m.is_leaving())
         .map(|m| m.id.clone())
         .collect();
+    // After refused launches, the next batch may go when the backoff ends:
+    // look again then (the reason's own retry may be sooner, never later).
+    let hold = batch::refusal_hold(&st.launches, &now).filter(|h| h.is_holding());
     let next = match &degraded {
-        Some(d) => d
-            .reason
-            .retry_after()
-            .map_or(Next::CapacityExpiry, Next::After),
+        Some(d) => match (d.reason.retry_after(), hold) {
+            (None, _) => Next::CapacityExpiry,
+            (Some(after), None) => Next::After(after),
+            (Some(after), Some(hold)) => Next::After(after.min(hold.remaining + HOLD_MARGIN)),
+        },
         // More to launch (batch cap, partial capacity): go on at once.
         None if live < target && !pending_batches => Next::After(RETRY_MORE),
         None if !watch.is_empty() => Next::After(RETRY_BUSY),

@@ -107,6 +107,14 @@ pub fn classify(
             ProviderError::NotFound(d)
         }
         c if c.ends_with(".NotFound") || c.ends_with("NotFound") => ProviderError::NotFound(d),
+        // Launch templates spell it with a suffix, e.g.
+        // `InvalidLaunchTemplateName.NotFoundException` (also answered just
+        // after CreateLaunchTemplate while it propagates): nothing launched.
+        c if c.ends_with(".NotFoundException") => ProviderError::NotFound(d),
+        // Every instance of this ClientToken is terminated: EC2 did nothing
+        // now and never will for this token (the launch path settles the batch
+        // by the code, see ProviderError::is_token_terminated).
+        "IdempotentInstanceTerminated" => ProviderError::Refused(d),
         "InternalError"
         | "InternalFailure"
         | "InternalServerError"
@@ -193,6 +201,12 @@ mod tests {
             ("ServiceUnavailable", "Transient"),
             ("SomethingNew", "Refused"),
             ("VolumeLimitExceeded", "Refused"),
+            // Launch answers the findings name (issue 16): all definitive.
+            ("InvalidBlockDeviceMapping", "Refused"),
+            ("MaxTemplateLimitExceeded", "Refused"),
+            ("IdempotentInstanceTerminated", "Refused"),
+            ("InvalidLaunchTemplateName.NotFoundException", "NotFound"),
+            ("InvalidLaunchTemplateId.NotFound", "NotFound"),
         ] {
             assert_eq!(category(code), want, "{code}");
         }
@@ -206,6 +220,29 @@ mod tests {
         );
         assert_eq!(classify("Op", "Weird", "", Some(403)).category(), "Refused");
         assert_eq!(classify("Op", "", "", None).category(), "Unknown");
+        // A code the table names keeps its category whatever the status.
+        assert_eq!(
+            classify("Op", "IdempotentInstanceTerminated", "", None).category(),
+            "Refused"
+        );
+    }
+
+    #[test]
+    fn token_answers_are_recognisable_after_classification() {
+        let terminated = classify(
+            "RunInstances",
+            "IdempotentInstanceTerminated",
+            "m",
+            Some(400),
+        );
+        assert!(terminated.is_token_terminated(), "{terminated}");
+        let mismatch = classify(
+            "RunInstances",
+            "IdempotentParameterMismatch",
+            "m",
+            Some(400),
+        );
+        assert!(mismatch.is_token_mismatch(), "{mismatch}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod spot;
 mod tags;
 mod terminate;
 mod validate;
+mod zones;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub struct AwsProvider {
     clients: AwsClients,
     calls: Calls,
     type_info: instance_types::InfoCache,
+    zones: zones::ZoneCache,
 }
 
 impl AwsProvider {
@@ -76,6 +78,7 @@ impl AwsProvider {
             clients,
             calls: Calls::new(name, observer, limiter),
             type_info: instance_types::InfoCache::default(),
+            zones: zones::ZoneCache::default(),
         }
     }
 
@@ -167,5 +170,9 @@ impl MachineProvider for AwsProvider {
             self.calls.limit_instances("RunInstances", count).await;
         }
         launch::launch(&self.clients, &self.calls, spec).await
+    }
+
+    async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
+        zones::default_zones(&self.clients, &self.calls, &self.zones).await
     }
 }

@@ -5,9 +5,22 @@ use crate::api::conditions::find_condition;
 use crate::api::{LaunchBatch, Machine};
 use crate::controller::reason::{RETRY_BLOCKED, RETRY_HELD_BACK};
 use k8s_openapi::jiff::Timestamp;
+use std::time::Duration;
 
 fn batch(id: &str, state: LaunchState) -> LaunchBatch {
     LaunchBatch::test(id, state)
+}
+
+/// A batch refused (not for capacity) `ago` seconds before the cases' now.
+fn refused(id: &str, ago: i64) -> LaunchBatch {
+    LaunchBatch {
+        failure: Some(crate::api::request::LaunchFailure::Refused),
+        message: Some("refused: RunInstances failed: VolumeLimitExceeded: m".into()),
+        created_at: Some(Time(
+            Timestamp::from_second(1_700_000_000 - ago).expect("a time"),
+        )),
+        ..batch(id, LaunchState::Failed)
+    }
 }
 
 fn running(n: usize) -> Vec<Machine> {
@@ -72,6 +85,7 @@ fn reasons(st: &MachineRequestStatus) -> [String; 3] {
 fn phase_conditions_and_next_look_for_each_situation() {
     let blocked = Blocked::new(Reason::TemplateNotReady, "MachineTemplate t is not Ready");
     let capacity = Blocked::new(Reason::CapacityUnavailable, "no capacity");
+    let refusal = Blocked::new(Reason::LaunchFailed, "VolumeLimitExceeded");
     let mut one_pending = running(2);
     one_pending[1] = Machine::test("i-1").state(MachineState::Pending);
     let mut leaving = running(3);
@@ -130,6 +144,58 @@ fn phase_conditions_and_next_look_for_each_situation() {
                 RequestPhase::Degraded,
                 ["MaxMachinesReached", "Launching", "MaxMachinesReached"],
                 Next::After(RETRY_HELD_BACK),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(refusal.clone()),
+                launches: vec![refused("b-1", 2)],
+                ..Case::new(
+                    "refused 2 s ago: look again when the 5 s backoff ends",
+                    2,
+                    vec![],
+                )
+            },
+            (
+                RequestPhase::Degraded,
+                ["LaunchFailed", "Launching", "LaunchFailed"],
+                Next::After(Duration::from_secs(3) + HOLD_MARGIN),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(refusal.clone()),
+                launches: vec![refused("b-1", 30), refused("b-2", 4)],
+                ..Case::new("refused twice: the 10 s backoff", 2, vec![])
+            },
+            (
+                RequestPhase::Degraded,
+                ["LaunchFailed", "Launching", "LaunchFailed"],
+                Next::After(Duration::from_secs(6) + HOLD_MARGIN),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(refusal.clone()),
+                launches: vec![refused("b-1", 600)],
+                ..Case::new("backoff over, still refused: the reason's retry", 2, vec![])
+            },
+            (
+                RequestPhase::Degraded,
+                ["LaunchFailed", "Launching", "LaunchFailed"],
+                Next::After(RETRY_REFUSED),
+            ),
+        ),
+        (
+            Case {
+                blocked: Some(blocked.clone()),
+                launches: vec![refused("b-1", 1)],
+                ..Case::new("template blocked during a backoff: the sooner", 2, vec![])
+            },
+            (
+                RequestPhase::Degraded,
+                ["TemplateNotReady", "Launching", "TemplateNotReady"],
+                Next::After(Duration::from_secs(4) + HOLD_MARGIN),
             ),
         ),
         (

@@ -122,6 +122,7 @@ pub(super) mod fixtures {
                 },
             ],
             subnet_ids: vec!["subnet-a".into(), "subnet-b".into()],
+            availability_zone: None,
             capacity: LaunchCapacity::on_demand(),
             security_group_ids: vec!["sg-1".into()],
             key_name: Some("key".into()),

@@ -6,7 +6,7 @@ use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceType, MarketType, SpotMarketOptions, VolumeType,
+    InstanceType, MarketType, Placement, SpotMarketOptions, VolumeType,
 };
 
 use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
@@ -116,6 +116,7 @@ fn run_instances_request(
         .max_count(spec.count)
         .set_client_token(client_token(spec))
         .set_subnet_id(spec.subnet_ids.first().cloned())
+        .set_placement(placement(spec))
         .set_security_group_ids(non_empty(&spec.security_group_ids))
         .set_key_name(spec.key_name.clone())
         .set_iam_instance_profile(profile)
@@ -127,6 +128,20 @@ fn run_instances_request(
             &spec.tags,
             &tags::LAUNCHED,
         ))))
+}
+
+/// The batch's pinned zone, sent only when no subnet is (a subnet already
+/// names its zone). EC2's ClientToken is zonal: without a zone EC2 picks one
+/// per call, and a re-send it placed elsewhere would launch a second set
+/// (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>).
+fn placement(spec: &LaunchSpec) -> Option<Placement> {
+    if !spec.subnet_ids.is_empty() {
+        return None;
+    }
+    spec.availability_zone
+        .as_ref()
+        .filter(|z| !z.is_empty())
+        .map(|z| Placement::builder().availability_zone(z).build())
 }
 
 #[cfg(test)]
@@ -210,6 +225,25 @@ mod tests {
         let md = i.get_metadata_options().as_ref().expect("metadata");
         assert_eq!(md.http_tokens(), Some(&HttpTokensState::Optional));
         assert_eq!(md.http_put_response_hop_limit(), None);
+        assert_eq!(i.get_placement(), &None, "no zone pinned: none sent");
+    }
+
+    #[test]
+    fn a_pinned_zone_is_sent_only_without_a_subnet() {
+        let client = offline_client();
+        let mut s = spec();
+        s.availability_zone = Some("us-east-1b".into());
+        let req = run_instances_request(&client, &s).expect("valid");
+        assert_eq!(req.as_input().get_placement(), &None, "the subnet decides");
+        s.subnet_ids.clear();
+        let req = run_instances_request(&client, &s).expect("valid");
+        let i = req.as_input();
+        assert_eq!(i.get_subnet_id(), &None);
+        let zone = i
+            .get_placement()
+            .as_ref()
+            .and_then(|p| p.availability_zone());
+        assert_eq!(zone, Some("us-east-1b"));
     }
 
     #[test]
