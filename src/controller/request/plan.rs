@@ -9,12 +9,17 @@
 //!   `replaceLost` it is replaced (and a stopped one terminated), without it
 //!   it keeps its place in `count`;
 //! - surplus live machines are marked ScaledDown, newest first;
-//! - the deficit is launched, within the template's `maxMachines` headroom.
+//! - the deficit is launched, within the template's `maxMachines` headroom,
+//!   less the machines of launches still unsettled (a batch settled by its
+//!   tag that saw only part of itself: the rest may only be invisible, and
+//!   launching them again would duplicate them).
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use crate::api::{Machine, MachineRequestSpec, MachineResult, TerminationReason};
+use crate::api::{
+    Machine, MachineRequestSpec, MachineRequestStatus, MachineResult, TerminationReason,
+};
 
 /// What the request's spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub struct Desired {
     pub return_machines: BTreeSet<String>,
     /// Whether lost machines are replaced.
     pub replace_lost: bool,
+    /// Machines launches still Pending may have launched that status does
+    /// not list yet: counted as coming, never launched again.
+    pub reserved: i32,
 }
 
 impl Desired {
@@ -34,6 +42,15 @@ impl Desired {
             count: spec.count,
             return_machines: spec.return_machines.iter().cloned().collect(),
             replace_lost: spec.replace_lost,
+            reserved: 0,
+        }
+    }
+
+    /// What `spec` asks for, with what `status`'s unsettled launches hold.
+    pub fn of_request(spec: &MachineRequestSpec, status: &MachineRequestStatus) -> Desired {
+        Desired {
+            reserved: status.unconfirmed_launches(),
+            ..Desired::of(spec)
         }
     }
 }
@@ -107,7 +124,10 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     }
 
     let live_now = machines.iter().filter(|m| m.is_live()).count() as i32;
-    let deficit = (target(desired.count, desired.replace_lost, machines) - live_now).max(0);
+    let deficit = (target(desired.count, desired.replace_lost, machines)
+        - live_now
+        - desired.reserved.max(0))
+    .max(0);
     out.launch = match headroom {
         Some(h) => deficit.min(h.max(0)),
         None => deficit,
@@ -148,6 +168,7 @@ mod tests {
             count,
             return_machines: returns.iter().map(|s| s.to_string()).collect(),
             replace_lost,
+            reserved: 0,
         }
     }
 
@@ -239,6 +260,29 @@ mod tests {
         assert_eq!((p.launch, p.terminate), (1, vec!["i-0".to_string()]));
         let p = plan(&desired(2, &[], false), &mut kept, None);
         assert_eq!((p.launch, p.terminate.len()), (0, 0));
+    }
+
+    #[test]
+    fn machines_an_unsettled_launch_may_have_made_are_not_launched_again() {
+        // (count, running, reserved, launch)
+        for (count, running_now, reserved, launch) in [
+            (5, 2, 3, 0),
+            (5, 2, 1, 2),
+            (5, 0, 5, 0),
+            (3, 3, 2, 0),
+            (5, 2, 0, 3),
+        ] {
+            let mut ms = running(running_now);
+            let d = Desired {
+                reserved,
+                ..desired(count, &[], true)
+            };
+            assert_eq!(
+                plan(&d, &mut ms, None).launch,
+                launch,
+                "count {count}, running {running_now}, reserved {reserved}"
+            );
+        }
     }
 
     #[test]
