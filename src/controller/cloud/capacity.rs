@@ -64,6 +64,43 @@ pub enum DeathVerdict {
     },
 }
 
+/// The offering a machine that died at launch was launched on, as the batch
+/// that launched it chose it (so it is the key [`CapacityCache::is_available`]
+/// is asked with): its instance type and subnet when the batch named several
+/// (a fleet), the batch's own when it named one, the default subnet ("") when
+/// it named none. `None` when the machine's type or subnet is not among the
+/// batch's (nothing to blame).
+pub fn offering_of_death(
+    provider: &str,
+    batch_types: &[String],
+    batch_subnets: &[String],
+    spot: bool,
+    machine_type: Option<&str>,
+    machine_subnet: Option<&str>,
+) -> Option<Offering> {
+    let instance_type = match batch_types {
+        [only] => only.clone(),
+        _ => batch_types
+            .iter()
+            .find(|t| Some(t.as_str()) == machine_type)?
+            .clone(),
+    };
+    let subnet = match batch_subnets {
+        [] => String::new(),
+        [only] => only.clone(),
+        _ => batch_subnets
+            .iter()
+            .find(|s| Some(s.as_str()) == machine_subnet)?
+            .clone(),
+    };
+    Some(Offering {
+        provider: provider.to_string(),
+        instance_type,
+        subnet,
+        spot,
+    })
+}
+
 /// The pure rule behind [`CapacityCache::record_death`]: drop deaths older
 /// than `window`, count `id` once, and say whether the offering cools down.
 fn count_death(
@@ -212,6 +249,41 @@ mod tests {
                 &count_death(&mut recent, id, t0 + s(*at), w),
                 want,
                 "{id} at +{at}s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_death_is_blamed_on_the_offering_its_batch_chose() {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = |t: &str, s: &str| {
+            Some(Offering {
+                provider: "p".into(),
+                instance_type: t.into(),
+                subnet: s.into(),
+                spot: true,
+            })
+        };
+        // (batch types, batch subnets, machine type, machine subnet, offering)
+        let rows = [
+            (v(&["a"]), v(&[]), Some("a"), Some("subnet-x"), o("a", "")),
+            (v(&["a"]), v(&["s1"]), None, None, o("a", "s1")),
+            (
+                v(&["a", "b"]),
+                v(&["s1", "s2"]),
+                Some("b"),
+                Some("s2"),
+                o("b", "s2"),
+            ),
+            (v(&["a", "b"]), v(&[]), Some("b"), Some("s9"), o("b", "")),
+            (v(&["a", "b"]), v(&["s1"]), Some("c"), Some("s1"), None),
+            (v(&["a"]), v(&["s1", "s2"]), Some("a"), None, None),
+        ];
+        for (types, subnets, mt, ms, want) in rows {
+            assert_eq!(
+                offering_of_death("p", &types, &subnets, true, mt, ms),
+                want,
+                "{types:?} {subnets:?} {mt:?} {ms:?}"
             );
         }
     }

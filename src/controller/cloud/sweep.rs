@@ -447,7 +447,8 @@ mod tests {
         let m = |id: &str, st| Machine::bare(id, st);
         use provider::MachineState::*;
         // (suspects, by-id answer, gone, still reported)
-        let rows: Vec<(Vec<String>, Vec<Machine>, Vec<&str>, Vec<&str>)> = vec![
+        type Row<'a> = (Vec<String>, Vec<Machine>, Vec<&'a str>, Vec<&'a str>);
+        let rows: Vec<Row> = vec![
             (ids(&["i-1", "i-2"]), vec![], vec!["i-1", "i-2"], vec![]),
             (
                 ids(&["i-1", "i-2"]),

@@ -82,6 +82,26 @@ pub fn target(count: i32, replace_lost: bool, machines: &[Machine]) -> i32 {
     (count - kept_lost).max(0)
 }
 
+/// Takes back machine `i`, which status had as terminated (lost or vanished)
+/// and the cloud reports live again: revived (counted again, result back)
+/// if the request still needs it, else marked ScaledDown so the plan
+/// terminates it (it was replaced). Returns whether it was revived.
+pub fn take_back(desired: &Desired, machines: &mut [Machine], i: usize) -> bool {
+    let Some(m) = machines.get_mut(i) else {
+        return false;
+    };
+    m.termination_reason = None;
+    let live = machines.iter().filter(|m| m.is_live()).count() as i32;
+    let needed = target(desired.count, desired.replace_lost, machines) - desired.reserved.max(0);
+    let revived = live <= needed;
+    let m = &mut machines[i];
+    if !revived {
+        m.termination_reason = Some(TerminationReason::ScaledDown);
+    }
+    m.result = MachineResult::of(m.state, m.termination_reason);
+    revived
+}
+
 /// Marks machines in place and plans terminations and launches. `headroom` is
 /// how many more machines the template's `maxMachines` allows (None: no limit).
 pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) -> Plan {
@@ -282,6 +302,51 @@ mod tests {
                 launch,
                 "count {count}, running {running_now}, reserved {reserved}"
             );
+        }
+    }
+
+    #[test]
+    fn a_machine_taken_for_gone_is_revived_only_if_still_needed() {
+        let lost_back = |n: usize| {
+            let mut ms = running(n);
+            // i-0 was taken for gone (lost); the cloud reports it running again.
+            ms[0].termination_reason = Some(TerminationReason::Lost);
+            ms
+        };
+        // (count, machines listed, replace_lost, reserved, revived)
+        let rows = [
+            // Not replaced yet (2 of 3 live besides it): revived.
+            (3, 3, true, 0, true),
+            // Replaced (3 live besides it): surplus.
+            (3, 4, true, 0, false),
+            // Without replaceLost nothing replaced it: revived.
+            (3, 3, false, 0, true),
+            // An unsettled launch holds its place: surplus.
+            (3, 3, true, 1, false),
+            (1, 1, true, 0, true),
+        ];
+        for (count, n, replace_lost, reserved, want) in rows {
+            let mut ms = lost_back(n);
+            let d = Desired {
+                reserved,
+                ..desired(count, &[], replace_lost)
+            };
+            assert_eq!(
+                take_back(&d, &mut ms, 0),
+                want,
+                "{count} {n} {replace_lost} {reserved}"
+            );
+            if want {
+                assert_eq!(ms[0].termination_reason, None);
+                assert_eq!(ms[0].result, MachineResult::Succeed);
+                assert_eq!(plan(&d, &mut ms, None).terminate, Vec::<String>::new());
+            } else {
+                assert_eq!(
+                    ms[0].termination_reason,
+                    Some(TerminationReason::ScaledDown)
+                );
+                assert_eq!(plan(&d, &mut ms, None).terminate, ["i-0"]);
+            }
         }
     }
 
