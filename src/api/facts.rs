@@ -91,13 +91,26 @@ impl MachineRequestStatus {
     /// Live machines plus machines of launches not settled yet: what the
     /// request holds against its template's `maxMachines`.
     pub fn machines_in_use(&self) -> i32 {
-        let pending: i32 = self
-            .launches
+        self.live_machines() + self.unconfirmed_launches()
+    }
+
+    /// Machines that launches still `Pending` asked for and status does not
+    /// list yet (a batch settled by its tag holds the ones its lookup did not
+    /// show: they may only be invisible). Counted in their place, so they are
+    /// neither launched again nor given to another request's `maxMachines`.
+    pub fn unconfirmed_launches(&self) -> i32 {
+        self.launches
             .iter()
             .filter(|b| b.state == LaunchState::Pending)
-            .map(|b| b.count)
-            .sum();
-        self.live_machines() + pending
+            .map(|b| {
+                let listed = count(
+                    self.machines
+                        .iter()
+                        .filter(|m| m.batch.as_deref() == Some(b.id.as_str())),
+                );
+                (b.count - listed).max(0)
+            })
+            .sum()
     }
 
     /// Machines the request counts as its own.
@@ -194,5 +207,44 @@ mod tests {
         assert_eq!(st.machines_in_use(), 5);
         assert!(st.machines[3].is_leaving());
         assert!(!st.machines[2].is_leaving());
+    }
+
+    #[test]
+    fn a_pending_batch_holds_only_the_machines_status_does_not_list_yet() {
+        let batch = |id: &str, state, count| LaunchBatch {
+            count,
+            ..LaunchBatch::test(id, state)
+        };
+        let of = |id: &str, batch: &str| Machine {
+            batch: Some(batch.into()),
+            ..machine(id, MachineState::Running, None)
+        };
+        // (machines with their batch, launches, unconfirmed)
+        let rows = vec![
+            (vec![], vec![batch("b-1", LaunchState::Pending, 3)], 3),
+            (
+                vec![of("i-1", "b-1")],
+                vec![batch("b-1", LaunchState::Pending, 3)],
+                2,
+            ),
+            // Settled batches hold nothing; more listed than asked is not negative.
+            (
+                vec![of("i-1", "b-1"), of("i-2", "b-2"), of("i-3", "b-2")],
+                vec![
+                    batch("b-1", LaunchState::Launched, 3),
+                    batch("b-2", LaunchState::Pending, 1),
+                ],
+                0,
+            ),
+        ];
+        for (machines, launches, want) in rows {
+            let st = MachineRequestStatus {
+                machines,
+                launches,
+                ..Default::default()
+            };
+            assert_eq!(st.unconfirmed_launches(), want, "{st:?}");
+            assert_eq!(st.machines_in_use(), st.live_machines() + want);
+        }
     }
 }

@@ -180,7 +180,7 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     settle::pending(s, &open.provider, &open.template).await?;
     let headroom = gate::headroom(s.ctx, s.mr, &open.template);
     let plan = plan::plan(
-        &plan::Desired::of(&s.mr.spec),
+        &plan::Desired::of_request(&s.mr.spec, &s.status),
         &mut s.status.machines,
         headroom,
     );

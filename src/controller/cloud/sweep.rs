@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::ticker::every;
 use super::translate;
-use crate::api::{MachineRequest, MachineState};
+use crate::api::{LaunchState, MachineRequest, MachineState};
 use crate::controller::Context;
 use crate::provider::{self, Machine};
 
@@ -41,20 +41,62 @@ use crate::provider::{self, Machine};
 /// machines than it asked for, or a batch was given up that may have
 /// launched), so such machines are adopted within a `sweepInterval`, not a
 /// `fullSweepInterval`. The sweep owns it; others only ask.
+///
+/// It also remembers when the last complete full sweep started: a batch
+/// settled by its tag holds its missing machines until a full listing that
+/// started after the batch's tag-index grace has looked for them.
 #[derive(Debug, Default)]
-pub struct FullSweepSignal(AtomicBool);
+pub struct FullSweepSignal {
+    wanted: AtomicBool,
+    last_complete: std::sync::Mutex<Option<Timestamp>>,
+}
 
 impl FullSweepSignal {
     /// Wants the next sweep to be a full one.
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.wanted.store(true, Ordering::SeqCst);
     }
 
     /// Whether a full sweep was asked for since the last call (and clears it).
     fn take(&self) -> bool {
-        self.0.swap(false, Ordering::SeqCst)
+        self.wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// When the last full sweep whose every listing succeeded started (None:
+    /// none since this process started).
+    pub fn last_complete(&self) -> Option<Timestamp> {
+        *lock(&self.last_complete)
+    }
+
+    /// Whether a complete full sweep started once machines launched at
+    /// `created` had `grace` to show up in tag-filtered listings: what it did
+    /// not list (and hand over for adoption) was never launched. No `created`
+    /// (an old record): any complete full sweep.
+    pub fn has_looked_after(&self, created: Option<Timestamp>, grace: Duration) -> bool {
+        looked_after(self.last_complete(), created, grace)
+    }
+
+    /// Records a full sweep that started at `started` and listed everything.
+    pub fn completed(&self, started: Timestamp) {
+        let mut last = lock(&self.last_complete);
+        if last.is_none_or(|t| t < started) {
+            *last = Some(started);
+        }
     }
 }
+
+fn looked_after(last: Option<Timestamp>, created: Option<Timestamp>, grace: Duration) -> bool {
+    let Some(last) = last else {
+        return false;
+    };
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    created.is_none_or(|c| last.as_second() >= c.as_second().saturating_add(grace))
+}
+
+/// The stateReason given to a machine the cloud no longer reports at all, by
+/// tag or by id (EC2 drops terminated instances from reads about an hour
+/// after they end): it is not a death at launch, whatever its last state was.
+pub const VANISHED_REASON: &str = "no longer reported by the cloud";
 
 /// What one sweep did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -85,6 +127,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
             std::future::pending::<()>(),
             || async {
                 let started = Instant::now();
+                let started_at = Timestamp::now();
+                if settling_due(&ctx, started_at) {
+                    ctx.full_sweep.request();
+                }
                 let wanted = ctx.full_sweep.take();
                 let due =
                     lock(&last_full).is_none_or(|t| t.elapsed() >= ctx.config.full_sweep_interval);
@@ -92,6 +138,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
                 let report = sweep_once(&ctx, full).await;
                 if full && report.failed_listings == 0 {
                     *lock(&last_full) = Some(started);
+                    ctx.full_sweep.completed(started_at);
+                    wake_settling(&ctx);
                 } else if full && wanted {
                     // Still wanted; a missed timed one stays due by itself.
                     ctx.full_sweep.request();
@@ -106,6 +154,39 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     tokio::select! {
         _ = sweeps => {}
         _ = shutdown => {}
+    }
+}
+
+/// Whether a launch still Pending (held by a settle by tag) has had its
+/// grace and no complete full sweep has looked for its machines since: the
+/// next sweep must be full, or the hold lasts until a timed one.
+fn settling_due(ctx: &Context, now: Timestamp) -> bool {
+    let grace = ctx.config.gc_grace_period;
+    let grace_s = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    ctx.requests.state().iter().any(|r| {
+        r.status.as_ref().is_some_and(|st| {
+            st.launches.iter().any(|b| {
+                let created = b.created_at.as_ref().map(|t| t.0);
+                b.state == LaunchState::Pending
+                    && created
+                        .is_none_or(|c| now.as_second() >= c.as_second().saturating_add(grace_s))
+                    && !ctx.full_sweep.has_looked_after(created, grace)
+            })
+        })
+    })
+}
+
+/// Wakes the requests holding machines of a batch settled by its tag: a
+/// complete full sweep is what releases (or finds) them.
+fn wake_settling(ctx: &Context) {
+    for r in ctx.requests.state() {
+        let settling = r
+            .status
+            .as_ref()
+            .is_some_and(|st| st.launches.iter().any(|b| b.state == LaunchState::Pending));
+        if settling {
+            ctx.tracker.wake(ObjectRef::from_obj(r.as_ref()));
+        }
     }
 }
 
@@ -213,8 +294,12 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
             }
             continue;
         }
-        // Machines a request lists that the cloud no longer reports at all
-        // (only a full listing can tell).
+        // Machines a request lists that the tag-filtered listing no longer
+        // shows (only a full listing can tell). A tag index can lag or a page
+        // boundary shift, so each suspect is read again by instance id (a
+        // different index) and only what that read does not show either is
+        // taken for gone.
+        let mut suspects: Vec<(String, ObjectRef<MachineRequest>)> = Vec::new();
         for owner in live.values().filter(|_| full) {
             for (id, (state, launched)) in &owner.listed {
                 if seen.contains(id) || *state == MachineState::Terminated {
@@ -224,8 +309,34 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                 let old_enough =
                     launched.is_some_and(|t| Timestamp::now().as_second() - t >= grace);
                 if old_enough && owner_provider_is(ctx, &owner.request, name) {
-                    ctx.tracker.record([vanished(id, ctx.tracker.observed(id))]);
-                    wake.insert(owner.request.clone());
+                    suspects.push((id.clone(), owner.request.clone()));
+                }
+            }
+        }
+        if !suspects.is_empty() {
+            let ids: Vec<String> = suspects.iter().map(|(id, _)| id.clone()).collect();
+            match provider.describe_machines(&ids).await {
+                Ok(by_id) => {
+                    let (gone, still) = confirm_vanished(&ids, by_id);
+                    if !still.is_empty() {
+                        info!(
+                            provider = name,
+                            machines = still.len(),
+                            "sweep: machines missing from the tag listing are still reported by id"
+                        );
+                    }
+                    ctx.tracker.record(still);
+                    for (id, request) in &suspects {
+                        if gone.contains(id) {
+                            ctx.tracker.record([vanished(id, ctx.tracker.observed(id))]);
+                        }
+                        wake.insert(request.clone());
+                    }
+                }
+                Err(err) => {
+                    // Unconfirmed: nothing is taken for gone this time.
+                    warn!(provider = name, error = %err,
+                        "sweep: confirming vanished machines by id failed");
                 }
             }
         }
@@ -271,11 +382,30 @@ fn older_than(m: &Machine, grace: Duration) -> bool {
     Timestamp::now().as_second() - launched.as_second() >= grace.as_secs() as i64
 }
 
+/// Splits suspects missing from the tag listing into those the by-id read
+/// does not report either (gone) and what it says about the others (kept
+/// with the state the cloud gives them, terminated ones included: EC2 says
+/// so by id).
+fn confirm_vanished(suspects: &[String], by_id: Vec<Machine>) -> (BTreeSet<String>, Vec<Machine>) {
+    let wanted: BTreeSet<&String> = suspects.iter().collect();
+    let still: Vec<Machine> = by_id
+        .into_iter()
+        .filter(|m| wanted.contains(&m.id))
+        .collect();
+    let reported: BTreeSet<&String> = still.iter().map(|m| &m.id).collect();
+    let gone = suspects
+        .iter()
+        .filter(|id| !reported.contains(id))
+        .cloned()
+        .collect();
+    (gone, still)
+}
+
 /// A machine the cloud stopped reporting: treated as terminated.
 fn vanished(id: &str, last: Option<Machine>) -> Machine {
     let mut m = last.unwrap_or_else(|| Machine::bare(id, provider::MachineState::Terminated));
     m.state = provider::MachineState::Terminated;
-    m.state_reason = Some("no longer reported by the cloud".into());
+    m.state_reason = Some(VANISHED_REASON.into());
     m
 }
 
@@ -304,5 +434,74 @@ async fn collect_orphans(
             warn!(provider = name, error = %err, "terminating orphans failed");
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_by_id_read_does_not_report_is_gone() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let m = |id: &str, st| Machine::bare(id, st);
+        use provider::MachineState::*;
+        // (suspects, by-id answer, gone, still reported)
+        type Row<'a> = (Vec<String>, Vec<Machine>, Vec<&'a str>, Vec<&'a str>);
+        let rows: Vec<Row> = vec![
+            (ids(&["i-1", "i-2"]), vec![], vec!["i-1", "i-2"], vec![]),
+            (
+                ids(&["i-1", "i-2"]),
+                vec![m("i-1", Running)],
+                vec!["i-2"],
+                vec!["i-1"],
+            ),
+            // EC2 saying terminated by id is EC2 saying so: recorded as such.
+            (
+                ids(&["i-1"]),
+                vec![m("i-1", Terminated)],
+                vec![],
+                vec!["i-1"],
+            ),
+            // An answer about an id not asked for is ignored.
+            (ids(&["i-1"]), vec![m("i-9", Running)], vec!["i-1"], vec![]),
+        ];
+        for (suspects, answer, gone, still) in rows {
+            let (g, s) = confirm_vanished(&suspects, answer);
+            assert_eq!(g.iter().map(String::as_str).collect::<Vec<_>>(), gone);
+            assert_eq!(s.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), still);
+        }
+    }
+
+    #[test]
+    fn a_full_sweep_counts_only_if_it_started_after_the_grace() {
+        let t = |s| Timestamp::from_second(s).expect("time");
+        let g = Duration::from_secs(120);
+        // (last complete full sweep, batch created, looked for its machines)
+        let rows = [
+            (None, Some(t(1000)), false),
+            (None, None, false),
+            (Some(t(1100)), Some(t(1000)), false),
+            (Some(t(1120)), Some(t(1000)), true),
+            (Some(t(5000)), Some(t(1000)), true),
+            (Some(t(1)), None, true),
+        ];
+        for (last, created, want) in rows {
+            assert_eq!(looked_after(last, created, g), want, "{last:?} {created:?}");
+        }
+    }
+
+    #[test]
+    fn the_last_complete_full_sweep_only_moves_forward() {
+        let signal = FullSweepSignal::default();
+        assert_eq!(signal.last_complete(), None);
+        let t = |s| Timestamp::from_second(s).expect("time");
+        signal.completed(t(100));
+        signal.completed(t(50));
+        assert_eq!(signal.last_complete(), Some(t(100)));
+        assert!(!signal.take());
+        signal.request();
+        assert!(signal.take());
+        assert!(!signal.take());
     }
 }

@@ -7,6 +7,53 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{self, MachineLifecycle, MachineResult};
 use crate::provider::{self, CapacityType};
 
+/// What a fresh observation of a machine means for its status entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Copy it in ([`update`]).
+    Update,
+    /// Copy it in; the machine went down before it ever ran, with a reason
+    /// from the cloud: a death at launch (a bad key, a volume limit, no
+    /// capacity after all), counted against its offering.
+    DiedAtLaunch,
+    /// The entry says terminated and the request had let it go as lost (or
+    /// as vanished), but the cloud reports it live: revive it or, if it was
+    /// replaced, terminate it; never leave it running unmanaged.
+    CameBack,
+    /// Nothing to copy (a terminated entry stays terminated).
+    Keep,
+}
+
+/// Classifies `seen` against the status entry `m`. `vanished` is the reason
+/// the sweep gives a machine no read reports any more (not a death at launch).
+pub fn change(m: &api::Machine, seen: &provider::Machine, vanished: &str) -> Change {
+    let live_again = matches!(
+        seen.state,
+        provider::MachineState::Pending | provider::MachineState::Running
+    );
+    if m.state == api::MachineState::Terminated {
+        return match m.termination_reason {
+            _ if !live_again => Change::Keep,
+            None | Some(api::TerminationReason::Lost) => Change::CameBack,
+            // Let go on purpose: the plan terminates it again.
+            Some(_) => Change::Update,
+        };
+    }
+    let never_ran = matches!(
+        m.state,
+        api::MachineState::Unknown | api::MachineState::Pending
+    );
+    let with_reason = seen
+        .state_reason
+        .as_deref()
+        .is_some_and(|r| !r.is_empty() && r != vanished);
+    if m.termination_reason.is_none() && never_ran && seen.state.is_terminating() && with_reason {
+        Change::DiedAtLaunch
+    } else {
+        Change::Update
+    }
+}
+
 /// The status spelling of a provider state.
 pub fn state(s: provider::MachineState) -> api::MachineState {
     match s {
@@ -88,6 +135,82 @@ mod tests {
             capacity_type: CapacityType::Spot,
             image_id: Some("ami-1".into()),
             tags: BTreeMap::from([("hostforge.io/batch".to_string(), "b-1".to_string())]),
+        }
+    }
+
+    #[test]
+    fn observations_are_classified_against_the_entry() {
+        use api::MachineState as S;
+        use api::TerminationReason as R;
+        use provider::MachineState as P;
+        let gone = "no longer reported by the cloud";
+        let reason = Some("Server.InsufficientInstanceCapacity: Insufficient capacity.");
+        // (entry state, entry reason, seen state, seen reason, change)
+        type Row<'a> = (S, Option<R>, P, Option<&'a str>, Change);
+        let rows: &[Row] = &[
+            (S::Pending, None, P::Running, None, Change::Update),
+            (
+                S::Pending,
+                None,
+                P::Terminated,
+                reason,
+                Change::DiedAtLaunch,
+            ),
+            (
+                S::Unknown,
+                None,
+                P::ShuttingDown,
+                reason,
+                Change::DiedAtLaunch,
+            ),
+            // Ran first: lost, not a death at launch.
+            (S::Running, None, P::Terminated, reason, Change::Update),
+            // Terminated by us while pending (returned, scaled down).
+            (
+                S::Pending,
+                Some(R::Returned),
+                P::Terminated,
+                reason,
+                Change::Update,
+            ),
+            // Vanished from every read: not a death at launch.
+            (S::Pending, None, P::Terminated, Some(gone), Change::Update),
+            (S::Pending, None, P::Terminated, None, Change::Update),
+            (
+                S::Terminated,
+                Some(R::Lost),
+                P::Terminated,
+                reason,
+                Change::Keep,
+            ),
+            (
+                S::Terminated,
+                Some(R::Lost),
+                P::Running,
+                None,
+                Change::CameBack,
+            ),
+            (S::Terminated, None, P::Pending, None, Change::CameBack),
+            (
+                S::Terminated,
+                Some(R::ScaledDown),
+                P::Running,
+                None,
+                Change::Update,
+            ),
+            (S::Terminated, Some(R::Lost), P::Stopped, None, Change::Keep),
+        ];
+        for (st, why, seen_state, seen_reason, want) in rows {
+            let mut entry = api::Machine::unknown("i-1");
+            entry.state = *st;
+            entry.termination_reason = *why;
+            let mut seen = machine(*seen_state);
+            seen.state_reason = seen_reason.map(str::to_string);
+            assert_eq!(
+                change(&entry, &seen, gone),
+                *want,
+                "{st:?} {why:?} seen {seen_state:?} {seen_reason:?}"
+            );
         }
     }
 

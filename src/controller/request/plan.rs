@@ -9,12 +9,17 @@
 //!   `replaceLost` it is replaced (and a stopped one terminated), without it
 //!   it keeps its place in `count`;
 //! - surplus live machines are marked ScaledDown, newest first;
-//! - the deficit is launched, within the template's `maxMachines` headroom.
+//! - the deficit is launched, within the template's `maxMachines` headroom,
+//!   less the machines of launches still unsettled (a batch settled by its
+//!   tag that saw only part of itself: the rest may only be invisible, and
+//!   launching them again would duplicate them).
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use crate::api::{Machine, MachineRequestSpec, MachineResult, TerminationReason};
+use crate::api::{
+    Machine, MachineRequestSpec, MachineRequestStatus, MachineResult, TerminationReason,
+};
 
 /// What the request's spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub struct Desired {
     pub return_machines: BTreeSet<String>,
     /// Whether lost machines are replaced.
     pub replace_lost: bool,
+    /// Machines launches still Pending may have launched that status does
+    /// not list yet: counted as coming, never launched again.
+    pub reserved: i32,
 }
 
 impl Desired {
@@ -34,6 +42,15 @@ impl Desired {
             count: spec.count,
             return_machines: spec.return_machines.iter().cloned().collect(),
             replace_lost: spec.replace_lost,
+            reserved: 0,
+        }
+    }
+
+    /// What `spec` asks for, with what `status`'s unsettled launches hold.
+    pub fn of_request(spec: &MachineRequestSpec, status: &MachineRequestStatus) -> Desired {
+        Desired {
+            reserved: status.unconfirmed_launches(),
+            ..Desired::of(spec)
         }
     }
 }
@@ -63,6 +80,26 @@ pub fn target(count: i32, replace_lost: bool, machines: &[Machine]) -> i32 {
             .count() as i32
     };
     (count - kept_lost).max(0)
+}
+
+/// Takes back machine `i`, which status had as terminated (lost or vanished)
+/// and the cloud reports live again: revived (counted again, result back)
+/// if the request still needs it, else marked ScaledDown so the plan
+/// terminates it (it was replaced). Returns whether it was revived.
+pub fn take_back(desired: &Desired, machines: &mut [Machine], i: usize) -> bool {
+    let Some(m) = machines.get_mut(i) else {
+        return false;
+    };
+    m.termination_reason = None;
+    let live = machines.iter().filter(|m| m.is_live()).count() as i32;
+    let needed = target(desired.count, desired.replace_lost, machines) - desired.reserved.max(0);
+    let revived = live <= needed;
+    let m = &mut machines[i];
+    if !revived {
+        m.termination_reason = Some(TerminationReason::ScaledDown);
+    }
+    m.result = MachineResult::of(m.state, m.termination_reason);
+    revived
 }
 
 /// Marks machines in place and plans terminations and launches. `headroom` is
@@ -107,7 +144,10 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     }
 
     let live_now = machines.iter().filter(|m| m.is_live()).count() as i32;
-    let deficit = (target(desired.count, desired.replace_lost, machines) - live_now).max(0);
+    let deficit = (target(desired.count, desired.replace_lost, machines)
+        - live_now
+        - desired.reserved.max(0))
+    .max(0);
     out.launch = match headroom {
         Some(h) => deficit.min(h.max(0)),
         None => deficit,
@@ -148,6 +188,7 @@ mod tests {
             count,
             return_machines: returns.iter().map(|s| s.to_string()).collect(),
             replace_lost,
+            reserved: 0,
         }
     }
 
@@ -239,6 +280,74 @@ mod tests {
         assert_eq!((p.launch, p.terminate), (1, vec!["i-0".to_string()]));
         let p = plan(&desired(2, &[], false), &mut kept, None);
         assert_eq!((p.launch, p.terminate.len()), (0, 0));
+    }
+
+    #[test]
+    fn machines_an_unsettled_launch_may_have_made_are_not_launched_again() {
+        // (count, running, reserved, launch)
+        for (count, running_now, reserved, launch) in [
+            (5, 2, 3, 0),
+            (5, 2, 1, 2),
+            (5, 0, 5, 0),
+            (3, 3, 2, 0),
+            (5, 2, 0, 3),
+        ] {
+            let mut ms = running(running_now);
+            let d = Desired {
+                reserved,
+                ..desired(count, &[], true)
+            };
+            assert_eq!(
+                plan(&d, &mut ms, None).launch,
+                launch,
+                "count {count}, running {running_now}, reserved {reserved}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_machine_taken_for_gone_is_revived_only_if_still_needed() {
+        let lost_back = |n: usize| {
+            let mut ms = running(n);
+            // i-0 was taken for gone (lost); the cloud reports it running again.
+            ms[0].termination_reason = Some(TerminationReason::Lost);
+            ms
+        };
+        // (count, machines listed, replace_lost, reserved, revived)
+        let rows = [
+            // Not replaced yet (2 of 3 live besides it): revived.
+            (3, 3, true, 0, true),
+            // Replaced (3 live besides it): surplus.
+            (3, 4, true, 0, false),
+            // Without replaceLost nothing replaced it: revived.
+            (3, 3, false, 0, true),
+            // An unsettled launch holds its place: surplus.
+            (3, 3, true, 1, false),
+            (1, 1, true, 0, true),
+        ];
+        for (count, n, replace_lost, reserved, want) in rows {
+            let mut ms = lost_back(n);
+            let d = Desired {
+                reserved,
+                ..desired(count, &[], replace_lost)
+            };
+            assert_eq!(
+                take_back(&d, &mut ms, 0),
+                want,
+                "{count} {n} {replace_lost} {reserved}"
+            );
+            if want {
+                assert_eq!(ms[0].termination_reason, None);
+                assert_eq!(ms[0].result, MachineResult::Succeed);
+                assert_eq!(plan(&d, &mut ms, None).terminate, Vec::<String>::new());
+            } else {
+                assert_eq!(
+                    ms[0].termination_reason,
+                    Some(TerminationReason::ScaledDown)
+                );
+                assert_eq!(plan(&d, &mut ms, None).terminate, ["i-0"]);
+            }
+        }
     }
 
     #[test]

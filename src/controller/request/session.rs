@@ -11,9 +11,12 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::plan;
 use super::CONTROLLER;
-use crate::api::{MachineRequest, MachineRequestStatus, MachineState};
+use crate::api::{CapacityType, MachineRequest, MachineRequestStatus, MachineState};
+use crate::controller::cloud::capacity::{self, DeathVerdict};
 use crate::controller::cloud::ownership::{Owner, BATCH_TAG};
+use crate::controller::cloud::sweep::VANISHED_REASON;
 use crate::controller::cloud::translate;
 use crate::controller::events;
 use crate::controller::reason::Reason;
@@ -108,15 +111,36 @@ impl<'a> Session<'a> {
     /// adopts machines the sweep found tagged for this request, and announces
     /// new notices (one Warning Event each, so `kubectl describe` and event
     /// pipelines show which machines the cloud is taking back).
+    ///
+    /// Two observations mean more than a new state:
+    /// - a machine that went down before it ever ran, with a reason from the
+    ///   cloud, died at launch: it is counted against its offering, and
+    ///   repeated deaths cool the offering down before the plan replaces it
+    ///   (see [`crate::controller::cloud::capacity`]);
+    /// - a machine status had as terminated (lost, or vanished from every
+    ///   read) that the cloud reports live again is revived if the request
+    ///   still needs it, else marked ScaledDown so the plan terminates it.
     pub async fn observe(&mut self) {
         let tracker = &self.ctx.tracker;
         let mut noticed = Vec::new();
-        for m in &mut self.status.machines {
-            if m.state == MachineState::Terminated {
-                continue;
-            }
+        let mut died: Vec<(usize, provider::Machine)> = Vec::new();
+        let mut came_back: Vec<usize> = Vec::new();
+        for (i, m) in self.status.machines.iter_mut().enumerate() {
             if let Some(seen) = tracker.observed(&m.id) {
-                translate::update(m, &seen);
+                match translate::change(m, &seen, VANISHED_REASON) {
+                    translate::Change::Keep => continue,
+                    translate::Change::Update => translate::update(m, &seen),
+                    translate::Change::DiedAtLaunch => {
+                        translate::update(m, &seen);
+                        died.push((i, seen));
+                    }
+                    translate::Change::CameBack => {
+                        translate::update(m, &seen);
+                        came_back.push(i);
+                    }
+                }
+            } else if m.state == MachineState::Terminated {
+                continue;
             }
             if m.interruption_notice_time.is_none() {
                 if let Some(notice) = tracker.notice(&m.id) {
@@ -130,6 +154,8 @@ impl<'a> Session<'a> {
         }
         let unlisted = tracker.take_unlisted(&self.owner.uid);
         self.adopt(unlisted);
+        self.take_back(&came_back).await;
+        self.count_deaths(&died).await;
         for n in &noticed {
             warn!(request = %self.key(), instance = %n.id, action = %n.action,
                 noticed_at = %n.noticed_at, "spot interruption notice");
@@ -144,6 +170,80 @@ impl<'a> Session<'a> {
                 &note,
             )
             .await;
+        }
+    }
+
+    /// Revives or marks for termination machines taken for gone that the
+    /// cloud reports live again (see [`plan::take_back`]).
+    async fn take_back(&mut self, indices: &[usize]) {
+        let desired = plan::Desired::of_request(&self.mr.spec, &self.status);
+        for &i in indices {
+            let revived = plan::take_back(&desired, &mut self.status.machines, i);
+            let m = &mut self.status.machines[i];
+            let id = m.id.clone();
+            let note = if revived {
+                format!("machine {id} was taken for gone but the cloud reports it live again: counted again")
+            } else {
+                format!("machine {id} was taken for gone and replaced, but the cloud reports it live again: terminating it as surplus")
+            };
+            m.message = Some(note.clone());
+            warn!(request = %self.key(), instance = %id, revived, "machine taken for gone is live again");
+            self.event(EventType::Warning, Reason::MachineLost, "Observe", &note)
+                .await;
+        }
+    }
+
+    /// Counts machines that died at launch against the offering their batch
+    /// chose; announces an offering cooled down by them (Warning Event naming
+    /// the cloud's stateReason), so the plan's next batch falls back.
+    async fn count_deaths(&mut self, died: &[(usize, provider::Machine)]) {
+        let Some(provider_name) = self.status.provider.clone() else {
+            return;
+        };
+        for (i, seen) in died {
+            let m = &self.status.machines[*i];
+            let why = seen.state_reason.clone().unwrap_or_default();
+            let batch = m
+                .batch
+                .as_deref()
+                .and_then(|id| self.status.launches.iter().find(|b| b.id == id));
+            let Some(batch) = batch else {
+                continue;
+            };
+            let Some(offering) = capacity::offering_of_death(
+                &provider_name,
+                &batch.instance_types,
+                &batch.subnet_ids,
+                batch.capacity_type == Some(CapacityType::Spot),
+                m.instance_type.as_deref().or(seen.instance_type.as_deref()),
+                seen.subnet_id.as_deref(),
+            ) else {
+                continue;
+            };
+            let id = m.id.clone();
+            let verdict = self.ctx.capacity.record_death(offering.clone(), &id, &why);
+            warn!(request = %self.key(), instance = %id, reason = %why, ?verdict, "machine died at launch");
+            if let DeathVerdict::CooledDown { deaths } = verdict {
+                let subnet = if offering.subnet.is_empty() {
+                    "the default subnet"
+                } else {
+                    offering.subnet.as_str()
+                };
+                let note = format!(
+                    "{deaths} machines of {}{} in {subnet} died at launch within {}s (last: {id}: {why}); \
+                     not launched there until the cooldown passes",
+                    offering.instance_type,
+                    if offering.spot { " (spot)" } else { "" },
+                    self.ctx.config.capacity_cooldown.as_secs(),
+                );
+                self.event(
+                    EventType::Warning,
+                    Reason::CapacityUnavailable,
+                    "Observe",
+                    &note,
+                )
+                .await;
+            }
         }
     }
 
