@@ -159,11 +159,17 @@ impl CapacityCache {
     /// Why machines last died at launch on an offering that is cooling down
     /// because of it, for the message that says no offering is left.
     pub fn death_reason(&self) -> Option<String> {
+        self.death_reason_among(|_| true)
+    }
+
+    /// [`Self::death_reason`] limited to the offerings `mine` accepts (one
+    /// template's), so a request never names another template's cause.
+    pub fn death_reason_among(&self, mine: impl Fn(&Offering) -> bool) -> Option<String> {
         let deaths = self.deaths.lock().unwrap_or_else(|e| e.into_inner());
         let mut reasons: Vec<&String> = deaths
             .why
             .iter()
-            .filter(|(o, _)| !self.is_available(o))
+            .filter(|(o, _)| mine(o) && !self.is_available(o))
             .map(|(_, why)| why)
             .collect();
         reasons.sort();

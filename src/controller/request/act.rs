@@ -63,9 +63,11 @@ pub async fn next_batch(
     let Some(choice) = batch::choose(&template.spec, &open.provider_name, &s.ctx.capacity) else {
         return Err(Blocked::new(
             Reason::CapacityUnavailable,
-            last_capacity_message(s).unwrap_or_else(|| {
-                "no instance type and subnet of the template has capacity now".into()
-            }),
+            died_at_launch_message(s, &template.spec, &open.provider_name)
+                .or_else(|| last_capacity_message(s))
+                .unwrap_or_else(|| {
+                    "no instance type and subnet of the template has capacity now".into()
+                }),
         ));
     };
     let image_id = template
@@ -97,6 +99,21 @@ pub async fn next_batch(
     let spec = launch_spec(s, &open.provider, template, &new).await?;
     new.params_digest = batch::digest(&spec);
     Ok(NewBatch { batch: new, spec })
+}
+
+/// When machines of this template died at launch and that cooled its
+/// offerings down: the instance's `stateReason`, which says why better than
+/// any launch answer (the launches themselves were accepted).
+fn died_at_launch_message(
+    s: &Session<'_>,
+    spec: &crate::api::MachineTemplateSpec,
+    provider: &str,
+) -> Option<String> {
+    let mine = batch::offerings_of_template(spec, provider);
+    s.ctx
+        .capacity
+        .death_reason_among(|o| mine.contains(o))
+        .map(|why| format!("every instance type and subnet of the template is cooling down after machines died at launch: {why}"))
 }
 
 fn last_capacity_message(s: &Session<'_>) -> Option<String> {

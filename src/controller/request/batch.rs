@@ -181,6 +181,21 @@ pub fn refusal_hold(launches: &[LaunchBatch], now: &Time) -> Option<RefusalHold>
     })
 }
 
+/// Every offering a template can launch on (types × subnets, or the
+/// default subnet), to tell its causes from other templates'.
+pub fn offerings_of_template(spec: &MachineTemplateSpec, provider: &str) -> Vec<Offering> {
+    let spot = is_spot(spec);
+    let subnets = subnets_or_default(spec);
+    spec.instance_types
+        .iter()
+        .flat_map(|t| {
+            subnets
+                .iter()
+                .map(move |s| offering(provider, &t.instance_type, s, spot))
+        })
+        .collect()
+}
+
 /// Every offering a batch asked for, to mark after a capacity error.
 pub fn offerings_of(batch: &LaunchBatch, provider: &str) -> Vec<Offering> {
     let spot = batch.capacity_type == Some(CapacityType::Spot);
