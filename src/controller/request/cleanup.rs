@@ -108,7 +108,7 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
             READY,
             false,
             Reason::Deleting.as_str(),
-            &hold.message(),
+            hold.message(),
             mr.metadata.generation,
             now(),
         ),
