@@ -62,6 +62,7 @@ pub struct Metrics {
     sweeps: Family<ProviderLabels, Counter>,
     launched: Family<ProviderLabels, Counter>,
     terminated: Family<TerminationLabels, Counter>,
+    templates_collected: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,12 @@ impl Metrics {
         let sweeps = Family::<ProviderLabels, Counter>::default();
         let launched = Family::<ProviderLabels, Counter>::default();
         let terminated = Family::<TerminationLabels, Counter>::default();
+        let templates_collected = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "launch_templates_collected",
+            "Leftover launch templates (crash, lost leadership, failed delete) the collector deleted, by provider instance",
+            templates_collected.clone(),
+        );
         registry.register(
             "machine_polls",
             "Batched describes of changing machines (one per provider per poll interval with work)",
@@ -158,6 +165,7 @@ impl Metrics {
             sweeps,
             launched,
             terminated,
+            templates_collected,
         }
     }
 
@@ -182,6 +190,15 @@ impl Metrics {
     /// Records `n` machines launched.
     pub fn launched(&self, provider: &str, n: usize) {
         self.launched
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Records `n` leftover launch templates deleted by the collector.
+    pub fn launch_templates_collected(&self, provider: &str, n: usize) {
+        self.templates_collected
             .get_or_create(&ProviderLabels {
                 provider: provider.to_string(),
             })

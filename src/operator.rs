@@ -218,6 +218,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             ctx.clone(),
             stopped(),
         )),
+        tokio::spawn(controller::cloud::template_collector::run(
+            ctx.clone(),
+            stopped(),
+        )),
     ];
     // Ready once both watches have listed everything: before that a reconcile
     // could miss a template, or the sweep take a live request for gone.

@@ -24,7 +24,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 use hostforge::config::{ProviderConfig, ProviderKind};
-use hostforge::provider::aws::AwsProvider;
+use hostforge::provider::aws::{launch_templates, AwsProvider};
 use hostforge::provider::{
     CallObserver, CapacityType, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec,
     MachineProvider, MachineState, MetadataSpec, ProviderError, VolumeSpec,
@@ -424,27 +424,42 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
     );
 
     // The batch's launch template is gone again.
-    let name = format!("hostforge-{}", s.batch_id);
+    let name = launch_templates::name_for(&s);
     assert!(!template_names(&env).await.contains(&name));
 }
 
-#[tokio::test]
-async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
-    let env = TestEnv::new("launch-reuse").await;
-    let (provider, recorder) = adapter(&env.bed.moto_url).await;
-    let s = spec(&env, LaunchApi::Fleet, 1).await;
-    let name = format!("hostforge-{}", s.batch_id);
-    // What a crash between CreateLaunchTemplate and CreateFleet leaves behind;
-    // its extra tag shows that the fleet launched from it.
+/// What a crash between CreateLaunchTemplate and CreateFleet leaves behind
+/// under `name`, with `owner_tags` on the template itself; its instance tag
+/// `leftover=yes` shows when a fleet launched from it.
+async fn leftover_template(
+    env: &TestEnv,
+    s: &LaunchSpec,
+    name: &str,
+    owner_tags: &BTreeMap<String, String>,
+) {
+    use aws_sdk_ec2::types::{
+        LaunchTemplateTagSpecificationRequest, ResourceType, TagSpecification,
+    };
     env.ec2()
         .create_launch_template()
-        .launch_template_name(&name)
+        .launch_template_name(name)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::LaunchTemplate)
+                .set_tags(Some(
+                    owner_tags
+                        .iter()
+                        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                        .collect(),
+                ))
+                .build(),
+        )
         .launch_template_data(
             RequestLaunchTemplateData::builder()
                 .image_id(&s.image_id)
                 .tag_specifications(
-                    aws_sdk_ec2::types::LaunchTemplateTagSpecificationRequest::builder()
-                        .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                    LaunchTemplateTagSpecificationRequest::builder()
+                        .resource_type(ResourceType::Instance)
                         .tags(
                             Tag::builder()
                                 .key("hostforge.io/batch")
@@ -459,16 +474,28 @@ async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
         .send()
         .await
         .expect("CreateLaunchTemplate");
+}
+
+#[tokio::test]
+async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
+    let env = TestEnv::new("launch-reuse").await;
+    let (provider, recorder) = adapter(&env.bed.moto_url).await;
+    let s = spec(&env, LaunchApi::Fleet, 1).await;
+    let name = launch_templates::name_for(&s);
+    leftover_template(&env, &s, &name, &s.tags).await;
 
     let machines = provider.launch(&s).await.expect("launch");
     assert_eq!(machines.len(), 1);
+    let ops: Vec<_> = recorder.all().iter().map(|(op, _)| *op).collect();
     assert_eq!(
-        recorder.all()[..3],
+        ops,
         [
-            ("CreateLaunchTemplate", "Unknown"),
-            ("CreateFleet", "ok"),
-            ("DeleteLaunchTemplate", "ok"),
-        ]
+            "CreateLaunchTemplate",
+            "DescribeLaunchTemplates",
+            "CreateFleet",
+            "DeleteLaunchTemplate",
+        ],
+        "exists, checked to be the batch's by its tags, used, deleted"
     );
     let instances = batch_instances(&env, &s.batch_id).await;
     assert_eq!(instances.len(), 1);
@@ -479,6 +506,43 @@ async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
         Some("yes")
     );
     assert!(!template_names(&env).await.contains(&name));
+    assert!(
+        machines[0].launch_time.is_some(),
+        "fleet machines carry a launch time from the answer on"
+    );
+}
+
+/// A template under the batch's name whose tags name another cluster (or
+/// request, or batch) is never launched from: the launch is refused with a
+/// code saying so, nothing is launched, and the other owner's template is
+/// left alone.
+#[tokio::test]
+async fn fleet_never_launches_from_another_owners_template() {
+    let env = TestEnv::new("launch-foreign").await;
+    let (provider, recorder) = adapter(&env.bed.moto_url).await;
+    let s = spec(&env, LaunchApi::Fleet, 1).await;
+    let name = launch_templates::name_for(&s);
+    let mut foreign = s.tags.clone();
+    foreign.insert("hostforge.io/cluster".into(), "another-cluster".into());
+    leftover_template(&env, &s, &name, &foreign).await;
+
+    let err = provider.launch(&s).await.expect_err("not ours");
+    assert!(matches!(err, ProviderError::Refused(_)), "{err}");
+    assert_eq!(err.code(), "LaunchTemplateNotOwned");
+    assert!(err.to_string().contains("another-cluster"), "{err}");
+    let ops: Vec<_> = recorder.all().iter().map(|(op, _)| *op).collect();
+    assert_eq!(ops, ["CreateLaunchTemplate", "DescribeLaunchTemplates"]);
+    assert!(batch_instances(&env, &s.batch_id).await.is_empty());
+    assert!(
+        template_names(&env).await.contains(&name),
+        "another owner's template is not ours to delete"
+    );
+    env.ec2()
+        .delete_launch_template()
+        .launch_template_name(&name)
+        .send()
+        .await
+        .expect("clean up");
 }
 
 #[tokio::test]
@@ -517,7 +581,7 @@ async fn invalid_launches_are_classified_and_launch_nothing() {
     );
     assert!(!template_names(&env)
         .await
-        .contains(&format!("hostforge-{}", s.batch_id)));
+        .contains(&launch_templates::name_for(&s)));
 
     assert!(batch_instances(&env, &s.batch_id).await.is_empty());
 }

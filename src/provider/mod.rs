@@ -15,6 +15,8 @@ mod observer;
 pub mod registry;
 mod terminate;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
 pub use error::{ErrorDetail, ProviderError};
@@ -25,6 +27,24 @@ pub use launch_spec::{
 pub use machine::{CapacityType, InstanceTypeInfo, InterruptionNotice, Machine, MachineState};
 pub use observer::{CallObserver, NoopObserver};
 pub use terminate::terminate_each_known;
+
+/// A launch template hostforge created (for an instant-fleet batch), as a
+/// listing reports it: the collector needs its age and ownership tags to tell
+/// a leftover of a crash, a lost leadership or a failed delete from the
+/// template of a batch still being launched, and its id to delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedLaunchTemplate {
+    /// The template id (`lt-…`): deleting by id never hits a template that
+    /// took over a freed name.
+    pub id: String,
+    /// The template name.
+    pub name: String,
+    /// When the cloud created it, seconds since the epoch; `None` when it did
+    /// not say (the collector then keeps it: age unknown).
+    pub created_at: Option<i64>,
+    /// The template's own tags (the batch's ownership tags).
+    pub tags: BTreeMap<String, String>,
+}
 
 /// A cloud account in one region that can find images and manage machines.
 ///
@@ -123,5 +143,23 @@ pub trait MachineProvider: Send + Sync {
     /// every re-send. Empty: this provider does not pin zones (the default).
     async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
         Ok(Vec::new())
+    }
+
+    /// Every launch template carrying all of `tags` (key, value), paginated
+    /// internally: what the collector reads to delete the templates batches
+    /// left behind, which otherwise pile up to the account's quota (5,000 per
+    /// Region) and then refuse every fleet launch. Adapters that create no
+    /// templates keep this default: there is nothing to collect.
+    async fn list_launch_templates(
+        &self,
+        _tags: &[(String, String)],
+    ) -> Result<Vec<OwnedLaunchTemplate>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes the launch template with this id. A template that is already
+    /// gone is not an error (`Ok`): someone else (a batch's own delete) won.
+    async fn delete_launch_template(&self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! The controllers' view of the cloud between reconciles: the background loops
-//! (the poller, the sweep, interruption notices) and the shared state they and
-//! the request controller use (batch lookups, capacity, ownership tags, the
+//! (the poller, the sweep, interruption notices, the launch-template
+//! collector) and the shared state they and the request controller use (batch lookups, capacity, ownership tags, the
 //! translation of provider machines into status machines).
 
 pub mod batch_lookups;
@@ -9,5 +9,6 @@ pub mod interruptions;
 pub mod ownership;
 pub mod poller;
 pub mod sweep;
+pub mod template_collector;
 pub mod ticker;
 pub mod translate;

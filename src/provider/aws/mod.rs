@@ -9,6 +9,7 @@ pub mod errors;
 mod images;
 mod instance_types;
 mod launch;
+pub mod launch_templates;
 pub mod limits;
 mod pages;
 mod spot;
@@ -31,7 +32,7 @@ use crate::config::rate_limits::RateLimitConfig;
 use crate::config::ProviderConfig;
 use crate::provider::{
     CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchApi, LaunchSpec,
-    Machine, MachineProvider, ProviderError, ResolvedImage,
+    Machine, MachineProvider, OwnedLaunchTemplate, ProviderError, ResolvedImage,
 };
 
 /// One configured AWS account and region.
@@ -174,5 +175,16 @@ impl MachineProvider for AwsProvider {
 
     async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
         zones::default_zones(&self.clients, &self.calls, &self.zones).await
+    }
+
+    async fn list_launch_templates(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<Vec<OwnedLaunchTemplate>, ProviderError> {
+        launch_templates::list(&self.clients, &self.calls, tags).await
+    }
+
+    async fn delete_launch_template(&self, id: &str) -> Result<(), ProviderError> {
+        launch_templates::delete(&self.clients, &self.calls, id).await
     }
 }

@@ -1,17 +1,27 @@
 //! One batch through an instant EC2 Fleet: a launch template for the batch,
-//! one CreateFleet call over every instance type × subnet, one DescribeInstances
-//! for the machines it returned, then the template is deleted again.
+//! one CreateFleet call over every instance type × subnet, then the template
+//! is deleted again once EC2 has answered.
 //!
-//! The template is named after the batch (`hostforge-<batch id>`), so creating
-//! it is idempotent by name: after a crash the same batch finds and reuses it.
-//! It gets no ClientToken on purpose: the template is deleted after every
-//! CreateFleet, and a repeated token would make EC2 answer with the deleted
-//! template instead of creating it again. CreateFleet references it by name,
-//! so a re-sent fleet (same ClientToken) matches the first one.
+//! The template's name is the batch's ([`launch_templates::name_for`]: the
+//! batch id and a digest of cluster, request uid and batch), so creating it is
+//! idempotent by name: after a crash the same batch finds it and, once its
+//! tags show it is this batch's, reuses it; another owner's template is never
+//! launched from. It gets no ClientToken on purpose: the template is deleted
+//! after every answered CreateFleet, and a repeated token would make EC2 answer
+//! with the deleted template instead of creating it again. CreateFleet
+//! references it by name, so a re-sent fleet (same ClientToken) matches the
+//! first one.
+//!
+//! Whatever a crash, a lost leadership or a failed delete leaves behind, the
+//! controller's launch-template collector deletes once no Pending batch needs
+//! it; so a template is only deleted here when EC2 has answered, never after a
+//! timeout or a 5xx (EC2 may still be launching from it, and the batch's
+//! re-send needs it).
 
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;
 use aws_sdk_ec2::operation::create_launch_template::builders::CreateLaunchTemplateFluentBuilder;
+use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
@@ -28,12 +38,19 @@ use super::{check_common, client_token, invalid, is_arn, non_empty, root_device,
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::{classify, detail};
+use crate::provider::aws::launch_templates;
 use crate::provider::aws::tags;
 use crate::provider::{CapacityType, LaunchSpec, Machine, MachineState, ProviderError};
 
 /// The error EC2 answers CreateLaunchTemplate with when the name is taken: for
 /// a batch's own template name, a previous attempt of the same batch made it.
 const TEMPLATE_EXISTS: &str = "InvalidLaunchTemplateName.AlreadyExistsException";
+
+/// EC2's answer to CreateLaunchTemplate when the account holds its quota of
+/// launch templates (5,000 per Region,
+/// <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/launch-template-restrictions.html>;
+/// the code is in <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+const TEMPLATE_QUOTA: &str = "MaxTemplateLimitExceeded";
 
 /// The template version the fleet launches: a batch's template is created once
 /// and never gets another version.
@@ -53,29 +70,57 @@ pub(super) async fn launch(
             "a fleet batch needs a batch id to name its launch template".into(),
         ));
     }
-    let name = template_name(&spec.batch_id);
+    let name = launch_templates::name_for(spec);
     ensure_template(clients, calls, spec, &name).await?;
     let answer = calls
         .run("CreateFleet", || {
             fleet_request(&clients.ec2, spec, &name).send()
         })
-        .await;
-    // Whatever the fleet did, the template has served its purpose: a retry of
-    // this batch creates it again by name, and nothing else uses it.
-    delete_template(clients, calls, &name).await;
+        .await
+        .map_err(template_lag);
+    // Stamped when the answer came: no machine of it launched later, so ages
+    // counted from here are never too old (the grace periods of deletion and
+    // the sweep stay on the safe side) until the first describe has EC2's own.
+    let answered_at = DateTime::from(std::time::SystemTime::now())
+        .fmt(DateTimeFormat::DateTime)
+        .ok();
+    match &answer {
+        Err(e) if !answered(e) => {
+            debug!(provider = %calls.provider(), template = %name, error = %e,
+                "keeping the batch's launch template: EC2 may still be launching from it, and a re-send of the batch needs it");
+        }
+        // EC2 has given its answer: the fleet is done with the template.
+        _ => delete_template(clients, calls, &name).await,
+    }
     // No describe here: the fleet's answer names each machine's type, subnet
     // and capacity, and the request's poller describes every launch of every
     // request in one batched call moments later (its first look).
-    Ok(pending_machines(spec, launched(&answer?)?))
+    Ok(pending_machines(spec, launched(&answer?)?, answered_at))
 }
 
-/// The batch's launch template name.
-pub(super) fn template_name(batch_id: &str) -> String {
-    format!("hostforge-{batch_id}")
+/// Whether a failed CreateFleet was answered by EC2 with a verdict (nothing
+/// was or will be launched), rather than a timeout, lost connection, 5xx or
+/// throttling after which EC2 may still act on it.
+fn answered(e: &ProviderError) -> bool {
+    !e.is_retryable() && !matches!(e, ProviderError::Unknown(_))
+}
+
+/// CreateFleet naming a template EC2 does not show yet: right after
+/// CreateLaunchTemplate this is EC2's eventual consistency
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/devguide/eventual-consistency.html>),
+/// so it is retried like a 5xx (the batch stays Pending and its re-send finds
+/// or recreates the template), never taken as a verdict on the batch.
+fn template_lag(e: ProviderError) -> ProviderError {
+    if launch_templates::is_template_not_found(&e) {
+        ProviderError::Transient(e.detail().clone())
+    } else {
+        e
+    }
 }
 
 /// Creates the batch's launch template, or finds it already there (a previous
-/// attempt of the same batch, e.g. before a crash).
+/// attempt of the same batch, e.g. before a crash) and checks by its tags that
+/// it is this batch's before the fleet launches from it.
 async fn ensure_template(
     clients: &AwsClients,
     calls: &Calls,
@@ -86,23 +131,59 @@ async fn ensure_template(
     match calls.run("CreateLaunchTemplate", || request.send()).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == TEMPLATE_EXISTS => {
-            debug!(provider = %calls.provider(), template = name, "reusing the batch's launch template");
-            Ok(())
+            match launch_templates::describe_named(clients, calls, name).await? {
+                Some(t) => {
+                    launch_templates::check_owner(&t.tags, spec)
+                        .map_err(|(key, have)| launch_templates::not_ours(name, key, have, spec))?;
+                    debug!(provider = %calls.provider(), template = name, "reusing the batch's launch template");
+                    Ok(())
+                }
+                // Deleted in between, or not listed yet: try again later.
+                None => Err(ProviderError::Transient(detail(
+                    "DescribeLaunchTemplates",
+                    TEMPLATE_EXISTS,
+                    format!("launch template {name} exists but is not listed yet"),
+                ))),
+            }
         }
+        Err(e) if e.code() == TEMPLATE_QUOTA => Err(quota_refusal(&e)),
         Err(e) => Err(e),
     }
 }
 
-/// Deletes the batch's template, best effort: a leftover template costs
-/// nothing, carries the ownership tags and is reused by a retry of the batch.
+/// The quota answer as a definitive refusal that says what to do: EC2 will
+/// refuse every new template until some are deleted, so re-sending would only
+/// wedge the batch.
+fn quota_refusal(e: &ProviderError) -> ProviderError {
+    ProviderError::Refused(detail(
+        e.detail().operation,
+        TEMPLATE_QUOTA,
+        format!(
+            "{} (the account's launch templates are at their quota, 5,000 per Region; \
+             hostforge deletes its own leftovers after gcGracePeriod, others must be deleted by their owners)",
+            e.detail().message
+        ),
+    ))
+}
+
+/// Deletes the batch's template by name, best effort: what is left behind
+/// (throttled, EC2 not showing the fresh template yet) carries the ownership
+/// tags, and the collector deletes it after the grace period.
 async fn delete_template(clients: &AwsClients, calls: &Calls, name: &str) {
     let request = clients
         .ec2
         .delete_launch_template()
         .launch_template_name(name);
-    if let Err(e) = calls.run("DeleteLaunchTemplate", || request.send()).await {
-        warn!(provider = %calls.provider(), template = name, error = %e,
-            "deleting the batch's launch template failed; it is left behind");
+    match calls.run("DeleteLaunchTemplate", || request.send()).await {
+        Ok(_) => {}
+        Err(e) if launch_templates::is_template_not_found(&e) => {
+            debug!(provider = %calls.provider(), template = name, error = %e,
+                "the batch's launch template is not visible to delete yet; left to the collector");
+        }
+        Err(e) => {
+            warn!(provider = %calls.provider(), template = name, error = %e,
+                "deleting the batch's launch template failed; left to the collector");
+        }
     }
 }
 
@@ -281,11 +362,18 @@ pub(super) struct Launched {
     pub(super) availability_zone: Option<String>,
 }
 
-/// The instances of a fleet answer, or, when there are none, why: the first of
-/// its errors classified like a failed call (so `InsufficientInstanceCapacity`
-/// becomes [`ProviderError::Capacity`]). An answer with neither instances nor
-/// errors is a capacity verdict too: re-sending the same ClientToken would only
-/// repeat it, so the caller must move on to another type, subnet or capacity.
+/// The instances of a fleet answer, or, when there are none, why.
+///
+/// An instant fleet's answer is final: re-sending the same ClientToken
+/// replays it (<https://docs.aws.amazon.com/AWSEC2/latest/devguide/ec2-api-idempotency.html>),
+/// so an answer without instances is a definitive verdict whatever its error
+/// codes say, or a Pending batch would be re-sent forever. The first error
+/// decides which: a capacity code is [`ProviderError::Capacity`] (try another
+/// type, subnet or capacity type), a bad-spec, access or not-found code keeps
+/// its category, and anything else (`InternalError`, codes we do not know) is
+/// [`ProviderError::Refused`] with EC2's code and message, so the batch is
+/// Failed and a new batch (new token) follows. An answer with neither
+/// instances nor errors is a capacity verdict.
 pub(super) fn launched(out: &CreateFleetOutput) -> Result<Vec<Launched>, ProviderError> {
     let mut launched: Vec<Launched> = Vec::new();
     for group in out.instances() {
@@ -309,11 +397,9 @@ pub(super) fn launched(out: &CreateFleetOutput) -> Result<Vec<Launched>, Provide
     let errors = out.errors();
     if launched.is_empty() {
         return Err(match errors.first() {
-            Some(e) => classify(
-                "CreateFleet",
+            Some(e) => no_instances(
                 e.error_code().unwrap_or_default(),
                 e.error_message().unwrap_or_default(),
-                None,
             ),
             None => ProviderError::Capacity(detail(
                 "CreateFleet",
@@ -322,22 +408,61 @@ pub(super) fn launched(out: &CreateFleetOutput) -> Result<Vec<Launched>, Provide
             )),
         });
     }
-    if let Some(e) = errors.first() {
-        info!(
+    if !errors.is_empty() {
+        // Kept, not lost: the caller plans another batch for the shortfall,
+        // and this line says why EC2 fell short.
+        let codes: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.error_code().unwrap_or_default(),
+                    e.error_message().unwrap_or_default()
+                )
+            })
+            .collect();
+        warn!(
             launched = launched.len(),
             errors = errors.len(),
-            code = e.error_code().unwrap_or_default(),
-            message = e.error_message().unwrap_or_default(),
+            causes = %codes.join("; "),
             "fleet launched part of its target"
         );
+    } else {
+        info!(launched = launched.len(), "fleet launched");
     }
     Ok(launched)
 }
 
+/// The verdict of a fleet answer without instances whose first error is
+/// `code`: see [`launched`].
+fn no_instances(code: &str, message: &str) -> ProviderError {
+    match classify("CreateFleet", code, message, None) {
+        e @ (ProviderError::Capacity(_)
+        | ProviderError::InvalidParameter(_)
+        | ProviderError::AccessDenied(_)
+        | ProviderError::NotFound(_)
+        | ProviderError::Refused(_)) => e,
+        other => ProviderError::Refused(detail(
+            "CreateFleet",
+            code,
+            format!(
+                "the fleet launched no instances: {}",
+                other.detail().message
+            ),
+        )),
+    }
+}
+
 /// The machines in the fleet's answer order, as the launch itself tells:
-/// pending, its type, subnet, capacity, image and the tags it was launched
-/// with. Host names, addresses and launch times come with the first poll.
-pub(super) fn pending_machines(spec: &LaunchSpec, launched: Vec<Launched>) -> Vec<Machine> {
+/// pending, its type, subnet, capacity, image, the tags it was launched with,
+/// and `launched_at` (when the answer came) as launch time until the first
+/// poll has EC2's: a machine without one would look forever young to
+/// deletion and the sweep. Host names and addresses come with the first poll.
+pub(super) fn pending_machines(
+    spec: &LaunchSpec,
+    launched: Vec<Launched>,
+    launched_at: Option<String>,
+) -> Vec<Machine> {
     launched
         .into_iter()
         .map(|l| Machine {
@@ -347,6 +472,7 @@ pub(super) fn pending_machines(spec: &LaunchSpec, launched: Vec<Launched>) -> Ve
             capacity_type: l.capacity_type,
             image_id: Some(spec.image_id.clone()),
             tags: spec.tags.clone(),
+            launch_time: launched_at.clone(),
             ..Machine::bare(l.id, MachineState::Pending)
         })
         .collect()

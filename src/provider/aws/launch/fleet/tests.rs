@@ -219,7 +219,7 @@ fn answers_with_instances_succeed_even_with_errors() {
 }
 
 #[test]
-fn empty_answers_fail_with_the_first_error_classified() {
+fn empty_answers_fail_definitively_with_the_first_error() {
     let out = answer(
         vec![],
         vec![
@@ -241,6 +241,66 @@ fn empty_answers_fail_with_the_first_error_classified() {
     assert_eq!(e.code(), "NoInstancesLaunched");
 }
 
+/// A zero-instance answer is replayed under its token, so codes that would
+/// be retried as a failed call (InternalError, throttling) or that nobody
+/// knows must still end the batch: never retryable, never Unknown.
+#[test]
+fn empty_answers_with_server_or_unknown_codes_are_refusals_not_retries() {
+    for code in [
+        "InternalError",
+        "RequestLimitExceeded",
+        "SomethingNew",
+        "InvalidLaunchTemplateName.NotFoundException",
+    ] {
+        let e = launched(&answer(vec![], vec![error(code)])).expect_err(code);
+        assert!(matches!(e, ProviderError::Refused(_)), "{code}: {e}");
+        assert!(!e.is_retryable(), "{code}");
+        assert_eq!(e.code(), code);
+        assert!(
+            e.detail().message.contains("no capacity in us-east-1a"),
+            "EC2's message is kept: {e}"
+        );
+    }
+}
+
+#[test]
+fn only_answered_failures_release_the_template() {
+    let d = || detail("CreateFleet", "X", String::new());
+    assert!(answered(&ProviderError::InvalidParameter(d())));
+    assert!(answered(&ProviderError::Refused(d())));
+    assert!(answered(&ProviderError::Capacity(d())));
+    assert!(!answered(&ProviderError::Transient(d())), "timeout or 5xx");
+    assert!(!answered(&ProviderError::Throttled(d())));
+    assert!(!answered(&ProviderError::Unknown(d())));
+}
+
+#[test]
+fn a_template_not_visible_yet_is_a_retry_and_the_quota_a_refusal() {
+    let lag = template_lag(ProviderError::Refused(detail(
+        "CreateFleet",
+        "InvalidLaunchTemplateName.NotFoundException",
+        "not there".into(),
+    )));
+    assert!(matches!(lag, ProviderError::Transient(_)), "{lag}");
+    assert_eq!(lag.code(), "InvalidLaunchTemplateName.NotFoundException");
+    let other = template_lag(ProviderError::Refused(detail(
+        "CreateFleet",
+        "Nope",
+        "".into(),
+    )));
+    assert!(matches!(other, ProviderError::Refused(_)));
+
+    let q = quota_refusal(&ProviderError::Refused(detail(
+        "CreateLaunchTemplate",
+        TEMPLATE_QUOTA,
+        "limit reached".into(),
+    )));
+    assert!(matches!(q, ProviderError::Refused(_)), "{q}");
+    assert!(!q.is_retryable());
+    assert_eq!(q.code(), "MaxTemplateLimitExceeded");
+    assert!(q.to_string().contains("limit reached"), "{q}");
+}
+
 #[test]
 fn fleet_machines_are_pending_with_what_the_fleet_said() {
     let s = fleet_spec(50, 2);
@@ -249,7 +309,7 @@ fn fleet_machines_are_pending_with_what_the_fleet_said() {
         vec![],
     ))
     .expect("launched");
-    let machines = pending_machines(&s, l);
+    let machines = pending_machines(&s, l, Some("2026-01-02T03:04:05Z".into()));
     assert_eq!(
         machines.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
         ["i-1", "i-2"],
@@ -261,9 +321,10 @@ fn fleet_machines_are_pending_with_what_the_fleet_said() {
     assert_eq!(m.instance_type.as_deref(), Some("c6i.xlarge"));
     assert_eq!(m.image_id.as_deref(), Some(s.image_id.as_str()));
     assert_eq!(m.tags, s.tags);
-}
-
-#[test]
-fn template_names_follow_the_batch() {
-    assert_eq!(template_name("3f2a9c1e-4"), "hostforge-3f2a9c1e-4");
+    assert!(
+        machines
+            .iter()
+            .all(|m| m.launch_time.as_deref() == Some("2026-01-02T03:04:05Z")),
+        "stamped from the start"
+    );
 }
