@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 mod clients;
+mod fidelity;
 
 use clients::{code_and_status, ec2_fast_retry, ec2_no_retry, in_moto, launch};
 
