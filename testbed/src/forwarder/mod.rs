@@ -252,8 +252,9 @@ impl Forwarder {
 
     /// Every counter, for a report or an assertion message:
     /// `calls/<Action>`, `forwarded/<Action>`, `injected/<Action>/<Code>`,
-    /// `throttled/<Action>`, `upstream_errors/<Action>` and the total
-    /// `throttled`.
+    /// `throttled/<Action>`, `upstream_errors/<Action>`, the total
+    /// `throttled`, and the fidelity model's non-zero counters as
+    /// `fidelity/<name>`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let state = self.shared.lock();
         let mut out = BTreeMap::new();
@@ -271,7 +272,15 @@ impl Forwarder {
             out.insert(format!("injected/{action}/{code}"), *n);
         }
         out.insert("throttled".to_string(), state.throttled.values().sum());
-        out.extend(state.model.counters.entries());
+        // Only what the model did, so a snapshot without it reads as before.
+        out.extend(
+            state
+                .model
+                .counters
+                .entries()
+                .into_iter()
+                .filter(|(_, n)| *n > 0),
+        );
         out
     }
 
