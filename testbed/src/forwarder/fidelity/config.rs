@@ -17,6 +17,9 @@ pub struct Fidelity {
     pub visibility: Visibility,
     /// Mixes faults at random per call (see [`Fidelity::random`]).
     pub random: Option<RandomProfile>,
+    /// How long a new launch template is unknown to DeleteLaunchTemplate
+    /// and CreateFleet (as `Forwarder::set_launch_template_lag`).
+    pub launch_template_lag: Duration,
 }
 
 impl Fidelity {
@@ -28,9 +31,8 @@ impl Fidelity {
         }
     }
 
-    /// A profile for a crash bench: small visibility windows, a short
-    /// launch-template lag (set separately with
-    /// `set_launch_template_lag`), and at a small rate per launch call
+    /// A profile for a crash bench: small visibility windows, a 2 s
+    /// launch-template lag, and at a small rate per launch call
     /// forward-then-500, forward-then-drop, partial launches and deaths at
     /// launch; the same seed and call sequence give the same faults.
     pub fn random(seed: u64) -> Fidelity {
@@ -42,6 +44,7 @@ impl Fidelity {
                 stale_after_terminate: Duration::from_secs(3),
             },
             random: Some(RandomProfile::default()),
+            launch_template_lag: Duration::from_secs(2),
         }
     }
 }

@@ -27,8 +27,15 @@ pub(super) async fn describe(
     headers: &HeaderMap,
     params: &BTreeMap<String, String>,
 ) -> Result<Reply, String> {
-    shared.lock().count_forward("DescribeInstances");
+    let rewrites = {
+        let mut state = shared.lock();
+        state.count_forward("DescribeInstances");
+        state.model.rewrites_reads()
+    };
     let answer = call(shared, headers, params).await?;
+    if !rewrites {
+        return Ok(Reply::Upstream(answer));
+    }
     let Some(mut doc) = answer.document() else {
         return Ok(Reply::Upstream(answer));
     };

@@ -18,7 +18,8 @@
 //!   — forward then misbehave (`forward_then_error`, `forward_then_drop`,
 //!   `forward_then_hold`), `partial_run_instances(k)`,
 //!   `partial_fleet(k, FleetError)`, `zero_fleet(FleetError)`; `.param()`,
-//!   `.times(n)` as for `Rule`. Works with or without the registry.
+//!   `.times(n)` as for `Rule`. Works with or without the registry, on EC2
+//!   query-protocol calls only.
 //! * [`set_visibility`](crate::forwarder::Forwarder::set_visibility),
 //!   [`hide_from_tag_listings`](crate::forwarder::Forwarder::hide_from_tag_listings)
 //!   — eventual consistency ([`consistency`]).
@@ -28,6 +29,12 @@
 //!   [`set_launch_template_lag`](crate::forwarder::Forwarder::set_launch_template_lag).
 //! * [`fidelity_counters`](crate::forwarder::Forwarder::fidelity_counters)
 //!   ([`FidelityCounters`]); also in `snapshot()` as `fidelity/…`.
+//!
+//! Counters: `calls`/`forwarded` keep their meaning (`forwarded` counts
+//! only calls that reached moto, so a replay is not forwarded); the
+//! model's own calls to moto (DescribeInstances to refresh a replay,
+//! DescribeSubnets, DescribeAvailabilityZones, DescribeLaunchTemplates,
+//! the TerminateInstances of a death) are counted nowhere.
 //!
 //! Every setter turns the model on. Order per call: rate limits and
 //! answer-instead rules first (as before), then the model: registry,

@@ -176,6 +176,7 @@ impl Model {
         self.on = true;
         self.visibility = fidelity.visibility;
         self.random = fidelity.random;
+        self.template_lag = fidelity.launch_template_lag;
         self.rng = fastrand::Rng::with_seed(fidelity.seed);
     }
 
@@ -286,6 +287,20 @@ impl Model {
             self.instances.entry(id.clone()).or_insert(seen);
         }
         dying
+    }
+
+    /// Whether a DescribeInstances answer may need rewriting at all; when
+    /// not, it is relayed without being parsed (a bench's large listings).
+    pub(super) fn rewrites_reads(&self) -> bool {
+        let v = self.visibility;
+        let consistent = v.by_id.is_zero()
+            && v.by_tag.is_zero()
+            && v.stale_after_terminate.is_zero()
+            && self.hidden_from_tags.is_empty();
+        !consistent
+            || self.kill.is_some()
+            || self.counters.deaths > 0
+            || self.random.as_ref().is_some_and(|r| r.death > 0.0)
     }
 
     /// How long after the launch answer a death happens.
