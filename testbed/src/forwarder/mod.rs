@@ -38,7 +38,13 @@
 //! by the forwarder up to three times per SDK call unless the client's retry
 //! config is changed. Also note that a real `CreateFleet` of type `instant`
 //! reports capacity shortfalls inside a 200 answer (its `errorSet`); a rule
-//! on `CreateFleet` models a failed call, not that partial answer.
+//! on `CreateFleet` models a failed call, not that partial answer (the
+//! fidelity model's `FaultRule::partial_fleet` / `zero_fleet` do).
+//!
+//! The EC2 fidelity model (`fidelity/`, off by default) adds what moto
+//! lacks: ClientToken idempotency, faults after moto acted, partial
+//! launches, eventual consistency, deaths at launch, launch-template quota
+//! and lag; see that module's docs for its API.
 
 mod fidelity;
 mod rules;
