@@ -38,8 +38,15 @@
 //! by the forwarder up to three times per SDK call unless the client's retry
 //! config is changed. Also note that a real `CreateFleet` of type `instant`
 //! reports capacity shortfalls inside a 200 answer (its `errorSet`); a rule
-//! on `CreateFleet` models a failed call, not that partial answer.
+//! on `CreateFleet` models a failed call, not that partial answer (the
+//! fidelity model's `FaultRule::partial_fleet` / `zero_fleet` do).
+//!
+//! The EC2 fidelity model (`fidelity/`, off by default) adds what moto
+//! lacks: ClientToken idempotency, faults after moto acted, partial
+//! launches, eventual consistency, deaths at launch, launch-template quota
+//! and lag; see that module's docs for its API.
 
+mod fidelity;
 mod rules;
 mod server;
 mod throttle;
@@ -48,6 +55,7 @@ mod wire;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -56,6 +64,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+pub use fidelity::{
+    FaultKind, FaultRule, Fidelity, FidelityCounters, FleetError, KillAtLaunch, Pick,
+    RandomProfile, Then, Visibility,
+};
 pub use rules::{InjectedError, Rule, RuleId};
 pub use throttle::{Bucket, RateLimits};
 
@@ -246,8 +258,9 @@ impl Forwarder {
 
     /// Every counter, for a report or an assertion message:
     /// `calls/<Action>`, `forwarded/<Action>`, `injected/<Action>/<Code>`,
-    /// `throttled/<Action>`, `upstream_errors/<Action>` and the total
-    /// `throttled`.
+    /// `throttled/<Action>`, `upstream_errors/<Action>`, the total
+    /// `throttled`, and the fidelity model's non-zero counters as
+    /// `fidelity/<name>`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let state = self.shared.lock();
         let mut out = BTreeMap::new();
@@ -265,6 +278,15 @@ impl Forwarder {
             out.insert(format!("injected/{action}/{code}"), *n);
         }
         out.insert("throttled".to_string(), state.throttled.values().sum());
+        // Only what the model did, so a snapshot without it reads as before.
+        out.extend(
+            state
+                .model
+                .counters
+                .entries()
+                .into_iter()
+                .filter(|(_, n)| *n > 0),
+        );
         out
     }
 
@@ -278,6 +300,7 @@ impl Forwarder {
         state.throttled.clear();
         state.upstream_errors.clear();
         state.requests.clear();
+        state.model.counters = FidelityCounters::default();
     }
 
     /// Decoded parameters of the recent calls of `action` (oldest first, at
@@ -292,6 +315,84 @@ impl Forwarder {
             .filter(|(a, _)| a == action)
             .map(|(_, p)| p.clone())
             .collect()
+    }
+
+    /// Turns the EC2 fidelity model on (see `fidelity`'s module docs):
+    /// the ClientToken registry, visibility windows, template quota and
+    /// lag, deaths; `Fidelity::default()` is the registry alone.
+    pub fn enable_fidelity(&self, fidelity: Fidelity) {
+        self.shared.lock().model.enable(fidelity);
+    }
+
+    /// Adds a fault that lets the call reach moto (or the registry) and
+    /// then changes the answer, or changes the request first; works with
+    /// or without `enable_fidelity`.
+    pub fn add_fault(&self, fault: FaultRule) -> RuleId {
+        let mut state = self.shared.lock();
+        state.next_rule += 1;
+        let id = RuleId(state.next_rule);
+        state.model.faults.push((id, fault));
+        id
+    }
+
+    /// Removes a fault; false when it was already gone.
+    pub fn remove_fault(&self, id: RuleId) -> bool {
+        let mut state = self.shared.lock();
+        let before = state.model.faults.len();
+        state.model.faults.retain(|(fid, _)| *fid != id);
+        state.model.faults.len() != before
+    }
+
+    /// Sets the eventual-consistency windows (turns the model on).
+    pub fn set_visibility(&self, visibility: Visibility) {
+        let mut state = self.shared.lock();
+        state.model.on = true;
+        state.model.visibility = visibility;
+    }
+
+    /// Hides these instance ids from every DescribeInstances not naming
+    /// them by id, until [`Forwarder::show_in_tag_listings`]: a tag index
+    /// that misses an old instance (turns the model on).
+    pub fn hide_from_tag_listings<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        let mut state = self.shared.lock();
+        state.model.on = true;
+        state
+            .model
+            .hidden_from_tags
+            .extend(ids.into_iter().map(Into::into));
+    }
+
+    /// Lists every instance hidden by `hide_from_tag_listings` again.
+    pub fn show_in_tag_listings(&self) {
+        self.shared.lock().model.hidden_from_tags.clear();
+    }
+
+    /// Kills instances at launch (turns the model on); `None` stops it.
+    pub fn kill_at_launch(&self, kill: Option<KillAtLaunch>) {
+        let mut state = self.shared.lock();
+        state.model.on = true;
+        state.model.kill = kill;
+    }
+
+    /// CreateLaunchTemplate answers `MaxTemplateLimitExceeded` once moto
+    /// holds `quota` templates; `None` lifts it (turns the model on).
+    pub fn set_launch_template_quota(&self, quota: Option<usize>) {
+        let mut state = self.shared.lock();
+        state.model.on = true;
+        state.model.template_quota = quota;
+    }
+
+    /// For `lag` after a CreateLaunchTemplate, DeleteLaunchTemplate and
+    /// CreateFleet naming the template answer NotFound (turns the model on).
+    pub fn set_launch_template_lag(&self, lag: Duration) {
+        let mut state = self.shared.lock();
+        state.model.on = true;
+        state.model.template_lag = lag;
+    }
+
+    /// What the fidelity model did so far.
+    pub fn fidelity_counters(&self) -> FidelityCounters {
+        self.shared.lock().model.counters.clone()
     }
 }
 
@@ -337,6 +438,7 @@ struct State {
     upstream_errors: BTreeMap<String, u64>,
     requests: VecDeque<(String, BTreeMap<String, String>)>,
     replies: HashMap<String, String>,
+    model: fidelity::Model,
 }
 
 /// What the forwarder decided for one call.
@@ -344,6 +446,8 @@ enum Decision {
     Forward,
     Answer(InjectedError),
     Reply(String),
+    /// The fidelity model serves it (and counts what it forwards).
+    Model,
 }
 
 impl State {
@@ -387,8 +491,16 @@ impl State {
         if let Some(body) = self.replies.get(action) {
             return Decision::Reply(body.clone());
         }
-        *self.forwarded.entry(action.to_string()).or_default() += 1;
+        if self.model.serves(action, &call.params) && call.is_ec2() && !call.json {
+            return Decision::Model;
+        }
+        self.count_forward(action);
         Decision::Forward
+    }
+
+    /// Counts one call of `action` sent on to the upstream.
+    fn count_forward(&mut self, action: &str) {
+        *self.forwarded.entry(action.to_string()).or_default() += 1;
     }
 
     /// Takes the call's tokens when the rate-limit model is on and every

@@ -123,7 +123,7 @@ impl Rule {
     }
 }
 
-fn param_matches(key: &str, value: &str, params: &BTreeMap<String, String>) -> bool {
+pub(super) fn param_matches(key: &str, value: &str, params: &BTreeMap<String, String>) -> bool {
     match key.strip_prefix('.') {
         Some(bare) => params
             .iter()

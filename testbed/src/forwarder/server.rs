@@ -1,7 +1,6 @@
 //! The forwarder's HTTP side: accepting connections, deciding each call and
 //! relaying it to the upstream unchanged.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
+use super::fidelity::{serve, Dropped};
 use super::wire::{error_response, plain, xml_response, Call};
 use super::{Decision, Shared};
 
@@ -66,7 +66,7 @@ pub(super) async fn accept_loop(
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -82,6 +82,10 @@ async fn handle(
     match decision {
         Decision::Answer(error) => Ok(error_response(&error, call.json)),
         Decision::Reply(body) => Ok(xml_response(body)),
+        Decision::Model => {
+            let action = call.action.clone().unwrap_or_default();
+            serve(&shared, &parts.headers, &action, &call.params).await
+        }
         Decision::Forward => match forward(&shared, parts, body).await {
             Ok(response) => Ok(response),
             Err(message) => {
