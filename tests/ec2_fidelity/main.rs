@@ -103,9 +103,6 @@ async fn a_lost_run_instances_answer_launches_one_set() {
 }
 
 #[tokio::test]
-#[ignore = "issue 16: without subnetIds RunInstances carries no subnet or placement, so each \
-            SDK retry of one token is a new request in another zone: 3 sets launched (9 \
-            instances for count 3), the surplus 6 scaled down later"]
 async fn a_lost_answer_without_subnets_launches_one_set() {
     // EC2's RunInstances token is zonal: without a subnet each SDK retry
     // may land in another zone and launch another set (the model draws a

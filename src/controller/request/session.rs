@@ -93,10 +93,17 @@ impl<'a> Session<'a> {
                 source,
             })?;
         self.ctx.metrics.status_write(CONTROLLER);
+        // A write the apiserver found identical to what it holds (e.g. a
+        // value that differs only below what the wire format keeps) is a
+        // no-op that keeps the resourceVersion: that version is current, not
+        // superseded, or every later copy of it would be taken for stale.
+        let new = updated.resource_version();
         if let Some(old) = &self.resource_version {
-            self.ctx.superseded.record(&self.key(), old);
+            if new.as_ref() != Some(old) {
+                self.ctx.superseded.record(&self.key(), old);
+            }
         }
-        self.resource_version = updated.resource_version();
+        self.resource_version = new;
         self.written = self.status.clone();
         Ok(())
     }

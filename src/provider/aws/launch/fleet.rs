@@ -81,7 +81,9 @@ pub(super) async fn launch(
     // Stamped when the answer came: no machine of it launched later, so ages
     // counted from here are never too old (the grace periods of deletion and
     // the sweep stay on the safe side) until the first describe has EC2's own.
-    let answered_at = DateTime::from(std::time::SystemTime::now())
+    // Whole seconds, as EC2 and the status field (RFC 3339 without fraction)
+    // hold launch times: a fraction would never survive the status round trip.
+    let answered_at = DateTime::from_secs(DateTime::from(std::time::SystemTime::now()).secs())
         .fmt(DateTimeFormat::DateTime)
         .ok();
     match &answer {
