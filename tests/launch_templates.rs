@@ -294,7 +294,6 @@ async fn a_zero_instance_fleet_answer_fails_the_batch() {
 /// show and are terminated, so no instance outlives the request.
 #[cfg(feature = "failpoints")]
 #[tokio::test]
-#[ignore = "fails in the first run: the restarted operator let the request go in its first reconcile; under investigation"]
 async fn deleting_a_request_with_a_pending_batch_leaves_no_instance() {
     use hostforge_testbed::machines::{moto_live, requests, uid};
     use kube::api::DeleteParams;

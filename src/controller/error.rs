@@ -34,6 +34,28 @@ pub enum Error {
     /// Adding or removing the finalizer failed, or the reconcile inside it did.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A deleting request still has machines EC2 has not confirmed going (or
+    /// a launch batch whose machines may not show yet). Not a failure: kube's
+    /// finalizer helper removes the finalizer whenever cleanup returns `Ok`,
+    /// whatever the requeue, so waiting has to be an `Err`.
+    #[error("deletion waits for {0}")]
+    StillDeleting(String),
+}
+
+impl Error {
+    /// Whether this is a deletion that is still waiting (directly or inside
+    /// the finalizer), to be looked at again soon without a backoff or an
+    /// Event.
+    pub fn is_still_deleting(&self) -> bool {
+        match self {
+            Error::StillDeleting(_) => true,
+            Error::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_still_deleting()
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl Error {
@@ -45,6 +67,7 @@ impl Error {
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::Serialize(_) => "SerializeError",
             Error::Provider { .. } => "ProviderError",
+            Error::StillDeleting(_) => "StillDeleting",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

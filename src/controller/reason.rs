@@ -181,6 +181,7 @@ impl Reason {
             Error::Kube { .. } => Reason::KubeApiError,
             Error::MissingObjectKey(_) | Error::Serialize(_) => Reason::InternalError,
             Error::Provider { source, .. } => Reason::of_provider(source, Reason::NotFound),
+            Error::StillDeleting(_) => Reason::Deleting,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => Reason::of_error(e),

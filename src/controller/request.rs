@@ -95,6 +95,10 @@ fn key(mr: &MachineRequest) -> String {
 }
 
 fn error_policy(mr: Arc<MachineRequest>, err: &Error, ctx: Arc<Context>) -> Action {
+    if err.is_still_deleting() {
+        debug!(request = %key(&mr), wait = %err, "deletion waiting; finalizer kept");
+        return Action::requeue(cleanup::RETRY_DELETING);
+    }
     let delay = ctx.backoff.failed(&key(&mr));
     warn!(request = %key(&mr), category = err.category(), error = %err, retry_in = ?delay, "request reconcile failed");
     // A failed apply has already said so on the request (report::failure).

@@ -33,10 +33,11 @@ use crate::controller::reason::Reason;
 use crate::controller::{Context, Error};
 
 /// How soon a deleting request looks again while its machines shut down.
-const RETRY_DELETING: Duration = Duration::from_secs(2);
+pub const RETRY_DELETING: Duration = Duration::from_secs(2);
 
-/// One reconcile of a request being deleted; `await_change` once the
-/// finalizer may go.
+/// One reconcile of a request being deleted: `Ok` once the finalizer may go
+/// (kube's finalizer helper then removes it), [`Error::StillDeleting`] while
+/// something still holds it.
 pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error> {
     let mut s = Session::load(mr, ctx)?;
     let template = ctx
@@ -124,7 +125,7 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
             "all machines terminating; releasing the finalizer");
         return Ok(Action::await_change());
     }
-    Ok(Action::requeue(RETRY_DELETING))
+    Err(Error::StillDeleting(hold.waits().join(" and ")))
 }
 
 /// What still keeps a deleting request's finalizer, after this reconcile's
@@ -176,6 +177,19 @@ impl Hold {
 
     /// The Ready condition's message: what deletion is waiting for, if anything.
     fn message(&self) -> String {
+        let waits = self.waits();
+        if waits.is_empty() {
+            "terminating all machines".into()
+        } else {
+            format!(
+                "terminating all machines; waiting for {}",
+                waits.join(" and ")
+            )
+        }
+    }
+
+    /// What deletion waits for, one phrase each.
+    fn waits(&self) -> Vec<String> {
         let mut waits = Vec::new();
         if self.young_unconfirmed > 0 {
             waits.push(format!(
@@ -189,14 +203,7 @@ impl Hold {
                 self.pending_batches
             ));
         }
-        if waits.is_empty() {
-            "terminating all machines".into()
-        } else {
-            format!(
-                "terminating all machines; waiting for {}",
-                waits.join(" and ")
-            )
-        }
+        waits
     }
 }
 
