@@ -78,6 +78,25 @@ pub(crate) fn degraded(mr: &MachineRequest) -> bool {
     machines::condition(mr, "Degraded").is_some_and(|(s, _)| s == "True")
 }
 
+/// Reasons of a Degraded condition that name what the cloud answered (a
+/// refusal, capacity, an error or an outage), as opposed to a stale or
+/// internal cause.
+const CLOUD_REASONS: &[&str] = &[
+    "LaunchFailed",
+    "CapacityUnavailable",
+    "CloudError",
+    "CloudUnavailable",
+    "Throttled",
+];
+
+/// Ready, or Degraded with a reason that names the cloud's answer: a request
+/// that is not stuck without saying why.
+pub(crate) fn settled(mr: &MachineRequest) -> bool {
+    is_ready(mr)
+        || machines::condition(mr, "Degraded")
+            .is_some_and(|(s, r)| s == "True" && CLOUD_REASONS.contains(&r.as_str()))
+}
+
 /// Waits until every request of the namespace is Ready; prints progress every
 /// 5 s. Returns the seconds it took from `since` and the final list, or the
 /// list when `timeout` passed. Readiness is followed through a watch, so the
@@ -88,6 +107,18 @@ pub(crate) async fn wait_all_ready(
     what: &str,
     since: Instant,
     timeout: Duration,
+) -> Result<(f64, Vec<MachineRequest>), Vec<MachineRequest>> {
+    wait_all(start, env, what, since, timeout, is_ready).await
+}
+
+/// [`wait_all_ready`] for any test of "done" (e.g. [`settled`]).
+pub(crate) async fn wait_all(
+    start: Instant,
+    env: &TestEnv,
+    what: &str,
+    since: Instant,
+    timeout: Duration,
+    done: fn(&MachineRequest) -> bool,
 ) -> Result<(f64, Vec<MachineRequest>), Vec<MachineRequest>> {
     let (reader, writer) = reflector::store();
     // Every watch event, the end of the initial listing included: the store
@@ -111,7 +142,7 @@ pub(crate) async fn wait_all_ready(
                     return Err(snapshot());
                 }
                 let list = reader.state();
-                if !list.is_empty() && list.iter().all(|m| is_ready(m)) {
+                if !list.is_empty() && list.iter().all(|m| done(m)) {
                     return Ok((since.elapsed().as_secs_f64(), snapshot()));
                 }
             }

@@ -2,6 +2,7 @@
 //! runs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use hostforge::api::MachineRequest;
@@ -77,4 +78,30 @@ pub(super) async fn audit(env: &TestEnv, list: &[MachineRequest]) -> (usize, usi
         missing.iter().take(5).collect::<Vec<_>>()
     );
     (over + listed_twice, leaks.len(), missing.len(), detail)
+}
+
+/// Launch templates in moto tagged for the namespace's cluster, waited on
+/// for up to `wait` until none is left: a leftover the collector would take
+/// after its grace period is not a leak, one still there after it is.
+pub(super) async fn templates_left(env: &TestEnv, wait: Duration) -> usize {
+    let ec2 = env.ec2();
+    let t0 = Instant::now();
+    loop {
+        let left = ec2
+            .describe_launch_templates()
+            .filters(
+                Filter::builder()
+                    .name("tag:hostforge.io/cluster")
+                    .values(&env.namespace)
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|out| out.launch_templates().len())
+            .unwrap_or(usize::MAX);
+        if left == 0 || t0.elapsed() >= wait {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

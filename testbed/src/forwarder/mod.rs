@@ -324,6 +324,12 @@ impl Forwarder {
         self.shared.lock().model.enable(fidelity);
     }
 
+    /// Turns the EC2 fidelity model off (a bench phase that used it must not
+    /// leave its faults to the next one); counters stay readable.
+    pub fn disable_fidelity(&self) {
+        self.shared.lock().model.disable();
+    }
+
     /// Adds a fault that lets the call reach moto (or the registry) and
     /// then changes the answer, or changes the request first; works with
     /// or without `enable_fidelity`.

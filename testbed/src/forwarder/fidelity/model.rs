@@ -180,6 +180,17 @@ impl Model {
         self.rng = fastrand::Rng::with_seed(fidelity.seed);
     }
 
+    /// Turns the model off again (the plain relay serves every call that no
+    /// fault rule matches); records and counters stay for inspection.
+    pub(in crate::forwarder) fn disable(&mut self) {
+        self.on = false;
+        self.random = None;
+        self.visibility = Visibility::default();
+        self.template_lag = Duration::ZERO;
+        self.kill = None;
+        self.hidden_from_tags.clear();
+    }
+
     /// Whether the model, not the plain relay, serves this call.
     pub(in crate::forwarder) fn serves(
         &self,
