@@ -125,7 +125,11 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     let live: Vec<usize> = (0..machines.len())
         .filter(|i| machines[*i].is_live())
         .collect();
-    let count = desired.count.max(0) as usize;
+    // Lost machines a request does not replace keep their slots, so the
+    // live machines are trimmed to the target, not to `count`: trimming to
+    // `count` left one live machine too many after a scale-down, and the
+    // request never Ready (status compares live with the target).
+    let count = target(desired.count, desired.replace_lost, machines).max(0) as usize;
     if live.len() > count {
         let mut newest_first = live.clone();
         newest_first.sort_by_key(|i| {
@@ -247,6 +251,21 @@ mod tests {
         ms[1].state = MachineState::Terminated;
         plan(&desired(2, &["i-1"], true), &mut ms, None);
         assert_eq!(ms[1].result, MachineResult::Succeed);
+    }
+
+    /// Found by the bench's fidelity phase: a machine died at launch in a
+    /// request that does not replace lost machines, then its count went
+    /// down by one; trimming to `count` kept one live machine too many and
+    /// the request was never Ready again.
+    #[test]
+    fn a_kept_lost_machine_keeps_its_slot_when_the_count_goes_down() {
+        let mut ms = running(6);
+        ms[5].state = MachineState::Terminated;
+        let p = plan(&desired(6, &[], false), &mut ms, None);
+        assert_eq!((p.launch, p.terminate.len()), (0, 0), "5 live + 1 lost = 6");
+        let p = plan(&desired(5, &[], false), &mut ms, None);
+        assert_eq!(p.terminate, ["i-4"], "the newest live machine goes");
+        assert_eq!(p.launch, 0);
     }
 
     #[test]
