@@ -20,11 +20,11 @@ use super::{Decision, Shared};
 
 /// Largest request or upstream answer body the forwarder reads (64 MiB);
 /// EC2 and SSM calls are far smaller, so a larger one is a broken client.
-const MAX_BODY: usize = 64 << 20;
+pub(super) const MAX_BODY: usize = 64 << 20;
 
 /// Headers that describe one hop, not the message, so they are never relayed
 /// (RFC 9110 §7.6.1); hyper sets its own framing on each side.
-const HOP_BY_HOP: &[&str] = &[
+pub(super) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

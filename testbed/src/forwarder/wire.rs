@@ -2,6 +2,7 @@
 //! protocols' parameters, the SigV4 service of a call, and error and reply
 //! documents the SDK parses as if AWS had sent them.
 
+use super::fidelity::escape;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -112,8 +113,8 @@ impl InjectedError {
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code>\
              <Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
-            xml_escape(&self.code),
-            xml_escape(&self.message),
+            escape(&self.code),
+            escape(&self.message),
             request_id
         )
     }
@@ -177,19 +178,4 @@ fn request_id() -> String {
             .collect()
     };
     format!("{}-{}-{}-{}-{}", hex(8), hex(4), hex(4), hex(4), hex(12))
-}
-
-fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

@@ -70,6 +70,7 @@ pub use config::{Fidelity, KillAtLaunch, Pick, RandomProfile, Visibility};
 pub use faults::{FaultKind, FaultRule, FleetError, Then};
 pub use model::FidelityCounters;
 pub(in crate::forwarder) use model::Model;
+pub(in crate::forwarder) use xml::escape;
 
 use super::rules::InjectedError;
 use super::wire::{error_response, plain, xml_response};

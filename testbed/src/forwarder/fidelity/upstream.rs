@@ -12,25 +12,12 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode, Uri};
 
 use super::xml::Document;
+use crate::forwarder::server::{HOP_BY_HOP, MAX_BODY};
 use crate::forwarder::Shared;
 
-/// Largest answer read from moto (as the relay's limit).
-const MAX_BODY: usize = 64 << 20;
-
-/// Headers never copied onto the model's own calls: framing is hyper's, and
-/// the body is the model's.
-const NOT_COPIED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "content-type",
-    "expect",
-];
+/// Headers never copied onto the model's own calls: the hop-by-hop ones
+/// (framing is hyper's) and those describing the body, which is the model's.
+const ABOUT_THE_BODY: &[&str] = &["content-length", "content-type", "expect"];
 
 /// An answer from moto.
 pub(super) struct Answer {
@@ -64,7 +51,7 @@ pub(super) async fn call(
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("building the request: {e}"))?;
     for (name, value) in headers {
-        if !NOT_COPIED.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) && !ABOUT_THE_BODY.contains(&name.as_str()) {
             request.headers_mut().append(name.clone(), value.clone());
         }
     }

@@ -219,8 +219,9 @@ impl Element {
     }
 }
 
-/// Escapes character data for an element's text.
-pub(super) fn escape(text: &str) -> String {
+/// Escapes character data for an element's text (and for the forwarder's
+/// own error bodies).
+pub(in crate::forwarder) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
