@@ -5,14 +5,13 @@
 //! cloud reports running again is revived if still needed, else terminated.
 //! Every case ends with moto running exactly what status counts.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostforge::api::{MachineRequest, MachineState, TerminationReason};
 use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
 use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_live, requests,
-    status_live, uid, wait_request,
+    status_live, uid, wait_request, wait_with_moto,
 };
 use hostforge_testbed::operator::default_config;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
@@ -33,29 +32,6 @@ async fn bed(name: &str, extra: &str) -> (TestEnv, Forwarder, String) {
         default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
     );
     (env, fwd, cfg)
-}
-
-/// Polls until `pred` holds of the request and of moto's live instances.
-async fn wait_with_moto(
-    env: &TestEnv,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&MachineRequest, &BTreeSet<String>) -> bool,
-) -> MachineRequest {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mr = requests(env).get(name).await.expect("get request");
-        let live = moto_live(env, &uid(&mr)).await;
-        if pred(&mr, &live) {
-            return mr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {what} never held; moto {live:?}, status: {}",
-            serde_json::to_string_pretty(&mr.status).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn machine<'a>(mr: &'a MachineRequest, id: &str) -> Option<&'a hostforge::api::Machine> {
@@ -112,9 +88,13 @@ async fn a_crash_after_launch_re_sends_the_recorded_token() {
     assert_eq!(first.len(), 3, "launched before the crash");
 
     let _op = OperatorProcess::start(&env, &cfg).await;
-    let done = wait_with_moto(&env, "crash", "Ready with moto = status = 3", |m, live| {
-        is_ready(m) && status_live(m).len() == 3 && *live == status_live(m)
-    })
+    let done = wait_with_moto(
+        &env,
+        "crash",
+        "Ready with moto = status = 3",
+        WAIT,
+        |m, live| is_ready(m) && status_live(m).len() == 3 && *live == status_live(m),
+    )
     .await;
     assert_moto_matches_status(&env, &done).await;
     let tokens: Vec<String> = fwd
@@ -177,7 +157,7 @@ async fn deaths_at_launch_cool_the_offering_down() {
         .expect("terminate in moto");
     assert!(fwd.remove_rule(blind));
 
-    let done = wait_with_moto(&env, "dies", "Ready on t3.small", |m, live| {
+    let done = wait_with_moto(&env, "dies", "Ready on t3.small", WAIT, |m, live| {
         is_ready(m) && *live == status_live(m)
     })
     .await;
@@ -261,6 +241,7 @@ async fn a_machine_taken_for_gone_is_revived_or_terminated() {
             &env,
             name,
             "back to one machine, moto = status",
+            WAIT,
             |m, live| is_ready(m) && status_live(m).len() == 1 && *live == status_live(m),
         )
         .await;

@@ -198,3 +198,30 @@ pub async fn assert_moto_matches_status(env: &TestEnv, mr: &MachineRequest) {
         serde_json::to_string_pretty(&mr.status).unwrap_or_default()
     );
 }
+
+/// Polls (every 250 ms, up to `timeout`) until `pred` holds of request
+/// `name` and of moto's live instances of it; panics naming `what` and
+/// both sides when it never does. For tests whose outcome is a relation
+/// between status and the simulator, not a condition alone.
+pub async fn wait_with_moto(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&MachineRequest, &BTreeSet<String>) -> bool,
+) -> MachineRequest {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mr = requests(env).get(name).await.expect("get request");
+        let live = moto_live(env, &uid(&mr)).await;
+        if pred(&mr, &live) {
+            return mr;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {what} never held; moto {live:?}, status: {}",
+            serde_json::to_string_pretty(&mr.status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
