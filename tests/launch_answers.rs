@@ -5,7 +5,11 @@
 //! instead of re-sending the refused token in a loop;
 //! `IdempotentInstanceTerminated` settles the batch with nothing live; and a
 //! batch without subnets is pinned to one zone for every send, since EC2's
-//! ClientToken is zonal.
+//! ClientToken is zonal
+//! (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>):
+//! RunInstances as `Placement.AvailabilityZone`, an instant EC2 Fleet as each
+//! override's `AvailabilityZone`
+//! (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_FleetLaunchTemplateOverridesRequest.html>).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -206,6 +210,71 @@ async fn a_batch_without_subnets_is_pinned_to_one_zone_for_every_send() {
             .iter()
             .all(|m| m.availability_zone.as_deref() == Some(zone.as_str())),
         "{:?}",
+        st.machines
+    );
+}
+
+/// An EC2 Fleet template without subnets: the batch records a zone before it
+/// is sent, and every CreateFleet of it (three SDK attempts throttled, then the
+/// settle re-send, throttled once and retried) carries that zone as the
+/// override's `AvailabilityZone` with the same token and no subnet, so EC2
+/// cannot place a re-send in another zone and launch a second set.
+#[tokio::test]
+async fn a_fleet_batch_without_subnets_is_pinned_to_one_zone_for_every_send() {
+    let (env, fwd, _op) = bed("answers-fleet-zone").await;
+    create_template(
+        &env,
+        "fleet",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "providerApi": "EC2Fleet",
+        }),
+    )
+    .await;
+    fwd.add_rule(Rule::new("CreateFleet", InjectedError::request_limit_exceeded()).times(4));
+    create_request(&env, "zoned", "fleet", 2, true).await;
+    let mr = wait_request(&env, "zoned", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &mr).await;
+    let st = mr.status.as_ref().expect("status");
+    assert_eq!(st.launches.len(), 1, "one batch: {:?}", st.launches);
+    let batch = &st.launches[0];
+    let zone = batch
+        .availability_zone
+        .clone()
+        .expect("the batch records its zone");
+    assert!(zone.starts_with("us-east-1"), "{zone}");
+    let sent = fwd.requests("CreateFleet");
+    assert_eq!(fwd.injected("CreateFleet"), 4);
+    assert_eq!(
+        sent.len(),
+        5,
+        "3 SDK attempts, then the re-send (2 attempts)"
+    );
+    for p in &sent {
+        assert_eq!(p.get("ClientToken"), Some(&batch.token), "{p:?}");
+        assert_eq!(
+            p.get("LaunchTemplateConfigs.1.Overrides.1.AvailabilityZone"),
+            Some(&zone),
+            "{p:?}"
+        );
+        assert_eq!(
+            p.get("LaunchTemplateConfigs.1.Overrides.1.SubnetId"),
+            None,
+            "{p:?}"
+        );
+        assert_eq!(
+            p.get("LaunchTemplateConfigs.1.Overrides.2.InstanceType"),
+            None,
+            "one override per instance type: {p:?}"
+        );
+    }
+    assert_eq!(st.machines.len(), 2, "{:?}", st.machines);
+    assert!(
+        st.machines
+            .iter()
+            .all(|m| m.availability_zone.as_deref() == Some(zone.as_str())),
+        "{zone}: {:?}",
         st.machines
     );
 }

@@ -38,8 +38,8 @@ pub struct LaunchSpec {
     /// account's default subnet.
     pub subnet_ids: Vec<String>,
     /// The Availability Zone a launch without subnets is pinned to (RunInstances
-    /// sends it as `Placement.AvailabilityZone`; EC2 then uses that zone's
-    /// default subnet). `None` with no subnets: the cloud picks the zone. EC2's
+    /// sends it as `Placement.AvailabilityZone`, a fleet as each override's
+    /// `AvailabilityZone`; EC2 then uses that zone's default subnet). `None` with no subnets: the cloud picks the zone. EC2's
     /// ClientToken is zonal, so a batch keeps one zone for every send.
     pub availability_zone: Option<String>,
     /// On-demand, spot or a mix, and how spot capacity is chosen.

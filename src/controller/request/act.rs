@@ -78,12 +78,14 @@ pub async fn next_batch(
         .unwrap_or_default();
     let seq = batch::next_seq(&s.status.launches);
     let zones = match (template.spec.provider_api, choice.subnet_ids.is_empty()) {
-        (ProviderApi::RunInstances, true) => open.provider.default_zones().await.map_err(|e| {
-            Blocked::new(
-                Reason::of_provider(&e, Reason::NotFound),
-                format!("looking up the default subnets to pin the batch's zone: {e}"),
-            )
-        })?,
+        (ProviderApi::RunInstances | ProviderApi::Ec2Fleet, true) => {
+            open.provider.default_zones().await.map_err(|e| {
+                Blocked::new(
+                    Reason::of_provider(&e, Reason::NotFound),
+                    format!("looking up the default subnets to pin the batch's zone: {e}"),
+                )
+            })?
+        }
         _ => Vec::new(),
     };
     let mut new = batch::new_batch(

@@ -98,19 +98,21 @@ pub fn choose(spec: &MachineTemplateSpec, provider: &str, cache: &CapacityCache)
     }
 }
 
-/// The zone a new batch is pinned to: for RunInstances without a subnet, one
-/// of the provider's default zones, taken in turn by batch number so batches
-/// spread over zones as EC2 would spread them; `None` with a subnet (it names
-/// the zone), for a fleet (its overrides decide), or when the provider pins no
-/// zones. EC2's ClientToken is zonal, so the zone is recorded with the batch
-/// and every send of it goes to the same zone.
+/// The zone a new batch is pinned to: without a subnet (RunInstances or an
+/// EC2 Fleet alike), one of the provider's default zones, taken in turn by
+/// batch number so batches spread over zones as EC2 would spread them; `None`
+/// with a subnet (it names the zone) or when the provider pins no zones.
+/// EC2's ClientToken is zonal, so the zone is recorded with the batch and every
+/// send of it goes to the same zone (RunInstances as `Placement`, a fleet as
+/// each override's `AvailabilityZone`).
 pub fn pinned_zone(
     api: ProviderApi,
     choice: &Choice,
     zones: &[String],
     seq: u32,
 ) -> Option<String> {
-    if api != ProviderApi::RunInstances || !choice.subnet_ids.is_empty() || zones.is_empty() {
+    let pins = matches!(api, ProviderApi::RunInstances | ProviderApi::Ec2Fleet);
+    if !pins || !choice.subnet_ids.is_empty() || zones.is_empty() {
         return None;
     }
     let turn = usize::try_from(seq.saturating_sub(1)).unwrap_or(0) % zones.len();
@@ -447,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn only_run_instances_without_a_subnet_pins_a_zone_taken_in_turn() {
+    fn a_batch_without_a_subnet_pins_a_zone_taken_in_turn() {
         let zones: Vec<String> = ["us-east-1a", "us-east-1b"].map(String::from).to_vec();
         let default = Choice {
             instance_types: vec!["a".into()],
@@ -458,15 +460,19 @@ mod tests {
             ..default.clone()
         };
         let run = ProviderApi::RunInstances;
+        let fleet = ProviderApi::Ec2Fleet;
         type Row<'a> = (ProviderApi, &'a Choice, &'a [String], u32, Option<&'a str>);
-        let table: [Row; 7] = [
+        let table: [Row; 10] = [
             (run, &default, &zones, 1, Some("us-east-1a")),
             (run, &default, &zones, 2, Some("us-east-1b")),
             (run, &default, &zones, 3, Some("us-east-1a")),
             (run, &default, &zones, 0, Some("us-east-1a")),
             (run, &default, &[], 1, None),
             (run, &subnet, &zones, 1, None),
-            (ProviderApi::Ec2Fleet, &default, &zones, 1, None),
+            (fleet, &default, &zones, 1, Some("us-east-1a")),
+            (fleet, &default, &zones, 2, Some("us-east-1b")),
+            (fleet, &default, &[], 1, None),
+            (fleet, &subnet, &zones, 1, None),
         ];
         for (api, choice, zones, seq, want) in table {
             assert_eq!(

@@ -309,6 +309,14 @@ pub(super) fn split(spec: &LaunchSpec) -> (i32, i32) {
 /// Every instance type × subnet (types only without subnets), in preference
 /// order, which is also their on-demand priority (0 first). The spot price cap
 /// is per override, since it is a price per instance-hour.
+///
+/// Without subnets each override carries the batch's pinned zone
+/// (`AvailabilityZone`,
+/// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_FleetLaunchTemplateOverridesRequest.html>):
+/// EC2's ClientToken is zonal, and a re-send EC2 placed in another zone would
+/// launch a second set
+/// (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>).
+/// With subnets the subnet names the zone.
 pub(super) fn overrides(spec: &LaunchSpec) -> Vec<FleetLaunchTemplateOverridesRequest> {
     let (_, spot) = split(spec);
     let max_price = spec.capacity.max_price.clone().filter(|_| spot > 0);
@@ -317,6 +325,10 @@ pub(super) fn overrides(spec: &LaunchSpec) -> Vec<FleetLaunchTemplateOverridesRe
     } else {
         spec.subnet_ids.iter().map(Some).collect()
     };
+    let zone = spec
+        .availability_zone
+        .clone()
+        .filter(|z| !z.is_empty() && spec.subnet_ids.is_empty());
     let mut out = Vec::with_capacity(spec.instance_types.len() * subnets.len());
     for t in &spec.instance_types {
         for subnet in &subnets {
@@ -324,6 +336,7 @@ pub(super) fn overrides(spec: &LaunchSpec) -> Vec<FleetLaunchTemplateOverridesRe
                 FleetLaunchTemplateOverridesRequest::builder()
                     .instance_type(InstanceType::from(t.name.as_str()))
                     .set_subnet_id(subnet.cloned())
+                    .set_availability_zone(zone.clone())
                     .set_weighted_capacity(t.weight.map(f64::from))
                     .priority(out.len() as f64)
                     .set_max_price(max_price.clone())

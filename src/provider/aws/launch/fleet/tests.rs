@@ -74,9 +74,42 @@ fn without_subnets_overrides_are_types_only_and_on_demand_has_no_price_cap() {
     s.subnet_ids.clear();
     let o = overrides(&s);
     assert_eq!(o.len(), 2);
-    assert!(o
+    assert!(o.iter().all(|o| o.subnet_id().is_none()
+        && o.max_price().is_none()
+        && o.availability_zone().is_none()));
+}
+
+#[test]
+fn a_pinned_zone_goes_on_every_override_only_without_a_subnet() {
+    let mut s = fleet_spec(100, 2);
+    s.availability_zone = Some("us-east-1b".into());
+    let with_subnets = overrides(&s);
+    assert_eq!(with_subnets.len(), 4);
+    assert!(
+        with_subnets.iter().all(|o| o.availability_zone().is_none()),
+        "the subnet decides the zone"
+    );
+    s.subnet_ids.clear();
+    let without_subnets = overrides(&s);
+    let zones: Vec<_> = without_subnets
         .iter()
-        .all(|o| o.subnet_id().is_none() && o.max_price().is_none()));
+        .map(|o| (o.subnet_id(), o.availability_zone()))
+        .collect();
+    assert_eq!(
+        zones,
+        [(None, Some("us-east-1b")), (None, Some("us-east-1b"))]
+    );
+    let client = offline_client();
+    let req = fleet_request(&client, &s, "lt-x");
+    let sent: Vec<_> = req
+        .as_input()
+        .get_launch_template_configs()
+        .iter()
+        .flatten()
+        .flat_map(|c| c.overrides())
+        .map(|o| o.availability_zone())
+        .collect();
+    assert_eq!(sent, [Some("us-east-1b"), Some("us-east-1b")]);
 }
 
 #[test]
