@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::detail;
+use crate::provider::aws::pages::all_pages;
 use crate::provider::{LaunchSpec, OwnedLaunchTemplate, ProviderError};
 
 /// Every hostforge launch template name starts with this, so the collector
@@ -108,32 +109,26 @@ pub(super) async fn list(
         .iter()
         .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
         .collect();
-    let mut out = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
+    let templates = all_pages(|token| {
         let request = clients
             .ec2
             .describe_launch_templates()
             .set_filters(Some(filters.clone()))
             .max_results(PAGE_SIZE)
-            .set_next_token(next.clone());
-        let page = calls
-            .run("DescribeLaunchTemplates", || request.send())
-            .await?;
-        out.extend(
-            page.launch_templates()
-                .iter()
-                .filter_map(owned)
-                .filter(|t| t.name.starts_with(NAME_PREFIX)),
-        );
-        next = page
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_string);
-        if next.is_none() {
-            return Ok(out);
+            .set_next_token(token);
+        async move {
+            let out = calls
+                .run("DescribeLaunchTemplates", || request.send())
+                .await?;
+            Ok((out.launch_templates.unwrap_or_default(), out.next_token))
         }
-    }
+    })
+    .await?;
+    Ok(templates
+        .iter()
+        .filter_map(owned)
+        .filter(|t| t.name.starts_with(NAME_PREFIX))
+        .collect())
 }
 
 /// Deletes the template `id`; one already gone is `Ok`.
