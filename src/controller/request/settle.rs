@@ -96,11 +96,12 @@ pub async fn pending(
     for batch in pending {
         let built = act::launch_spec(s, provider, template, &batch).await;
         let digest = built.as_ref().map(batch::digest);
-        let r = match (&digest, &built) {
-            (Ok(d), _) => route(Ok(d), &batch.params_digest),
-            (Err(_), Err(blocked)) => route(Err(&blocked.message), &batch.params_digest),
-            (Err(_), Ok(_)) => route(Err("unknown"), &batch.params_digest),
-        };
+        let r = route(
+            digest
+                .as_deref()
+                .map_err(|blocked| blocked.message.as_str()),
+            &batch.params_digest,
+        );
         match (r, built) {
             (Route::Resend, Ok(spec)) => {
                 let Some(recorded) = Recorded::pending(s, &batch.id, spec) else {
