@@ -11,11 +11,11 @@
 //! override's `AvailabilityZone`
 //! (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_FleetLaunchTemplateOverridesRequest.html>).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hostforge::api::request::LaunchFailure;
-use hostforge::api::LaunchState;
+use hostforge::api::{LaunchState, MachineRequestStatus};
 use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
 use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready, requests,
@@ -180,27 +180,8 @@ async fn a_token_whose_instances_are_terminated_settles_its_batch() {
 async fn a_batch_without_subnets_is_pinned_to_one_zone_for_every_send() {
     let (env, fwd, _op) = bed("answers-zone").await;
     default_subnet_template(&env).await;
-    fwd.add_rule(Rule::new("RunInstances", InjectedError::request_limit_exceeded()).times(4));
-    create_request(&env, "zoned", "compute", 2, true).await;
-    let mr = wait_request(&env, "zoned", "Ready", WAIT, is_ready).await;
-    assert_moto_matches_status(&env, &mr).await;
-    let st = mr.status.as_ref().expect("status");
-    assert_eq!(st.launches.len(), 1, "one batch: {:?}", st.launches);
-    let batch = &st.launches[0];
-    let zone = batch
-        .availability_zone
-        .clone()
-        .expect("the batch records its zone");
-    assert!(zone.starts_with("us-east-1"), "{zone}");
-    let sent = fwd.requests("RunInstances");
-    assert_eq!(fwd.injected("RunInstances"), 4);
-    assert_eq!(
-        sent.len(),
-        5,
-        "3 SDK attempts, then the re-send (2 attempts)"
-    );
+    let (st, zone, sent) = one_pinned_batch(&env, &fwd, "RunInstances", "compute").await;
     for p in &sent {
-        assert_eq!(p.get("ClientToken"), Some(&batch.token), "{p:?}");
         assert_eq!(p.get("Placement.AvailabilityZone"), Some(&zone), "{p:?}");
         assert_eq!(p.get("SubnetId"), None, "{p:?}");
         assert_eq!(p.get("MaxCount").map(String::as_str), Some("2"), "{p:?}");
@@ -232,27 +213,8 @@ async fn a_fleet_batch_without_subnets_is_pinned_to_one_zone_for_every_send() {
         }),
     )
     .await;
-    fwd.add_rule(Rule::new("CreateFleet", InjectedError::request_limit_exceeded()).times(4));
-    create_request(&env, "zoned", "fleet", 2, true).await;
-    let mr = wait_request(&env, "zoned", "Ready", WAIT, is_ready).await;
-    assert_moto_matches_status(&env, &mr).await;
-    let st = mr.status.as_ref().expect("status");
-    assert_eq!(st.launches.len(), 1, "one batch: {:?}", st.launches);
-    let batch = &st.launches[0];
-    let zone = batch
-        .availability_zone
-        .clone()
-        .expect("the batch records its zone");
-    assert!(zone.starts_with("us-east-1"), "{zone}");
-    let sent = fwd.requests("CreateFleet");
-    assert_eq!(fwd.injected("CreateFleet"), 4);
-    assert_eq!(
-        sent.len(),
-        5,
-        "3 SDK attempts, then the re-send (2 attempts)"
-    );
+    let (st, zone, sent) = one_pinned_batch(&env, &fwd, "CreateFleet", "fleet").await;
     for p in &sent {
-        assert_eq!(p.get("ClientToken"), Some(&batch.token), "{p:?}");
         assert_eq!(
             p.get("LaunchTemplateConfigs.1.Overrides.1.AvailabilityZone"),
             Some(&zone),
@@ -277,4 +239,40 @@ async fn a_fleet_batch_without_subnets_is_pinned_to_one_zone_for_every_send() {
         "{zone}: {:?}",
         st.machines
     );
+}
+
+/// Throttles `action` four times (the three SDK attempts of the first send
+/// and one of the settle re-send), fills request `zoned` (2 machines) from
+/// `template`, and checks what both zone tests share: Ready with moto
+/// matching status, one batch with a recorded zone, and five sends that all
+/// carry that batch's token. Returns the status, the zone and the sends.
+async fn one_pinned_batch(
+    env: &TestEnv,
+    fwd: &Forwarder,
+    action: &str,
+    template: &str,
+) -> (MachineRequestStatus, String, Vec<BTreeMap<String, String>>) {
+    fwd.add_rule(Rule::new(action, InjectedError::request_limit_exceeded()).times(4));
+    create_request(env, "zoned", template, 2, true).await;
+    let mr = wait_request(env, "zoned", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(env, &mr).await;
+    let st = mr.status.clone().expect("status");
+    assert_eq!(st.launches.len(), 1, "one batch: {:?}", st.launches);
+    let batch = &st.launches[0];
+    let zone = batch
+        .availability_zone
+        .clone()
+        .expect("the batch records its zone");
+    assert!(zone.starts_with("us-east-1"), "{zone}");
+    let sent = fwd.requests(action);
+    assert_eq!(fwd.injected(action), 4);
+    assert_eq!(
+        sent.len(),
+        5,
+        "3 SDK attempts, then the re-send (2 attempts)"
+    );
+    for p in &sent {
+        assert_eq!(p.get("ClientToken"), Some(&batch.token), "{p:?}");
+    }
+    (st, zone, sent)
 }
