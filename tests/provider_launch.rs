@@ -226,7 +226,7 @@ async fn run_instances_launches_the_batch_with_every_setting() {
     });
     s.metadata.hop_limit = Some(2);
 
-    let machines = provider.launch(&s).await.expect("launch");
+    let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(recorder.all(), [("RunInstances", "ok")]);
     assert_eq!(machines.len(), 3, "{machines:?}");
     let mut ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
@@ -307,7 +307,7 @@ async fn all_spot_run_instances_launch_spot_machines() {
         allocation_strategy: None,
     };
 
-    let machines = provider.launch(&s).await.expect("launch");
+    let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(recorder.all(), [("RunInstances", "ok")]);
     assert_eq!(machines.len(), 2);
     assert!(machines
@@ -353,7 +353,7 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
         allocation_strategy: Some("price-capacity-optimized".into()),
     };
 
-    let machines = provider.launch(&s).await.expect("launch");
+    let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(
         recorder.all(),
         [
@@ -484,7 +484,7 @@ async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
     let name = launch_templates::name_for(&s);
     leftover_template(&env, &s, &name, &s.tags).await;
 
-    let machines = provider.launch(&s).await.expect("launch");
+    let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(machines.len(), 1);
     let ops: Vec<_> = recorder.all().iter().map(|(op, _)| *op).collect();
     assert_eq!(

@@ -22,6 +22,7 @@
 
 pub mod act;
 pub mod batch;
+pub mod by_tag;
 pub mod cleanup;
 pub mod gate;
 pub mod intent;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ErrorDetail, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchSpec, Machine,
-    MachineProvider, ProviderError, ResolvedImage,
+    ErrorDetail, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchAnswer, LaunchSpec,
+    Machine, MachineProvider, ProviderError, ResolvedImage,
 };
 
 /// A provider whose answers a test programs and whose calls it counts.
@@ -254,9 +254,9 @@ impl MachineProvider for FakeProvider {
         Ok(())
     }
 
-    async fn launch(&self, _: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+    async fn launch(&self, _: &LaunchSpec) -> Result<LaunchAnswer, ProviderError> {
         self.call("launch").await;
-        Ok(vec![])
+        Ok(LaunchAnswer::default())
     }
 
     async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {

@@ -9,6 +9,7 @@ mod error;
 #[cfg(test)]
 pub mod fake;
 mod image;
+mod launch_answer;
 mod launch_spec;
 mod machine;
 mod observer;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 
 pub use error::{ErrorDetail, ProviderError};
 pub use image::{ImageSource, ResolvedImage};
+pub use launch_answer::{LaunchAnswer, Shortfall};
 pub use launch_spec::{
     InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
 };
@@ -132,10 +134,12 @@ pub trait MachineProvider: Send + Sync {
     /// returns the first launch's machines instead of new ones (on real EC2).
     ///
     /// `Ok` holds at least one machine, possibly fewer than `spec.count` when the
-    /// cloud had less capacity; the caller plans another batch for the rest. `Err`
+    /// cloud had less capacity (with the cloud's reasons in
+    /// [`LaunchAnswer::shortfall`] when it gave them); the caller plans another
+    /// batch for the rest. `Err`
     /// means nothing was launched; a [`ProviderError::Capacity`] tells the caller to
     /// try another instance type, subnet or capacity type as a new batch.
-    async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError>;
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchAnswer, ProviderError>;
 
     /// The zones a launch without subnets may be pinned to (those with a
     /// default subnet), sorted. A launch token is zonal on EC2, so a batch

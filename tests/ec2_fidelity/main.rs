@@ -2,14 +2,17 @@
 //! fidelity model (testbed/src/forwarder/fidelity/): a launch whose answer
 //! is lost after EC2 acted (RunInstances and CreateFleet), an answer slower
 //! than the SDK's attempt timeout, and TerminateInstances answering
-//! NotFound for an instance launched a moment ago. Each ends with moto's
+//! NotFound for an instance launched a moment ago, and a token EC2 says was
+//! used with other parameters (with and without tag lag). Each ends with moto's
 //! live instances equal to status and to the count, and one launch per
 //! ClientToken.
 
 use std::time::Duration;
 
 use hostforge::api::MachineState;
-use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder, InjectedError, Visibility};
+use hostforge_testbed::forwarder::{
+    FaultRule, Fidelity, Forwarder, InjectedError, Rule, Visibility,
+};
 use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_instances,
     patch_spec, requests, status_live, uid, wait_request,
@@ -204,4 +207,57 @@ async fn terminate_not_found_on_a_fresh_id_is_retried_and_not_reported_early() {
         counters.terminate_not_found >= 1,
         "the first terminate met the window: {counters:?}"
     );
+}
+
+/// EC2 answers `IdempotentParameterMismatch` to every send of a token after
+/// the first, which launched but whose answer was lost (the connection
+/// dropped): the operator cannot re-send its way to the machines, so it
+/// settles the batch by its tag. `tag_lag` hides the new instances from tag
+/// reads for a while first, so the lookup must hold them, not launch again.
+async fn token_used_before(name: &str, tag_lag: Duration) {
+    let (env, fwd, _op) = bed(name, "RunInstances").await;
+    fwd.set_visibility(Visibility {
+        by_tag: tag_lag,
+        ..Visibility::default()
+    });
+    fwd.add_rule(
+        Rule::new(
+            "RunInstances",
+            InjectedError::new(
+                400,
+                "IdempotentParameterMismatch",
+                "The client token you have provided is associated with a resource that is already deleted or has different parameters.",
+            ),
+        )
+        .after(1),
+    );
+    fwd.add_fault(FaultRule::forward_then_drop("RunInstances").times(1));
+    create_request(&env, "used", "compute", 3, true).await;
+    assert_exactly_one_set(&env, &fwd, "used", 3).await;
+    assert_eq!(fwd.forwarded("RunInstances"), 1, "{:?}", fwd.snapshot());
+    assert!(
+        fwd.injected_code("RunInstances", "IdempotentParameterMismatch") >= 1,
+        "{:?}",
+        fwd.snapshot()
+    );
+    let mr = requests(&env).get("used").await.expect("get request");
+    let launches = &mr.status.as_ref().expect("status").launches;
+    assert_eq!(launches.len(), 1, "no second batch: {launches:?}");
+    let message = launches[0].message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("settled by its tag")
+            && message.contains("IdempotentParameterMismatch")
+            && message.contains("all 3 machines found"),
+        "{launches:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_used_with_other_parameters_is_settled_by_its_tag() {
+    token_used_before("fid-token-used", Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_token_used_before_under_tag_lag_holds_and_never_launches_twice() {
+    token_used_before("fid-token-used-lag", Duration::from_secs(8)).await;
 }

@@ -6,7 +6,9 @@
 //!    rest in its `errorSet`
 //!    (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateFleet.html>,
 //!    <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateFleetError.html>):
-//!    the shortfall is made up by a follow-up batch, exactly `count` run;
+//!    the batch names the shortfall's cause, the type that ran dry is cooled
+//!    down, and a follow-up batch on the other type makes up the shortfall,
+//!    exactly `count` run;
 //! 2. an instant fleet that answers 200 with no instance and an `errorSet`,
 //!    which EC2 replays under the same ClientToken
 //!    (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>):
@@ -131,12 +133,20 @@ fn assert_no_pending(mr: &MachineRequest) {
     );
 }
 
-/// 1. A fleet launches 1 of 3 and reports `InsufficientInstanceCapacity`
-///    for the rest: the batch is Launched with what came, a follow-up batch
-///    launches the other 2, and moto never held more than 3.
+/// 1. A fleet over two types launches 1 of 3 and reports
+///    `InsufficientInstanceCapacity` for the first type: the batch is
+///    Launched with what came and says why it fell short, the type that ran
+///    dry is cooled down so the follow-up batch for the other 2 asks only the
+///    other type, and moto never held more than 3.
 #[tokio::test]
-async fn a_partial_fleet_is_made_up_by_a_follow_up_batch() {
-    let (env, fwd, _op) = bed("fidc-partial-fleet", "EC2Fleet", &["t3.micro"], "").await;
+async fn a_partial_fleet_is_made_up_by_a_follow_up_batch_elsewhere() {
+    let (env, fwd, _op) = bed(
+        "fidc-partial-fleet",
+        "EC2Fleet",
+        &["t3.micro", "t3.small"],
+        "",
+    )
+    .await;
     fwd.add_fault(FaultRule::partial_fleet(1, FleetError::insufficient_capacity()).times(1));
     create_request(&env, "part", "compute", 3, true).await;
     let mr = wait_exactly(&env, "part", 3).await;
@@ -150,13 +160,39 @@ async fn a_partial_fleet_is_made_up_by_a_follow_up_batch() {
     assert!(launches.len() >= 2, "a follow-up batch: {launches:?}");
     assert_eq!(launches[0].state, LaunchState::Launched, "{launches:?}");
     assert_eq!(launches[0].count, 3, "{launches:?}");
+    let why = launches[0].message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("launched 1 of 3")
+            && why.contains("InsufficientInstanceCapacity")
+            && why.contains("t3.micro"),
+        "the batch says why it fell short: {why:?}"
+    );
     let counters = fwd.fidelity_counters();
     assert_eq!(counters.partial_launches, 1, "{counters:?}");
+    let fleets = fwd.requests("CreateFleet");
     assert_eq!(
-        fwd.forwarded("CreateFleet"),
+        fleets.len(),
         2,
         "the partial fleet and one follow-up: {:?}",
         fwd.snapshot()
+    );
+    let types_of = |r: &std::collections::BTreeMap<String, String>| -> Vec<String> {
+        r.iter()
+            .filter(|(k, _)| {
+                k.starts_with("LaunchTemplateConfigs.") && k.ends_with(".InstanceType")
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert!(
+        types_of(&fleets[0]).contains(&"t3.micro".to_string()),
+        "{:?}",
+        fleets[0]
+    );
+    assert_eq!(
+        types_of(&fleets[1]),
+        ["t3.small"],
+        "the follow-up asks only the type that did not run dry"
     );
 }
 

@@ -17,9 +17,10 @@
 //! - `IdempotentInstanceTerminated`: an earlier send of the token launched, and
 //!   all of it is terminated: the batch is settled with nothing live, and the
 //!   request launches a new batch as usual;
-//! - `IdempotentParameterMismatch`: an earlier send of the token launched; its
-//!   machines are looked up by the batch tag (and a full sweep asked for), never
-//!   launched again in the same reconcile;
+//! - `IdempotentParameterMismatch`: an earlier send of the token launched; the
+//!   batch is settled by its tag ([`by_tag::settle`]): what the tag shows is
+//!   adopted and the rest held (Pending) until a full sweep after the grace,
+//!   never launched again meanwhile;
 //! - throttling, 5xx, timeouts and lost connections: maybe launched, so the
 //!   batch stays Pending and the next reconcile settles it (adopt by tag or
 //!   re-send the same token, to the same zone).
@@ -36,18 +37,21 @@ use kube::Api;
 use tracing::{info, warn};
 
 use super::batch::{self, Extras};
+use super::by_tag;
 use super::gate::{Blocked, Open};
 use super::intent::{NewBatch, Recorded};
 use super::session::{now, Session};
 use crate::api::request::LaunchFailure;
 use crate::api::{
-    LaunchBatch, LaunchState, MachineResult, MachineState, MachineTemplate, ProviderApi,
+    CapacityType, LaunchBatch, LaunchState, MachineResult, MachineState, MachineTemplate,
+    ProviderApi,
 };
+use crate::controller::cloud::capacity::{self, Offering};
 use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
 use crate::controller::Error;
 use crate::failpoint;
-use crate::provider::{self, ImageSource, LaunchSpec, MachineProvider, ProviderError};
+use crate::provider::{self, ImageSource, LaunchSpec, MachineProvider, ProviderError, Shortfall};
 
 /// Chooses the next batch of `count` machines (offering, token) and builds
 /// what it will send; `Err` when nothing can be launched now and why.
@@ -208,7 +212,10 @@ pub async fn launch(
     }
     let asked = recorded.spec().count;
     match outcome {
-        Ok(machines) => {
+        Ok(answer) => {
+            let why_short = answer.shortfall_line();
+            cool_shortfall(s, batch_id, &provider_name, &answer.shortfall);
+            let machines = answer.machines;
             s.ctx.metrics.launched(&provider_name, machines.len());
             let ids: Vec<String> = machines.iter().map(|m| m.id.clone()).collect();
             s.ctx.tracker.record(machines.clone());
@@ -220,8 +227,13 @@ pub async fn launch(
                         .push(translate::new_machine(m, Some(batch_id)));
                 }
             }
-            let message = (machines.len() < asked as usize)
-                .then(|| format!("the cloud launched {} of {}", machines.len(), asked));
+            let message = (machines.len() < asked as usize).then(|| {
+                let launched = format!("the cloud launched {} of {}", machines.len(), asked);
+                match why_short {
+                    Some(why) => format!("{launched}: {why}"),
+                    None => launched,
+                }
+            });
             settle_batch(s, batch_id, LaunchState::Launched, None, message);
             info!(request = %s.key(), batch = %batch_id, launched = ids.len(), "launched");
             let note = format!(
@@ -266,6 +278,38 @@ pub async fn launch(
                 })
             }
         },
+    }
+}
+
+/// Cools down the offerings a partial launch said had no capacity (a fleet's
+/// `errorSet` with a capacity code), so the batch that follows for the
+/// shortfall asks elsewhere first instead of the pool that just ran dry. The
+/// offering is keyed as the plan asks for it (the batch's types, subnets and
+/// capacity type); a spot shortage inside a mixed fleet cools nothing, as the
+/// same offering's on-demand part still launched.
+fn cool_shortfall(s: &Session<'_>, batch_id: &str, provider: &str, shortfall: &[Shortfall]) {
+    let Some(b) = s.status.launches.iter().find(|b| b.id == batch_id) else {
+        return;
+    };
+    let spot = b.capacity_type == Some(CapacityType::Spot);
+    let offerings: Vec<Offering> = shortfall
+        .iter()
+        .filter(|f| f.capacity && f.spot.is_none_or(|f_spot| f_spot == spot))
+        .filter_map(|f| {
+            capacity::offering_of_death(
+                provider,
+                &b.instance_types,
+                &b.subnet_ids,
+                spot,
+                f.instance_type.as_deref(),
+                f.subnet_id.as_deref(),
+            )
+        })
+        .collect();
+    if !offerings.is_empty() {
+        info!(request = %s.key(), batch = %batch_id, offerings = offerings.len(),
+            "cooling down offerings the launch found without capacity");
+        s.ctx.capacity.mark_unavailable(offerings);
     }
 }
 
@@ -349,51 +393,29 @@ async fn refused(
     Blocked::new(reason, message)
 }
 
-/// `IdempotentParameterMismatch`: an earlier send of this token did launch.
-/// Its machines are looked up by the batch tag and adopted (the batch is then
-/// Launched), and a full sweep is asked for to find any the tag read misses;
-/// with nothing found the batch is Failed (refused). Nothing is launched
-/// blindly in its place in this reconcile: the refusal holds new batches back.
+/// `IdempotentParameterMismatch`: an earlier send of this token did launch
+/// (with parameters EC2 holds as different, e.g. sent by another version of
+/// hostforge before a crash). The token cannot tell what it launched, so the
+/// batch is settled by its tag like one whose template changed
+/// ([`by_tag::settle`]): its machines are adopted, and the ones a lagging tag
+/// read does not show yet stay held in the count (the batch stays Pending)
+/// until a full sweep after the grace has looked for them. Nothing is
+/// launched in their place meanwhile, so a tag lag cannot become a second set.
 async fn token_used(
     s: &mut Session<'_>,
     provider: &Arc<dyn MachineProvider>,
     id: &str,
     err: &ProviderError,
 ) -> Result<Option<Blocked>, Error> {
-    s.ctx.full_sweep.request();
-    let found = match s
-        .ctx
-        .batch_lookups
-        .find(provider, &s.owner.cluster, &s.owner.uid, id)
-        .await
-    {
-        Ok(found) => found,
-        Err(source) => {
-            // Still Pending: the next reconcile settles it by tag first.
-            if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == id) {
-                b.message = Some(err.to_string());
-            }
-            s.write().await?;
-            return Err(Error::Provider {
-                action: format!("looking up what batch {id}'s token launched ({err})"),
-                source,
-            });
-        }
+    let Some(batch) = s.status.launches.iter().find(|b| b.id == id).cloned() else {
+        return Ok(None);
     };
-    if found.is_empty() {
-        let message = format!(
-            "{err}; nothing carries the batch's tag yet (a full sweep adopts what the token launched)"
-        );
-        return Ok(Some(refused(s, id, LaunchFailure::Refused, message).await));
-    }
-    s.ctx.tracker.record(found.clone());
-    let adopted = s.adopt(found);
-    let message = format!(
-        "the token was used before with other parameters ({}); {adopted} machines adopted by the batch tag",
+    info!(request = %s.key(), batch = %id, "token used before with other parameters: settling by tag");
+    let why = format!(
+        "EC2 says its token was used before with other parameters ({})",
         err.code()
     );
-    info!(request = %s.key(), batch = %id, adopted, "token used before: adopted its machines");
-    settle_batch(s, id, LaunchState::Launched, None, Some(message));
+    by_tag::settle(s, provider, &batch, &why).await?;
     Ok(None)
 }
 

@@ -25,6 +25,10 @@ pub const RESYNC: Duration = Duration::from_secs(5 * 60);
 pub const RETRY_BUSY: Duration = Duration::from_secs(60);
 /// How soon a request with more to launch (batch cap, partial capacity) goes on.
 pub const RETRY_MORE: Duration = Duration::from_millis(200);
+/// How soon a request with a batch still Pending looks again: a batch held by
+/// a settle by tag is looked up again by its tag (EC2's tag index catches up
+/// within seconds), not only when a full sweep wakes it.
+pub const RETRY_SETTLING: Duration = Duration::from_secs(5);
 /// Looked again this long after a refusal backoff ends, so the new batch is
 /// not held back by a few milliseconds.
 pub const HOLD_MARGIN: Duration = Duration::from_millis(100);
@@ -214,6 +218,7 @@ pub fn summarize(
         },
         // More to launch (batch cap, partial capacity): go on at once.
         None if live < target && !pending_batches => Next::After(RETRY_MORE),
+        None if pending_batches => Next::After(RETRY_SETTLING),
         None if !watch.is_empty() => Next::After(RETRY_BUSY),
         None => Next::After(RESYNC),
     };

@@ -31,8 +31,8 @@ use limits::Limiter;
 use crate::config::rate_limits::RateLimitConfig;
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchApi, LaunchSpec,
-    Machine, MachineProvider, OwnedLaunchTemplate, ProviderError, ResolvedImage,
+    CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchAnswer, LaunchApi,
+    LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError, ResolvedImage,
 };
 
 /// One configured AWS account and region.
@@ -163,7 +163,7 @@ impl MachineProvider for AwsProvider {
         terminate::terminate(&self.clients, &self.calls, ids).await
     }
 
-    async fn launch(&self, spec: &LaunchSpec) -> Result<Vec<Machine>, ProviderError> {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchAnswer, ProviderError> {
         // RunInstances takes MaxCount (= count) tokens from the launched
         // instances bucket; an instant fleet has no instance bucket.
         if spec.api == LaunchApi::RunInstances {

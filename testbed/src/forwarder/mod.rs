@@ -475,10 +475,18 @@ impl State {
             return Decision::Answer(InjectedError::request_limit_exceeded());
         }
 
-        let hit = self
-            .rules
-            .iter()
-            .position(|(_, rule)| rule.times != Some(0) && rule.matches(action, &call.params));
+        let mut hit = None;
+        for (index, (_, rule)) in self.rules.iter_mut().enumerate() {
+            if rule.times == Some(0) || !rule.matches(action, &call.params) {
+                continue;
+            }
+            if rule.after > 0 {
+                rule.after -= 1;
+                continue;
+            }
+            hit = Some(index);
+            break;
+        }
         if let Some(index) = hit {
             let rule = &mut self.rules[index].1;
             let error = rule.error.clone();

@@ -83,6 +83,9 @@ pub struct Rule {
     /// Answer only the first N matching calls, then let them pass; `None`
     /// answers every matching call until the rule is removed.
     pub times: Option<u32>,
+    /// Matching calls still to let pass before the rule answers any: the
+    /// second send of a token, not the first (see [`Rule::after`]).
+    pub after: u32,
     /// What to answer.
     pub error: InjectedError,
 }
@@ -95,8 +98,17 @@ impl Rule {
             action: action.into(),
             params: Vec::new(),
             times: None,
+            after: 0,
             error,
         }
+    }
+
+    /// Lets the first `n` matching calls pass untouched (to later rules, the
+    /// fidelity model and moto) before the rule answers: counted in calls, so
+    /// "the re-send of a token is refused" needs no race against the client.
+    pub fn after(mut self, n: u32) -> Rule {
+        self.after = n;
+        self
     }
 
     /// Adds a parameter that must match (a `.`-prefixed key matches as a

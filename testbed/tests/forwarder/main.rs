@@ -278,6 +278,30 @@ async fn times_injects_once_and_the_retry_resends_the_same_client_token() {
 }
 
 #[tokio::test]
+async fn after_lets_the_first_calls_pass_then_answers() {
+    let env = TestEnv::new("fwd-after").await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let ami = env.al2023_ami().await;
+    fwd.add_rule(
+        Rule::new("RunInstances", InjectedError::insufficient_capacity())
+            .after(1)
+            .times(1),
+    );
+    let ec2 = ec2_no_retry(fwd.endpoint());
+    launch(&ec2, &ami, "m5.large", &env.namespace, 1)
+        .await
+        .expect("the first call passes");
+    launch(&ec2, &ami, "m5.large", &env.namespace, 1)
+        .await
+        .expect_err("the second is answered");
+    launch(&ec2, &ami, "m5.large", &env.namespace, 1)
+        .await
+        .expect("used up: the third passes");
+    assert_eq!(fwd.injected("RunInstances"), 1, "{:?}", fwd.snapshot());
+    assert_eq!(fwd.forwarded("RunInstances"), 2, "{:?}", fwd.snapshot());
+}
+
+#[tokio::test]
 async fn records_the_parameters_sent() {
     let env = TestEnv::new("fwd-record").await;
     let fwd = Forwarder::start(&env.bed.moto_url);

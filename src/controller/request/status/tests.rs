@@ -214,7 +214,7 @@ fn phase_conditions_and_next_look_for_each_situation() {
             (
                 RequestPhase::Provisioning,
                 ["Provisioning", "Launching", "AsExpected"],
-                Next::After(RESYNC),
+                Next::After(RETRY_SETTLING),
             ),
         ),
         (

@@ -40,7 +40,9 @@ use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::{classify, detail};
 use crate::provider::aws::launch_templates;
 use crate::provider::aws::tags;
-use crate::provider::{CapacityType, LaunchSpec, Machine, MachineState, ProviderError};
+use crate::provider::{
+    CapacityType, LaunchAnswer, LaunchSpec, Machine, MachineState, ProviderError, Shortfall,
+};
 
 /// The error EC2 answers CreateLaunchTemplate with when the name is taken: for
 /// a batch's own template name, a previous attempt of the same batch made it.
@@ -62,7 +64,7 @@ pub(super) async fn launch(
     clients: &AwsClients,
     calls: &Calls,
     spec: &LaunchSpec,
-) -> Result<Vec<Machine>, ProviderError> {
+) -> Result<LaunchAnswer, ProviderError> {
     check_common("CreateFleet", spec)?;
     if spec.batch_id.is_empty() {
         return Err(invalid(
@@ -97,7 +99,11 @@ pub(super) async fn launch(
     // No describe here: the fleet's answer names each machine's type, subnet
     // and capacity, and the request's poller describes every launch of every
     // request in one batched call moments later (its first look).
-    Ok(pending_machines(spec, launched(&answer?)?, answered_at))
+    let out = answer?;
+    Ok(LaunchAnswer {
+        machines: pending_machines(spec, launched(&out)?, answered_at),
+        shortfall: shortfall(&out),
+    })
 }
 
 /// Whether a failed CreateFleet was answered by EC2 with a verdict (nothing
@@ -423,29 +429,46 @@ pub(super) fn launched(out: &CreateFleetOutput) -> Result<Vec<Launched>, Provide
             )),
         });
     }
-    if !errors.is_empty() {
-        // Kept, not lost: the caller plans another batch for the shortfall,
-        // and this line says why EC2 fell short.
-        let codes: Vec<String> = errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.error_code().unwrap_or_default(),
-                    e.error_message().unwrap_or_default()
-                )
-            })
-            .collect();
+    if errors.is_empty() {
+        info!(launched = launched.len(), "fleet launched");
+    } else {
         warn!(
             launched = launched.len(),
             errors = errors.len(),
-            causes = %codes.join("; "),
             "fleet launched part of its target"
         );
-    } else {
-        info!(launched = launched.len(), "fleet launched");
     }
     Ok(launched)
+}
+
+/// Why a fleet that launched some instances fell short, one item per error in
+/// its `errorSet` (API_CreateFleetError.html): the code and message, the
+/// override's type and subnet, and the lifecycle. Kept, not logged away: the
+/// batch says why it fell short and the capacity codes cool their offerings.
+pub(super) fn shortfall(out: &CreateFleetOutput) -> Vec<Shortfall> {
+    out.errors()
+        .iter()
+        .map(|e| {
+            let code = e.error_code().unwrap_or_default();
+            let message = e.error_message().unwrap_or_default();
+            let overrides = e
+                .launch_template_and_overrides()
+                .and_then(|lo| lo.overrides());
+            Shortfall {
+                code: code.to_string(),
+                message: message.to_string(),
+                instance_type: overrides
+                    .and_then(|o| o.instance_type())
+                    .map(|t| t.as_str().to_string()),
+                subnet_id: overrides.and_then(|o| o.subnet_id()).map(str::to_string),
+                spot: e.lifecycle().map(|l| *l == InstanceLifecycle::Spot),
+                capacity: matches!(
+                    classify("CreateFleet", code, message, None),
+                    ProviderError::Capacity(_)
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The verdict of a fleet answer without instances whose first error is

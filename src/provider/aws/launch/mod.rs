@@ -15,7 +15,7 @@ use base64::Engine as _;
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::detail;
-use crate::provider::{LaunchApi, LaunchSpec, Machine, ProviderError};
+use crate::provider::{LaunchAnswer, LaunchApi, LaunchSpec, ProviderError};
 
 /// Where the root volume settings apply when the image did not say: the root
 /// device of Amazon Linux and most current Linux images.
@@ -26,9 +26,11 @@ pub(super) async fn launch(
     clients: &AwsClients,
     calls: &Calls,
     spec: &LaunchSpec,
-) -> Result<Vec<Machine>, ProviderError> {
+) -> Result<LaunchAnswer, ProviderError> {
     match spec.api {
-        LaunchApi::RunInstances => run_instances::launch(clients, calls, spec).await,
+        LaunchApi::RunInstances => run_instances::launch(clients, calls, spec)
+            .await
+            .map(LaunchAnswer::of),
         LaunchApi::Fleet => fleet::launch(clients, calls, spec).await,
     }
 }

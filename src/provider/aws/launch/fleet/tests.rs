@@ -4,7 +4,10 @@
 use super::super::fixtures::{offline_client, spec};
 use super::*;
 use crate::provider::{LaunchApi, LaunchCapacity};
-use aws_sdk_ec2::types::{CreateFleetError, CreateFleetInstance};
+use aws_sdk_ec2::types::{
+    CreateFleetError, CreateFleetInstance, FleetLaunchTemplateOverrides,
+    LaunchTemplateAndOverridesResponse,
+};
 
 fn fleet_spec(on_demand_percent: i32, count: i32) -> LaunchSpec {
     let mut s = spec();
@@ -355,4 +358,42 @@ fn fleet_machines_are_pending_with_what_the_fleet_said() {
             .all(|m| m.launch_time.as_deref() == Some("2026-01-02T03:04:05Z")),
         "stamped from the start"
     );
+}
+
+#[test]
+fn the_shortfall_names_each_error_with_its_override() {
+    let placed = CreateFleetError::builder()
+        .error_code("InsufficientInstanceCapacity")
+        .error_message("We currently do not have sufficient t3.micro capacity")
+        .lifecycle(InstanceLifecycle::Spot)
+        .launch_template_and_overrides(
+            LaunchTemplateAndOverridesResponse::builder()
+                .overrides(
+                    FleetLaunchTemplateOverrides::builder()
+                        .instance_type(InstanceType::T3Micro)
+                        .subnet_id("subnet-1")
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    let out = answer(
+        vec![group(InstanceLifecycle::OnDemand, &["i-1"])],
+        vec![placed, error("InvalidParameterValue")],
+    );
+    let s = shortfall(&out);
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].code, "InsufficientInstanceCapacity");
+    assert_eq!(s[0].instance_type.as_deref(), Some("t3.micro"));
+    assert_eq!(s[0].subnet_id.as_deref(), Some("subnet-1"));
+    assert_eq!(s[0].spot, Some(true));
+    assert!(s[0].capacity, "a capacity code cools its offering");
+    assert_eq!(s[1].instance_type, None);
+    assert_eq!(s[1].spot, None);
+    assert!(!s[1].capacity, "a bad parameter is not a capacity verdict");
+    assert!(shortfall(&answer(
+        vec![group(InstanceLifecycle::Spot, &["i-2"])],
+        vec![]
+    ))
+    .is_empty());
 }
