@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -63,6 +64,9 @@ pub struct Metrics {
     launched: Family<ProviderLabels, Counter>,
     terminated: Family<TerminationLabels, Counter>,
     templates_collected: Family<ProviderLabels, Counter>,
+    foreign_machines: Family<ProviderLabels, Gauge>,
+    orphans_held: Family<ProviderLabels, Gauge>,
+    orphan_brakes: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,24 @@ impl Metrics {
         let launched = Family::<ProviderLabels, Counter>::default();
         let terminated = Family::<TerminationLabels, Counter>::default();
         let templates_collected = Family::<ProviderLabels, Counter>::default();
+        let foreign_machines = Family::<ProviderLabels, Gauge>::default();
+        let orphans_held = Family::<ProviderLabels, Gauge>::default();
+        let orphan_brakes = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "foreign_machines",
+            "Machines carrying this cluster's name but another cluster's identity, as of the last full sweep (left alone; two clusters share a clusterName)",
+            foreign_machines.clone(),
+        );
+        registry.register(
+            "orphans_held",
+            "Orphans the last sweep did not terminate: a dry run, or more than orphanCollection allows at once",
+            orphans_held.clone(),
+        );
+        registry.register(
+            "orphan_brake_engaged",
+            "Sweeps that found more orphans than orphanCollection allows at once and terminated none",
+            orphan_brakes.clone(),
+        );
         registry.register(
             "launch_templates_collected",
             "Leftover launch templates (crash, lost leadership, failed delete) the collector deleted, by provider instance",
@@ -166,6 +188,9 @@ impl Metrics {
             launched,
             terminated,
             templates_collected,
+            foreign_machines,
+            orphans_held,
+            orphan_brakes,
         }
     }
 
@@ -214,6 +239,35 @@ impl Metrics {
                 reason,
             })
             .inc_by(n as u64);
+    }
+
+    /// Sets how many machines with this cluster's name but another
+    /// identity the last full sweep of `provider` listed.
+    pub fn foreign_machines(&self, provider: &str, n: usize) {
+        self.foreign_machines
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many orphans the last sweep of `provider` left running (a
+    /// dry run or the brake).
+    pub fn orphans_held(&self, provider: &str, n: usize) {
+        self.orphans_held
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records one sweep of `provider` whose orphans the brake held.
+    pub fn orphan_brake_engaged(&self, provider: &str) {
+        self.orphan_brakes
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc();
     }
 
     /// Records one finished reconcile and, when it failed, its error category.

@@ -53,6 +53,10 @@ pub enum RunError {
          and does the operator's service account have RBAC for hostforge.io?"
     )]
     CrdsMissing(#[source] kube::Error),
+    /// This cluster's identity could not be found (see
+    /// [`controller::identity`]).
+    #[error(transparent)]
+    Identity(#[from] controller::identity::IdentityError),
     /// Building the provider clients failed.
     #[error("setting up providers: {0}")]
     Provider(String),
@@ -83,6 +87,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let client =
         crate::kube_client::client(kube_config.clone(), config.max_kube_requests_in_flight)
             .map_err(RunError::KubeConfig)?;
+
+    let cluster_id = controller::identity::resolve(&client, config.cluster_id.as_deref()).await?;
+    info!(cluster_id = %cluster_id, "cluster identity");
 
     let metrics = Arc::new(Metrics::new());
     let providers = Arc::new(
@@ -131,6 +138,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             tracker: tracker.clone(),
             namespace: opts.namespace.clone(),
         },
+        cluster_id,
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -246,7 +246,7 @@ async fn an_orphan_left_by_a_forced_delete_is_collected() {
     let env = TestEnv::new("req-orphan").await;
     env.install_crds().await;
     // Running orphans are found by full sweeps only.
-    let cfg = config(&env, "gcGracePeriod: 0s\nfullSweepInterval: 2s\n");
+    let cfg = config(&env, "gcGracePeriod: 1s\nfullSweepInterval: 2s\n");
     let mut op = OperatorProcess::start(&env, &cfg).await;
     ssm_template(&env, "compute").await;
     let mr = create_request(&env, "doomed", "compute", 2, true).await;

@@ -30,6 +30,17 @@ pub const DEFAULT_IMAGE_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 /// just-launched instance may not yet be visible where its owner is recorded.
 pub const DEFAULT_GC_GRACE_PERIOD: Duration = Duration::from_secs(2 * 60);
 
+/// The most orphans one sweep terminates, as a share (percent) of this
+/// cluster's machines it listed, unless `orphanCollection.maxShare` says
+/// otherwise: more than that at once is more likely a mistake (a second
+/// cluster, a restored backup, a wrong identity) than a crash's leftovers.
+pub const DEFAULT_ORPHAN_MAX_SHARE: u32 = 20;
+
+/// Orphans one sweep may always terminate whatever the share, unless
+/// `orphanCollection.minimum` says otherwise: a small cluster's leftovers
+/// after a crash are a few machines.
+pub const DEFAULT_ORPHAN_MINIMUM: u32 = 5;
+
 /// How often machines that are changing (launching, terminating) are described,
 /// in one batched call for all requests, unless `pollInterval` says otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -70,6 +81,13 @@ pub struct OperatorConfig {
     /// Written into the ownership tags of every instance, so several operators
     /// (clusters) can share one account without touching each other's machines.
     pub cluster_name: String,
+    /// `clusterId`: this cluster's identity, when set by hand; otherwise the
+    /// operator derives it from the cluster itself (the uid of the
+    /// `kube-system` namespace). Two clusters with one `clusterName` never
+    /// share an identity, so neither touches the other's machines.
+    pub cluster_id: Option<String>,
+    /// What the sweep does with orphans (`orphanCollection`).
+    pub orphans: OrphanCollection,
     /// Named provider instances, in the order of the file; names are unique.
     pub providers: Vec<ProviderConfig>,
     /// The provider used by templates that name none.
@@ -91,6 +109,39 @@ pub struct OperatorConfig {
     /// Most requests to the apiserver awaiting their answer at once (each is
     /// an HTTP/1.1 connection of its own).
     pub max_kube_requests_in_flight: usize,
+}
+
+/// How the sweep collects orphans (machines of this cluster whose request no
+/// longer exists): the brake, and a dry run that only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrphanCollection {
+    /// Report orphans (log, metric) without terminating any.
+    pub dry_run: bool,
+    /// Percent of this cluster's listed machines one sweep may terminate as
+    /// orphans; above it (and above `minimum`) the sweep terminates none and
+    /// says so loudly.
+    pub max_share: u32,
+    /// Orphans one sweep may always terminate, whatever the share.
+    pub minimum: u32,
+}
+
+impl Default for OrphanCollection {
+    fn default() -> Self {
+        OrphanCollection {
+            dry_run: false,
+            max_share: DEFAULT_ORPHAN_MAX_SHARE,
+            minimum: DEFAULT_ORPHAN_MINIMUM,
+        }
+    }
+}
+
+impl OrphanCollection {
+    /// The most orphans one sweep may terminate when it listed `owned`
+    /// machines of this cluster (orphans included).
+    pub fn allowed(&self, owned: usize) -> usize {
+        let share = owned.saturating_mul(self.max_share as usize) / 100;
+        share.max(self.minimum as usize)
+    }
 }
 
 /// One named cloud account and region the operator may launch into.
@@ -383,9 +434,8 @@ gcGracePeriod: 1h30m
             r#"imageCacheTtl: "0s" is too short (at least 1s)"#
         );
         assert!(err(&format!("{base}imageCacheTtl: 9000h\n")).contains("too long"));
-        // gcGracePeriod may be zero (tests), unlike the cache TTL.
-        let c = OperatorConfig::from_yaml(&format!("{base}gcGracePeriod: 0s\n")).expect("valid");
-        assert_eq!(c.gc_grace_period, Duration::ZERO);
+        let c = OperatorConfig::from_yaml(&format!("{base}gcGracePeriod: 1s\n")).expect("valid");
+        assert_eq!(c.gc_grace_period, Duration::from_secs(1));
     }
 
     #[test]
@@ -473,5 +523,51 @@ gcGracePeriod: 1h30m
         )
         .expect("valid");
         assert_eq!(c.providers[0].region, "cn-north-1");
+    }
+
+    #[test]
+    fn cluster_identity_and_orphan_collection_are_checked() {
+        let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
+        let c = OperatorConfig::from_yaml(base).expect("valid");
+        assert_eq!(c.cluster_id, None, "derived from the cluster unless set");
+        assert_eq!(c.orphans, OrphanCollection::default());
+        let c = OperatorConfig::from_yaml(&format!(
+            "{base}clusterId: prod-east/2026\norphanCollection: {{dryRun: true, maxShare: 5, minimum: 0}}\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.cluster_id.as_deref(), Some("prod-east/2026"));
+        assert!(c.orphans.dry_run);
+        assert_eq!((c.orphans.max_share, c.orphans.minimum), (5, 0));
+        assert_eq!(
+            err(&format!("{base}clusterId: \"\"\n")),
+            "clusterId: must be 1 to 128 characters"
+        );
+        assert!(
+            err(&format!("{base}clusterId: a b\n")).starts_with("clusterId: ' ' is not allowed")
+        );
+        assert_eq!(
+            err(&format!("{base}orphanCollection: {{maxShare: 0}}\n")),
+            "orphanCollection.maxShare: 0 is not a percentage from 1 to 100"
+        );
+        assert!(err(&format!("{base}orphanCollection: {{share: 5}}\n")).contains("unknown field"));
+        assert_eq!(
+            err(&format!("{base}gcGracePeriod: 0s\n")),
+            r#"gcGracePeriod: "0s" is too short (at least 1s)"#
+        );
+    }
+
+    #[test]
+    fn the_orphan_brake_allows_a_share_or_the_minimum() {
+        let o = OrphanCollection::default();
+        // (machines of this cluster listed, orphans one sweep may terminate)
+        for (owned, allowed) in [(0, 5), (10, 5), (25, 5), (30, 6), (1000, 200)] {
+            assert_eq!(o.allowed(owned), allowed, "{owned}");
+        }
+        let strict = OrphanCollection {
+            max_share: 1,
+            minimum: 0,
+            ..o
+        };
+        assert_eq!(strict.allowed(50), 0);
     }
 }

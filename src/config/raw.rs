@@ -11,10 +11,10 @@ use super::checks::{check_dns_label, check_region, check_role_arn, check_url};
 use super::duration::{format_duration, parse_duration};
 use super::rate_limits::{RateLimitConfig, RawRateLimits};
 use super::{
-    ConfigError, OperatorConfig, Problem, ProviderConfig, ProviderKind, DEFAULT_CAPACITY_COOLDOWN,
-    DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD, DEFAULT_IMAGE_CACHE_TTL,
-    DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL,
-    DEFAULT_SWEEP_INTERVAL,
+    ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
+    DEFAULT_CAPACITY_COOLDOWN, DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD,
+    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT, DEFAULT_POLL_INTERVAL,
+    DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_SWEEP_INTERVAL,
 };
 
 /// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
@@ -30,6 +30,10 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct RawConfig {
     cluster_name: String,
+    #[serde(default)]
+    cluster_id: Option<String>,
+    #[serde(default)]
+    orphan_collection: Option<RawOrphanCollection>,
     providers: Vec<RawProvider>,
     #[serde(default)]
     default_provider: Option<String>,
@@ -49,6 +53,39 @@ pub(super) struct RawConfig {
     spot_notice_interval: Option<String>,
     #[serde(default)]
     max_kube_requests_in_flight: Option<i64>,
+}
+
+/// `orphanCollection` as written.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOrphanCollection {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    max_share: Option<i64>,
+    #[serde(default)]
+    minimum: Option<i64>,
+}
+
+/// Longest accepted `clusterId`: it is a tag value (at most 256 characters)
+/// and a filter value of every sweep listing.
+const MAX_CLUSTER_ID: usize = 128;
+
+/// Whether `id` can be a `clusterId`: 1 to 128 characters a tag value and a
+/// filter take as they are (letters, digits and `-._:/=+@`).
+fn check_cluster_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_CLUSTER_ID {
+        return Err(format!("must be 1 to {MAX_CLUSTER_ID} characters"));
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._:/=+@".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "{c:?} is not allowed (letters, digits and -._:/=+@ only)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// One `providers[]` entry as written.
@@ -76,6 +113,31 @@ impl RawConfig {
 
         if let Err(msg) = check_dns_label(&self.cluster_name) {
             problem("clusterName".into(), msg);
+        }
+        if let Some(id) = &self.cluster_id {
+            if let Err(msg) = check_cluster_id(id) {
+                problem("clusterId".into(), msg);
+            }
+        }
+        let mut orphans = OrphanCollection::default();
+        if let Some(raw) = &self.orphan_collection {
+            orphans.dry_run = raw.dry_run;
+            match raw.max_share {
+                None => {}
+                Some(n @ 1..=100) => orphans.max_share = n as u32,
+                Some(n) => problem(
+                    "orphanCollection.maxShare".into(),
+                    format!("{n} is not a percentage from 1 to 100"),
+                ),
+            }
+            match raw.minimum {
+                None => {}
+                Some(n @ 0..=10_000) => orphans.minimum = n as u32,
+                Some(n) => problem(
+                    "orphanCollection.minimum".into(),
+                    format!("{n} is out of range (0 to 10000)"),
+                ),
+            }
         }
         if self.providers.is_empty() {
             problem(
@@ -180,7 +242,9 @@ impl RawConfig {
             "gcGracePeriod",
             &self.gc_grace_period,
             DEFAULT_GC_GRACE_PERIOD,
-            Duration::ZERO,
+            // Never zero: EC2's reads lag its launches, and a machine whose
+            // record is not visible yet must not be taken for an orphan.
+            Duration::from_secs(1),
         );
         let poll_interval = duration(
             "pollInterval",
@@ -229,6 +293,8 @@ impl RawConfig {
         }
         Ok(OperatorConfig {
             cluster_name: self.cluster_name,
+            cluster_id: self.cluster_id,
+            orphans,
             providers: self
                 .providers
                 .into_iter()

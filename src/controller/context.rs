@@ -56,6 +56,11 @@ pub struct Context {
     pub namespace: Option<String>,
     /// Asks the sweep for a full listing (see [`FullSweepSignal`]).
     pub full_sweep: FullSweepSignal,
+    /// This cluster's identity, tagged on every machine and launch template
+    /// it creates (see [`crate::controller::cloud::ownership::CLUSTER_ID_TAG`]):
+    /// what the sweep and the template collector require before they adopt,
+    /// collect or delete anything.
+    pub cluster_id: String,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -83,6 +88,7 @@ impl Context {
         images: Arc<ImageResolver>,
         metrics: Arc<Metrics>,
         watches: Watches,
+        cluster_id: String,
     ) -> Self {
         let reporter = Reporter {
             controller: "hostforge".into(),
@@ -108,6 +114,7 @@ impl Context {
             batch_lookups: BatchLookups::default(),
             namespace: watches.namespace,
             full_sweep: FullSweepSignal::default(),
+            cluster_id,
         }
     }
 }

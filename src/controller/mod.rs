@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod identity;
 pub mod reason;
 pub mod request;
 pub mod template;

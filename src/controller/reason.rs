@@ -107,6 +107,10 @@ pub enum Reason {
     MachineLost,
     /// The cloud announced it takes a spot machine back.
     SpotInterruption,
+    /// A machine carries this request's name and this cluster's name but
+    /// another cluster's identity: two clusters share a `clusterName`; it is
+    /// left alone.
+    ForeignMachine,
 }
 
 impl Reason {
@@ -145,6 +149,7 @@ impl Reason {
             Reason::Launched => "Launched",
             Reason::MachineLost => "MachineLost",
             Reason::SpotInterruption => "SpotInterruption",
+            Reason::ForeignMachine => "ForeignMachine",
         }
     }
 

@@ -108,6 +108,65 @@ fn start() -> Result<TestBed, String> {
     ]);
     procs.push(process::spawn("moto", moto_cmd, &dir)?);
 
+    let plane = start_control_plane(&bin_dir, &dir)?;
+    procs.extend(plane.procs);
+
+    let moto = procs
+        .first_mut()
+        .ok_or_else(|| "moto process missing".to_string())?;
+    process::wait_until(moto, "listening", Duration::from_secs(60), || {
+        port_open(moto_port)
+    })?;
+
+    Ok(TestBed {
+        root,
+        bin_dir,
+        dir,
+        kubeconfig: plane.kubeconfig,
+        apiserver_url: plane.apiserver_url,
+        moto_url: format!("http://127.0.0.1:{moto_port}"),
+        _procs: Mutex::new(procs),
+    })
+}
+
+/// A second control plane (its own etcd and kube-apiserver, so its own
+/// `kube-system` namespace and cluster identity) sharing the first bed's
+/// moto, started on first call: two clusters in one cloud account, for tests
+/// of what one cluster may do to the other's machines.
+pub fn second_bed() -> Result<&'static TestBed, String> {
+    static SECOND: OnceLock<Result<TestBed, String>> = OnceLock::new();
+    SECOND
+        .get_or_init(|| {
+            let first = bed()?;
+            let dir = first.dir.join("second");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let plane = start_control_plane(&first.bin_dir, &dir)?;
+            Ok(TestBed {
+                root: first.root.clone(),
+                bin_dir: first.bin_dir.clone(),
+                dir,
+                kubeconfig: plane.kubeconfig,
+                apiserver_url: plane.apiserver_url,
+                moto_url: first.moto_url.clone(),
+                _procs: Mutex::new(plane.procs),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// One running etcd + kube-apiserver and how to reach it.
+struct ControlPlane {
+    procs: Vec<Proc>,
+    kubeconfig: PathBuf,
+    apiserver_url: String,
+}
+
+/// Starts etcd and a kube-apiserver on free ports with their state, certs
+/// and kubeconfig under `dir`, and waits until the apiserver is ready.
+fn start_control_plane(bin_dir: &Path, dir: &Path) -> Result<ControlPlane, String> {
+    let mut procs = Vec::new();
     let etcd_client = free_port()?;
     let etcd_peer = free_port()?;
     let client_url = format!("http://127.0.0.1:{etcd_client}");
@@ -122,13 +181,13 @@ fn start() -> Result<TestBed, String> {
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("default={peer_url}")])
         .args(["--unsafe-no-fsync", "--log-level", "warn"]);
-    let mut etcd = process::spawn("etcd", etcd_cmd, &dir)?;
+    let mut etcd = process::spawn("etcd", etcd_cmd, dir)?;
     process::wait_until(&mut etcd, "listening", Duration::from_secs(30), || {
         port_open(etcd_client)
     })?;
     procs.push(etcd);
 
-    let certs = certs::generate(&dir)?;
+    let certs = certs::generate(dir)?;
     let tokens = dir.join("tokens.csv");
     std::fs::write(
         &tokens,
@@ -163,7 +222,7 @@ fn start() -> Result<TestBed, String> {
         .args(["--service-cluster-ip-range", "10.0.0.0/24"])
         .args(["--disable-admission-plugins", "ServiceAccount"])
         .args(["--profiling=false", "--v=1"]);
-    let mut apiserver = process::spawn("kube-apiserver", api_cmd, &dir)?;
+    let mut apiserver = process::spawn("kube-apiserver", api_cmd, dir)?;
 
     let apiserver_url = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = dir.join("kubeconfig");
@@ -183,22 +242,10 @@ fn start() -> Result<TestBed, String> {
         },
     )?;
     procs.push(apiserver);
-
-    let moto = procs
-        .first_mut()
-        .ok_or_else(|| "moto process missing".to_string())?;
-    process::wait_until(moto, "listening", Duration::from_secs(60), || {
-        port_open(moto_port)
-    })?;
-
-    Ok(TestBed {
-        root,
-        bin_dir,
-        dir,
+    Ok(ControlPlane {
+        procs,
         kubeconfig,
         apiserver_url,
-        moto_url: format!("http://127.0.0.1:{moto_port}"),
-        _procs: Mutex::new(procs),
     })
 }
 

@@ -24,7 +24,7 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-pub use bed::{bed, TestBed};
+pub use bed::{bed, second_bed, TestBed};
 pub use operator::OperatorProcess;
 pub use process::free_port;
 pub use wait::wait_for;
@@ -52,16 +52,36 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts the bed if needed and creates a fresh namespace named after the test.
     pub async fn new(name: &str) -> TestEnv {
-        let bed = tokio::task::spawn_blocking(bed)
+        TestEnv::on(bed, name).await
+    }
+
+    /// [`TestEnv::new`] on the control plane `start` returns (e.g.
+    /// [`second_bed`], another cluster sharing the first one's moto).
+    pub async fn on(start: fn() -> Result<&'static TestBed, String>, name: &str) -> TestEnv {
+        TestEnv::named(start, unique_name(name), name).await
+    }
+
+    /// A namespace of the same name as this one on the control plane `start`
+    /// returns: the same objects applied to a second cluster (a blue/green
+    /// pair, a restore), with their own uids.
+    pub async fn twin(&self, start: fn() -> Result<&'static TestBed, String>) -> TestEnv {
+        TestEnv::named(start, self.namespace.clone(), "twin").await
+    }
+
+    async fn named(
+        start: fn() -> Result<&'static TestBed, String>,
+        namespace: String,
+        label: &str,
+    ) -> TestEnv {
+        let bed = tokio::task::spawn_blocking(start)
             .await
             .expect("test bed start task")
             .unwrap_or_else(|e| panic!("test bed did not start:\n{e}"));
         let client = kube_client(bed).await;
-        let namespace = unique_name(name);
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(namespace.clone()),
-                labels: Some([("hostforge.io/test".to_string(), name.to_string())].into()),
+                labels: Some([("hostforge.io/test".to_string(), label.to_string())].into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -243,9 +263,10 @@ pub fn unique_name(name: &str) -> String {
 }
 
 fn install_crds_once(bed: &TestBed) {
-    static DONE: Mutex<bool> = Mutex::new(false);
+    // Once per control plane (a test may use a second one).
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done {
+    if done.contains(&bed.kubeconfig) {
         return;
     }
     let crds = bed.root.join("crds");
@@ -268,7 +289,7 @@ fn install_crds_once(bed: &TestBed) {
         "CRDs did not become Established: {}",
         String::from_utf8_lossy(&wait.stderr)
     );
-    *done = true;
+    done.push(bed.kubeconfig.clone());
 }
 
 /// The hostforge checkout (this crate lives in its `testbed/` folder), for

@@ -337,6 +337,14 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
                 scenario: Scenario::ScaleDownAndReturn,
             },
             RuleCheck {
+                role: "ClusterRole",
+                resource: "namespaces",
+                verbs: &["get"],
+                can_i: s(&["get", "namespaces/kube-system"]),
+                forbidden: r#"cannot get resource "namespaces""#,
+                scenario: Scenario::Start,
+            },
+            RuleCheck {
                 role: "Role",
                 resource: "leases",
                 verbs: &["get"],
@@ -443,7 +451,7 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
                     "{what}: the operator started anyway:\n{}",
                     op.log()
                 );
-                assert!(op.log().contains("cannot list"), "{}", op.log());
+                assert!(op.log().contains(check.forbidden), "{}", op.log());
             }
             Scenario::Request => {
                 let mr = create_request(&work, "r", "compute", 2, true).await;

@@ -81,4 +81,19 @@ providers:
 {{- with $c.maxKubeRequestsInFlight }}
 maxKubeRequestsInFlight: {{ . | int }}
 {{- end }}
+{{- with $c.clusterId }}
+clusterId: {{ . | quote }}
+{{- end }}
+{{- with $c.orphanCollection }}
+{{- if or .dryRun .maxShare .minimum }}
+orphanCollection:
+  dryRun: {{ .dryRun | default false }}
+  {{- with .maxShare }}
+  maxShare: {{ . | int }}
+  {{- end }}
+  {{- with .minimum }}
+  minimum: {{ . | int }}
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -10,6 +10,13 @@ use std::collections::BTreeMap;
 /// The operator config's `clusterName`: scopes everything below, so several
 /// clusters can share an account without touching each other's machines.
 pub const CLUSTER_TAG: &str = "hostforge.io/cluster";
+/// This cluster's identity: unlike `clusterName` (a name anyone can give
+/// two clusters: a blue/green pair, a DR copy of the values, a restore), it
+/// is derived from the cluster itself (the uid of its `kube-system`
+/// namespace) or set by hand (`clusterId`). The sweep adopts and collects
+/// only machines carrying this cluster's identity; one with the same name
+/// and another identity is reported, never touched.
+pub const CLUSTER_ID_TAG: &str = "hostforge.io/cluster-id";
 /// `<namespace>/<name>` of the request, for people reading the console.
 pub const REQUEST_TAG: &str = "hostforge.io/request";
 /// The request's uid: names survive delete-and-recreate, uids do not.
@@ -26,6 +33,8 @@ pub const NAME_TAG: &str = "Name";
 pub struct Owner {
     /// The operator's cluster name.
     pub cluster: String,
+    /// The cluster's identity ([`CLUSTER_ID_TAG`]).
+    pub cluster_id: String,
     /// The request's namespace.
     pub namespace: String,
     /// The request's name.
@@ -49,6 +58,7 @@ impl Owner {
         tags.insert(NAME_TAG.to_string(), self.name.clone());
         tags.extend(template_tags.clone());
         tags.insert(CLUSTER_TAG.into(), self.cluster.clone());
+        tags.insert(CLUSTER_ID_TAG.into(), self.cluster_id.clone());
         tags.insert(
             REQUEST_TAG.into(),
             format!("{}/{}", self.namespace, self.name),
@@ -83,6 +93,7 @@ mod tests {
     fn ownership_tags_win_over_template_tags_but_name_is_overridable() {
         let owner = Owner {
             cluster: "c1".into(),
+            cluster_id: "id-1".into(),
             namespace: "ns".into(),
             name: "req".into(),
             uid: "u-1".into(),
@@ -97,6 +108,7 @@ mod tests {
         assert_eq!(tags["Name"], "worker");
         assert_eq!(tags["team"], "hpc");
         assert_eq!(tags[CLUSTER_TAG], "c1");
+        assert_eq!(tags[CLUSTER_ID_TAG], "id-1");
         assert_eq!(tags[REQUEST_TAG], "ns/req");
         assert_eq!(tags[REQUEST_UID_TAG], "u-1");
         assert_eq!(tags[TEMPLATE_TAG], "t");

@@ -9,8 +9,19 @@
 //!   status write was lost) are handed to that request to adopt;
 //! - machines a request lists that changed state (terminated from the console,
 //!   spot reclaim) or vanished wake that request;
-//! - machines whose request no longer exists are orphans: terminated once they
-//!   are older than the grace period (EC2 reads are eventually consistent).
+//! - machines whose request no longer exists are orphans: terminated by a full
+//!   sweep once they are older than the grace period (EC2 reads are
+//!   eventually consistent), unless there are more of them than
+//!   `orphanCollection` allows at once (the brake: none is terminated and the
+//!   operator says so loudly) or it is a dry run.
+//!
+//! Only machines carrying this cluster's identity
+//! ([`CLUSTER_ID_TAG`]) are adopted or collected. A machine with this
+//! cluster's name and another identity belongs to another cluster that was
+//! given the same `clusterName`: it is reported (log, metric, an Event on the
+//! request of the same name) and never touched. A machine without an identity
+//! (launched before identities existed) is still adopted by its request uid,
+//! but never collected as an orphan: nothing proves it is this cluster's.
 //!
 //! Machines that vanished from the listing altogether, and running orphans or
 //! unrecorded running machines, are only seen by full sweeps; a settle that
@@ -25,14 +36,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
-use tracing::{info, warn};
+use kube::{Resource, ResourceExt};
+use tracing::{error, info, warn};
 
-use super::ownership::{CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
+use super::ownership::{CLUSTER_ID_TAG, CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::ticker::every;
 use super::translate;
 use crate::api::{LaunchState, MachineRequest, MachineState};
+use crate::config::OrphanCollection;
+use crate::controller::events;
+use crate::controller::reason::Reason;
 use crate::controller::Context;
 use crate::provider::{self, Machine};
 
@@ -109,6 +124,12 @@ pub struct SweepReport {
     pub woken: usize,
     /// Orphans terminated.
     pub orphans_terminated: usize,
+    /// Orphans left running: a dry run, or the brake.
+    pub orphans_held: usize,
+    /// Machines with this cluster's name and another cluster's identity.
+    pub foreign: usize,
+    /// Machines without an identity whose request is gone (never collected).
+    pub unmarked_orphans: usize,
     /// Providers whose listing failed (a full sweep is then not done).
     pub failed_listings: usize,
 }
@@ -144,7 +165,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
                     // Still wanted; a missed timed one stays due by itself.
                     ctx.full_sweep.request();
                 }
-                if report.unlisted + report.woken + report.orphans_terminated > 0 {
+                if report.unlisted
+                    + report.woken
+                    + report.orphans_terminated
+                    + report.orphans_held
+                    + report.foreign
+                    > 0
+                {
                     info!(?report, full, "sweep");
                 }
             },
@@ -192,6 +219,57 @@ fn wake_settling(ctx: &Context) {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whose a listed machine is, by its [`CLUSTER_ID_TAG`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// This cluster's identity.
+    Ours,
+    /// Another cluster's: never adopted, woken on, or collected.
+    Foreign,
+    /// No identity (launched before identities existed): adopted by its
+    /// request uid, never collected as an orphan.
+    Unmarked,
+}
+
+/// Whose `m` is, given this cluster's identity `ours`.
+pub fn identity(m: &Machine, ours: &str) -> Identity {
+    match m.tags.get(CLUSTER_ID_TAG) {
+        None => Identity::Unmarked,
+        Some(id) if id == ours => Identity::Ours,
+        Some(_) => Identity::Foreign,
+    }
+}
+
+/// What a sweep does with the orphans it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanVerdict {
+    /// Terminate them all.
+    Terminate,
+    /// Report them only (`orphanCollection.dryRun`).
+    DryRun,
+    /// More than `allowed` at once: terminate none, say so loudly.
+    Brake {
+        /// The most one sweep may terminate.
+        allowed: usize,
+    },
+}
+
+/// The brake: `orphans` of `owned` listed machines of this cluster (orphans
+/// included) may all go only when they are within what `policy` allows at
+/// once. A crash leaves a few; a wrong identity, a restored backup or a
+/// second cluster makes most of a cluster look orphaned, and then nothing is
+/// terminated until a person looks.
+pub fn orphan_verdict(orphans: usize, owned: usize, policy: &OrphanCollection) -> OrphanVerdict {
+    let allowed = policy.allowed(owned);
+    if policy.dry_run {
+        OrphanVerdict::DryRun
+    } else if orphans > allowed {
+        OrphanVerdict::Brake { allowed }
+    } else {
+        OrphanVerdict::Terminate
+    }
 }
 
 /// A live request as the sweep needs it.
@@ -242,6 +320,9 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
         let mut wake: HashSet<ObjectRef<MachineRequest>> = HashSet::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut orphans: Vec<Machine> = Vec::new();
+        let mut foreign: Vec<Machine> = Vec::new();
+        let mut owned = 0usize;
+        let mut unmarked_orphans = 0usize;
         // Page by page: a full listing of 10,000 machines is forty pages,
         // and only the one in hand is kept (its ids stay in `seen`).
         let listing = provider
@@ -252,6 +333,14 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                         continue;
                     }
                     seen.insert(m.id.clone());
+                    let whose = identity(&m, &ctx.cluster_id);
+                    if whose == Identity::Foreign {
+                        foreign.push(m);
+                        continue;
+                    }
+                    if !m.state.is_terminating() {
+                        owned += 1;
+                    }
                     let uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
                     match live.get(&uid) {
                         Some(owner) => match owner.listed.get(&m.id) {
@@ -271,11 +360,18 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                             _ => {}
                         },
                         None if uid.is_empty() => {}
+                        // Orphans are judged by full sweeps only: the brake
+                        // weighs them against every machine of the cluster.
+                        None if !full => {}
                         None => {
                             if !m.state.is_terminating()
                                 && older_than(&m, ctx.config.gc_grace_period)
                             {
-                                orphans.push(m);
+                                if whose == Identity::Unmarked {
+                                    unmarked_orphans += 1;
+                                } else {
+                                    orphans.push(m);
+                                }
                             }
                         }
                     }
@@ -340,8 +436,52 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                 }
             }
         }
-        if !orphans.is_empty() {
-            report.orphans_terminated += collect_orphans(ctx, &provider, name, &orphans).await;
+        if full {
+            report_foreign(ctx, name, &foreign).await;
+            report.foreign += foreign.len();
+            report.unmarked_orphans += unmarked_orphans;
+            if unmarked_orphans > 0 {
+                warn!(
+                    provider = name,
+                    machines = unmarked_orphans,
+                    "sweep: machines without a cluster identity (launched before identities) whose request is gone are left running; terminate them by hand"
+                );
+            }
+            let held = match orphan_verdict(orphans.len(), owned, &ctx.config.orphans) {
+                _ if orphans.is_empty() => 0,
+                OrphanVerdict::Terminate => {
+                    report.orphans_terminated +=
+                        collect_orphans(ctx, &provider, name, &orphans).await;
+                    0
+                }
+                OrphanVerdict::DryRun => {
+                    for m in &orphans {
+                        warn!(
+                            provider = name,
+                            instance = %m.id,
+                            request = m.tags.get(REQUEST_TAG).map(String::as_str).unwrap_or(""),
+                            "dry run: would terminate orphan (its MachineRequest no longer exists)"
+                        );
+                    }
+                    orphans.len()
+                }
+                OrphanVerdict::Brake { allowed } => {
+                    error!(
+                        provider = name,
+                        orphans = orphans.len(),
+                        machines = owned,
+                        allowed,
+                        "sweep brake: more orphans than orphanCollection allows at once; none terminated. \
+                         Check that no other cluster uses this clusterId and that requests were not lost \
+                         (a restore gives them new uids); then terminate them by hand or raise \
+                         orphanCollection.maxShare"
+                    );
+                    ctx.metrics.orphan_brake_engaged(name);
+                    orphans.len()
+                }
+            };
+            ctx.metrics.orphans_held(name, held);
+            report.orphans_held += held;
         }
         report.woken += wake.len();
         for request in wake {
@@ -409,6 +549,55 @@ fn vanished(id: &str, last: Option<Machine>) -> Machine {
     m
 }
 
+/// Says that `foreign` machines (this cluster's name, another identity)
+/// were listed and left alone: a warning in the log, the metric, and a
+/// Warning Event on each live request of this cluster whose
+/// `<namespace>/<name>` one of them carries (a blue/green pair or a restore
+/// applying the same requests in two clusters), so its owner sees it.
+async fn report_foreign(ctx: &Context, provider: &str, foreign: &[Machine]) {
+    ctx.metrics.foreign_machines(provider, foreign.len());
+    if foreign.is_empty() {
+        return;
+    }
+    let sample: Vec<&str> = foreign.iter().take(5).map(|m| m.id.as_str()).collect();
+    warn!(
+        provider,
+        machines = foreign.len(),
+        sample = %sample.join(","),
+        cluster = %ctx.config.cluster_name,
+        "sweep: machines carry this cluster's name but another cluster's identity; left alone. \
+         Two clusters use one clusterName: give each its own"
+    );
+    let mut by_request: HashMap<String, Vec<&str>> = HashMap::new();
+    for m in foreign {
+        if let Some(r) = m.tags.get(REQUEST_TAG) {
+            by_request.entry(r.clone()).or_default().push(&m.id);
+        }
+    }
+    for r in ctx.requests.state() {
+        let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+        let Some(ids) = by_request.get(&key) else {
+            continue;
+        };
+        let note = format!(
+            "{} machines ({}) carry this request's name and cluster name {:?} but another \
+             cluster's identity: left alone. Another cluster uses the same clusterName",
+            ids.len(),
+            ids.join(", "),
+            ctx.config.cluster_name
+        );
+        events::publish(
+            &ctx.recorder,
+            &r.object_ref(&()),
+            EventType::Warning,
+            Reason::ForeignMachine,
+            "Sweep",
+            &note,
+        )
+        .await;
+    }
+}
+
 async fn collect_orphans(
     ctx: &Context,
     provider: &Arc<dyn provider::MachineProvider>,
@@ -440,6 +629,47 @@ async fn collect_orphans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_clusters_identity_is_ours() {
+        let tagged = |id: Option<&str>| {
+            let mut m = Machine::bare("i-1", provider::MachineState::Running);
+            if let Some(id) = id {
+                m.tags.insert(CLUSTER_ID_TAG.into(), id.into());
+            }
+            m
+        };
+        assert_eq!(identity(&tagged(Some("a")), "a"), Identity::Ours);
+        assert_eq!(identity(&tagged(Some("b")), "a"), Identity::Foreign);
+        assert_eq!(identity(&tagged(Some("")), "a"), Identity::Foreign);
+        assert_eq!(identity(&tagged(None), "a"), Identity::Unmarked);
+    }
+
+    #[test]
+    fn the_brake_holds_more_orphans_than_allowed() {
+        let policy = OrphanCollection::default();
+        // (orphans, machines of the cluster listed, verdict)
+        let rows = [
+            (1, 3, OrphanVerdict::Terminate),
+            (5, 5, OrphanVerdict::Terminate),
+            (6, 7, OrphanVerdict::Brake { allowed: 5 }),
+            (20, 100, OrphanVerdict::Terminate),
+            (21, 100, OrphanVerdict::Brake { allowed: 20 }),
+            (7, 7, OrphanVerdict::Brake { allowed: 5 }),
+        ];
+        for (orphans, owned, want) in rows {
+            assert_eq!(
+                orphan_verdict(orphans, owned, &policy),
+                want,
+                "{orphans} of {owned}"
+            );
+        }
+        let dry = OrphanCollection {
+            dry_run: true,
+            ..policy
+        };
+        assert_eq!(orphan_verdict(1, 100, &dry), OrphanVerdict::DryRun);
+    }
 
     #[test]
     fn only_what_the_by_id_read_does_not_report_is_gone() {

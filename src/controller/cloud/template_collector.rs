@@ -20,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::ownership::{BATCH_TAG, CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
+use super::ownership::{BATCH_TAG, CLUSTER_ID_TAG, CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::ticker::every;
 use crate::api::{LaunchState, MachineRequest};
 use crate::controller::Context;
@@ -69,7 +69,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
 /// One collection over every provider.
 pub async fn collect_once(ctx: &Context) -> CollectReport {
     let mut report = CollectReport::default();
-    let cluster = vec![(CLUSTER_TAG.to_string(), ctx.config.cluster_name.clone())];
+    // This cluster's name and identity: another cluster given the same
+    // name never has its templates listed here, let alone deleted.
+    let cluster = vec![
+        (CLUSTER_TAG.to_string(), ctx.config.cluster_name.clone()),
+        (CLUSTER_ID_TAG.to_string(), ctx.cluster_id.clone()),
+    ];
     for name in ctx.providers.names() {
         let Some(provider) = ctx.providers.get(name) else {
             continue;
@@ -313,6 +318,7 @@ mod tests {
     fn the_adapters_tag_names_are_the_controllers() {
         use crate::provider::aws::launch_templates as lt;
         assert_eq!(lt::CLUSTER_TAG, CLUSTER_TAG);
+        assert_eq!(lt::CLUSTER_ID_TAG, CLUSTER_ID_TAG);
         assert_eq!(lt::REQUEST_UID_TAG, REQUEST_UID_TAG);
         assert_eq!(lt::BATCH_TAG, BATCH_TAG);
     }

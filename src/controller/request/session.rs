@@ -56,6 +56,7 @@ impl<'a> Session<'a> {
             resource_version: mr.resource_version(),
             owner: Owner {
                 cluster: ctx.config.cluster_name.clone(),
+                cluster_id: ctx.cluster_id.clone(),
                 namespace,
                 name: mr.name_any(),
                 uid,

@@ -26,14 +26,17 @@ pub const NAME_PREFIX: &str = "hostforge-";
 
 /// The cluster ownership tag (the controller's `hostforge.io/cluster`).
 pub const CLUSTER_TAG: &str = "hostforge.io/cluster";
+/// The cluster identity tag (the controller's `hostforge.io/cluster-id`).
+pub const CLUSTER_ID_TAG: &str = "hostforge.io/cluster-id";
 /// The request uid ownership tag (the controller's `hostforge.io/request-uid`).
 pub const REQUEST_UID_TAG: &str = "hostforge.io/request-uid";
 /// The batch tag (the controller's `hostforge.io/batch`).
 pub const BATCH_TAG: &str = "hostforge.io/batch";
 
 /// The tags a leftover template must carry with the spec's values before a
-/// batch launches from it: same cluster, same request, same batch.
-const OWNER_TAGS: [&str; 3] = [CLUSTER_TAG, REQUEST_UID_TAG, BATCH_TAG];
+/// batch launches from it: same cluster (name and identity), same request,
+/// same batch.
+const OWNER_TAGS: [&str; 4] = [CLUSTER_TAG, CLUSTER_ID_TAG, REQUEST_UID_TAG, BATCH_TAG];
 
 /// How many hex digits of the digest the name keeps: 128 bits, so no two
 /// batches of any cluster ever meet under one name.
@@ -43,13 +46,18 @@ const DIGEST_HEX: usize = 32;
 const PAGE_SIZE: i32 = 200;
 
 /// The batch's template name: `hostforge-<batch id>-<digest>`, the digest over
-/// the cluster, the full request uid and the batch id (all from the spec's
+/// the cluster (name and identity), the full request uid and the batch id (all from the spec's
 /// ownership tags), so the name says which batch it is for a person reading
 /// the console and cannot collide with another request's or cluster's.
 pub fn name_for(spec: &LaunchSpec) -> String {
     let tag = |k: &str| spec.tags.get(k).map(String::as_str).unwrap_or_default();
     let mut hash = Sha256::new();
-    for part in [tag(CLUSTER_TAG), tag(REQUEST_UID_TAG), &spec.batch_id] {
+    for part in [
+        tag(CLUSTER_TAG),
+        tag(CLUSTER_ID_TAG),
+        tag(REQUEST_UID_TAG),
+        &spec.batch_id,
+    ] {
         hash.update(part.as_bytes());
         // A separator that cannot occur in the parts keeps ("a", "bc") and
         // ("ab", "c") apart.
@@ -205,6 +213,7 @@ mod tests {
         s.batch_id = batch.into();
         s.tags = [
             (CLUSTER_TAG.to_string(), cluster.to_string()),
+            (CLUSTER_ID_TAG.to_string(), format!("id-of-{cluster}")),
             (REQUEST_UID_TAG.to_string(), uid.to_string()),
             (BATCH_TAG.to_string(), batch.to_string()),
         ]
@@ -224,6 +233,11 @@ mod tests {
         assert_ne!(a, name_for(&spec("c1", "3f2a9c1e-bbbb-2222", "3f2a9c1e-4")));
         assert_ne!(a, name_for(&spec("c2", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4")));
         assert_ne!(a, name_for(&spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-5")));
+        // Same cluster name, another cluster (identity).
+        let mut twin = spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4");
+        twin.tags
+            .insert(CLUSTER_ID_TAG.to_string(), "another-cluster".into());
+        assert_ne!(a, name_for(&twin));
         // Parts do not run into each other.
         assert_ne!(
             name_for(&spec("ab", "c", "b-1")),
