@@ -168,7 +168,8 @@ pub struct MachineTemplateSpec {
     pub metadata_options: MetadataOptions,
 
     /// Extra tags put on every machine and volume (at most 40; keys up to 128 and values
-    /// up to 256 characters). Keys starting with "hostforge.io/" or "aws:" are reserved.
+    /// up to 256 characters). Keys starting with "hostforge.io/" or "aws:", in any mix of
+    /// upper and lower case, are reserved, and a key must not be empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = 40,
@@ -177,8 +178,12 @@ pub struct MachineTemplateSpec {
     #[x_kube(
         validation = Rule::new("self.all(k, k.size() <= 128)")
             .message("tags: keys are at most 128 characters"),
-        validation = Rule::new("self.all(k, !k.startsWith('hostforge.io/') && !k.startsWith('aws:'))")
-            .message("tags: keys starting with hostforge.io/ or aws: are reserved"),
+        validation = Rule::new("self.all(k, k.size() >= 1)")
+            .message("tags: a key must not be empty"),
+        validation = Rule::new(
+            "self.all(k, !k.lowerAscii().startsWith('hostforge.io/') && !k.lowerAscii().startsWith('aws:'))"
+        )
+        .message("tags: keys starting with hostforge.io/ or aws: (in any case) are reserved"),
     )]
     pub tags: BTreeMap<String, String>,
 

@@ -224,6 +224,31 @@ fn template_cel_rules_reject_bad_combinations() {
             "reserved",
         ),
         (
+            "upper-case aws tag",
+            json!({"tags": {"AWS:x": "x"}}),
+            "reserved",
+        ),
+        (
+            "mixed-case aws tag",
+            json!({"tags": {"Aws:cloudformation:stack": "x"}}),
+            "reserved",
+        ),
+        (
+            "mixed-case hostforge tag",
+            json!({"tags": {"Hostforge.io/x": "x"}}),
+            "reserved",
+        ),
+        (
+            "upper-case hostforge tag",
+            json!({"tags": {"HOSTFORGE.IO/request": "x"}}),
+            "reserved",
+        ),
+        (
+            "empty tag key",
+            json!({"tags": {"": "x"}}),
+            "must not be empty",
+        ),
+        (
             "long tag key",
             json!({"tags": {"k".repeat(129): "x"}}),
             "at most 128",
@@ -275,6 +300,8 @@ fn template_cel_rules_accept_good_combinations() {
         json!({"rootVolume": {"sizeGiB": 10, "type": "io1", "iops": 3000}}),
         json!({"rootVolume": {"sizeGiB": 10, "throughput": 500, "iops": 4000, "kmsKeyId": "alias/x"}}),
         json!({"tags": {"team": "hpc", "kubernetes.io/cluster/x": "owned"}}),
+        // Only the prefixes are reserved, not the words.
+        json!({"tags": {"awsome": "x", "Name": "n", "my-hostforge.io/x": "y", "k".repeat(128): "x"}}),
     ];
     for fields in cases {
         let errors = cel_errors::<MachineTemplate>(&template_with(fields.clone()), None);

@@ -182,6 +182,21 @@ pub(super) fn malformed_cases() -> Vec<Case> {
             &["spec.tags", "reserved"],
         ),
         case(
+            "upper-case aws tag key",
+            template_with("t", json!({"tags": {"AWS:x": "x"}})),
+            &["spec.tags", "reserved"],
+        ),
+        case(
+            "mixed-case hostforge tag key",
+            template_with("t", json!({"tags": {"Hostforge.io/x": "x"}})),
+            &["spec.tags", "reserved"],
+        ),
+        case(
+            "empty tag key",
+            template_with("t", json!({"tags": {"": "x"}})),
+            &["spec.tags", "must not be empty"],
+        ),
+        case(
             "too long tag value",
             template_with("t", json!({"tags": {"team": "x".repeat(300)}})),
             &["spec.tags.team", "Too long"],

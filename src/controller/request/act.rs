@@ -36,7 +36,7 @@ use kube::runtime::events::EventType;
 use kube::Api;
 use tracing::{info, warn};
 
-use super::batch::{self, Extras};
+use super::batch::{self, Extras, UserData};
 use super::by_tag;
 use super::gate::{Blocked, Open};
 use super::intent::{NewBatch, Recorded};
@@ -51,7 +51,7 @@ use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
 use crate::controller::Error;
 use crate::failpoint;
-use crate::provider::{self, ImageSource, LaunchSpec, MachineProvider, ProviderError, Shortfall};
+use crate::provider::{self, ImageSource, MachineProvider, ProviderError, Shortfall};
 
 /// Chooses the next batch of `count` machines (offering, token) and builds
 /// what it will send; `Err` when nothing can be launched now and why.
@@ -102,9 +102,12 @@ pub async fn next_batch(
         now(),
     );
     new.availability_zone = batch::pinned_zone(template.spec.provider_api, &choice, &zones, seq);
-    let spec = launch_spec(s, &open.provider, template, &new).await?;
-    new.params_digest = batch::digest(&spec);
-    Ok(NewBatch { batch: new, spec })
+    let built = launch_spec(s, &open.provider, template, &new).await?;
+    new.params_digest = built.digest;
+    Ok(NewBatch {
+        batch: new,
+        spec: built.spec,
+    })
 }
 
 /// When machines of this template died at launch and that cooled its
@@ -132,13 +135,14 @@ fn last_capacity_message(s: &Session<'_>) -> Option<String> {
         .map(|m| format!("every instance type and subnet of the template is out of capacity; last answer: {m}"))
 }
 
-/// Builds the launch spec of `batch` (reads user data and the image's root device).
+/// Builds the launch spec of `batch` and its digest (reads user data and the
+/// image's root device).
 pub async fn launch_spec(
     s: &Session<'_>,
     provider: &Arc<dyn MachineProvider>,
     template: &MachineTemplate,
     batch: &LaunchBatch,
-) -> Result<LaunchSpec, Blocked> {
+) -> Result<batch::Built, Blocked> {
     let user_data = match &template.spec.user_data {
         None => None,
         Some(source) => {
@@ -150,6 +154,11 @@ pub async fn launch_spec(
                     format!("reading Secret {}: {e}", r.name),
                 )
             })?;
+            // The uid keys the user data's share of the digest (batch::digest).
+            let secret_uid = secret
+                .as_ref()
+                .and_then(|sec| sec.metadata.uid.clone())
+                .unwrap_or_default();
             let value = secret
                 .and_then(|sec| sec.data)
                 .and_then(|mut d| d.remove(&r.key))
@@ -162,7 +171,10 @@ pub async fn launch_spec(
                         ),
                     )
                 })?;
-            Some(value.0)
+            Some(UserData {
+                bytes: value.0,
+                secret_uid,
+            })
         }
     };
     let root_device_name = match (&template.spec.root_volume, &batch.image_id) {
@@ -182,7 +194,7 @@ pub async fn launch_spec(
         }
         _ => None,
     };
-    Ok(batch::spec_for(
+    Ok(batch::build(
         batch,
         &template.spec,
         &Extras {

@@ -274,7 +274,34 @@ pub struct Extras<'a> {
     /// The image's root device, where rootVolume applies.
     pub root_device_name: Option<String>,
     /// User data read from the template's Secret.
-    pub user_data: Option<Vec<u8>>,
+    pub user_data: Option<UserData>,
+}
+
+/// User data as read from the template's Secret, with the key of its share
+/// of the batch's digest.
+pub struct UserData {
+    /// The bytes the machines get.
+    pub bytes: Vec<u8>,
+    /// The Secret's `metadata.uid`: keys the user data's HMAC in [`digest`],
+    /// so the digest in status confirms no guess of the bytes.
+    pub secret_uid: String,
+}
+
+/// A batch's launch spec and the digest recorded with (or compared against)
+/// its token, built together so launching and settling digest alike.
+pub struct Built {
+    /// What the provider is asked to launch.
+    pub spec: LaunchSpec,
+    /// [`digest`] of `spec`, keyed by the user data's Secret.
+    pub digest: String,
+}
+
+/// The launch spec of `batch` with the template as it is now, and its digest.
+pub fn build(batch: &LaunchBatch, template: &MachineTemplateSpec, extras: &Extras) -> Built {
+    let spec = spec_for(batch, template, extras);
+    let key = extras.user_data.as_ref().map(|u| u.secret_uid.as_str());
+    let digest = digest(&spec, key.unwrap_or_default());
+    Built { spec, digest }
 }
 
 /// The provider's launch spec for `batch` with the template as it is now.
@@ -322,7 +349,7 @@ pub fn spec_for(
         security_group_ids: template.security_group_ids.clone(),
         key_name: template.key_name.clone(),
         instance_profile: template.instance_profile.clone(),
-        user_data: extras.user_data.clone(),
+        user_data: extras.user_data.as_ref().map(|u| u.bytes.clone()),
         root_volume: template.root_volume.as_ref().map(|v| VolumeSpec {
             size_gib: v.size_gib,
             volume_type: enum_str(&v.volume_type),
@@ -351,12 +378,56 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-/// A digest of every launch parameter (user data included, never shown), so a
-/// token is re-sent only with exactly the parameters it was first sent with.
-pub fn digest(spec: &LaunchSpec) -> String {
-    let hash = Sha256::digest(format!("{spec:?}").as_bytes());
-    let hex: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+/// A digest of every launch parameter, so a token is re-sent only with exactly
+/// the parameters it was first sent with; it is written to status, which
+/// anyone who may read the request reads.
+///
+/// Every parameter but the user data is in status or the template already,
+/// so a plain hash over them all would let a reader confirm guesses of the
+/// user data (a password in an otherwise known bootstrap script) offline.
+/// The user data enters only as HMAC-SHA256 keyed by `user_data_key`, the
+/// uid of the Secret it was read from: whoever can read that uid can read
+/// the Secret's bytes anyway, and nobody else can check a guess. The HMAC
+/// is over the bytes, not the Secret's `resourceVersion`, so the digest
+/// changes exactly when the user data does (or the Secret is recreated) and
+/// a label or annotation added to the Secret does not turn a re-send of a
+/// pending batch into an adoption by tag.
+pub fn digest(spec: &LaunchSpec, user_data_key: &str) -> String {
+    let mut public = spec.clone();
+    let user_data = public.user_data.take();
+    let mut hash = Sha256::new();
+    hash.update(format!("{public:?}").as_bytes());
+    if let Some(bytes) = &user_data {
+        hash.update(b"\0user-data-hmac-sha256\0");
+        hash.update(hmac_sha256(user_data_key.as_bytes(), bytes));
+    }
+    let hex: String = hash
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
+}
+
+/// HMAC-SHA256 (RFC 2104) over `message` with `key`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut padded = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        padded[..32].copy_from_slice(Sha256::digest(key).as_slice());
+    } else {
+        padded[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(padded.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(padded.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(outer.finalize().as_slice());
+    out
 }
 
 #[cfg(test)]
@@ -583,22 +654,118 @@ mod tests {
         let extras = Extras {
             owner: &owner,
             root_device_name: None,
-            user_data: Some(b"#!/bin/sh".to_vec()),
+            user_data: Some(UserData {
+                bytes: b"#!/bin/sh".to_vec(),
+                secret_uid: "secret-uid".into(),
+            }),
         };
         let spec = spec_for(&b, &t, &extras);
         assert_eq!(spec.instance_types[0].name, "a");
         assert_eq!(spec.subnet_ids, ["s1"]);
         assert_eq!(spec.tags["hostforge.io/batch"], "u-1");
         assert!(spec.metadata.http_tokens_required);
-        let d = digest(&spec);
-        assert_eq!(d, digest(&spec_for(&b, &t, &extras)));
+        let d = build(&b, &t, &extras).digest;
+        assert_eq!(d, build(&b, &t, &extras).digest);
         let mut t2 = t.clone();
         t2.key_name = Some("ops".into());
-        assert_ne!(d, digest(&spec_for(&b, &t2, &extras)));
+        assert_ne!(d, build(&b, &t2, &extras).digest);
         let mut zoned = b.clone();
         zoned.availability_zone = Some("us-east-1a".into());
         let zoned_spec = spec_for(&zoned, &t, &extras);
         assert_eq!(zoned_spec.availability_zone.as_deref(), Some("us-east-1a"));
-        assert_ne!(d, digest(&zoned_spec), "the pinned zone is a parameter");
+        assert_ne!(
+            d,
+            build(&zoned, &t, &extras).digest,
+            "the pinned zone is a parameter"
+        );
+        // The user data is a parameter: other bytes from the same Secret, no
+        // user data, or the same bytes from a recreated Secret all differ.
+        let with = |bytes: &[u8], uid: &str| Extras {
+            owner: &owner,
+            root_device_name: None,
+            user_data: Some(UserData {
+                bytes: bytes.to_vec(),
+                secret_uid: uid.into(),
+            }),
+        };
+        assert_eq!(d, build(&b, &t, &with(b"#!/bin/sh", "secret-uid")).digest);
+        assert_ne!(d, build(&b, &t, &with(b"#!/bin/bash", "secret-uid")).digest);
+        assert_ne!(d, build(&b, &t, &with(b"#!/bin/sh", "other-uid")).digest);
+        let none = Extras {
+            owner: &owner,
+            root_device_name: None,
+            user_data: None,
+        };
+        assert_ne!(d, build(&b, &t, &none).digest);
+        assert_eq!(
+            build(&b, &t, &with(b"#!/bin/sh", "secret-uid"))
+                .spec
+                .user_data,
+            Some(b"#!/bin/sh".to_vec()),
+            "the machines still get the bytes"
+        );
+    }
+
+    #[test]
+    fn hmac_matches_the_rfc_4231_vectors() {
+        let hex = |b: [u8; 32]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // A key longer than the block is hashed first (test case 6).
+        assert_eq!(
+            hex(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    /// What anyone who reads the request's status and the template (but not
+    /// the user-data Secret) can compute for a guess of the user data: the
+    /// digest's public algorithm over the spec with the guess in it.
+    fn observer_digest(spec: &LaunchSpec) -> String {
+        let hash = Sha256::digest(format!("{spec:?}").as_bytes());
+        let hex: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    #[test]
+    fn the_digest_does_not_confirm_a_guess_of_the_user_data() {
+        let t = template(ProviderApi::RunInstances, &["a"], &["s1"]);
+        let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
+        let b = new_batch("u", 1, 2, &choice, &t, "ami-1", now);
+        let owner = Owner {
+            cluster: "c".into(),
+            namespace: "ns".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            template: "t".into(),
+        };
+        let secret = b"#!/bin/sh\nexport DB_PASSWORD=hunter2\n".to_vec();
+        let extras = Extras {
+            owner: &owner,
+            root_device_name: None,
+            user_data: Some(UserData {
+                bytes: secret.clone(),
+                secret_uid: "0b4e7c1a-6f2d-4c1e-9a57-3d8f2b6e1c90".into(),
+            }),
+        };
+        let recorded = build(&b, &t, &extras).digest;
+        // The right guess, with every other parameter as status shows it.
+        let guess = spec_for(&b, &t, &extras);
+        assert_ne!(
+            recorded,
+            observer_digest(&guess),
+            "the right guess is confirmed"
+        );
+        // Nor with this code and any key the observer can read: none, the
+        // request's uid, the template's or the Secret's name.
+        for key in ["", "u", "t", "bootstrap"] {
+            assert_ne!(recorded, digest(&guess, key), "confirmed with key {key:?}");
+        }
     }
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use tracing::{debug, info};
 
 use super::act;
-use super::batch;
 use super::by_tag;
 use super::intent::Recorded;
 use super::session::Session;
@@ -58,16 +57,16 @@ pub async fn pending(
         .collect();
     for batch in pending {
         let built = act::launch_spec(s, provider, template, &batch).await;
-        let digest = built.as_ref().map(batch::digest);
         let r = route(
-            digest
-                .as_deref()
+            built
+                .as_ref()
+                .map(|b| b.digest.as_str())
                 .map_err(|blocked| blocked.message.as_str()),
             &batch.params_digest,
         );
         match (r, built) {
-            (Route::Resend, Ok(spec)) => {
-                let Some(recorded) = Recorded::pending(s, &batch.id, spec) else {
+            (Route::Resend, Ok(built)) => {
+                let Some(recorded) = Recorded::pending(s, &batch.id, built.spec) else {
                     // Pending here but not in what the apiserver holds: never sent.
                     debug!(request = %s.key(), batch = %batch.id, "batch not recorded yet; not re-sent");
                     continue;

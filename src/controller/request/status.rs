@@ -235,17 +235,25 @@ fn degraded_key(st: &MachineRequestStatus) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-/// Drops old settled batches and old gone machines, so status stays small.
+/// Drops old settled batches and old gone machines, so status stays small:
+/// keeps every pending batch plus the [`KEEP_BATCHES`] newest settled ones
+/// (the newest batch always among them), and the [`KEEP_GONE`] newest gone
+/// machines besides every live one. The counts to drop are taken from the
+/// settled and gone lists themselves, never from the whole list, so how many
+/// are pending or live does not shrink what stays.
 pub fn prune(st: &mut MachineRequestStatus) {
     let settled: Vec<usize> = (0..st.launches.len())
         .filter(|i| st.launches[*i].state != LaunchState::Pending)
         .collect();
     if settled.len() > KEEP_BATCHES {
+        // Oldest first, so the newest batch (batch numbers only grow) is
+        // never reached; the filter says so outright.
         let last = st.launches.len() - 1;
         let drop: BTreeSet<usize> = settled
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|i| *i != last)
-            .take(st.launches.len() - KEEP_BATCHES)
+            .take(settled.len() - KEEP_BATCHES)
             .collect();
         retain_indices(&mut st.launches, &drop);
     }
@@ -256,10 +264,7 @@ pub fn prune(st: &mut MachineRequestStatus) {
         })
         .collect();
     if gone.len() > KEEP_GONE {
-        let drop: BTreeSet<usize> = gone
-            .into_iter()
-            .take(st.machines.len() - KEEP_GONE)
-            .collect();
+        let drop: BTreeSet<usize> = gone.iter().copied().take(gone.len() - KEEP_GONE).collect();
         retain_indices(&mut st.machines, &drop);
     }
 }

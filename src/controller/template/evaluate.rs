@@ -65,6 +65,12 @@ impl NotReady {
     }
 }
 
+/// The NotReady message for a provider name the operator does not know. It
+/// never lists the configured names: status and Events are read by tenants.
+fn not_configured(provider_name: &str) -> String {
+    format!("provider {provider_name:?} is not configured in the operator")
+}
+
 /// A template that is Ready: its image, the first instance type's size (when
 /// the provider could tell) and when to look at it again.
 pub struct Ready {
@@ -89,12 +95,17 @@ pub async fn evaluate(
         .clone()
         .unwrap_or_else(|| ctx.providers.default_name().to_string());
     let provider = ctx.providers.get(&provider_name).ok_or_else(|| {
+        // The configured names go to the operator's log only: a tenant learns
+        // that this name is wrong, not which other accounts the operator reaches.
+        warn!(
+            template = %mt.metadata.name.as_deref().unwrap_or_default(),
+            provider = %provider_name,
+            configured = %ctx.providers.names().join(", "),
+            "template names a provider that is not configured"
+        );
         NotReady::new(
             Reason::ProviderUnknown,
-            format!(
-                "provider {provider_name:?} is not in the operator configuration (configured: {})",
-                ctx.providers.names().join(", ")
-            ),
+            not_configured(&provider_name),
             None,
         )
     })?;

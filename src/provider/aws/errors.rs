@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use tracing::debug;
 
 use crate::provider::{ErrorDetail, ProviderError};
 
@@ -147,13 +148,53 @@ pub fn classify(
 }
 
 /// A detail built by the adapter itself, for conditions found without an AWS
-/// error (an empty answer, a bad parameter value).
+/// error (an empty answer, a bad parameter value), and for every AWS answer
+/// via [`classify`]. The message ends up in conditions and Events tenants
+/// read, so AWS's encoded authorization message is cut out (see
+/// [`without_encoded_message`]).
 pub fn detail(operation: &'static str, code: &str, message: String) -> ErrorDetail {
     ErrorDetail {
         operation,
         code: code.to_string(),
-        message,
+        message: without_encoded_message(operation, code, message),
     }
+}
+
+/// What precedes the blob in EC2's AccessDenied-style answers.
+const ENCODED_MARKER: &str = "Encoded authorization failure message:";
+
+/// `message` without AWS's "Encoded authorization failure message: <blob>".
+/// The blob, decoded with sts:DecodeAuthorizationMessage, tells which policy
+/// statement denied what on which resource and with which conditions: detail
+/// for the operator's admins, not for every tenant who can read a template.
+/// The code and the plain part stay; the blob goes to the operator's log at
+/// debug level only, so an admin can still decode it.
+fn without_encoded_message(operation: &str, code: &str, message: String) -> String {
+    let Some(at) = message.find(ENCODED_MARKER) else {
+        return message;
+    };
+    let after = &message[at + ENCODED_MARKER.len()..];
+    let blob_start = after.len() - after.trim_start().len();
+    let blob_len = after[blob_start..]
+        .find(char::is_whitespace)
+        .unwrap_or(after.len() - blob_start);
+    let blob = &after[blob_start..blob_start + blob_len];
+    debug!(
+        operation,
+        code,
+        encoded_authorization_message = blob,
+        "AWS encoded authorization failure message (decode with sts:DecodeAuthorizationMessage)"
+    );
+    let rest = after[blob_start + blob_len..].trim();
+    let plain = message[..at].trim_end();
+    let mut out = format!(
+        "{plain} (encoded authorization message withheld: see the operator's log at debug level)"
+    );
+    if !rest.is_empty() {
+        out.push(' ');
+        out.push_str(rest);
+    }
+    out.trim_start().to_string()
 }
 
 /// The error and its sources on one line; the SDK's `Display` alone says
@@ -261,5 +302,43 @@ mod tests {
                 message: "Parameter /x not found.".into()
             }
         );
+    }
+
+    #[test]
+    fn encoded_authorization_messages_are_cut_from_the_message() {
+        let blob = "4GIOHlTkIaWHQDxXq-_Zm9vYmFyYmF6cXV4";
+        let e = classify(
+            "RunInstances",
+            "UnauthorizedOperation",
+            &format!(
+                "You are not authorized to perform this operation. \
+                 Encoded authorization failure message: {blob}"
+            ),
+            Some(403),
+        );
+        let shown = e.to_string();
+        assert_eq!(e.category(), "AccessDenied");
+        assert!(!shown.contains(blob), "{shown}");
+        assert!(shown.contains("UnauthorizedOperation"), "{shown}");
+        assert!(
+            shown.contains("You are not authorized to perform this operation."),
+            "{shown}"
+        );
+        assert!(shown.contains("withheld"), "{shown}");
+        // Text after the blob stays; a message without one is untouched.
+        let d = detail(
+            "RunInstances",
+            "UnauthorizedOperation",
+            format!("Denied. Encoded authorization failure message:\n{blob}\n(request x)"),
+        );
+        assert!(!d.message.contains(blob), "{}", d.message);
+        assert!(d.message.starts_with("Denied. ("), "{}", d.message);
+        assert!(d.message.ends_with("(request x)"), "{}", d.message);
+        let plain = detail(
+            "GetParameter",
+            "ParameterNotFound",
+            "Parameter /x not found.".into(),
+        );
+        assert_eq!(plain.message, "Parameter /x not found.");
     }
 }

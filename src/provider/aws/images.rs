@@ -82,7 +82,9 @@ async fn by_id(clients: &AwsClients, calls: &Calls, id: &str) -> Result<Image, P
     }
 }
 
-/// The image id an SSM parameter holds.
+/// The image id an SSM parameter holds. The value is never echoed when it is
+/// not an image id: the template's condition and Events are read by tenants,
+/// and the parameter may hold anything the operator's role can read.
 async fn parameter_value(
     clients: &AwsClients,
     calls: &Calls,
@@ -98,15 +100,24 @@ async fn parameter_value(
         .and_then(|p| p.value())
         .map(str::trim)
         .unwrap_or_default();
-    if value.starts_with("ami-") && !value.contains(char::is_whitespace) {
+    if is_ami_id(value) {
         Ok(value.to_string())
     } else {
         Err(ProviderError::InvalidParameter(detail(
             "GetParameter",
             "InvalidParameterValue",
-            format!("SSM parameter {name} holds {value:?}, which is not an image id (ami-…)"),
+            format!("SSM parameter {name} does not hold an AMI id (ami-…)"),
         )))
     }
+}
+
+/// Whether `s` is an image id as EC2 issues them: `ami-` and 8 or 17
+/// lower-case hex digits (the API's `AMI_ID_PATTERN`). Checked exactly, so
+/// a value that merely starts with `ami-` is neither sent nor shown.
+fn is_ami_id(s: &str) -> bool {
+    s.strip_prefix("ami-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The filters of a selector; `state=available` always, `name` unless it
@@ -237,5 +248,24 @@ mod tests {
             ]
         );
         assert_eq!(selector_filters("*", None, &Default::default()).len(), 1);
+    }
+
+    #[test]
+    fn only_exact_image_ids_pass_as_parameter_values() {
+        for ok in ["ami-0123456789abcdef0", "ami-12345678"] {
+            assert!(is_ami_id(ok), "{ok}");
+        }
+        for bad in [
+            "ami-hunter2",
+            "ami-0123456789ABCDEF0",
+            "ami-123456789",
+            "ami-0123456789abcdef01",
+            "ami-",
+            "password=ami-12345678",
+            "ami-12345678 ",
+            "",
+        ] {
+            assert!(!is_ami_id(bad), "{bad}");
+        }
     }
 }

@@ -334,7 +334,11 @@ fn pruning_keeps_pending_batches_the_newest_and_recent_gone_machines() {
         })
         .collect();
     prune(&mut st);
-    assert_eq!(st.launches.len(), KEEP_BATCHES);
+    assert_eq!(
+        st.launches.len(),
+        KEEP_BATCHES + 1,
+        "20 settled + 1 pending"
+    );
     assert!(st.launches.iter().any(|b| b.id == "b-3"), "pending kept");
     assert_eq!(
         st.launches.last().map(|b| b.id.as_str()),
@@ -343,4 +347,115 @@ fn pruning_keeps_pending_batches_the_newest_and_recent_gone_machines() {
     );
     assert_eq!(st.machines.len(), KEEP_GONE);
     assert_eq!(st.machines[0].id, "i-50", "oldest dropped first");
+}
+
+/// `n` gone machines (given back, terminated) then `live` running ones, the
+/// order a request's status accumulates them in.
+fn gone_then_live(gone: usize, live: usize) -> Vec<Machine> {
+    let gone = (0..gone).map(|i| {
+        Machine::test(&format!("i-gone-{i}"))
+            .reason(TerminationReason::Returned)
+            .state(MachineState::Terminated)
+    });
+    let live = (0..live).map(|i| Machine::test(&format!("i-live-{i}")));
+    gone.chain(live).collect()
+}
+
+#[test]
+fn pruning_keeps_the_documented_gone_machines_whatever_the_live_count() {
+    // (live, gone): the retention must not depend on how many are live.
+    for (live, gone) in [(0, 201), (100, 201), (200, 201), (250, 260), (1800, 400)] {
+        let mut st = MachineRequestStatus {
+            machines: gone_then_live(gone, live),
+            ..Default::default()
+        };
+        prune(&mut st);
+        let kept_live = st.machines.iter().filter(|m| m.is_live()).count();
+        let kept_gone: Vec<&str> = st
+            .machines
+            .iter()
+            .filter(|m| !m.is_live())
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(
+            kept_live, live,
+            "live={live} gone={gone}: no live one dropped"
+        );
+        assert_eq!(
+            kept_gone.len(),
+            KEEP_GONE,
+            "live={live} gone={gone}: the {KEEP_GONE} most recent gone stay"
+        );
+        let newest = format!("i-gone-{}", gone - 1);
+        let oldest_kept = format!("i-gone-{}", gone - KEEP_GONE);
+        assert_eq!(
+            kept_gone.first(),
+            Some(&oldest_kept.as_str()),
+            "oldest dropped first"
+        );
+        assert_eq!(kept_gone.last(), Some(&newest.as_str()), "newest kept");
+    }
+}
+
+#[test]
+fn pruning_keeps_the_documented_settled_batches_beside_pending_ones() {
+    // 5 pending batches among 30 settled ones: all pending stay, and the
+    // 20 most recent settled ones.
+    let mut st = MachineRequestStatus {
+        launches: (0..35)
+            .map(|i| {
+                let state = if i % 7 == 0 {
+                    LaunchState::Pending
+                } else {
+                    LaunchState::Launched
+                };
+                batch(&format!("b-{i}"), state)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    prune(&mut st);
+    let pending = st
+        .launches
+        .iter()
+        .filter(|b| b.state == LaunchState::Pending)
+        .count();
+    let settled: Vec<&str> = st
+        .launches
+        .iter()
+        .filter(|b| b.state != LaunchState::Pending)
+        .map(|b| b.id.as_str())
+        .collect();
+    assert_eq!(pending, 5, "every pending batch stays");
+    assert_eq!(
+        settled.len(),
+        KEEP_BATCHES,
+        "the documented settled batches stay"
+    );
+    assert_eq!(settled.last(), Some(&"b-34"), "the newest stays");
+    // The 20 newest settled: b-29..34, b-22..27, b-15..20, b-12, b-13.
+    assert_eq!(
+        settled.first(),
+        Some(&"b-12"),
+        "oldest settled dropped first"
+    );
+}
+
+#[test]
+fn pruning_keeps_the_newest_batch_even_when_pending_and_settled_mix() {
+    // The newest is pending: still exactly 20 settled kept.
+    let mut st = MachineRequestStatus {
+        launches: (0..25)
+            .map(|i| batch(&format!("b-{i}"), LaunchState::Launched))
+            .collect(),
+        ..Default::default()
+    };
+    st.launches[24].state = LaunchState::Pending;
+    st.launches[0].state = LaunchState::Pending;
+    prune(&mut st);
+    let ids: Vec<&str> = st.launches.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids.len(), KEEP_BATCHES + 2, "{ids:?}");
+    assert_eq!(ids.first(), Some(&"b-0"));
+    assert_eq!(ids.get(1), Some(&"b-4"));
+    assert_eq!(ids.last(), Some(&"b-24"));
 }

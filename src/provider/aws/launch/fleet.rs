@@ -450,22 +450,26 @@ pub(super) fn shortfall(out: &CreateFleetOutput) -> Vec<Shortfall> {
         .iter()
         .map(|e| {
             let code = e.error_code().unwrap_or_default();
-            let message = e.error_message().unwrap_or_default();
+            // Classified once: its message is the one tenants may read (no
+            // encoded authorization blob), its category cools offerings.
+            let classified = classify(
+                "CreateFleet",
+                code,
+                e.error_message().unwrap_or_default(),
+                None,
+            );
             let overrides = e
                 .launch_template_and_overrides()
                 .and_then(|lo| lo.overrides());
             Shortfall {
                 code: code.to_string(),
-                message: message.to_string(),
+                message: classified.detail().message.clone(),
                 instance_type: overrides
                     .and_then(|o| o.instance_type())
                     .map(|t| t.as_str().to_string()),
                 subnet_id: overrides.and_then(|o| o.subnet_id()).map(str::to_string),
                 spot: e.lifecycle().map(|l| *l == InstanceLifecycle::Spot),
-                capacity: matches!(
-                    classify("CreateFleet", code, message, None),
-                    ProviderError::Capacity(_)
-                ),
+                capacity: matches!(classified, ProviderError::Capacity(_)),
             }
         })
         .collect()
