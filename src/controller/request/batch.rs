@@ -740,6 +740,7 @@ mod tests {
         let b = new_batch("u", 1, 2, &choice, &t, "ami-1", now);
         let owner = Owner {
             cluster: "c".into(),
+            cluster_id: "id".into(),
             namespace: "ns".into(),
             name: "r".into(),
             uid: "u".into(),
