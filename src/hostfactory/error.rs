@@ -21,6 +21,15 @@ pub enum HfError {
         /// Why.
         source: std::io::Error,
     },
+    /// The input file is not something the plugin reads (a FIFO, a device, too
+    /// large, or too slow).
+    #[error("input file {path} refused: {reason}")]
+    InputRefused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The input is not the JSON the operation expects.
     #[error("invalid input in {path}: {source}")]
     InvalidJson {
