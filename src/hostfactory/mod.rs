@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod import;
 pub mod machines;
 pub mod protocol;

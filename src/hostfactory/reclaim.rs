@@ -13,6 +13,9 @@
 //! are counted in the message instead. A host name several live machines
 //! carry is not reported either (named as ambiguous in the message).
 //!
+//! The call also expires finished scheduler-owned requests ([`super::expire`]):
+//! HostFactory makes it every few seconds and it lists them anyway.
+//!
 //! A spot machine with an interruption notice (the operator records EC2's
 //! two-minute warning in `interruptionNoticeTime`) is listed while it still
 //! runs, with the rest of the warning as `gracePeriod`: 120 s minus the time
@@ -149,12 +152,11 @@ pub async fn get_return_requests(
         .filter(|k| k.id.is_some() || k.name.is_some())
         .collect();
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
-    let requests = if held.is_empty() {
-        vec![]
-    } else {
-        owned_requests(&api, &config.namespace).await?
-    };
+    let requests = owned_requests(&api, &config.namespace).await?;
     let found = reclaimed(&held, &requests, Timestamp::now());
+    if let Some(retention) = config.finished_retention {
+        super::expire::expire(&api, &requests, retention).await;
+    }
     if !found.unknown.is_empty() {
         tracing::warn!(
             hosts = found.unknown.len(),

@@ -93,6 +93,12 @@ pub fn parse_record(value: &str) -> Vec<ReturnRecord> {
     }
 }
 
+/// When the record in annotation value `value` was made, in seconds since the
+/// epoch (0 for undated ones, which are the oldest).
+pub fn record_time_of(value: &str) -> i64 {
+    record_time(value)
+}
+
 /// When the record was made (0 for undated ones, which are the oldest).
 fn record_time(value: &str) -> i64 {
     match serde_json::from_str(value) {

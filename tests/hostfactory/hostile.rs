@@ -314,3 +314,103 @@ async fn returns_keep_what_was_patched_and_retries_add_nothing() {
         "{reclaim}"
     );
 }
+
+/// Runs `hostforge args…` with stdout the write end of a pipe whose read end
+/// is closed already, as under `… | head` once head has exited.
+fn run_into_closed_pipe(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    Command::new(hostforge_testbed::operator::operator_bin())
+        .args(args)
+        .stdout(Stdio::from(write_end))
+        .output()
+        .expect("run hostforge")
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("awsprov_templates.json");
+    std::fs::write(
+        &file,
+        json!({"templates": [{"templateId": "a", "imageId": "ami-12345678", "vmType": "t3.micro"}]})
+            .to_string(),
+    )
+    .expect("write");
+    for args in [
+        vec!["hf".as_ref(), "import-templates".as_ref(), file.as_os_str()],
+        vec!["crdgen".as_ref(), "--stdout".as_ref()],
+    ] {
+        let out = run_into_closed_pipe(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn finished_scheduler_requests_expire_and_others_stay() {
+    let env = TestEnv::new("hf-expire").await;
+    env.install_crds().await;
+    let done = ("i-0000000000000000d", "ip-10-0-0-20.ec2.internal");
+    let busy = ("i-0000000000000000e", "ip-10-0-0-21.ec2.internal");
+    owned_request(&env, "hf-compute-done", &[done], &[done.0.to_string()]).await;
+    owned_request(&env, "hf-compute-busy", &[busy], &[]).await;
+    // hf-compute-done: everything returned and terminated, as the operator
+    // leaves it; hf-compute-busy keeps its running machine.
+    requests(&env)
+        .patch(
+            "hf-compute-done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"count": 0}})),
+        )
+        .await
+        .expect("scale to 0");
+    requests(&env)
+        .patch_status(
+            "hf-compute-done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 2, "machines": [
+                {"id": done.0, "name": done.1, "state": "terminated", "result": "succeed",
+                 "terminationReason": "Returned"}
+            ]}})),
+        )
+        .await
+        .expect("status");
+    requests(&env)
+        .patch_status(
+            "hf-compute-busy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 1}})),
+        )
+        .await
+        .expect("status");
+    let shim = Shim::new(&env, "finishedRetention: 1s\n");
+    let held = json!({"machines": [{"name": busy.1, "machineId": busy.0}]});
+    answers::eventually_async(|| async {
+        let answer = shim.ok("getReturnRequests", &held);
+        assert_eq!(answer["requests"], json!([]), "{answer}");
+        let gone = requests(&env)
+            .get_opt("hf-compute-done")
+            .await
+            .expect("get")
+            .is_none();
+        gone.then_some(())
+    })
+    .await;
+    assert!(
+        requests(&env)
+            .get_opt("hf-compute-busy")
+            .await
+            .expect("get")
+            .is_some(),
+        "a request with a live machine stays"
+    );
+}
