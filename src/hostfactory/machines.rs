@@ -15,6 +15,7 @@
 //! from getReturnRequests and asks for new machines itself, so a replacement
 //! launched behind its back would run unused.
 
+use std::future::Future;
 use std::time::Duration;
 
 use kube::api::{ObjectMeta, PostParams};
@@ -154,39 +155,14 @@ pub async fn request_machines(
     let mr = build_request(input, &offered, provider_name, key)?;
     let name = mr.name_any();
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
-    let created = match create(&api, &mr, step).await {
-        Ok(()) => "created",
-        Err(CreateOutcome::Failed(e)) => return Err(e),
-        Err(other) => {
-            let created = match other {
-                CreateOutcome::Unanswered(why) => {
-                    tracing::warn!(request = %name, error = %why, "create unanswered; looking the request up");
-                    "created (confirmed by a look-up after the create went unanswered)"
-                }
-                _ => "already created by an earlier run of this input",
-            };
-            // The answer is the object under this name, if it is this request.
-            let existing = tokio::time::timeout(step, api.get_opt(&name))
-                .await
-                .map_err(|_| HfError::Timeout(step))?
-                .map_err(|e| HfError::kube(format!("get MachineRequest {name}"), e))?;
-            match existing {
-                Some(found) if is_same_request(&found, &mr) => created,
-                Some(_) => {
-                    return Err(HfError::InvalidInput(format!(
-                        "MachineRequest {}/{name} exists and is not this request; not touched",
-                        config.namespace
-                    )))
-                }
-                None => {
-                    return Err(HfError::InvalidInput(format!(
-                        "MachineRequest {}/{name} was not created; try again",
-                        config.namespace
-                    )))
-                }
-            }
-        }
-    };
+    let created = create_or_find(
+        &mr,
+        &config.namespace,
+        step,
+        api.create(&PostParams::default(), &mr),
+        || api.get_opt(&name),
+    )
+    .await?;
     tracing::info!(request = %name, template = %input.template.template_id, count = input.template.machine_count, created, "machines requested");
     Ok(RequestIdOut {
         message: format!(
@@ -197,30 +173,55 @@ pub async fn request_machines(
     })
 }
 
-/// How a create ended when it did not simply succeed.
-enum CreateOutcome {
-    /// The name exists already.
-    Exists,
-    /// No answer in time, or the connection broke: it may have been created.
-    Unanswered(String),
-    /// The apiserver refused it.
-    Failed(HfError),
-}
-
-async fn create(
-    api: &Api<MachineRequest>,
+/// Sends the create of `mr` (`create`) and settles what it did, each step
+/// within `step`: created, or, when the name exists already or the create got
+/// no answer (timeout, broken connection: it may have landed), the request
+/// looked up by name (`get`) if it is this request. Returns how it was made,
+/// for the answer's message; a created request is always answered.
+pub async fn create_or_find<C, G, GF>(
     mr: &MachineRequest,
+    namespace: &str,
     step: Duration,
-) -> Result<(), CreateOutcome> {
-    match tokio::time::timeout(step, api.create(&PostParams::default(), mr)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(kube::Error::Api(status))) if status.code == 409 => Err(CreateOutcome::Exists),
-        Ok(Err(kube::Error::Api(status))) if status.code < 500 => Err(CreateOutcome::Failed(
-            HfError::kube("create MachineRequest", kube::Error::Api(status)),
-        )),
-        Ok(Err(e)) => Err(CreateOutcome::Unanswered(e.to_string())),
-        Err(_) => Err(CreateOutcome::Unanswered(format!(
-            "no answer within {step:?}"
+    create: C,
+    get: G,
+) -> Result<&'static str, HfError>
+where
+    C: Future<Output = Result<MachineRequest, kube::Error>>,
+    G: FnOnce() -> GF,
+    GF: Future<Output = Result<Option<MachineRequest>, kube::Error>>,
+{
+    let name = mr.name_any();
+    let how = match tokio::time::timeout(step, create).await {
+        Ok(Ok(_)) => return Ok("created"),
+        Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
+            "already created by an earlier run of this input"
+        }
+        Ok(Err(kube::Error::Api(status))) if status.code < 500 => {
+            return Err(HfError::kube(
+                "create MachineRequest",
+                kube::Error::Api(status),
+            ))
+        }
+        unanswered => {
+            let why = match unanswered {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {step:?}"),
+            };
+            tracing::warn!(request = %name, error = %why, "create unanswered; looking the request up");
+            "created (confirmed by a look-up after the create went unanswered)"
+        }
+    };
+    let existing = tokio::time::timeout(step, get())
+        .await
+        .map_err(|_| HfError::Timeout(step))?
+        .map_err(|e| HfError::kube(format!("get MachineRequest {name}"), e))?;
+    match existing {
+        Some(found) if is_same_request(&found, mr) => Ok(how),
+        Some(_) => Err(HfError::InvalidInput(format!(
+            "MachineRequest {namespace}/{name} exists and is not this request; not touched"
+        ))),
+        None => Err(HfError::InvalidInput(format!(
+            "MachineRequest {namespace}/{name} was not created; try again"
         ))),
     }
 }
@@ -317,6 +318,56 @@ mod tests {
         let mut foreign = b.clone();
         foreign.metadata.labels = None;
         assert!(!is_same_request(&foreign, &a), "not scheduler-owned");
+    }
+
+    fn built() -> MachineRequest {
+        build_request(&input("compute", 2), &offered(None), None, "0123456789").expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_without_an_answer_is_answered_once_the_request_exists() {
+        let mr = built();
+        let step = Duration::from_secs(30);
+        let found = mr.clone();
+        let how = create_or_find(&mr, "hpc", step, std::future::pending(), || async {
+            Ok(Some(found))
+        })
+        .await
+        .expect("answered");
+        assert!(how.contains("confirmed by a look-up"), "{how}");
+        let none = create_or_find(&mr, "hpc", step, std::future::pending(), || async {
+            Ok(None)
+        })
+        .await
+        .expect_err("not there");
+        assert!(none.to_string().contains("was not created"), "{none}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_existing_name_is_answered_only_when_it_is_this_request() {
+        let mr = built();
+        let step = Duration::from_secs(30);
+        let conflict = || async {
+            Err(kube::Error::Api(
+                kube::core::Status {
+                    code: 409,
+                    reason: "AlreadyExists".into(),
+                    ..kube::core::Status::default()
+                }
+                .boxed(),
+            ))
+        };
+        let same = mr.clone();
+        let how = create_or_find(&mr, "hpc", step, conflict(), || async { Ok(Some(same)) })
+            .await
+            .expect("answered");
+        assert!(how.contains("earlier run"), "{how}");
+        let mut foreign = mr.clone();
+        foreign.metadata.labels = None;
+        let err = create_or_find(&mr, "hpc", step, conflict(), || async { Ok(Some(foreign)) })
+            .await
+            .expect_err("not ours");
+        assert!(err.to_string().contains("is not this request"), "{err}");
     }
 
     #[test]
