@@ -3,11 +3,12 @@
 //!
 //! Idempotent: the name is `hf-<template>-` and ten hex digits of a digest of
 //! the input *file* (its path, device, inode, modification time, size and
-//! content) with the templateId and count. HostFactory writes a new input file
-//! for every request it makes, so two requests never share a name, while a
-//! rerun of the same script with the same file (a wrapper's retry, a timeout
-//! that came after the create) finds the request it already created and
-//! answers it instead of creating a second. The create is never cut short by
+//! content) with the templateId and count. A new request comes with an input
+//! file written for it (a new modification time at least), so two requests
+//! never share a name even with the same template and count, while a rerun of
+//! the same script with the same file (a wrapper's retry, a timeout that came
+//! after the create) finds the request it already created and answers it
+//! instead of creating a second. The create is never cut short by
 //! the deadline: if its answer does not come, the request is looked up by its
 //! name, and once it exists it is answered.
 //!
