@@ -4,8 +4,9 @@
 //! Listed with `gracePeriod` 0: a machine the operator marked Lost (stopped or
 //! terminated outside hostforge), any other machine stopping, stopped,
 //! shutting down or terminated that the scheduler did not return itself
-//! (e.g. scaled down or its request deleted by a person). Returned machines
-//! are not listed: the scheduler already let them go.
+//! (e.g. scaled down), and every machine of a request being deleted (the
+//! operator is terminating them). Returned machines are not listed: the
+//! scheduler already let them go.
 //!
 //! A host no scheduler-owned request lists is *not* reported: unknown is not
 //! reclaimed. A mistyped namespace, a removed owner label or a deleted request
@@ -75,17 +76,23 @@ pub struct Reclaim {
 /// The hosts of `held` to give back at `now`, in input order, and the hosts
 /// that could not be judged.
 pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestamp) -> Reclaim {
-    let machines: Vec<((), &Machine)> = requests
+    // Each machine with whether its request is being deleted: the operator is
+    // terminating those, so they are taken back even while still running.
+    let machines: Vec<(bool, &Machine)> = requests
         .iter()
         .filter(|mr| super::is_owned(mr))
-        .filter_map(|mr| mr.status.as_ref())
-        .flat_map(|st| st.machines.iter())
-        .map(|m| ((), m))
+        .filter_map(|mr| {
+            Some((
+                mr.metadata.deletion_timestamp.is_some(),
+                mr.status.as_ref()?,
+            ))
+        })
+        .flat_map(|(deleting, st)| st.machines.iter().map(move |m| (deleting, m)))
         .collect();
     let mut out = Reclaim::default();
     for key in held {
-        let m = match key.resolve(machines.iter().copied()) {
-            Resolved::One(((), m)) => m,
+        let (deleting, m) = match key.resolve(machines.iter().copied()) {
+            Resolved::One(hit) => hit,
             Resolved::NotFound => {
                 out.unknown.push(key.clone());
                 continue;
@@ -95,8 +102,10 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestam
                 continue;
             }
         };
-        let Some(grace) = grace_period(m, now) else {
-            continue;
+        let grace = match grace_period(m, now) {
+            Some(grace) => grace,
+            None if deleting && m.termination_reason != Some(TerminationReason::Returned) => 0,
+            None => continue,
         };
         out.hosts.push(ReclaimedHost {
             machine: key
@@ -283,6 +292,18 @@ mod tests {
             out.hosts.is_empty(),
             "the healthy holder is not drained: {out:?}"
         );
+    }
+
+    #[test]
+    fn the_machines_of_a_request_being_deleted_are_taken_back() {
+        let mut mrs = requests();
+        mrs[0].metadata.deletion_timestamp =
+            Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+        let held = [key("i-ok"), key("i-ret")];
+        let out = reclaimed(&held, &mrs, Timestamp::now()).hosts;
+        let ids: Vec<_> = out.iter().map(|h| h.machine_id.as_str()).collect();
+        assert_eq!(ids, ["i-ok"], "running, but its request is going");
+        assert_eq!(out[0].grace_period, 0);
     }
 
     fn machines_returned(mrs: &mut [MachineRequest], id: &str) {
