@@ -1,5 +1,6 @@
 //! The hostforge binary: one executable for the operator and its tools.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         // The HostFactory protocol owns stdout and the exit code.
         Command::Hf(args) => return hostforge::hostfactory::cli::main(args),
-        Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout).map_err(Into::into),
+        Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout),
         Command::Run {
             config,
             namespace,
@@ -104,7 +105,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hostforge: {err}");
+            // `eprintln!` would panic on a closed stderr; nobody is left to tell.
+            let _ = writeln!(std::io::stderr(), "hostforge: {err}");
             ExitCode::FAILURE
         }
     }
@@ -163,12 +165,16 @@ fn use_ansi(format: LogFormat, stderr_is_terminal: bool) -> bool {
     }
 }
 
-fn crdgen(out_dir: &std::path::Path, stdout: bool) -> Result<(), hostforge::api::CrdGenError> {
+/// Writes the CRDs; a closed stdout (`crdgen --stdout | head`) is an error
+/// to report, not a panic as `print!` would make it.
+fn crdgen(out_dir: &std::path::Path, stdout: bool) -> Result<(), Box<dyn std::error::Error>> {
     if stdout {
-        print!("{}", hostforge::api::crd_yaml_stream()?);
+        let mut out = std::io::stdout().lock();
+        out.write_all(hostforge::api::crd_yaml_stream()?.as_bytes())?;
+        out.flush()?;
     } else {
         for path in hostforge::api::write_crd_files(out_dir)? {
-            eprintln!("wrote {}", path.display());
+            let _ = writeln!(std::io::stderr(), "wrote {}", path.display());
         }
     }
     Ok(())

@@ -11,6 +11,7 @@
 //! context: prod                                    # optional kubeconfig context
 //! templateSelector: hostforge.io/hf-offered=true   # optional; default every template in the namespace
 //! timeout: 30s                                     # optional; each operation's deadline
+//! finishedRetention: 1h                            # optional; "off" keeps finished requests
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub struct HfConfig {
     pub template_selector: Option<String>,
     /// Deadline of one operation.
     pub timeout: Duration,
+    /// How long a finished scheduler-owned request is kept before it is
+    /// deleted (see [`super::expire`]); `None`: never.
+    pub finished_retention: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +60,8 @@ struct RawConfig {
     template_selector: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    finished_retention: Option<String>,
 }
 
 impl HfConfig {
@@ -91,6 +97,15 @@ impl HfConfig {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| invalid(format!("timeout: {t:?} is not a duration like 30s")))?,
         };
+        let finished_retention = match raw.finished_retention.as_deref().map(str::trim) {
+            None => Some(super::expire::DEFAULT_RETENTION),
+            Some("off") => None,
+            Some(t) => Some(crate::config::duration::parse_duration(t).ok_or_else(|| {
+                invalid(format!(
+                    "finishedRetention: {t:?} is not a duration like 1h (or off)"
+                ))
+            })?),
+        };
         // A relative kubeconfig is relative to the configuration file, so the
         // plugin folder can be moved as a whole.
         let kubeconfig = raw.kubeconfig.map(|k| match path.parent() {
@@ -103,6 +118,7 @@ impl HfConfig {
             context: raw.context,
             template_selector: raw.template_selector.filter(|s| !s.trim().is_empty()),
             timeout,
+            finished_retention,
         })
     }
 
@@ -181,6 +197,19 @@ mod tests {
         assert_eq!(c.context.as_deref(), Some("prod"));
         assert_eq!(c.template_selector.as_deref(), Some("a=b"));
         assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.finished_retention, Some(Duration::from_secs(3600)));
+        let off = HfConfig::from_yaml(
+            Path::new("h.yaml"),
+            "namespace: a\nfinishedRetention: off\n",
+        )
+        .expect("valid");
+        assert_eq!(off.finished_retention, None);
+        let short = HfConfig::from_yaml(
+            Path::new("h.yaml"),
+            "namespace: a\nfinishedRetention: 10m\n",
+        )
+        .expect("valid");
+        assert_eq!(short.finished_retention, Some(Duration::from_secs(600)));
     }
 
     #[test]
@@ -201,6 +230,7 @@ mod tests {
         assert!(err("kubeconfig: x\n").contains("namespace"));
         assert!(err("namespace: ''\n").contains("namespace"));
         assert!(err("namespace: a\ntimeout: soon\n").contains("timeout"));
+        assert!(err("namespace: a\nfinishedRetention: never\n").contains("finishedRetention"));
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum HfError {
         /// Why.
         source: std::io::Error,
     },
+    /// The input file is not something the plugin reads (a FIFO, a device, too
+    /// large, or too slow).
+    #[error("input file {path} refused: {reason}")]
+    InputRefused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The input is not the JSON the operation expects.
     #[error("invalid input in {path}: {source}")]
     InvalidJson {
@@ -71,6 +80,25 @@ pub enum HfError {
     /// Optimistic concurrency kept failing (other writers changed the object).
     #[error("{0} kept changing while being patched; try again")]
     Contended(String),
+    /// A request stopped being scheduler-owned while it was being patched.
+    #[error(
+        "MachineRequest {0} is no longer labelled hostforge.io/owner=hostfactory; not touched"
+    )]
+    NotOwned(String),
+    /// The apiserver refused a patch for a reason other than a concurrent change.
+    #[error("MachineRequest {request} refused the change: {message}")]
+    Rejected {
+        /// The request.
+        request: String,
+        /// The apiserver's reason.
+        message: String,
+    },
+    /// A request's return records reached their size budget.
+    #[error("{0}")]
+    RecordsFull(String),
+    /// No request of a return could be patched.
+    #[error("nothing was returned: {0}")]
+    ReturnFailed(String),
     /// The operation did not finish within the configured timeout.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

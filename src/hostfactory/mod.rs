@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod import;
 pub mod machines;
 pub mod protocol;
@@ -28,7 +29,7 @@ pub mod templates;
 pub use config::HfConfig;
 pub use error::HfError;
 
-use crate::api::{Machine, MachineRequest};
+use crate::api::{Machine, MachineRequest, MachineState};
 
 /// Label on every MachineRequest the plugin creates: the scheduler owns it, and
 /// the plugin only ever looks at (and returns machines of) requests carrying it.
@@ -75,6 +76,55 @@ impl MachineKey {
         }
     }
 
+    /// The one machine of `candidates` this key names, so that a return or a
+    /// reclaim report never lands on the wrong host.
+    ///
+    /// A key with an instance id names the machine with that id (ids are never
+    /// reused). A name-only key (the protocol's mandatory field) is a host name,
+    /// which EC2 reuses once an instance is gone and which overlapping networks
+    /// share, so it names a *live* machine: exactly one live machine with that
+    /// name is the answer, several are [`Resolved::Ambiguous`] (never a guess).
+    /// With no live one, a machine still on its way out (stopped, shutting down)
+    /// is the answer, so a retried return or a reclaim report still finds it;
+    /// with none of those either, the most recently launched terminated one
+    /// (the last holder of the name; returning it again is harmless).
+    pub fn resolve<'a, T>(
+        &self,
+        candidates: impl IntoIterator<Item = (T, &'a Machine)>,
+    ) -> Resolved<(T, &'a Machine)> {
+        let mut hits: Vec<(T, &'a Machine)> = candidates
+            .into_iter()
+            .filter(|(_, m)| self.matches(m))
+            .collect();
+        if self.id.is_some() || hits.is_empty() {
+            return match hits.into_iter().next() {
+                Some(hit) => Resolved::One(hit),
+                None => Resolved::NotFound,
+            };
+        }
+        let live = hits.iter().filter(|(_, m)| m.is_live()).count();
+        if live > 0 {
+            hits.retain(|(_, m)| m.is_live());
+        } else if hits
+            .iter()
+            .any(|(_, m)| m.state != MachineState::Terminated)
+        {
+            hits.retain(|(_, m)| m.state != MachineState::Terminated);
+        } else {
+            // All terminated: the latest holder of the name.
+            let latest = hits
+                .into_iter()
+                .enumerate()
+                .max_by_key(|(i, (_, m))| (m.launch_time.as_ref().map(|t| t.0), *i))
+                .map(|(_, hit)| hit);
+            return latest.map_or(Resolved::NotFound, Resolved::One);
+        }
+        match hits.len() {
+            1 => hits.pop().map_or(Resolved::NotFound, Resolved::One),
+            n => Resolved::Ambiguous(n),
+        }
+    }
+
     /// How the machine is named in messages.
     pub fn describe(&self) -> String {
         match (&self.id, &self.name) {
@@ -84,6 +134,18 @@ impl MachineKey {
             (None, None) => "<unnamed>".into(),
         }
     }
+}
+
+/// What a [`MachineKey`] names among the scheduler's machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved<T> {
+    /// Exactly this machine.
+    One(T),
+    /// No scheduler-owned request lists such a machine.
+    NotFound,
+    /// A host name several live (or several leaving) machines carry: the key
+    /// cannot say which one is meant, so nothing is done with it.
+    Ambiguous(usize),
 }
 
 /// Whether a MachineRequest belongs to the scheduler.
@@ -133,6 +195,103 @@ mod tests {
         assert!(by_name.matches(&m));
         assert!(!by_name.matches(&machine("i-1", None)));
         assert!(!MachineKey::default().matches(&m));
+    }
+
+    fn at(id: &str, name: &str, state: &str, reason: Option<&str>, launched: &str) -> Machine {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "state": state, "result": "succeed",
+            "terminationReason": reason, "launchTime": launched
+        }))
+        .expect("machine")
+    }
+
+    fn by_name(name: &str) -> MachineKey {
+        MachineKey {
+            id: None,
+            name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn a_name_only_key_names_the_live_holder_of_a_reused_name() {
+        let host = "ip-10-0-0-1.ec2.internal";
+        let old = at(
+            "i-old",
+            host,
+            "terminated",
+            Some("Returned"),
+            "2026-01-01T00:00:00Z",
+        );
+        let new = at("i-new", host, "running", None, "2026-01-02T00:00:00Z");
+        let got = by_name(host).resolve([(0, &old), (1, &new)]);
+        assert!(
+            matches!(got, Resolved::One((1, m)) if m.id == "i-new"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_two_live_machines_carry_is_ambiguous() {
+        let host = "ip-10-0-0-1.ec2.internal";
+        let a = at("i-a", host, "running", None, "2026-01-01T00:00:00Z");
+        let b = at("i-b", host, "running", None, "2026-01-02T00:00:00Z");
+        assert_eq!(
+            by_name(host).resolve([(0, &a), (1, &b)]).map_machine_ids(),
+            Resolved::Ambiguous(2)
+        );
+        // An id settles it.
+        let key = MachineKey {
+            id: Some("i-b".into()),
+            name: Some(host.into()),
+        };
+        assert!(matches!(
+            key.resolve([(0, &a), (1, &b)]),
+            Resolved::One((1, _))
+        ));
+    }
+
+    #[test]
+    fn without_a_live_holder_the_leaving_then_the_latest_machine_is_named() {
+        let host = "ip-10-0-0-1.ec2.internal";
+        let gone = at(
+            "i-1",
+            host,
+            "terminated",
+            Some("Lost"),
+            "2026-01-01T00:00:00Z",
+        );
+        let later = at(
+            "i-2",
+            host,
+            "terminated",
+            Some("Returned"),
+            "2026-01-03T00:00:00Z",
+        );
+        let leaving = at(
+            "i-3",
+            host,
+            "shutting-down",
+            Some("Returned"),
+            "2026-01-02T00:00:00Z",
+        );
+        let got = by_name(host).resolve([(0, &gone), (1, &leaving), (2, &later)]);
+        assert!(matches!(got, Resolved::One((1, _))), "{got:?}");
+        let got = by_name(host).resolve([(0, &gone), (2, &later)]);
+        assert!(matches!(got, Resolved::One((2, _))), "{got:?}");
+        assert_eq!(
+            by_name("other").resolve([(0, &gone)]).map_machine_ids(),
+            Resolved::NotFound
+        );
+    }
+
+    impl<T> Resolved<(T, &Machine)> {
+        fn map_machine_ids(self) -> Resolved<String> {
+            match self {
+                Resolved::One((_, m)) => Resolved::One(m.id.clone()),
+                Resolved::NotFound => Resolved::NotFound,
+                Resolved::Ambiguous(n) => Resolved::Ambiguous(n),
+            }
+        }
     }
 
     #[test]

@@ -22,13 +22,52 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, HfError>
 }
 
 /// A list that some callers send as a single object.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OneOrMany<T> {
     /// The documented form.
     Many(Vec<T>),
     /// One element without the list.
     One(T),
+}
+
+/// Parsed by hand rather than as an untagged enum, whose only complaint is
+/// "data did not match any variant": this one says what was expected and
+/// passes on the element's own error (a missing or mistyped field).
+impl<'de, T: DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        match value {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    serde_json::from_value(item)
+                        .map_err(|e| D::Error::custom(format!("element {i} of the list: {e}")))
+                })
+                .collect::<Result<Vec<T>, _>>()
+                .map(OneOrMany::Many),
+            serde_json::Value::Object(_) => serde_json::from_value(value)
+                .map(OneOrMany::One)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "expected a list of objects (or one object), got {}",
+                kind(&other)
+            ))),
+        }
+    }
+}
+
+/// A JSON value's kind, for messages (never the value: it may be large).
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 impl<T> OneOrMany<T> {
@@ -82,8 +121,10 @@ pub struct TemplateOut {
 
 // ---- requestMachines ----
 
-/// requestMachines' input.
+/// requestMachines' input. Unknown top-level fields are refused (a typo must
+/// not pass as a valid request); inside `template` schedulers add their own.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RequestMachinesIn {
     /// What to launch.
     pub template: TemplateRequest,
@@ -111,8 +152,9 @@ pub struct RequestIdOut {
 
 // ---- getRequestStatus ----
 
-/// getRequestStatus' input.
+/// getRequestStatus' input; unknown top-level fields are refused.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RequestStatusIn {
     /// The requests to report on.
     pub requests: OneOrMany<RequestIdIn>,
@@ -197,8 +239,10 @@ pub struct MachineOut {
 
 // ---- requestReturnMachines and getReturnRequests ----
 
-/// requestReturnMachines' and getReturnRequests' input.
+/// requestReturnMachines' and getReturnRequests' input. Unknown top-level
+/// fields are refused: `{"machine": [...]}` would otherwise read as no hosts.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
 pub struct MachinesIn {
     /// The machines.
     #[serde(default)]
@@ -264,6 +308,31 @@ mod tests {
         assert_eq!(many.requests.into_vec().len(), 2);
         let one: RequestStatusIn = parse(p, r#"{"requests":{"requestId":"a"}}"#).expect("one");
         assert_eq!(one.requests.into_vec()[0].request_id, "a");
+    }
+
+    #[test]
+    fn typos_and_wrong_shapes_are_named() {
+        let p = Path::new("in.json");
+        let typo = parse::<MachinesIn>(p, r#"{"machine":[{"name":"h"}]}"#).expect_err("typo");
+        assert!(
+            typo.to_string().contains("unknown field `machine`"),
+            "{typo}"
+        );
+        let shape = parse::<MachinesIn>(p, r#"{"machines":"h"}"#).expect_err("shape");
+        assert!(
+            shape.to_string().contains("expected a list of objects"),
+            "{shape}"
+        );
+        let inner = parse::<RequestStatusIn>(p, r#"{"requests":[{"requestId":"a"},{"id":"b"}]}"#)
+            .expect_err("element");
+        assert!(
+            inner.to_string().contains("element 1") && inner.to_string().contains("requestId"),
+            "{inner}"
+        );
+        let ok: MachinesIn = parse(p, r#"{"machines":{"name":"h"}}"#).expect("one object");
+        assert_eq!(ok.machines.into_vec().len(), 1);
+        let empty: MachinesIn = parse(p, "{}").expect("no machines");
+        assert!(empty.machines.into_vec().is_empty());
     }
 
     #[test]

@@ -4,9 +4,18 @@
 //! Listed with `gracePeriod` 0: a machine the operator marked Lost (stopped or
 //! terminated outside hostforge), any other machine stopping, stopped,
 //! shutting down or terminated that the scheduler did not return itself
-//! (e.g. scaled down or its request deleted by a person), and a host no
-//! scheduler-owned request lists any more (gone). Returned machines are not
-//! listed: the scheduler already let them go.
+//! (e.g. scaled down), and every machine of a request being deleted (the
+//! operator is terminating them). Returned machines are not listed: the
+//! scheduler already let them go.
+//!
+//! A host no scheduler-owned request lists is *not* reported: unknown is not
+//! reclaimed. A mistyped namespace, a removed owner label or a deleted request
+//! would otherwise make the scheduler drain every host it holds; such hosts
+//! are counted in the message instead. A host name several live machines
+//! carry is not reported either (named as ambiguous in the message).
+//!
+//! The call also expires finished scheduler-owned requests ([`super::expire`]):
+//! HostFactory makes it every few seconds and it lists them anyway.
 //!
 //! A spot machine with an interruption notice (the operator records EC2's
 //! two-minute warning in `interruptionNoticeTime`) is listed while it still
@@ -18,7 +27,7 @@ use kube::{Api, Client};
 
 use super::protocol::{MachinesIn, ReclaimedHost, ReturnRequestsOut};
 use super::returns::owned_requests;
-use super::{HfConfig, HfError, MachineKey};
+use super::{HfConfig, HfError, MachineKey, Resolved};
 use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
 
 /// How long EC2 warns before it takes a spot machine back, in seconds.
@@ -53,40 +62,89 @@ pub fn grace_period(m: &Machine, now: Timestamp) -> Option<i64> {
     Some((SPOT_WARNING_SECONDS - since).clamp(0, SPOT_WARNING_SECONDS))
 }
 
-/// The hosts of `held` to give back at `now`, in input order.
-pub fn reclaimed(
-    held: &[MachineKey],
-    requests: &[MachineRequest],
-    now: Timestamp,
-) -> Vec<ReclaimedHost> {
-    let machines: Vec<&Machine> = requests
+/// What getReturnRequests found for the hosts HostFactory holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reclaim {
+    /// The hosts to give back, in input order.
+    pub hosts: Vec<ReclaimedHost>,
+    /// Hosts no scheduler-owned request lists: not reported as reclaimed.
+    pub unknown: Vec<MachineKey>,
+    /// Host names several live machines carry: not reported.
+    pub ambiguous: Vec<MachineKey>,
+}
+
+/// The hosts of `held` to give back at `now`, in input order, and the hosts
+/// that could not be judged.
+pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestamp) -> Reclaim {
+    // Each machine with whether its request is being deleted: the operator is
+    // terminating those, so they are taken back even while still running.
+    let machines: Vec<(bool, &Machine)> = requests
         .iter()
         .filter(|mr| super::is_owned(mr))
-        .filter_map(|mr| mr.status.as_ref())
-        .flat_map(|st| st.machines.iter())
-        .collect();
-    held.iter()
-        .filter_map(|key| {
-            let found = machines.iter().find(|m| key.matches(m));
-            let grace = match found {
-                None => 0,
-                Some(m) => grace_period(m, now)?,
-            };
-            Some(ReclaimedHost {
-                machine: key
-                    .name
-                    .clone()
-                    .or_else(|| found.and_then(|m| m.name.clone()))
-                    .unwrap_or_default(),
-                machine_id: key
-                    .id
-                    .clone()
-                    .or_else(|| found.map(|m| m.id.clone()))
-                    .unwrap_or_default(),
-                grace_period: grace,
-            })
+        .filter_map(|mr| {
+            Some((
+                mr.metadata.deletion_timestamp.is_some(),
+                mr.status.as_ref()?,
+            ))
         })
-        .collect()
+        .flat_map(|(deleting, st)| st.machines.iter().map(move |m| (deleting, m)))
+        .collect();
+    let mut out = Reclaim::default();
+    for key in held {
+        let (deleting, m) = match key.resolve(machines.iter().copied()) {
+            Resolved::One(hit) => hit,
+            Resolved::NotFound => {
+                out.unknown.push(key.clone());
+                continue;
+            }
+            Resolved::Ambiguous(_) => {
+                out.ambiguous.push(key.clone());
+                continue;
+            }
+        };
+        let grace = match grace_period(m, now) {
+            Some(grace) => grace,
+            None if deleting && m.termination_reason != Some(TerminationReason::Returned) => 0,
+            None => continue,
+        };
+        out.hosts.push(ReclaimedHost {
+            machine: key
+                .name
+                .clone()
+                .or_else(|| m.name.clone())
+                .unwrap_or_default(),
+            machine_id: key.id.clone().unwrap_or_else(|| m.id.clone()),
+            grace_period: grace,
+        });
+    }
+    out
+}
+
+/// The answer's message: how many hosts are taken back, and which could not
+/// be judged.
+pub fn message(held: usize, r: &Reclaim) -> String {
+    let mut text = format!("{} of {held} hosts are being taken back", r.hosts.len());
+    let names = |keys: &[MachineKey]| {
+        keys.iter()
+            .map(MachineKey::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.unknown.is_empty() {
+        text.push_str(&format!(
+            "; {} not found in any scheduler-owned MachineRequest (not reported as reclaimed; \
+             check the namespace and the hostforge.io/owner label): {}",
+            r.unknown.len(),
+            names(&r.unknown)
+        ));
+    }
+    if !r.ambiguous.is_empty() {
+        text.push_str(&format!(
+            "; ambiguous, several live machines have this name: {}",
+            names(&r.ambiguous)
+        ));
+    }
+    text
 }
 
 /// The operation.
@@ -103,20 +161,21 @@ pub async fn get_return_requests(
         .filter(|k| k.id.is_some() || k.name.is_some())
         .collect();
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
-    let requests = if held.is_empty() {
-        vec![]
-    } else {
-        owned_requests(&api, &config.namespace).await?
-    };
-    let requests_out = reclaimed(&held, &requests, Timestamp::now());
+    let requests = owned_requests(&api, &config.namespace).await?;
+    let found = reclaimed(&held, &requests, Timestamp::now());
+    if let Some(retention) = config.finished_retention {
+        super::expire::expire(&api, &requests, retention).await;
+    }
+    if !found.unknown.is_empty() {
+        tracing::warn!(
+            hosts = found.unknown.len(),
+            "held hosts not found in any scheduler-owned MachineRequest; not reported as reclaimed"
+        );
+    }
     Ok(ReturnRequestsOut {
         status: "complete".into(),
-        message: format!(
-            "{} of {} hosts are being taken back",
-            requests_out.len(),
-            held.len()
-        ),
-        requests: requests_out,
+        message: message(held.len(), &found),
+        requests: found.hosts,
     })
 }
 
@@ -157,14 +216,17 @@ mod tests {
     }
 
     #[test]
-    fn lost_taken_and_vanished_hosts_are_listed_with_no_grace() {
+    fn lost_and_taken_hosts_are_listed_with_no_grace() {
         let held: Vec<MachineKey> = ["i-ok", "i-lost", "i-ret", "i-down", "i-new", "i-gone"]
             .into_iter()
             .map(key)
             .collect();
-        let out = reclaimed(&held, &requests(), Timestamp::now());
+        let found = reclaimed(&held, &requests(), Timestamp::now());
+        let out = &found.hosts;
         let names: Vec<_> = out.iter().map(|h| h.machine.as_str()).collect();
-        assert_eq!(names, ["host-i-lost", "host-i-down", "host-i-gone"]);
+        assert_eq!(names, ["host-i-lost", "host-i-down"]);
+        assert_eq!(found.unknown, [key("i-gone")]);
+        assert!(message(held.len(), &found).contains("1 not found"));
         assert!(out.iter().all(|h| h.grace_period == 0));
         assert_eq!(out[0].machine_id, "i-lost");
     }
@@ -178,7 +240,8 @@ mod tests {
             }],
             &requests(),
             Timestamp::now(),
-        );
+        )
+        .hosts;
         assert_eq!(out[0].machine, "host-i-lost");
     }
 
@@ -190,19 +253,57 @@ mod tests {
         machines[0].interruption_notice_time = Some(Time(noticed));
         let at = |secs: i64| noticed + jiff::SignedDuration::from_secs(secs);
         let held = [key("i-ok"), key("i-new")];
-        let out = reclaimed(&held, &mrs, at(30));
+        let out = reclaimed(&held, &mrs, at(30)).hosts;
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].machine_id, "i-ok");
         assert_eq!(out[0].grace_period, 90);
-        assert_eq!(reclaimed(&held, &mrs, at(500))[0].grace_period, 0);
+        assert_eq!(reclaimed(&held, &mrs, at(500)).hosts[0].grace_period, 0);
         assert_eq!(
-            reclaimed(&held, &mrs, at(-5))[0].grace_period,
+            reclaimed(&held, &mrs, at(-5)).hosts[0].grace_period,
             120,
             "a clock behind the notice never gives more than the warning"
         );
         // Once the scheduler returned it, it is no longer announced.
         machines_returned(&mut mrs, "i-ok");
-        assert!(reclaimed(&held, &mrs, at(30)).is_empty());
+        assert!(reclaimed(&held, &mrs, at(30)).hosts.is_empty());
+    }
+
+    #[test]
+    fn a_host_no_request_lists_is_not_reported_as_reclaimed() {
+        let out = reclaimed(&[key("i-gone")], &requests(), Timestamp::now());
+        assert!(out.hosts.is_empty(), "unknown is not reclaimed: {out:?}");
+    }
+
+    #[test]
+    fn a_reused_host_name_is_judged_by_its_live_holder() {
+        let mut mrs = requests();
+        let machines = &mut mrs[0].status.as_mut().expect("status").machines;
+        // i-lost's name now belongs to a healthy new machine.
+        let mut heir = machines[0].clone();
+        heir.id = "i-heir".into();
+        heir.name = Some("host-i-lost".into());
+        machines.push(heir);
+        let by_name = MachineKey {
+            id: None,
+            name: Some("host-i-lost".into()),
+        };
+        let out = reclaimed(&[by_name], &mrs, Timestamp::now());
+        assert!(
+            out.hosts.is_empty(),
+            "the healthy holder is not drained: {out:?}"
+        );
+    }
+
+    #[test]
+    fn the_machines_of_a_request_being_deleted_are_taken_back() {
+        let mut mrs = requests();
+        mrs[0].metadata.deletion_timestamp =
+            Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+        let held = [key("i-ok"), key("i-ret")];
+        let out = reclaimed(&held, &mrs, Timestamp::now()).hosts;
+        let ids: Vec<_> = out.iter().map(|h| h.machine_id.as_str()).collect();
+        assert_eq!(ids, ["i-ok"], "running, but its request is going");
+        assert_eq!(out[0].grace_period, 0);
     }
 
     fn machines_returned(mrs: &mut [MachineRequest], id: &str) {

@@ -13,8 +13,22 @@
 //!
 //! The patch starts with a `test` of `metadata.generation`: if the spec changed
 //! since it was read (another return, a person), the patch is refused and
-//! re-planned from a fresh read, so no return and no count change is lost.
+//! re-planned from a fresh read (which must still be scheduler-owned), so no
+//! return and no count change is lost. A refusal with the generation unchanged
+//! is the apiserver rejecting the object, and is reported as such.
+//!
+//! The records are bounded: a retried return whose machines are all listed
+//! already answers the return id that recorded them and writes nothing, and
+//! the records of one request never take more than [`RECORD_BUDGET`] bytes of
+//! its annotations (the oldest *completed* returns are dropped to make room),
+//! far below the apiserver's 256 KiB limit for all annotations of an object.
+//!
+//! A return touching several requests patches each; when some patches fail,
+//! the others stand, the answer carries the return id and names the failures.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -22,12 +36,27 @@ use serde_json::json;
 
 use super::protocol::{MachinesIn, RequestIdOut};
 use super::{
-    is_owned, return_key, HfConfig, HfError, MachineKey, OWNER_LABEL, OWNER_VALUE, RETURN_PREFIX,
+    is_owned, return_key, HfConfig, HfError, MachineKey, Resolved, OWNER_LABEL, OWNER_VALUE,
+    RETURN_PREFIX,
 };
-use crate::api::{MachineRequest, TerminationReason};
+use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
 
 /// How often a patch refused by its generation test is re-planned.
 const ATTEMPTS: usize = 8;
+
+/// Most bytes (keys and values) the return records of one request may take in
+/// its annotations. The apiserver refuses an object whose annotations exceed
+/// 256 KiB in all; this leaves half of that to everyone else.
+pub const RECORD_BUDGET: usize = 128 * 1024;
+
+/// Page size of the lists of scheduler-owned requests: the apiserver answers
+/// in bounded pieces however many requests the scheduler keeps.
+pub const LIST_PAGE: u32 = 250;
+
+/// The annotation key prefix of return records.
+fn record_prefix() -> String {
+    return_key(RETURN_PREFIX)
+}
 
 /// One returned machine as the annotation records it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,9 +69,51 @@ pub struct ReturnRecord {
     pub name: String,
 }
 
+/// An annotation value: when the return was made (to drop the oldest completed
+/// records first) and its machines. Older values were the bare machine list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+enum RecordValue {
+    /// The current form.
+    Dated {
+        /// Seconds since the epoch.
+        at: i64,
+        /// The machines.
+        machines: Vec<ReturnRecord>,
+    },
+    /// The form before returns were dated.
+    Bare(Vec<ReturnRecord>),
+}
+
 /// The records in an annotation value; a value that is not ours reads as none.
 pub fn parse_record(value: &str) -> Vec<ReturnRecord> {
-    serde_json::from_str(value).unwrap_or_default()
+    match serde_json::from_str(value) {
+        Ok(RecordValue::Dated { machines, .. } | RecordValue::Bare(machines)) => machines,
+        Err(_) => vec![],
+    }
+}
+
+/// When the record in annotation value `value` was made, in seconds since the
+/// epoch (0 for undated ones, which are the oldest).
+pub fn record_time_of(value: &str) -> i64 {
+    record_time(value)
+}
+
+/// When the record was made (0 for undated ones, which are the oldest).
+fn record_time(value: &str) -> i64 {
+    match serde_json::from_str(value) {
+        Ok(RecordValue::Dated { at, .. }) => at,
+        _ => 0,
+    }
+}
+
+/// The annotation value recording `machines` returned at `at`.
+pub fn record_value(machines: &[ReturnRecord], at: i64) -> String {
+    serde_json::to_string(&RecordValue::Dated {
+        at,
+        machines: machines.to_vec(),
+    })
+    .unwrap_or_else(|_| "[]".into())
 }
 
 /// A new return request id: `ret-` and 16 random hex digits.
@@ -59,24 +130,42 @@ pub struct RequestReturn {
     pub machines: Vec<ReturnRecord>,
 }
 
-/// Which request holds which of the `wanted` machines, and which machines no
-/// scheduler-owned request holds.
-pub fn locate(
-    wanted: &[MachineKey],
-    requests: &[MachineRequest],
-) -> (Vec<RequestReturn>, Vec<MachineKey>) {
-    let mut found: Vec<RequestReturn> = vec![];
-    let mut unknown = vec![];
+/// Where the machines HostFactory named are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Located {
+    /// The machines found, by request.
+    pub found: Vec<RequestReturn>,
+    /// Keys no scheduler-owned request holds.
+    pub unknown: Vec<MachineKey>,
+    /// Name-only keys several live machines answer to; refused.
+    pub ambiguous: Vec<MachineKey>,
+}
+
+/// Which request holds which of the `wanted` machines (see
+/// [`MachineKey::resolve`]), which machines no scheduler-owned request holds,
+/// and which keys are ambiguous.
+pub fn locate(wanted: &[MachineKey], requests: &[MachineRequest]) -> Located {
+    let candidates = || {
+        requests
+            .iter()
+            .filter(|mr| is_owned(mr))
+            .filter_map(|mr| Some((mr, mr.status.as_ref()?)))
+            .flat_map(|(mr, st)| st.machines.iter().map(move |m| (mr, m)))
+    };
+    let mut out = Located::default();
     for key in wanted {
-        let hit = requests.iter().filter(|mr| is_owned(mr)).find_map(|mr| {
-            let st = mr.status.as_ref()?;
-            let m = st.machines.iter().find(|m| key.matches(m))?;
-            Some((mr.name_any(), m))
-        });
-        let Some((request, m)) = hit else {
-            unknown.push(key.clone());
-            continue;
+        let (mr, m) = match key.resolve(candidates()) {
+            Resolved::One(hit) => hit,
+            Resolved::NotFound => {
+                out.unknown.push(key.clone());
+                continue;
+            }
+            Resolved::Ambiguous(_) => {
+                out.ambiguous.push(key.clone());
+                continue;
+            }
         };
+        let request = mr.name_any();
         let record = ReturnRecord {
             machine_id: m.id.clone(),
             name: m
@@ -85,24 +174,109 @@ pub fn locate(
                 .or_else(|| key.name.clone())
                 .unwrap_or_default(),
         };
-        match found.iter_mut().find(|r| r.request == request) {
-            Some(r) if r.machines.contains(&record) => {}
+        match out.found.iter_mut().find(|r| r.request == request) {
+            Some(r) if r.machines.iter().any(|x| x.machine_id == record.machine_id) => {}
             Some(r) => r.machines.push(record),
-            None => found.push(RequestReturn {
+            None => out.found.push(RequestReturn {
                 request,
                 machines: vec![record],
             }),
         }
     }
-    (found, unknown)
+    out
 }
 
-/// The JSON patch returning `machines` from `mr` under return id `ret_id`.
+/// The return records on `mr`: annotation key → value.
+fn records(mr: &MachineRequest) -> impl Iterator<Item = (&String, &String)> {
+    let prefix = record_prefix();
+    mr.annotations()
+        .iter()
+        .filter(move |(k, _)| k.starts_with(&prefix))
+}
+
+/// A return id that already recorded every one of `found`'s machines, when
+/// each is listed in its request's `returnMachines` already: a retried return
+/// is answered with it and writes nothing.
+pub fn already_returned(found: &[RequestReturn], requests: &[MachineRequest]) -> Option<String> {
+    let mut covering: Option<Vec<String>> = None;
+    for r in found {
+        let mr = requests.iter().find(|mr| mr.name_any() == r.request)?;
+        if r.machines
+            .iter()
+            .any(|rec| !mr.spec.return_machines.contains(&rec.machine_id))
+        {
+            return None;
+        }
+        let here: Vec<String> = records(mr)
+            .filter(|(_, v)| {
+                let recorded = parse_record(v);
+                r.machines
+                    .iter()
+                    .all(|m| recorded.iter().any(|x| x.machine_id == m.machine_id))
+            })
+            .filter_map(|(k, _)| k.strip_prefix("hostforge.io/hf-").map(String::from))
+            .collect();
+        covering = Some(match covering {
+            None => here,
+            Some(before) => before.into_iter().filter(|k| here.contains(k)).collect(),
+        });
+    }
+    covering?.into_iter().min()
+}
+
+/// Whether every machine of a record is terminated or gone from status.
+fn is_complete(value: &str, machines: &[Machine]) -> bool {
+    parse_record(value).iter().all(|rec| {
+        machines
+            .iter()
+            .find(|m| m.id == rec.machine_id)
+            .is_none_or(|m| m.state == MachineState::Terminated)
+    })
+}
+
+/// The return records to drop from `mr` so that a new record of `new_bytes`
+/// (key and value) fits [`RECORD_BUDGET`]: completed returns, oldest first,
+/// down to three quarters of the budget so that the next returns need no
+/// dropping. Fails when the returns still terminating alone leave no room.
+pub fn records_to_drop(mr: &MachineRequest, new_bytes: usize) -> Result<Vec<String>, HfError> {
+    let existing: BTreeMap<&String, &String> = records(mr).collect();
+    let mut used: usize = existing.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if used + new_bytes <= RECORD_BUDGET {
+        return Ok(vec![]);
+    }
+    let machines = mr.status.as_ref().map(|s| &s.machines[..]).unwrap_or(&[]);
+    let mut done: Vec<(i64, &String, usize)> = existing
+        .iter()
+        .filter(|(_, v)| is_complete(v, machines))
+        .map(|(k, v)| (record_time(v), *k, k.len() + v.len()))
+        .collect();
+    done.sort();
+    let mut drop = vec![];
+    for (_, key, size) in done {
+        if used + new_bytes <= RECORD_BUDGET / 4 * 3 {
+            break;
+        }
+        used -= size;
+        drop.push(key.clone());
+    }
+    if used + new_bytes > RECORD_BUDGET {
+        return Err(HfError::RecordsFull(format!(
+            "MachineRequest {}: its return records would exceed {RECORD_BUDGET} bytes and \
+             the earlier returns are still terminating; try again once they are done",
+            mr.name_any()
+        )));
+    }
+    Ok(drop)
+}
+
+/// The JSON patch returning `machines` from `mr` under return id `ret_id`
+/// at `now` (seconds since the epoch).
 pub fn patch_ops(
     mr: &MachineRequest,
     machines: &[ReturnRecord],
     ret_id: &str,
-) -> serde_json::Value {
+    now: i64,
+) -> Result<serde_json::Value, HfError> {
     let mut listed = mr.spec.return_machines.clone();
     let mut lower = 0;
     let status_machines = mr.status.as_ref().map(|s| &s.machines[..]).unwrap_or(&[]);
@@ -126,8 +300,10 @@ pub fn patch_ops(
         }
     }
     let key = return_key(ret_id);
-    let escaped = key.replace('~', "~0").replace('/', "~1");
-    let record = serde_json::to_string(machines).unwrap_or_else(|_| "[]".into());
+    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    let escaped = escape(&key);
+    let record = record_value(machines, now);
+    let dropped = records_to_drop(mr, key.len() + record.len())?;
     let mut ops = vec![
         json!({"op": "test", "path": "/metadata/generation", "value": mr.metadata.generation}),
         json!({"op": "add", "path": "/spec/returnMachines", "value": listed}),
@@ -148,7 +324,15 @@ pub fn patch_ops(
             json!({"op": "add", "path": "/metadata/annotations", "value": {key: record}}),
         ),
     }
-    serde_json::Value::Array(ops)
+    for old in dropped {
+        if mr.labels().contains_key(&old) {
+            ops.push(json!({"op": "remove", "path": format!("/metadata/labels/{}", escape(&old))}));
+        }
+        ops.push(
+            json!({"op": "remove", "path": format!("/metadata/annotations/{}", escape(&old))}),
+        );
+    }
+    Ok(serde_json::Value::Array(ops))
 }
 
 /// Patches one request, re-reading and re-planning when its generation test
@@ -162,7 +346,7 @@ async fn return_from(
     let name = first.name_any();
     let mut current = first.clone();
     for attempt in 1..=ATTEMPTS {
-        let ops = patch_ops(&current, machines, ret_id);
+        let ops = patch_ops(&current, machines, ret_id, Timestamp::now().as_second())?;
         let patch: Patch<()> = Patch::Json(
             serde_json::from_value(ops)
                 .map_err(|e| HfError::Output(format!("building the patch: {e}")))?,
@@ -173,10 +357,21 @@ async fn return_from(
             // the apiserver version; both mean "read again".
             Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => {
                 tracing::debug!(request = %name, attempt, reason = %status.message, "return patch refused; re-reading");
-                current = api
+                let fresh = api
                     .get(&name)
                     .await
                     .map_err(|e| HfError::kube(format!("get MachineRequest {name}"), e))?;
+                if !is_owned(&fresh) {
+                    return Err(HfError::NotOwned(name));
+                }
+                if status.code == 422 && fresh.metadata.generation == current.metadata.generation {
+                    // The test held: the apiserver refused the object itself.
+                    return Err(HfError::Rejected {
+                        request: name,
+                        message: status.message,
+                    });
+                }
+                current = fresh;
             }
             Err(e) => return Err(HfError::kube(format!("patch MachineRequest {name}"), e)),
         }
@@ -184,21 +379,43 @@ async fn return_from(
     Err(HfError::Contended(format!("MachineRequest {name}")))
 }
 
+/// Lists the requests of the namespace matching `selector`, page by page.
+pub async fn list_pages(
+    api: &Api<MachineRequest>,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<MachineRequest>, HfError> {
+    let mut items = vec![];
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+        if let Some(t) = &token {
+            params = params.continue_token(t);
+        }
+        let page = api.list(&params).await.map_err(|e| {
+            HfError::kube(format!("list MachineRequests in namespace {namespace}"), e)
+        })?;
+        items.extend(page.items);
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return Ok(items);
+        }
+    }
+}
+
 /// Lists the scheduler-owned requests of the namespace.
 pub async fn owned_requests(
     api: &Api<MachineRequest>,
     namespace: &str,
 ) -> Result<Vec<MachineRequest>, HfError> {
-    let selector = format!("{OWNER_LABEL}={OWNER_VALUE}");
-    Ok(api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| HfError::kube(format!("list MachineRequests in namespace {namespace}"), e))?
-        .items)
+    list_pages(api, namespace, &format!("{OWNER_LABEL}={OWNER_VALUE}")).await
 }
 
 /// The operation. Machines no request holds are named in the message (they
-/// are gone already); when none is held at all the call fails.
+/// are gone already), and so are ambiguous host names (refused); when nothing
+/// can be returned at all the call fails. When some requests could be patched
+/// and others not, the return stands for the patched ones: the answer has the
+/// return id and names the failures.
 pub async fn request_return_machines(
     client: &Client,
     config: &HfConfig,
@@ -218,37 +435,83 @@ pub async fn request_return_machines(
     let started = std::time::Instant::now();
     let requests = owned_requests(&api, &config.namespace).await?;
     let listed_in = started.elapsed();
-    let (found, unknown) = locate(&wanted, &requests);
-    let unknown_names: Vec<String> = unknown.iter().map(MachineKey::describe).collect();
-    if found.is_empty() {
-        return Err(HfError::UnknownMachines(unknown_names.join(", ")));
+    let located = locate(&wanted, &requests);
+    let names = |keys: &[MachineKey]| {
+        keys.iter()
+            .map(MachineKey::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut notes = vec![];
+    if !located.unknown.is_empty() {
+        notes.push(format!(
+            "not held by any request (already gone): {}",
+            names(&located.unknown)
+        ));
+    }
+    if !located.ambiguous.is_empty() {
+        notes.push(format!(
+            "ambiguous, several live machines have this name (give the machineId): {}",
+            names(&located.ambiguous)
+        ));
+    }
+    if located.found.is_empty() {
+        return Err(if located.ambiguous.is_empty() {
+            HfError::UnknownMachines(names(&located.unknown))
+        } else {
+            HfError::InvalidInput(notes.join("; "))
+        });
+    }
+    let returned: usize = located.found.iter().map(|r| r.machines.len()).sum();
+    if let Some(ret_id) = already_returned(&located.found, &requests) {
+        tracing::info!(return_id = %ret_id, machines = returned, "return repeated; nothing to write");
+        let mut message = format!("{returned} machines are already being returned under {ret_id}");
+        for n in notes {
+            message.push_str("; ");
+            message.push_str(&n);
+        }
+        return Ok(RequestIdOut {
+            request_id: ret_id,
+            message,
+        });
     }
     let ret_id = new_return_id();
-    for r in &found {
+    let mut patched = 0;
+    let mut failed = vec![];
+    for r in &located.found {
         let Some(mr) = requests.iter().find(|mr| mr.name_any() == r.request) else {
             continue;
         };
         let patch_started = std::time::Instant::now();
-        return_from(&api, mr, &r.machines, &ret_id).await?;
-        tracing::info!(
-            request = %r.request,
-            return_id = %ret_id,
-            machines = r.machines.len(),
-            list_ms = listed_in.as_millis() as u64,
-            patch_ms = patch_started.elapsed().as_millis() as u64,
-            "machines returned"
-        );
+        match return_from(&api, mr, &r.machines, &ret_id).await {
+            Ok(()) => {
+                patched += r.machines.len();
+                tracing::info!(
+                    request = %r.request,
+                    return_id = %ret_id,
+                    machines = r.machines.len(),
+                    list_ms = listed_in.as_millis() as u64,
+                    patch_ms = patch_started.elapsed().as_millis() as u64,
+                    "machines returned"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(request = %r.request, return_id = %ret_id, error = %err, "return failed");
+                let ids: Vec<&str> = r.machines.iter().map(|m| m.machine_id.as_str()).collect();
+                failed.push(format!("{} NOT returned ({err})", ids.join(", ")));
+            }
+        }
     }
-    let returned: usize = found.iter().map(|r| r.machines.len()).sum();
+    if patched == 0 {
+        return Err(HfError::ReturnFailed(failed.join("; ")));
+    }
     let mut message = format!(
-        "{returned} machines of {} requests are being returned",
-        found.len()
+        "{patched} machines of {} requests are being returned",
+        located.found.len() - failed.len()
     );
-    if !unknown_names.is_empty() {
-        message.push_str(&format!(
-            "; not held by any request (already gone): {}",
-            unknown_names.join(", ")
-        ));
+    for n in failed.iter().chain(&notes) {
+        message.push_str("; ");
+        message.push_str(n);
     }
     Ok(RequestIdOut {
         request_id: ret_id,
@@ -301,7 +564,7 @@ mod tests {
             ),
             request("hf-b", 1, &[], json!([m("i-3", "running", None)])),
         ];
-        let (found, unknown) = locate(
+        let Located { found, unknown, .. } = locate(
             &[
                 key(Some("i-1"), Some("host-i-1")),
                 key(None, Some("host-i-3")),
@@ -325,12 +588,29 @@ mod tests {
     }
 
     #[test]
+    fn a_name_only_return_takes_the_live_holder_and_refuses_ambiguous_names() {
+        let mut old = m("i-old", "terminated", Some("Returned"));
+        old["name"] = json!("host-x");
+        let mut new = m("i-new", "running", None);
+        new["name"] = json!("host-x");
+        let reqs = [request("hf-a", 1, &["i-old"], json!([old, new]))];
+        let found = locate(&[key(None, Some("host-x"))], &reqs).found;
+        assert_eq!(found[0].machines[0].machine_id, "i-new");
+        let mut twin = m("i-twin", "running", None);
+        twin["name"] = json!("host-x");
+        let reqs = [reqs[0].clone(), request("hf-b", 1, &[], json!([twin]))];
+        let located = locate(&[key(None, Some("host-x"))], &reqs);
+        assert!(located.found.is_empty(), "never a guess: {located:?}");
+        assert_eq!(located.ambiguous.len(), 1);
+    }
+
+    #[test]
     fn requests_not_owned_by_the_scheduler_are_never_touched() {
         let mut mr = request("mine", 1, &[], json!([m("i-1", "running", None)]));
         mr.metadata.labels = None;
-        let (found, unknown) = locate(&[key(Some("i-1"), None)], &[mr]);
-        assert!(found.is_empty());
-        assert_eq!(unknown.len(), 1);
+        let located = locate(&[key(Some("i-1"), None)], &[mr]);
+        assert!(located.found.is_empty());
+        assert_eq!(located.unknown.len(), 1);
     }
 
     #[test]
@@ -353,7 +633,7 @@ mod tests {
                 name: format!("host-{id}"),
             })
             .collect();
-        let ops = patch_ops(&mr, &recs, "ret-1");
+        let ops = patch_ops(&mr, &recs, "ret-1", 1_700_000_000).expect("fits");
         assert_eq!(
             ops[0],
             json!({"op": "test", "path": "/metadata/generation", "value": 4})
@@ -372,6 +652,11 @@ mod tests {
         let value = ops[4]["value"].as_str().expect("string");
         assert_eq!(parse_record(value), recs);
         let _: Patch<()> = Patch::Json(serde_json::from_value(ops).expect("a valid JSON patch"));
+        // Old undated records still read.
+        assert_eq!(
+            parse_record(&serde_json::to_string(&recs).expect("json")),
+            recs
+        );
     }
 
     #[test]
@@ -382,10 +667,158 @@ mod tests {
             machine_id: "i-1".into(),
             name: String::new(),
         }];
-        let ops = patch_ops(&mr, &recs, "ret-2");
+        let ops = patch_ops(&mr, &recs, "ret-2", 0).expect("fits");
         assert_eq!(ops[4]["path"], "/metadata/annotations");
         assert!(ops[4]["value"]["hostforge.io/hf-ret-2"].is_string());
         assert_eq!(ops[2]["value"], 0);
+    }
+
+    /// Applies `ops` as the apiserver would (the subset `patch_ops` emits).
+    fn apply(mr: &mut MachineRequest, ops: &serde_json::Value) {
+        let unescape = |p: &str| p.replace("~1", "/").replace("~0", "~");
+        for op in ops.as_array().expect("ops") {
+            let path = op["path"].as_str().expect("path");
+            let value = &op["value"];
+            match (op["op"].as_str().expect("op"), path) {
+                ("test", _) => assert_eq!(value, &json!(mr.metadata.generation)),
+                (_, "/spec/returnMachines") => {
+                    mr.spec.return_machines = serde_json::from_value(value.clone()).expect("ids")
+                }
+                (_, "/spec/count") => mr.spec.count = value.as_i64().expect("count") as i32,
+                (kind, p) => {
+                    let (map, key) = if let Some(k) = p.strip_prefix("/metadata/labels/") {
+                        (mr.metadata.labels.get_or_insert_default(), unescape(k))
+                    } else if let Some(k) = p.strip_prefix("/metadata/annotations/") {
+                        (mr.metadata.annotations.get_or_insert_default(), unescape(k))
+                    } else {
+                        panic!("unexpected op {op}");
+                    };
+                    if kind == "remove" {
+                        assert!(map.remove(&key).is_some(), "removing a missing {key}");
+                    } else {
+                        map.insert(key, value.as_str().expect("string").to_string());
+                    }
+                }
+            }
+        }
+        mr.metadata.generation = mr.metadata.generation.map(|g| g + 1);
+    }
+
+    fn annotation_bytes(mr: &MachineRequest) -> usize {
+        mr.annotations()
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum()
+    }
+
+    #[test]
+    fn two_thousand_single_returns_stay_far_below_the_annotation_limit() {
+        let machines: Vec<serde_json::Value> = (0..2000)
+            .map(|i| {
+                json!({"id": format!("i-{i:017x}"), "name": format!("ip-10-{}-{}-{}.eu-central-1.compute.internal", i / 65536, (i / 256) % 256, i % 256),
+                       "state": "running", "result": "succeed"})
+            })
+            .collect();
+        let mut mr = request("hf-a", 2000, &[], json!(machines));
+        let mut ret_ids = vec![];
+        for i in 0..2000 {
+            let m = &mr.status.as_ref().expect("status").machines[i];
+            let rec = ReturnRecord {
+                machine_id: m.id.clone(),
+                name: m.name.clone().unwrap_or_default(),
+            };
+            let ret_id = format!("ret-{i:016x}");
+            let ops = patch_ops(&mr, &[rec], &ret_id, i as i64).expect("always room");
+            apply(&mut mr, &ops);
+            ret_ids.push(ret_id);
+            // The operator terminates returned machines a few returns later.
+            if i >= 5 {
+                let st = mr.status.as_mut().expect("status");
+                st.machines[i - 5].state = MachineState::Terminated;
+            }
+            let bytes = annotation_bytes(&mr);
+            assert!(
+                bytes <= RECORD_BUDGET + 16,
+                "after {} returns the annotations hold {bytes} bytes",
+                i + 1
+            );
+        }
+        assert_eq!(mr.spec.count, 0);
+        assert_eq!(mr.spec.return_machines.len(), 2000);
+        // The returns still terminating are all answerable.
+        for ret_id in &ret_ids[1995..] {
+            assert!(
+                mr.annotations().contains_key(&return_key(ret_id)),
+                "{ret_id}"
+            );
+            assert!(mr.labels().contains_key(&return_key(ret_id)), "{ret_id}");
+        }
+        assert!(annotation_bytes(&mr) < 256 * 1024 / 2 + 64);
+    }
+
+    #[test]
+    fn returns_still_terminating_are_never_dropped_for_room() {
+        let machines: Vec<serde_json::Value> = (0..2000)
+            .map(|i| json!({"id": format!("i-{i:017x}"), "name": format!("host-with-a-long-name-{i:040}"),
+                             "state": "running", "result": "succeed"}))
+            .collect();
+        let mut mr = request("hf-a", 2000, &[], json!(machines));
+        let mut refused = None;
+        for i in 0..2000 {
+            let m = &mr.status.as_ref().expect("status").machines[i];
+            let rec = ReturnRecord {
+                machine_id: m.id.clone(),
+                name: m.name.clone().unwrap_or_default(),
+            };
+            match patch_ops(&mr, &[rec], &format!("ret-{i:016x}"), i as i64) {
+                Ok(ops) => apply(&mut mr, &ops),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (at, err) = refused.expect("the budget is reached");
+        assert!(at > 500, "refused early, at {at}");
+        assert!(err.to_string().contains("still terminating"), "{err}");
+        assert_eq!(
+            records(&mr).count(),
+            at,
+            "no record of a running return was dropped"
+        );
+    }
+
+    #[test]
+    fn a_retried_return_is_answered_with_its_first_id() {
+        let mr = request(
+            "hf-a",
+            1,
+            &["i-1"],
+            json!([
+                m("i-1", "shutting-down", Some("Returned")),
+                m("i-2", "running", None)
+            ]),
+        );
+        let mut mr = mr;
+        let rec = ReturnRecord {
+            machine_id: "i-1".into(),
+            name: "host-i-1".into(),
+        };
+        mr.metadata.annotations.get_or_insert_default().insert(
+            return_key("ret-00000000000000aa"),
+            record_value(std::slice::from_ref(&rec), 5),
+        );
+        let found = locate(&[key(Some("i-1"), None)], std::slice::from_ref(&mr)).found;
+        assert_eq!(
+            already_returned(&found, std::slice::from_ref(&mr)).as_deref(),
+            Some("ret-00000000000000aa")
+        );
+        let both = locate(
+            &[key(Some("i-1"), None), key(Some("i-2"), None)],
+            std::slice::from_ref(&mr),
+        )
+        .found;
+        assert_eq!(already_returned(&both, &[mr]), None, "i-2 is new");
     }
 
     #[test]

@@ -12,8 +12,14 @@
 //! `complete_with_error` when a machine failed. Return: shutting-down and
 //! anything not gone yet → executing, terminated or no longer listed → succeed;
 //! the request is `complete` when all have succeeded.
+//!
+//! Every id is checked before it reaches a URL or a label selector: a create
+//! id must be a Kubernetes object name, a return id `ret-` and 16 lowercase
+//! hex digits. Anything else is answered `unknown requestId` next to the
+//! others, so one bad id never fails the whole call. At most
+//! [`MAX_IDS`] ids per call, fetched [`CONCURRENCY`] at a time.
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
@@ -218,11 +224,42 @@ fn unknown(request_id: &str) -> RequestStatus {
     }
 }
 
+/// Most ids one getRequestStatus call may ask about.
+pub const MAX_IDS: usize = 5000;
+/// Ids fetched at the same time: a bounded number of apiserver connections.
+pub const CONCURRENCY: usize = 16;
+
+/// Whether `id` is a Kubernetes object name (an RFC 1123 subdomain), so it can
+/// go into a URL path unescaped.
+pub fn is_object_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Whether `id` is a return id as [`returns::new_return_id`] makes them, so it
+/// can go into a label selector.
+pub fn is_return_id(id: &str) -> bool {
+    id.strip_prefix(RETURN_PREFIX).is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 async fn fetch_one(
     api: &Api<MachineRequest>,
     request_id: &str,
 ) -> Result<Option<RequestStatus>, HfError> {
-    if request_id.starts_with(RETURN_PREFIX) {
+    if is_return_id(request_id) {
         let selector = format!("{OWNER_LABEL}={OWNER_VALUE},{}", return_key(request_id));
         let list = api
             .list(&ListParams::default().labels(&selector))
@@ -230,8 +267,8 @@ async fn fetch_one(
             .map_err(|e| HfError::kube("list MachineRequests", e))?;
         return Ok(return_status(request_id, &list.items));
     }
-    // Names are DNS subdomains; anything else cannot be one of ours.
-    if request_id.is_empty() || request_id.len() > 253 || request_id.contains('/') {
+    // Only object names go into the URL; anything else cannot be one of ours.
+    if !is_object_name(request_id) {
         return Ok(None);
     }
     let mr = api
@@ -258,8 +295,18 @@ pub async fn get_request_status(
     if ids.is_empty() {
         return Err(HfError::InvalidInput("requests is empty".into()));
     }
+    if ids.len() > MAX_IDS {
+        return Err(HfError::InvalidInput(format!(
+            "{} requestIds asked about; at most {MAX_IDS} per call",
+            ids.len()
+        )));
+    }
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
-    let answers = join_all(ids.iter().map(|id| fetch_one(&api, id))).await;
+    // `buffered` keeps the input order while bounding the concurrency.
+    let answers: Vec<_> = stream::iter(ids.iter().map(|id| fetch_one(&api, id)))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
     let mut requests = Vec::with_capacity(ids.len());
     let mut unknown_ids = vec![];
     for (id, answer) in ids.iter().zip(answers) {
@@ -406,6 +453,40 @@ mod tests {
         let mut mr = request(1, true, json!([m("i-1", "running", None)]), json!({}));
         mr.metadata.generation = Some(3);
         assert_eq!(create_status(&mr).status, RequestState::Running);
+    }
+
+    #[test]
+    fn only_well_formed_ids_reach_urls_and_selectors() {
+        for good in ["hf-compute-x7k2p", "a", "a.b-c", &"a".repeat(253)] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "a?watch=true",
+            "../x",
+            "a/b",
+            "UPPER",
+            "-a",
+            "a-",
+            "a..b",
+            "a#b",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_object_name(bad), "{bad:?}");
+        }
+        assert!(is_return_id("ret-0123456789abcdef"));
+        for bad in [
+            "ret-",
+            "ret-XYZ",
+            "ret-0123456789ABCDEF",
+            "ret-0123456789abcdef0",
+            "ret-0123456789abcdef,x",
+            "ret-0123456789abcde",
+            "hf-0123456789abcdef",
+        ] {
+            assert!(!is_return_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -97,6 +97,29 @@ pub fn not_ready_message(templates: &[MachineTemplate]) -> String {
     notes.join("; ")
 }
 
+/// The templateIds several offered templates share, each with their names:
+/// such an id cannot say which template is meant, so it is not offered and
+/// requestMachines refuses it (never the first by name).
+pub fn duplicate_ids(templates: &[MachineTemplate]) -> BTreeMap<String, Vec<String>> {
+    let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for mt in templates {
+        by_id
+            .entry(template_id(mt))
+            .or_default()
+            .push(mt.name_any());
+    }
+    by_id.retain(|_, names| names.len() > 1);
+    by_id
+}
+
+/// The message naming a templateId several templates share.
+pub fn ambiguous_message(id: &str, names: &[String]) -> String {
+    format!(
+        "templateId {id} is ambiguous: templates {} share it; rename one (annotation {TEMPLATE_ID_ANNOTATION})",
+        names.join(", ")
+    )
+}
+
 /// The offered templates, sorted by name.
 pub async fn list(client: &Client, config: &HfConfig) -> Result<Vec<MachineTemplate>, HfError> {
     let api: Api<MachineTemplate> = Api::namespaced(client.clone(), &config.namespace);
@@ -124,10 +147,36 @@ pub async fn get_available_templates(
     config: &HfConfig,
 ) -> Result<TemplatesOut, HfError> {
     let templates = list(client, config).await?;
-    Ok(TemplatesOut {
-        templates: templates.iter().map(offer).collect(),
-        message: not_ready_message(&templates),
-    })
+    Ok(answer(&templates))
+}
+
+/// getAvailableTemplates' answer for `templates`: a templateId several of
+/// them share is listed once, with nothing available, and named in `message`.
+pub fn answer(templates: &[MachineTemplate]) -> TemplatesOut {
+    let duplicates = duplicate_ids(templates);
+    let mut offered: Vec<TemplateOut> = vec![];
+    for mt in templates {
+        let mut out = offer(mt);
+        if duplicates.contains_key(&out.template_id) {
+            if offered.iter().any(|o| o.template_id == out.template_id) {
+                continue;
+            }
+            out.available_number = 0;
+        }
+        offered.push(out);
+    }
+    let mut notes: Vec<String> = duplicates
+        .iter()
+        .map(|(id, names)| ambiguous_message(id, names))
+        .collect();
+    let not_ready = not_ready_message(templates);
+    if !not_ready.is_empty() {
+        notes.push(not_ready);
+    }
+    TemplatesOut {
+        templates: offered,
+        message: notes.join("; "),
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +268,36 @@ mod tests {
         assert_eq!(
             out.attributes["type"],
             ["String".to_string(), "ARM64".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_template_id_two_templates_share_is_listed_once_with_nothing_available() {
+        let named = |name: &str, id: &str| {
+            let mut mt = template(json!({}), Some(10));
+            mt.metadata.name = Some(name.into());
+            mt.metadata.annotations =
+                Some([(TEMPLATE_ID_ANNOTATION.to_string(), id.to_string())].into());
+            mt
+        };
+        let out = answer(&[
+            named("a", "Compute"),
+            named("b", "Compute"),
+            named("c", "Gpu"),
+        ]);
+        let ids: Vec<&str> = out
+            .templates
+            .iter()
+            .map(|t| t.template_id.as_str())
+            .collect();
+        assert_eq!(ids, ["Compute", "Gpu"]);
+        assert_eq!(out.templates[0].available_number, 0);
+        assert_eq!(out.templates[1].available_number, 7);
+        assert!(
+            out.message
+                .contains("templateId Compute is ambiguous: templates a, b"),
+            "{}",
+            out.message
         );
     }
 

@@ -21,6 +21,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
 mod answers;
+mod hostile;
 mod spot;
 
 use answers::{assert_machine_shape, eventually, host, moto_facts, status_of};

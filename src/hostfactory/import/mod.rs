@@ -9,15 +9,24 @@
 //! directory argument stands for the template files in it. Every field that is
 //! not mapped is reported on stderr and in a comment at the top of the
 //! manifest; `--strict` makes any such field fail the import.
+//!
+//! User data scripts are read only from the template file's directory (and
+//! below) unless `--allow-outside`, and only up to EC2's 16 KiB. Files written
+//! with `--out` are created new (an existing file or a symlink in the way is
+//! an error, never overwritten or followed), mode 0600 when they hold a
+//! Secret. A closed stdout (`| head`) ends the import with an error, not a
+//! panic.
 
 pub mod fields;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value};
 
-pub use fields::{convert, Converted, Note, OFFERED_LABEL};
+pub use fields::{convert, convert_with, Converted, Note, OFFERED_LABEL};
 
 /// Arguments of `hostforge hf import-templates`.
 #[derive(Debug, clap::Args)]
@@ -35,6 +44,9 @@ pub struct ImportArgs {
     /// Fail (exit 1) when any field could not be mapped.
     #[arg(long)]
     pub strict: bool,
+    /// Read userDataScript files outside the template file's directory too.
+    #[arg(long)]
+    pub allow_outside: bool,
 }
 
 /// Why an import failed.
@@ -180,6 +192,16 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Map<String, Value>>, Im
 /// Reads every file, keeps the highest-priority definition of each templateId
 /// (a later file wins a tie) and converts them, in templateId order.
 pub fn import(files: &[PathBuf], namespace: Option<&str>) -> Result<Vec<Imported>, ImportError> {
+    import_with(files, namespace, false)
+}
+
+/// [`import`], reading user data scripts outside the template files'
+/// directories too when `allow_outside`.
+pub fn import_with(
+    files: &[PathBuf],
+    namespace: Option<&str>,
+    allow_outside: bool,
+) -> Result<Vec<Imported>, ImportError> {
     let mut sources: Vec<Source> = vec![];
     for arg in files {
         for path in expand(arg)? {
@@ -220,9 +242,11 @@ pub fn import(files: &[PathBuf], namespace: Option<&str>) -> Result<Vec<Imported
         };
         let dir = winner.path.parent().unwrap_or(Path::new("."));
         let converted =
-            convert(&winner.template, dir, namespace).map_err(|message| ImportError::Template {
-                path: winner.path.clone(),
-                message,
+            convert_with(&winner.template, dir, namespace, allow_outside).map_err(|message| {
+                ImportError::Template {
+                    path: winner.path.clone(),
+                    message,
+                }
             })?;
         let overridden = defs
             .iter()
@@ -312,18 +336,49 @@ pub fn main(args: ImportArgs) -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hostforge hf import-templates: {err}");
+            // With stderr closed too there is nobody left to tell.
+            let _ = writeln!(std::io::stderr(), "hostforge hf import-templates: {err}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// Writes one report line to stderr; a closed stderr is not worth a panic.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes `text` into the new file `path` (never over an existing file or
+/// through a symlink), mode 0600 when `secret` (it holds user data).
+pub fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), ImportError> {
+    let err = |source: std::io::Error| ImportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                err(std::io::Error::new(
+                    e.kind(),
+                    "exists already; not overwritten (remove it or choose another --out)",
+                ))
+            } else {
+                err(e)
+            }
+        })?;
+    file.write_all(text.as_bytes()).map_err(err)
+}
+
 fn run(args: &ImportArgs) -> Result<(), ImportError> {
-    let imported = import(&args.files, args.namespace.as_deref())?;
+    let imported = import_with(&args.files, args.namespace.as_deref(), args.allow_outside)?;
     let mut unmapped = 0;
     for i in &imported {
         for line in report(i) {
-            eprintln!("{line}");
+            say(&line);
         }
         unmapped += i.converted.notes.len();
     }
@@ -338,16 +393,19 @@ fn run(args: &ImportArgs) -> Result<(), ImportError> {
             })?;
             for i in &imported {
                 let path = dir.join(format!("{}.yaml", i.converted.name));
-                std::fs::write(&path, render(i)).map_err(|source| ImportError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
-                eprintln!("wrote {}", path.display());
+                write_new(&path, &render(i), i.converted.secret.is_some())?;
+                say(&format!("wrote {}", path.display()));
             }
         }
         None => {
             let stream: Vec<String> = imported.iter().map(render).collect();
-            print!("{}", stream.join("---\n"));
+            let mut out = std::io::stdout().lock();
+            out.write_all(stream.join("---\n").as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|source| ImportError::Write {
+                    path: PathBuf::from("<stdout>"),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -399,6 +457,31 @@ mod tests {
         let yaml = render(a);
         assert!(yaml.starts_with("# Imported by"));
         assert!(yaml.contains("kind: MachineTemplate") && yaml.contains("namespace: hpc"));
+    }
+
+    #[test]
+    fn out_files_are_new_private_when_secret_and_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("a.yaml");
+        write_new(&secret, "kind: Secret\n", true).expect("written");
+        let mode = std::fs::metadata(&secret)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = write_new(&secret, "other", true).expect_err("exists");
+        assert!(again.to_string().contains("not overwritten"), "{again}");
+        assert_eq!(
+            std::fs::read_to_string(&secret).expect("read"),
+            "kind: Secret\n"
+        );
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep").expect("write");
+        let link = dir.path().join("b.yaml");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        write_new(&link, "through the link", false).expect_err("a symlink is in the way");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep");
     }
 
     #[test]

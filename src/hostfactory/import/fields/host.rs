@@ -142,22 +142,31 @@ pub(super) fn tags(c: &mut Cursor) -> BTreeMap<String, String> {
     out
 }
 
+/// EC2's limit for user data, before base64 encoding.
+pub const MAX_USER_DATA_BYTES: u64 = 16 * 1024;
+
 /// userDataScript (a file) → a Secret and spec.userData.secretRef.
+///
+/// The script must be a regular file of at most [`MAX_USER_DATA_BYTES`] in
+/// the template file's directory (or below it) unless `allow_outside`: a
+/// template file naming `/etc/shadow` or `../../.ssh/id_rsa` must not get
+/// that file copied into a Secret.
 pub(super) fn user_data(
     c: &mut Cursor,
     spec: &mut Map<String, Value>,
     name: &str,
     dir: &Path,
     namespace: Option<&str>,
+    allow_outside: bool,
 ) -> Option<Value> {
     let script = c.string("userDataScript")?;
     let path = dir.join(&script);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read_script(&path, dir, allow_outside) {
         Ok(t) => t,
-        Err(e) => {
+        Err(why) => {
             c.note(
                 "userDataScript",
-                format!("cannot read {}: {e}; not mapped", path.display()),
+                format!("{}: {why}; not mapped", path.display()),
             );
             return None;
         }
@@ -178,4 +187,40 @@ pub(super) fn user_data(
         "type": "Opaque",
         "stringData": {"userData": text},
     }))
+}
+
+/// The text of user data script `path`, checked as [`user_data`] says.
+fn read_script(path: &Path, dir: &Path, allow_outside: bool) -> Result<String, String> {
+    use std::io::Read;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !allow_outside {
+        let base =
+            std::fs::canonicalize(dir).map_err(|e| format!("cannot read its directory: {e}"))?;
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "outside the template file's directory {} (pass --allow-outside to read it)",
+                base.display()
+            ));
+        }
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_USER_DATA_BYTES {
+        return Err(format!(
+            "{} bytes, above EC2's user data limit of {MAX_USER_DATA_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut bytes = vec![];
+    std::fs::File::open(&real)
+        .and_then(|f| f.take(MAX_USER_DATA_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_USER_DATA_BYTES {
+        return Err(format!(
+            "above EC2's user data limit of {MAX_USER_DATA_BYTES} bytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }

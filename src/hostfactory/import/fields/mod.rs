@@ -52,12 +52,24 @@ pub struct Converted {
     pub notes: Vec<Note>,
 }
 
-/// Converts one template object; `dir` is where relative script paths start,
-/// `namespace` goes into the manifests when given.
+/// Converts one template object; `dir` is where relative script paths start
+/// (and the only place scripts are read from), `namespace` goes into the
+/// manifests when given.
 pub fn convert(
     source: &Map<String, Value>,
     dir: &Path,
     namespace: Option<&str>,
+) -> Result<Converted, String> {
+    convert_with(source, dir, namespace, false)
+}
+
+/// [`convert`], reading user data scripts outside `dir` too when
+/// `allow_outside` (`--allow-outside`).
+pub fn convert_with(
+    source: &Map<String, Value>,
+    dir: &Path,
+    namespace: Option<&str>,
+    allow_outside: bool,
 ) -> Result<Converted, String> {
     let mut c = Cursor::new(source);
     let template_id = c
@@ -79,7 +91,7 @@ pub fn convert(
         spec.insert("tags".into(), json!(tags));
     }
     max_machines(&mut c, &mut spec);
-    let secret = host::user_data(&mut c, &mut spec, &name, dir, namespace);
+    let secret = host::user_data(&mut c, &mut spec, &name, dir, namespace, allow_outside);
     unmapped::note_the_rest(&mut c);
 
     let mut metadata = json!({
@@ -300,6 +312,38 @@ mod tests {
         let c = convert(missing.as_object().expect("object"), dir.path(), None).expect("converts");
         assert!(c.secret.is_none());
         assert_eq!(fields(&c), ["userDataScript"]);
+    }
+
+    #[test]
+    fn scripts_outside_the_template_directory_or_too_large_are_not_read() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("conf");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(root.path().join("secret.key"), "PRIVATE").expect("write");
+        std::fs::write(dir.join("big.sh"), "#".repeat(16 * 1024 + 1)).expect("write");
+        let with = |script: &str| {
+            json!({"templateId": "t", "imageId": "ami-12345678", "vmType": "t3.micro",
+                   "userDataScript": script})
+        };
+        let outside = root.path().join("secret.key");
+        for script in ["../secret.key", outside.to_str().expect("utf-8")] {
+            let t = with(script);
+            let c = convert(t.as_object().expect("object"), &dir, None).expect("converts");
+            assert!(c.secret.is_none(), "{script} was read");
+            assert!(
+                c.notes[0].message.contains("--allow-outside"),
+                "{:?}",
+                c.notes
+            );
+            let allowed =
+                convert_with(t.as_object().expect("object"), &dir, None, true).expect("converts");
+            let secret = allowed.secret.expect("read when allowed");
+            assert_eq!(secret["stringData"]["userData"], "PRIVATE");
+        }
+        let t = with("big.sh");
+        let c = convert_with(t.as_object().expect("object"), &dir, None, true).expect("converts");
+        assert!(c.secret.is_none());
+        assert!(c.notes[0].message.contains("16384"), "{:?}", c.notes);
     }
 
     #[test]
