@@ -131,15 +131,18 @@ fn degraded_message(mr: &MachineRequest) -> String {
         .unwrap_or_default()
 }
 
-/// Templates a crash left behind (this cluster's tags, hostforge names, no
-/// Pending batch) are deleted once older than the grace period; a template
-/// with a hostforge name but without this cluster's tag is not touched.
+/// Templates a crash left behind (this cluster's name and identity tags,
+/// hostforge names, no Pending batch) are deleted once older than the grace
+/// period; a template with a hostforge name but another cluster's name, or
+/// this cluster's name and another identity (a second cluster given the same
+/// clusterName), is not touched.
 #[tokio::test]
 async fn leaked_launch_templates_are_collected() {
     let (env, fwd) = bed("lt-collect").await;
     let ns = env.namespace.clone();
     let cluster = ns.clone();
     let gone_request = format!("{ns}/gone");
+    let id = env.cluster_id().await;
     for i in 1..=2 {
         let batch = format!("deadbeef-{i}");
         moto_template(
@@ -147,6 +150,7 @@ async fn leaked_launch_templates_are_collected() {
             &format!("hostforge-{batch}-{ns}"),
             &[
                 ("hostforge.io/cluster", &cluster),
+                ("hostforge.io/cluster-id", &id),
                 ("hostforge.io/request", &gone_request),
                 ("hostforge.io/request-uid", "0000-gone"),
                 ("hostforge.io/batch", &batch),
@@ -164,10 +168,32 @@ async fn leaked_launch_templates_are_collected() {
         ],
     )
     .await;
-    assert_eq!(cluster_templates(&env, &cluster).await.len(), 2);
+    // Same cluster name, another cluster's identity: never collected.
+    let twin = format!("hostforge-twin-{ns}");
+    moto_template(
+        &env,
+        &twin,
+        &[
+            ("hostforge.io/cluster", &cluster),
+            ("hostforge.io/cluster-id", "another-identity"),
+            ("hostforge.io/request", &gone_request),
+            ("hostforge.io/request-uid", "0000-gone"),
+            ("hostforge.io/batch", "deadbeef-3"),
+        ],
+    )
+    .await;
+    assert_eq!(cluster_templates(&env, &cluster).await.len(), 3);
 
     let op = OperatorProcess::start(&env, &config(&env, &fwd, "gcGracePeriod: 1s\n")).await;
-    wait_no_templates(&env, &cluster).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster_templates(&env, &cluster).await != [twin.clone()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left: {:?}",
+            cluster_templates(&env, &cluster).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(
         cluster_templates(&env, "another-cluster")
             .await

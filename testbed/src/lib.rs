@@ -97,6 +97,18 @@ impl TestEnv {
         }
     }
 
+    /// This control plane's cluster identity as the operator derives it:
+    /// the uid of its `kube-system` namespace.
+    pub async fn cluster_id(&self) -> String {
+        Api::<Namespace>::all(self.client.clone())
+            .get("kube-system")
+            .await
+            .expect("get namespace kube-system")
+            .metadata
+            .uid
+            .expect("kube-system has a uid")
+    }
+
     /// Runs kubectl against the bed (no namespace implied; pass `-n`).
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.bed.kubectl(args)

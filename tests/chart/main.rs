@@ -233,7 +233,7 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
         hostforge::kube_client::DEFAULT_MAX_IN_FLIGHT
     );
 
-    // Namespace mode: Roles only, the operator told to watch that namespace.
+    // Namespace mode: Roles, the operator told to watch that namespace.
     let out = helm_ok(
         &env,
         &[
@@ -258,7 +258,33 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let parsed =
         hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
     assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
-    assert!(find(&docs, "ClusterRole").is_empty() && find(&docs, "ClusterRoleBinding").is_empty());
+    // Namespace mode: cluster-wide, only `get` on namespaces/kube-system
+    // (this cluster's identity)...
+    let cluster_roles = find(&docs, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1, "{cluster_roles:#?}");
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}])
+    );
+    assert_eq!(find(&docs, "ClusterRoleBinding").len(), 1);
+    // ...and nothing cluster-wide once clusterId says who the cluster is.
+    let with_id = documents(&helm_ok(
+        &env,
+        &[
+            "template",
+            "demo",
+            &c,
+            "--set",
+            "config.clusterName=demo",
+            "--set",
+            "config.clusterId=prod-east-2026",
+            "--set",
+            "watchNamespace=team-a",
+        ],
+    ));
+    assert!(
+        find(&with_id, "ClusterRole").is_empty() && find(&with_id, "ClusterRoleBinding").is_empty()
+    );
     let roles = find(&docs, "Role");
     assert!(roles.iter().any(|r| r["metadata"]["namespace"] == "team-a"));
     assert_eq!(find(&docs, "NetworkPolicy").len(), 1);
