@@ -13,10 +13,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::Filter;
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{
-    create_request, create_template, is_ready, requests, status_live, uid, wait_request,
+    create_request, create_template, is_ready, moto_live_in_cluster, requests, status_live, uid,
+    wait_request,
 };
 use hostforge_testbed::operator::default_config;
 use hostforge_testbed::{second_bed, OperatorProcess, TestEnv, AL2023_PARAM};
@@ -58,29 +58,9 @@ async fn template(env: &TestEnv) {
 
 /// Running or pending instances in moto tagged with `cluster_name`.
 async fn live_in_cluster(env: &TestEnv, cluster_name: &str) -> BTreeSet<String> {
-    let out = env
-        .ec2()
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:hostforge.io/cluster")
-                .values(cluster_name)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .build(),
-        )
-        .send()
+    moto_live_in_cluster(&env.ec2(), cluster_name)
         .await
-        .expect("DescribeInstances");
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(str::to_string))
+        .into_iter()
         .collect()
 }
 

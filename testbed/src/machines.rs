@@ -182,6 +182,48 @@ pub async fn moto_live(env: &TestEnv, uid: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// moto's pending/running instances tagged `hostforge.io/cluster=<cluster>`
+/// (every page): what a cluster runs, whichever request they belong to.
+pub async fn moto_live_in_cluster(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:hostforge.io/cluster")
+                    .values(cluster)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .max_results(1000)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("DescribeInstances on moto");
+        ids.extend(
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id().map(str::to_string)),
+        );
+        token = out
+            .next_token()
+            .map(str::to_string)
+            .filter(|t| !t.is_empty());
+        if token.is_none() {
+            return ids;
+        }
+    }
+}
+
 /// The request's uid.
 pub fn uid(mr: &MachineRequest) -> String {
     mr.metadata.uid.clone().expect("request has a uid")

@@ -6,49 +6,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use hostforge::api::MachineRequest;
-use hostforge_testbed::machines::status_live;
+use hostforge_testbed::machines::{moto_live_in_cluster, status_live};
 use hostforge_testbed::TestEnv;
-
-/// moto's pending/running instances tagged for `cluster`.
-async fn moto_live_for_cluster(ec2: &aws_sdk_ec2::Client, cluster: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = ec2
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name("tag:hostforge.io/cluster")
-                    .values(cluster)
-                    .build(),
-            )
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .build(),
-            )
-            .max_results(1000)
-            .set_next_token(token)
-            .send()
-            .await
-            .expect("DescribeInstances on moto");
-        ids.extend(
-            out.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.instance_id().map(str::to_string)),
-        );
-        token = out
-            .next_token()
-            .map(str::to_string)
-            .filter(|t| !t.is_empty());
-        if token.is_none() {
-            return ids;
-        }
-    }
-}
 
 /// Duplicates (ids listed by more than one request, or more live machines in
 /// status than count) and leaks (running in moto, listed nowhere) after a phase.
@@ -63,7 +22,7 @@ pub(super) async fn audit(env: &TestEnv, list: &[MachineRequest]) -> (usize, usi
         }
     }
     let listed_twice = seen.values().filter(|n| **n > 1).count();
-    let in_moto: BTreeSet<String> = moto_live_for_cluster(&env.ec2(), &env.namespace)
+    let in_moto: BTreeSet<String> = moto_live_in_cluster(&env.ec2(), &env.namespace)
         .await
         .into_iter()
         .collect();
