@@ -14,6 +14,7 @@ use crate::api::{
     ImageSourceKind, InstanceTypeInfo, MachineTemplate, MachineTemplateSpec, MachineTemplateStatus,
     ResolvedImage,
 };
+use crate::config::policy::{Asked, Denied};
 use crate::controller::reason::Reason;
 use crate::controller::Context;
 use crate::provider::{self, MachineProvider, ProviderError};
@@ -71,6 +72,18 @@ fn not_configured(provider_name: &str) -> String {
     format!("provider {provider_name:?} is not configured in the operator")
 }
 
+/// The NotReady of a template outside the tenant policy. The message names
+/// the value at fault only; the operator's log says which template it was.
+fn policy_denied(mt: &MachineTemplate, denied: Denied, retry: Option<Duration>) -> NotReady {
+    warn!(
+        namespace = %mt.metadata.namespace.as_deref().unwrap_or_default(),
+        template = %mt.metadata.name.as_deref().unwrap_or_default(),
+        denied = %denied,
+        "template is outside the tenant policy"
+    );
+    NotReady::new(Reason::PolicyDenied, denied.0, retry)
+}
+
 /// A template that is Ready: its image, the first instance type's size (when
 /// the provider could tell) and when to look at it again.
 pub struct Ready {
@@ -109,6 +122,13 @@ pub async fn evaluate(
             None,
         )
     })?;
+    let policy = ctx.config.tenant_policy(&provider_name);
+    if let Some(policy) = policy {
+        let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
+        policy
+            .admits(&Asked::of(namespace, &provider_name, spec))
+            .map_err(|denied| policy_denied(mt, denied, None))?;
+    }
     let (source, kind) = image_source(spec)?;
 
     // The provider checks cost AWS calls: only when the spec changed or the
@@ -128,6 +148,17 @@ pub async fn evaluate(
         .expires_in(&provider_name, &source)
         .unwrap_or(ctx.config.image_cache_ttl)
         + Duration::from_secs(1);
+    if let Some(policy) = policy {
+        policy
+            .admits_image(
+                &image.id,
+                image.owner_id.as_deref(),
+                image.owner_alias.as_deref(),
+            )
+            // An image source (SSM parameter, selector) may resolve to
+            // another image later: look again when the cache entry expires.
+            .map_err(|denied| policy_denied(mt, denied, Some(refresh_in)))?;
+    }
     let type_info = first_type_info(provider.as_ref(), spec).await;
     Ok(Ready {
         type_info,
