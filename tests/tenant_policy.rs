@@ -217,6 +217,39 @@ async fn a_profile_or_image_owner_outside_the_policy_is_denied_by_value() {
 }
 
 #[tokio::test]
+async fn a_namespace_selector_admits_a_namespace_once_labelled() {
+    let (env, fwd, _op) = bed(
+        "policy-selector",
+        Some("{namespaceSelector: {matchLabels: {hostforge.io/tenant: gold}}}"),
+    )
+    .await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    create_request(&env, "r", "compute", 1, true).await;
+    let mt = wait_template(&env, "compute", "PolicyDenied", WAIT, policy_denied).await;
+    let (_, _, message) = ready_of(&mt).expect("Ready");
+    assert!(!message.contains("gold"), "the selector leaks: {message}");
+    wait_request_held_by_policy(&env, "r").await;
+    assert_eq!(launches(&fwd), 0);
+
+    // Labelled, the namespace is selected: the template turns Ready once the
+    // cached labels expire (30 s) and the request is filled.
+    env.kubectl_ok(&[
+        "label",
+        "namespace",
+        &env.namespace,
+        "hostforge.io/tenant=gold",
+    ]);
+    wait_template(&env, "compute", "Ready", 3 * WAIT, template_is_ready).await;
+    wait_request(&env, "r", "Ready", 3 * WAIT, is_ready).await;
+    assert!(launches(&fwd) >= 1);
+}
+
+#[tokio::test]
 async fn a_user_data_secret_is_read_only_once_labelled() {
     let (env, fwd, _op) = bed("policy-userdata", None).await;
     let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.namespace);

@@ -8,7 +8,7 @@
 //! launch nothing. A denial names the field and the value at fault, never
 //! what is allowed: tenants must not learn each other's configuration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
@@ -24,9 +24,12 @@ pub const USER_DATA_LABEL: &str = "hostforge.io/user-data";
 /// What a provider allows; every list that is absent allows anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantPolicy {
-    /// `namespaces`: the namespaces whose templates may use the provider
-    /// (None: any namespace).
+    /// `namespaces`: the namespaces whose templates may use the provider.
+    /// With neither this nor a selector, any namespace may.
     pub namespaces: Option<BTreeSet<String>>,
+    /// `namespaceSelector.matchLabels`: namespaces carrying all these labels
+    /// may use the provider too (the operator reads namespaces' labels).
+    pub namespace_selector: Option<BTreeMap<String, String>>,
     /// `instanceProfiles`: the instance profiles (names or ARNs, compared
     /// exactly) a template may give its machines; a template with none passes.
     pub instance_profiles: Option<BTreeSet<String>>,
@@ -54,6 +57,9 @@ pub struct Asked<'a> {
     pub namespace: &'a str,
     /// The provider's name (the template's or the default).
     pub provider: &'a str,
+    /// The namespace's labels, when known (needed by a namespace selector;
+    /// unknown labels match no selector).
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     /// `spec.instanceProfile`.
     pub instance_profile: Option<&'a str>,
     /// `spec.subnetIds`.
@@ -68,6 +74,7 @@ impl<'a> Asked<'a> {
         Asked {
             namespace,
             provider,
+            namespace_labels: None,
             instance_profile: spec.instance_profile.as_deref(),
             subnet_ids: &spec.subnet_ids,
             security_group_ids: &spec.security_group_ids,
@@ -79,13 +86,11 @@ impl TenantPolicy {
     /// Whether the template may use the provider as it asks (everything but
     /// the image, which is known once resolved: [`TenantPolicy::admits_image`]).
     pub fn admits(&self, asked: &Asked<'_>) -> Result<(), Denied> {
-        if let Some(allowed) = &self.namespaces {
-            if !allowed.contains(asked.namespace) {
-                return Err(Denied(format!(
-                    "namespace {:?} may not use provider {:?} (the operator's tenant policy)",
-                    asked.namespace, asked.provider
-                )));
-            }
+        if !self.admits_namespace(asked.namespace, asked.namespace_labels) {
+            return Err(Denied(format!(
+                "namespace {:?} may not use provider {:?} (the operator's tenant policy)",
+                asked.namespace, asked.provider
+            )));
         }
         if let (Some(allowed), Some(profile)) = (&self.instance_profiles, asked.instance_profile) {
             if !allowed.contains(profile) {
@@ -106,6 +111,28 @@ impl TenantPolicy {
             &self.security_group_ids,
             asked.security_group_ids,
         )
+    }
+
+    /// Whether the policy needs the namespace's labels (it has a selector).
+    pub fn needs_namespace_labels(&self) -> bool {
+        self.namespace_selector.is_some()
+    }
+
+    /// Whether the namespace is listed or its labels match the selector;
+    /// with neither configured, every namespace is.
+    fn admits_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
+        if self.namespaces.is_none() && self.namespace_selector.is_none() {
+            return true;
+        }
+        let listed = self
+            .namespaces
+            .as_ref()
+            .is_some_and(|names| names.contains(namespace));
+        let selected = match (&self.namespace_selector, labels) {
+            (Some(wanted), Some(labels)) => wanted.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            _ => false,
+        };
+        listed || selected
     }
 
     /// Whether an image with this owner (account id, and the alias EC2
@@ -161,6 +188,8 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     namespaces: Option<Vec<String>>,
     #[serde(default)]
+    namespace_selector: Option<RawSelector>,
+    #[serde(default)]
     instance_profiles: Option<Vec<String>>,
     #[serde(default)]
     subnet_ids: Option<Vec<String>>,
@@ -170,6 +199,13 @@ pub(super) struct RawPolicy {
     image_owners: Option<Vec<String>>,
 }
 
+/// `namespaceSelector` as written: equality on labels only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSelector {
+    match_labels: BTreeMap<String, String>,
+}
+
 /// Image owner aliases EC2 reports (`ImageOwnerAlias`).
 const OWNER_ALIASES: [&str; 2] = ["amazon", "aws-marketplace"];
 
@@ -177,6 +213,15 @@ impl RawPolicy {
     /// Checks every value; problems come back as (key, message) under `key`.
     pub(super) fn validate(self, key: &str) -> Result<TenantPolicy, Vec<(String, String)>> {
         let mut problems = Vec::new();
+        let namespace_selector = self.namespace_selector.map(|sel| sel.match_labels);
+        if namespace_selector.as_ref().is_some_and(|labels| {
+            labels.is_empty() || labels.keys().any(|k| k.is_empty() || k.len() > 317)
+        }) {
+            problems.push((
+                format!("{key}.namespaceSelector.matchLabels"),
+                "must name at least one label, each with a key of 1 to 317 characters".into(),
+            ));
+        }
         let mut list = |field: &str,
                         values: Option<Vec<String>>,
                         check: &dyn Fn(&str) -> Result<(), String>| {
@@ -190,6 +235,7 @@ impl RawPolicy {
             })
         };
         let policy = TenantPolicy {
+            namespace_selector,
             namespaces: list("namespaces", self.namespaces, &check_dns_label),
             instance_profiles: list(
                 "instanceProfiles",
@@ -271,6 +317,7 @@ mod tests {
         Asked {
             namespace: ns,
             provider: "aws-a",
+            namespace_labels: None,
             instance_profile: None,
             subnet_ids: subnets,
             security_group_ids: sgs,
@@ -297,6 +344,38 @@ mod tests {
             "namespace \"team-b\" may not use provider \"aws-a\" (the operator's tenant policy)"
         );
         assert!(!err.0.contains("team-a"), "{err}");
+    }
+
+    #[test]
+    fn a_namespace_is_admitted_by_name_or_by_its_labels() {
+        let p = TenantPolicy {
+            namespaces: set(&["team-a"]),
+            namespace_selector: Some([("tenant".to_string(), "gold".to_string())].into()),
+            ..Default::default()
+        };
+        assert!(p.needs_namespace_labels());
+        assert_eq!(p.admits(&asked("team-a", &[], &[])), Ok(()));
+        let mut a = asked("team-b", &[], &[]);
+        assert!(p.admits(&a).is_err(), "unknown labels match no selector");
+        let gold: BTreeMap<String, String> = [
+            ("tenant".to_string(), "gold".to_string()),
+            ("x".to_string(), "y".to_string()),
+        ]
+        .into();
+        a.namespace_labels = Some(&gold);
+        assert_eq!(p.admits(&a), Ok(()));
+        let silver: BTreeMap<String, String> =
+            [("tenant".to_string(), "silver".to_string())].into();
+        a.namespace_labels = Some(&silver);
+        assert!(p.admits(&a).is_err());
+        let selector_only = TenantPolicy {
+            namespace_selector: p.namespace_selector.clone(),
+            ..Default::default()
+        };
+        assert!(selector_only.admits(&a).is_err());
+        a.namespace_labels = Some(&gold);
+        assert_eq!(selector_only.admits(&a), Ok(()));
+        assert!(!TenantPolicy::default().needs_namespace_labels());
     }
 
     #[test]
@@ -385,5 +464,15 @@ mod tests {
             ]
         );
         assert!(serde_yaml::from_str::<RawPolicy>("{namespace: [a]}").is_err());
+        let raw: RawPolicy =
+            serde_yaml::from_str("{namespaceSelector: {matchLabels: {}}}").expect("parses");
+        let problems = raw
+            .validate("p")
+            .expect_err("an empty selector selects everything");
+        assert_eq!(problems[0].0, "p.namespaceSelector.matchLabels");
+        assert!(serde_yaml::from_str::<RawPolicy>(
+            "{namespaceSelector: {matchExpressions: [{key: a, operator: Exists}]}}"
+        )
+        .is_err());
     }
 }

@@ -311,7 +311,7 @@ async fn secret_reads_can_be_bound_to_listed_namespaces() {
             &format!("rbac.secretNamespaces={{{ns}}}"),
             "--set-json",
             &format!(
-                r#"config.providers=[{{"name":"a","type":"aws","region":"us-east-1","policy":{{"namespaces":["{ns}"],"imageOwners":["amazon"]}}}}]"#
+                r#"config.providers=[{{"name":"a","type":"aws","region":"us-east-1","policy":{{"namespaces":["{ns}"],"namespaceSelector":{{"matchLabels":{{"tier":"gold"}}}},"imageOwners":["amazon"]}}}}]"#
             ),
         ],
     );
@@ -329,6 +329,9 @@ async fn secret_reads_can_be_bound_to_listed_namespaces() {
     }
     assert!(!can_i("kube-system"), "secrets readable outside the list");
     assert!(!can_i("default"), "secrets readable outside the list");
+    // The selector needs the namespaces' labels.
+    let out = env.kubectl(&["auth", "can-i", "get", "namespaces/default", "--as", &user]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
     // The operator's other cluster-wide rights are still there.
     let out = env.kubectl(&[
         "auth",
@@ -354,6 +357,7 @@ async fn secret_reads_can_be_bound_to_listed_namespaces() {
         .unwrap_or_else(|e| panic!("chart config rejected: {e}\n{config}"));
     let policy = parsed.tenant_policy("a").expect("the policy is rendered");
     assert!(policy.namespaces.as_ref().is_some_and(|n| n.contains(ns)));
+    assert!(policy.needs_namespace_labels());
     assert!(policy
         .image_owners
         .as_ref()

@@ -17,6 +17,8 @@ use crate::api::{
 use crate::config::policy::{Asked, Denied};
 use crate::controller::reason::Reason;
 use crate::controller::Context;
+
+use super::namespaces;
 use crate::provider::{self, MachineProvider, ProviderError};
 
 /// How long to wait before retrying a template whose provider said "no" in a
@@ -125,9 +127,29 @@ pub async fn evaluate(
     let policy = ctx.config.tenant_policy(&provider_name);
     if let Some(policy) = policy {
         let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
+        let labels = if policy.needs_namespace_labels() {
+            let labels = namespaces::labels(&ctx.client, namespace)
+                .await
+                .map_err(|e| {
+                    NotReady::new(
+                        Reason::KubeApiError,
+                        format!("reading the labels of namespace {namespace} for the operator's tenant policy: {e}"),
+                        Some(RETRY_TRANSIENT),
+                    )
+                })?;
+            Some(labels)
+        } else {
+            None
+        };
+        let mut asked = Asked::of(namespace, &provider_name, spec);
+        asked.namespace_labels = labels.as_ref();
+        // A selector's answer changes with the namespace's labels: look again.
+        let retry = policy
+            .needs_namespace_labels()
+            .then_some(namespaces::LABELS_TTL);
         policy
-            .admits(&Asked::of(namespace, &provider_name, spec))
-            .map_err(|denied| policy_denied(mt, denied, None))?;
+            .admits(&asked)
+            .map_err(|denied| policy_denied(mt, denied, retry))?;
     }
     let (source, kind) = image_source(spec)?;
 
