@@ -258,7 +258,14 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let parsed =
         hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
     assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
-    assert!(find(&docs, "ClusterRole").is_empty() && find(&docs, "ClusterRoleBinding").is_empty());
+    // Cluster-scoped: only the read of kube-system's uid (the cluster identity).
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        let names: Vec<&Value> = find(&docs, kind)
+            .iter()
+            .map(|d| &d["metadata"]["name"])
+            .collect();
+        assert_eq!(names, [&json!("demo-hostforge-cluster-identity")], "{kind}");
+    }
     let roles = find(&docs, "Role");
     assert!(roles.iter().any(|r| r["metadata"]["namespace"] == "team-a"));
     assert_eq!(find(&docs, "NetworkPolicy").len(), 1);
