@@ -247,6 +247,18 @@ async fn a_namespace_selector_admits_a_namespace_once_labelled() {
     wait_template(&env, "compute", "Ready", 3 * WAIT, template_is_ready).await;
     wait_request(&env, "r", "Ready", 3 * WAIT, is_ready).await;
     assert!(launches(&fwd) >= 1);
+
+    // The label taken off, the admission ends (within the labels' TTL and
+    // the template's next look, not the image cache's).
+    env.kubectl_ok(&["label", "namespace", &env.namespace, "hostforge.io/tenant-"]);
+    wait_template(
+        &env,
+        "compute",
+        "PolicyDenied again",
+        3 * WAIT,
+        policy_denied,
+    )
+    .await;
 }
 
 #[tokio::test]

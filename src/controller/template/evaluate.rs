@@ -17,9 +17,9 @@ use crate::api::{
 use crate::config::policy::{Asked, Denied};
 use crate::controller::reason::Reason;
 use crate::controller::Context;
+use crate::provider::{self, MachineProvider, ProviderError};
 
 use super::namespaces;
-use crate::provider::{self, MachineProvider, ProviderError};
 
 /// How long to wait before retrying a template whose provider said "no" in a
 /// way that may change on its own (an image published later, a subnet created).
@@ -165,11 +165,15 @@ pub async fn evaluate(
         ctx.images.resolve(&provider, &source).await.map_err(|e| {
             NotReady::from_provider("resolving the image", Reason::ImageNotFound, &e)
         })?;
-    let refresh_in = ctx
+    let mut refresh_in = ctx
         .images
         .expires_in(&provider_name, &source)
         .unwrap_or(ctx.config.image_cache_ttl)
         + Duration::from_secs(1);
+    if policy.is_some_and(|p| p.needs_namespace_labels()) {
+        // A label taken off the namespace must end the admission soon too.
+        refresh_in = refresh_in.min(namespaces::LABELS_TTL);
+    }
     if let Some(policy) = policy {
         policy
             .admits_image(
