@@ -8,15 +8,18 @@
 
 mod checks;
 pub mod duration;
+pub mod policy;
 pub mod rate_limits;
 mod raw;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use policy::TenantPolicy;
 use rate_limits::RateLimitConfig;
 use raw::RawConfig;
 
@@ -92,6 +95,10 @@ pub struct OperatorConfig {
     pub providers: Vec<ProviderConfig>,
     /// The provider used by templates that name none.
     pub default_provider: String,
+    /// The tenant policies (`providers[].policy`) by provider name; a
+    /// provider without one admits every namespace and value (the
+    /// single-tenant default).
+    pub tenant_policies: BTreeMap<String, TenantPolicy>,
     /// How long a resolved image stays valid before it is looked up again.
     pub image_cache_ttl: Duration,
     /// Minimum age of an instance before garbage collection may terminate it.
@@ -244,6 +251,12 @@ impl OperatorConfig {
     /// The provider instance called `name`, if configured.
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// The tenant policy of the provider called `name`; None: it admits
+    /// everything (no policy configured).
+    pub fn tenant_policy(&self, name: &str) -> Option<&TenantPolicy> {
+        self.tenant_policies.get(name)
     }
 }
 
@@ -554,6 +567,41 @@ gcGracePeriod: 1h30m
             err(&format!("{base}gcGracePeriod: 0s\n")),
             r#"gcGracePeriod: "0s" is too short (at least 1s)"#
         );
+    }
+
+    #[test]
+    fn tenant_policies_are_read_per_provider_and_absent_by_default() {
+        let base = "clusterName: c\nproviders:\n- {name: a, type: aws, region: us-east-1}\n";
+        let c = OperatorConfig::from_yaml(base).expect("valid");
+        assert!(c.tenant_policy("a").is_none(), "single-tenant default");
+        let c = OperatorConfig::from_yaml(
+            "clusterName: c\nproviders:\n- name: a\n  type: aws\n  region: us-east-1\n  \
+             policy: {namespaces: [team-a], subnetIds: [subnet-0000000a], imageOwners: [amazon]}\n\
+             - {name: b, type: aws, region: us-east-1}\n",
+        )
+        .expect("valid");
+        let p = c.tenant_policy("a").expect("a policy");
+        assert_eq!(
+            p.namespaces
+                .as_ref()
+                .map(|n| n.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["team-a".to_string()])
+        );
+        assert!(p.instance_profiles.is_none() && p.security_group_ids.is_none());
+        assert!(c.tenant_policy("b").is_none());
+        let msg = err(
+            "clusterName: c\nproviders:\n- name: a\n  type: aws\n  region: us-east-1\n  \
+             policy: {imageOwners: [self]}\n",
+        );
+        assert!(
+            msg.starts_with("providers[0].policy.imageOwners[0]: \"self\" cannot be checked"),
+            "{msg}"
+        );
+        assert!(err(
+            "clusterName: c\nproviders:\n- name: a\n  type: aws\n  region: us-east-1\n  \
+             policy: {namespace: [x]}\n"
+        )
+        .contains("unknown field `namespace`"));
     }
 
     #[test]

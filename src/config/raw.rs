@@ -2,13 +2,14 @@
 //! every problem is collected with its key path, so one run of the operator
 //! names all of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::checks::{check_dns_label, check_region, check_role_arn, check_url};
 use super::duration::{format_duration, parse_duration};
+use super::policy::RawPolicy;
 use super::rate_limits::{RateLimitConfig, RawRateLimits};
 use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
@@ -102,6 +103,8 @@ struct RawProvider {
     assume_role_arn: Option<String>,
     #[serde(default)]
     rate_limits: Option<RawRateLimits>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
 }
 
 impl RawConfig {
@@ -147,6 +150,7 @@ impl RawConfig {
         }
         let mut seen = BTreeSet::new();
         let mut rate_limits = Vec::with_capacity(self.providers.len());
+        let mut tenant_policies = BTreeMap::new();
         for (i, p) in self.providers.iter_mut().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
             if let Err(msg) = check_dns_label(&p.name) {
@@ -183,6 +187,18 @@ impl RawConfig {
                 }),
             };
             rate_limits.push(limits);
+            if let Some(raw) = p.policy.take() {
+                match raw.validate(&key("policy")) {
+                    Ok(policy) => {
+                        tenant_policies.insert(p.name.clone(), policy);
+                    }
+                    Err(found) => {
+                        for (key, message) in found {
+                            problem(key, message);
+                        }
+                    }
+                }
+            }
         }
         let default_provider = match &self.default_provider {
             Some(name) => {
@@ -309,6 +325,7 @@ impl RawConfig {
                 })
                 .collect(),
             default_provider,
+            tenant_policies,
             image_cache_ttl,
             gc_grace_period,
             poll_interval,

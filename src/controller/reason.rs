@@ -82,6 +82,10 @@ pub enum Reason {
     InstanceTypeUnknown,
     /// The provider failed in a way hostforge does not classify.
     ProviderError,
+    /// The template is outside the operator's tenant policy for its
+    /// namespace (provider, subnet, security group, instance profile or
+    /// image owner).
+    PolicyDenied,
     // States that are not problems.
     /// All desired machines run.
     AllRunning,
@@ -137,6 +141,7 @@ impl Reason {
             Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
             Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
             Reason::ProviderError => "ProviderError",
+            Reason::PolicyDenied => "PolicyDenied",
             Reason::AllRunning => "AllRunning",
             Reason::Provisioning => "Provisioning",
             Reason::Launching => "Launching",

@@ -29,6 +29,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 mod evaluate;
+pub mod namespaces;
 mod usage;
 
 use super::reason::Reason;

@@ -170,6 +170,8 @@ impl MachineProvider for FakeProvider {
             creation_date: None,
             source: source.kind().to_string(),
             root_device_name: None,
+            owner_id: None,
+            owner_alias: None,
         })
     }
 

@@ -79,6 +79,12 @@ pub struct ResolvedImage {
     /// The image's root device name (e.g. `/dev/xvda`), needed to size the root
     /// volume at launch.
     pub root_device_name: Option<String>,
+    /// The account that owns the image, checked against a tenant policy's
+    /// `imageOwners`.
+    pub owner_id: Option<String>,
+    /// The owner alias EC2 reports for AWS-owned images (`amazon`,
+    /// `aws-marketplace`), also matched against `imageOwners`.
+    pub owner_alias: Option<String>,
 }
 
 #[cfg(test)]

@@ -313,6 +313,103 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs leaderElection.enabled=true"));
 }
 
+/// `rbac.secretNamespaces`: Secrets can be read in the listed namespaces only
+/// (a Role + RoleBinding each), not cluster-wide; and a provider's tenant
+/// `policy` reaches the operator's config.
+#[tokio::test]
+async fn secret_reads_can_be_bound_to_listed_namespaces() {
+    let env = TestEnv::new("chart-secret-ns").await;
+    env.install_crds().await;
+    let ns = env.namespace.as_str();
+    let c = chart();
+    let release = "secretns";
+    helm_ok(
+        &env,
+        &[
+            "install",
+            release,
+            &c,
+            "-n",
+            ns,
+            "--set",
+            "config.clusterName=secret-ns",
+            "--set",
+            &format!("rbac.secretNamespaces={{{ns}}}"),
+            "--set-json",
+            &format!(
+                r#"config.providers=[{{"name":"a","type":"aws","region":"us-east-1","policy":{{"namespaces":["{ns}"],"namespaceSelector":{{"matchLabels":{{"tier":"gold"}}}},"imageOwners":["amazon"]}}}}]"#
+            ),
+        ],
+    );
+    let user = format!("system:serviceaccount:{ns}:{release}-hostforge");
+    let can_i = |namespace: &str| {
+        let out = env.kubectl(&[
+            "auth", "can-i", "get", "secrets", "-n", namespace, "--as", &user,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !can_i(ns) {
+        assert!(Instant::now() < deadline, "no get secrets in {ns}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!can_i("kube-system"), "secrets readable outside the list");
+    assert!(!can_i("default"), "secrets readable outside the list");
+    // The selector needs the namespaces' labels.
+    let out = env.kubectl(&["auth", "can-i", "get", "namespaces/default", "--as", &user]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    // The operator's other cluster-wide rights are still there.
+    let out = env.kubectl(&[
+        "auth",
+        "can-i",
+        "list",
+        "machinetemplates.hostforge.io",
+        "-A",
+        "--as",
+        &user,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+
+    let config = env.kubectl_ok(&[
+        "get",
+        "-n",
+        ns,
+        "configmap",
+        &format!("{release}-hostforge"),
+        "-o",
+        "jsonpath={.data.config\\.yaml}",
+    ]);
+    let parsed = hostforge::config::OperatorConfig::from_yaml(&config)
+        .unwrap_or_else(|e| panic!("chart config rejected: {e}\n{config}"));
+    let policy = parsed.tenant_policy("a").expect("the policy is rendered");
+    assert!(policy.namespaces.as_ref().is_some_and(|n| n.contains(ns)));
+    assert!(policy.needs_namespace_labels());
+    assert!(policy
+        .image_owners
+        .as_ref()
+        .is_some_and(|o| o.contains("amazon")));
+
+    // Namespace mode already confines Secret reads: both at once is a mistake.
+    let out = helm(
+        &env,
+        &[
+            "template",
+            "demo",
+            &c,
+            "--set",
+            "config.clusterName=demo",
+            "--set",
+            "watchNamespace=team-a",
+            "--set",
+            "rbac.secretNamespaces={team-b}",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("rbac.secretNamespaces is for the cluster-wide mode"));
+    helm_ok(&env, &["uninstall", release, "-n", ns]);
+}
+
 #[tokio::test]
 async fn values_of_the_wrong_type_are_rejected_by_the_schema() {
     let env = TestEnv::new("chart-schema").await;

@@ -34,7 +34,7 @@ enum Scenario {
 /// Creates the user-data Secret and the template of the lifecycle.
 async fn template_with_user_data(env: &TestEnv) {
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "bootstrap"},
+        "metadata": {"name": "bootstrap", "labels": {"hostforge.io/user-data": "true"}},
         "stringData": {"userData": "#!/bin/sh\necho hello from hostforge\n"},
     }))
     .expect("secret");

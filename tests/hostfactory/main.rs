@@ -507,6 +507,16 @@ async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
             .get(&secret_ref.name)
             .await
             .expect("user data secret");
+    assert_eq!(
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("hostforge.io/user-data"))
+            .map(String::as_str),
+        Some("true"),
+        "the operator reads only Secrets labelled as user data"
+    );
     let data = secret.data.expect("data")[&secret_ref.key].0.clone();
     assert!(String::from_utf8_lossy(&data).contains("joining"));
 

@@ -72,6 +72,9 @@ providers:
     {{- with .assumeRoleArn }}
     assumeRoleArn: {{ . | quote }}
     {{- end }}
+    {{- with .policy }}
+    policy: {{ toJson . }}
+    {{- end }}
 {{- end }}
 {{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" }}
 {{- with index $c $key }}

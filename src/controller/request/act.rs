@@ -46,6 +46,7 @@ use crate::api::{
     CapacityType, LaunchBatch, LaunchState, MachineResult, MachineState, MachineTemplate,
     ProviderApi,
 };
+use crate::config::policy::USER_DATA_LABEL;
 use crate::controller::cloud::capacity::{self, Offering};
 use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
@@ -135,6 +136,17 @@ fn last_capacity_message(s: &Session<'_>) -> Option<String> {
         .map(|m| format!("every instance type and subnet of the template is out of capacity; last answer: {m}"))
 }
 
+/// Whether the Secret opted in to being user data: it carries
+/// [`USER_DATA_LABEL`] with the value `"true"`.
+pub fn opted_in(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(USER_DATA_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// Builds the launch spec of `batch` and its digest (reads user data and the
 /// image's root device).
 pub async fn launch_spec(
@@ -154,6 +166,19 @@ pub async fn launch_spec(
                     format!("reading Secret {}: {e}", r.name),
                 )
             })?;
+            // Only a Secret its owner marked as user data is read into a
+            // machine: a template may name any Secret of its namespace.
+            if let Some(sec) = &secret {
+                if !opted_in(sec) {
+                    return Err(Blocked::new(
+                        Reason::UserDataUnavailable,
+                        format!(
+                            "Secret {} is not marked as user data: add the label {USER_DATA_LABEL}=\"true\" to it (spec.userData.secretRef)",
+                            r.name
+                        ),
+                    ));
+                }
+            }
             // The uid keys the user data's share of the digest (batch::digest).
             let secret_uid = secret
                 .as_ref()
@@ -473,6 +498,27 @@ pub async fn terminate(
 mod tests {
     use super::*;
     use crate::provider::aws::errors::classify;
+
+    #[test]
+    fn only_secrets_labelled_as_user_data_are_read_into_machines() {
+        let secret = |labels: serde_json::Value| -> Secret {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s", "labels": labels}}))
+                .expect("a secret")
+        };
+        assert!(opted_in(&secret(
+            serde_json::json!({USER_DATA_LABEL: "true"})
+        )));
+        assert!(!opted_in(&secret(serde_json::json!({}))));
+        assert!(!opted_in(&secret(
+            serde_json::json!({USER_DATA_LABEL: "false"})
+        )));
+        assert!(!opted_in(&secret(
+            serde_json::json!({"hostforge.io/user": "true"})
+        )));
+        let unlabelled: Secret =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}})).expect("s");
+        assert!(!opted_in(&unlabelled));
+    }
 
     /// EC2's rule, one row per answer RunInstances or CreateFleet can give:
     /// the code, the HTTP status, and what it means for the batch.

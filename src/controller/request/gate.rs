@@ -11,6 +11,7 @@ use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
 use crate::api::{MachineRequest, MachineRequestStatus, MachineTemplate};
+use crate::config::policy::Asked;
 use crate::controller::reason::Reason;
 use crate::controller::Context;
 use crate::provider::MachineProvider;
@@ -63,7 +64,28 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
     let template = ctx.templates.get(&ObjectRef::new(name).within(&namespace));
     let provider_name = provider_name(template.as_deref(), status, ctx.providers.default_name());
     let provider = ctx.providers.get(&provider_name);
-    decide(template, &namespace, name, provider, provider_name)
+    let open = decide(template, &namespace, name, provider, provider_name)?;
+    // The template controller reports a denial as Ready=False; this holds
+    // requests back too while a template's Ready predates the policy (the
+    // operator restarted with a new config and has not re-evaluated it yet).
+    let labels = crate::controller::template::namespaces::last_known(&namespace);
+    match ctx.config.tenant_policy(&open.provider_name).map(|policy| {
+        let mut asked = Asked::of(&namespace, &open.provider_name, &open.template.spec);
+        asked.namespace_labels = labels.as_ref();
+        policy.admits(&asked)
+    }) {
+        Some(Err(denied)) => Err(Closed {
+            blocked: Blocked::new(
+                Reason::TemplateNotReady,
+                format!(
+                    "MachineTemplate {name} is not Ready ({}: {denied}); waiting for it",
+                    Reason::PolicyDenied
+                ),
+            ),
+            provider: Some(open.provider),
+        }),
+        _ => Ok(open),
+    }
 }
 
 /// The decision of [`check`], on what it looked up.

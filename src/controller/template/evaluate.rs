@@ -14,9 +14,12 @@ use crate::api::{
     ImageSourceKind, InstanceTypeInfo, MachineTemplate, MachineTemplateSpec, MachineTemplateStatus,
     ResolvedImage,
 };
+use crate::config::policy::{Asked, Denied};
 use crate::controller::reason::Reason;
 use crate::controller::Context;
 use crate::provider::{self, MachineProvider, ProviderError};
+
+use super::namespaces;
 
 /// How long to wait before retrying a template whose provider said "no" in a
 /// way that may change on its own (an image published later, a subnet created).
@@ -71,6 +74,18 @@ fn not_configured(provider_name: &str) -> String {
     format!("provider {provider_name:?} is not configured in the operator")
 }
 
+/// The NotReady of a template outside the tenant policy. The message names
+/// the value at fault only; the operator's log says which template it was.
+fn policy_denied(mt: &MachineTemplate, denied: Denied, retry: Option<Duration>) -> NotReady {
+    warn!(
+        namespace = %mt.metadata.namespace.as_deref().unwrap_or_default(),
+        template = %mt.metadata.name.as_deref().unwrap_or_default(),
+        denied = %denied,
+        "template is outside the tenant policy"
+    );
+    NotReady::new(Reason::PolicyDenied, denied.0, retry)
+}
+
 /// A template that is Ready: its image, the first instance type's size (when
 /// the provider could tell) and when to look at it again.
 pub struct Ready {
@@ -109,6 +124,33 @@ pub async fn evaluate(
             None,
         )
     })?;
+    let policy = ctx.config.tenant_policy(&provider_name);
+    if let Some(policy) = policy {
+        let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
+        let labels = if policy.needs_namespace_labels() {
+            let labels = namespaces::labels(&ctx.client, namespace)
+                .await
+                .map_err(|e| {
+                    NotReady::new(
+                        Reason::KubeApiError,
+                        format!("reading the labels of namespace {namespace} for the operator's tenant policy: {e}"),
+                        Some(RETRY_TRANSIENT),
+                    )
+                })?;
+            Some(labels)
+        } else {
+            None
+        };
+        let mut asked = Asked::of(namespace, &provider_name, spec);
+        asked.namespace_labels = labels.as_ref();
+        // A selector's answer changes with the namespace's labels: look again.
+        let retry = policy
+            .needs_namespace_labels()
+            .then_some(namespaces::LABELS_TTL);
+        policy
+            .admits(&asked)
+            .map_err(|denied| policy_denied(mt, denied, retry))?;
+    }
     let (source, kind) = image_source(spec)?;
 
     // The provider checks cost AWS calls: only when the spec changed or the
@@ -123,11 +165,26 @@ pub async fn evaluate(
         ctx.images.resolve(&provider, &source).await.map_err(|e| {
             NotReady::from_provider("resolving the image", Reason::ImageNotFound, &e)
         })?;
-    let refresh_in = ctx
+    let mut refresh_in = ctx
         .images
         .expires_in(&provider_name, &source)
         .unwrap_or(ctx.config.image_cache_ttl)
         + Duration::from_secs(1);
+    if policy.is_some_and(|p| p.needs_namespace_labels()) {
+        // A label taken off the namespace must end the admission soon too.
+        refresh_in = refresh_in.min(namespaces::LABELS_TTL);
+    }
+    if let Some(policy) = policy {
+        policy
+            .admits_image(
+                &image.id,
+                image.owner_id.as_deref(),
+                image.owner_alias.as_deref(),
+            )
+            // An image source (SSM parameter, selector) may resolve to
+            // another image later: look again when the cache entry expires.
+            .map_err(|denied| policy_denied(mt, denied, Some(refresh_in)))?;
+    }
     let type_info = first_type_info(provider.as_ref(), spec).await;
     Ok(Ready {
         type_info,

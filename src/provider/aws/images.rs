@@ -45,6 +45,8 @@ pub(super) async fn lookup(
         creation_date: image.creation_date().map(str::to_string),
         source: source.kind().to_string(),
         root_device_name: image.root_device_name().map(str::to_string),
+        owner_id: image.owner_id().map(str::to_string),
+        owner_alias: image.image_owner_alias().map(str::to_string),
     })
 }
 

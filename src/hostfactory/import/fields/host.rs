@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::cursor::{dedup, split, Cursor};
+use crate::config::policy::USER_DATA_LABEL;
 
 /// imageId: an AMI id, or an SSM parameter path (also as `resolve:ssm:…`).
 pub(super) fn image(c: &mut Cursor, spec: &mut Map<String, Value>) {
@@ -176,7 +177,8 @@ pub(super) fn user_data(
         "userData".into(),
         json!({"secretRef": {"name": secret_name, "key": "userData"}}),
     );
-    let mut metadata = json!({"name": secret_name});
+    // The operator reads a Secret as user data only when it opted in.
+    let mut metadata = json!({"name": secret_name, "labels": {USER_DATA_LABEL: "true"}});
     if let Some(ns) = namespace {
         metadata["namespace"] = json!(ns);
     }

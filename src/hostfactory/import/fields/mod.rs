@@ -302,6 +302,10 @@ mod tests {
         assert_eq!(secret["metadata"]["name"], "boot-userdata");
         assert_eq!(secret["stringData"]["userData"], "#!/bin/sh\necho hi\n");
         assert_eq!(
+            secret["metadata"]["labels"]["hostforge.io/user-data"], "true",
+            "the operator reads only Secrets that opted in"
+        );
+        assert_eq!(
             c.template["spec"]["userData"]["secretRef"]["name"],
             "boot-userdata"
         );

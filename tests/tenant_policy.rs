@@ -1,0 +1,323 @@
+//! The tenant policy (issue 17, "Tenants"): a template outside its provider's
+//! policy is not Ready (PolicyDenied, naming the value at fault and nothing
+//! the policy allows), says so in a Warning Event, and its requests launch
+//! nothing; a Secret is read as user data only once labelled
+//! `hostforge.io/user-data: "true"`. Real apiserver, operator process, moto
+//! behind a forwarder that counts the launch calls.
+
+use std::time::{Duration, Instant};
+
+use hostforge::api::MachineTemplate;
+use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::machines::{
+    create_request, create_template, is_ready, template_is_ready, wait_request, wait_template,
+};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A namespace, a forwarder in front of moto, and an operator whose provider
+/// `aws-default` has `policy` (a YAML flow mapping, or none) and whose
+/// provider `open` reaches the same moto without a policy.
+async fn bed(name: &str, policy: Option<&str>) -> (TestEnv, Forwarder, OperatorProcess) {
+    let env = TestEnv::new(name).await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let base = default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint());
+    let policy = policy
+        .map(|p| format!("    policy: {p}\n"))
+        .unwrap_or_default();
+    let open = format!(
+        "  - name: open\n    type: aws\n    region: {}\n    endpointUrl: {}\n",
+        hostforge_testbed::REGION,
+        fwd.endpoint()
+    );
+    let cfg = format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\ndefaultProvider: aws-default\n",
+        base.replacen(
+            "imageCacheTtl:",
+            &format!("{policy}{open}imageCacheTtl:"),
+            1
+        )
+    );
+    let op = OperatorProcess::start(&env, &cfg).await;
+    (env, fwd, op)
+}
+
+/// The template's Ready condition: (status, reason, message).
+fn ready_of(mt: &MachineTemplate) -> Option<(String, String, String)> {
+    mt.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn policy_denied(mt: &MachineTemplate) -> bool {
+    ready_of(mt).is_some_and(|(status, reason, _)| status == "False" && reason == "PolicyDenied")
+}
+
+/// Waits (bounded) until a Warning Event with `reason` about `object` exists,
+/// and returns its message.
+async fn wait_event(env: &TestEnv, object: &str, reason: &str) -> String {
+    let api = Api::<Event>::namespaced(env.client.clone(), &env.namespace);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = api
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some(object)
+            });
+        if let Some(e) = found {
+            return e.message.unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event on {object} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Launch calls that reached the forwarder.
+fn launches(fwd: &Forwarder) -> u64 {
+    fwd.calls("RunInstances") + fwd.calls("CreateFleet")
+}
+
+/// A request's Ready condition names the template's PolicyDenied.
+async fn wait_request_held_by_policy(env: &TestEnv, name: &str) {
+    let mr = wait_request(env, name, "Ready=False naming PolicyDenied", WAIT, |mr| {
+        mr.status.as_ref().is_some_and(|st| {
+            st.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "False"
+                    && c.reason == "TemplateNotReady"
+                    && c.message.contains("PolicyDenied")
+            })
+        })
+    })
+    .await;
+    let st = mr.status.expect("status");
+    assert!(st.machines.is_empty(), "{:?}", st.machines);
+}
+
+#[tokio::test]
+async fn a_namespace_outside_the_policy_launches_nothing() {
+    let (env, fwd, _op) = bed("policy-ns", Some("{namespaces: [someone-else]}")).await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    create_request(&env, "denied", "compute", 2, true).await;
+
+    let mt = wait_template(
+        &env,
+        "compute",
+        "Ready=False PolicyDenied",
+        WAIT,
+        policy_denied,
+    )
+    .await;
+    let (_, _, message) = ready_of(&mt).expect("Ready");
+    assert!(message.contains(&env.namespace), "{message}");
+    assert!(
+        !message.contains("someone-else"),
+        "the allowed namespaces leak: {message}"
+    );
+    let note = wait_event(&env, "compute", "PolicyDenied").await;
+    assert!(note.contains(&env.namespace), "{note}");
+    wait_request_held_by_policy(&env, "denied").await;
+
+    // The same template through the provider without a policy is Ready and
+    // launches: the denial is the policy's, not a broken bed.
+    create_template(
+        &env,
+        "open",
+        json!({"provider": "open", "image": {"ssmParameter": AL2023_PARAM},
+               "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    create_request(&env, "allowed", "open", 1, true).await;
+    wait_request(&env, "allowed", "Ready", WAIT, is_ready).await;
+    let after_allowed = launches(&fwd);
+    assert!(after_allowed >= 1);
+
+    // Several reconciles of the denied request later, still nothing of its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(launches(&fwd), after_allowed, "a denied request launched");
+    let mr = wait_request(&env, "denied", "no machines", WAIT, |mr| {
+        mr.status.as_ref().is_some_and(|st| st.machines.is_empty())
+    })
+    .await;
+    assert!(!is_ready(&mr));
+}
+
+#[tokio::test]
+async fn a_profile_or_image_owner_outside_the_policy_is_denied_by_value() {
+    let (env, fwd, _op) = bed(
+        "policy-values",
+        Some("{instanceProfiles: [hpc-node], imageOwners: ['999999999999']}"),
+    )
+    .await;
+    create_template(
+        &env,
+        "admin",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}],
+               "instanceProfile": "admin-role"}),
+    )
+    .await;
+    let mt = wait_template(&env, "admin", "PolicyDenied", WAIT, policy_denied).await;
+    let (_, _, message) = ready_of(&mt).expect("Ready");
+    assert!(
+        message.starts_with("spec.instanceProfile \"admin-role\" is not allowed"),
+        "{message}"
+    );
+    assert!(!message.contains("hpc-node"), "{message}");
+
+    // An allowed profile, but an image of an owner the policy does not list.
+    create_template(
+        &env,
+        "foreign-image",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}],
+               "instanceProfile": "hpc-node"}),
+    )
+    .await;
+    let mt = wait_template(&env, "foreign-image", "PolicyDenied", WAIT, policy_denied).await;
+    let (_, _, message) = ready_of(&mt).expect("Ready");
+    assert!(message.starts_with("image ami-"), "{message}");
+    assert!(!message.contains("999999999999"), "{message}");
+    wait_event(&env, "foreign-image", "PolicyDenied").await;
+
+    create_request(&env, "r", "foreign-image", 1, true).await;
+    wait_request_held_by_policy(&env, "r").await;
+    assert_eq!(launches(&fwd), 0);
+
+    // Without a policy the same template is Ready.
+    create_template(
+        &env,
+        "open",
+        json!({"provider": "open", "image": {"ssmParameter": AL2023_PARAM},
+               "instanceTypes": [{"type": "t3.micro"}], "instanceProfile": "admin-role"}),
+    )
+    .await;
+    wait_template(&env, "open", "Ready", WAIT, template_is_ready).await;
+}
+
+#[tokio::test]
+async fn a_namespace_selector_admits_a_namespace_once_labelled() {
+    let (env, fwd, _op) = bed(
+        "policy-selector",
+        Some("{namespaceSelector: {matchLabels: {hostforge.io/tenant: gold}}}"),
+    )
+    .await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    create_request(&env, "r", "compute", 1, true).await;
+    let mt = wait_template(&env, "compute", "PolicyDenied", WAIT, policy_denied).await;
+    let (_, _, message) = ready_of(&mt).expect("Ready");
+    assert!(!message.contains("gold"), "the selector leaks: {message}");
+    wait_request_held_by_policy(&env, "r").await;
+    assert_eq!(launches(&fwd), 0);
+
+    // Labelled, the namespace is selected: the template turns Ready once the
+    // cached labels expire (30 s) and the request is filled.
+    env.kubectl_ok(&[
+        "label",
+        "namespace",
+        &env.namespace,
+        "hostforge.io/tenant=gold",
+    ]);
+    wait_template(&env, "compute", "Ready", 3 * WAIT, template_is_ready).await;
+    wait_request(&env, "r", "Ready", 3 * WAIT, is_ready).await;
+    assert!(launches(&fwd) >= 1);
+
+    // The label taken off, the admission ends (within the labels' TTL and
+    // the template's next look, not the image cache's).
+    env.kubectl_ok(&["label", "namespace", &env.namespace, "hostforge.io/tenant-"]);
+    wait_template(
+        &env,
+        "compute",
+        "PolicyDenied again",
+        3 * WAIT,
+        policy_denied,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_user_data_secret_is_read_only_once_labelled() {
+    let (env, fwd, _op) = bed("policy-userdata", None).await;
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), &env.namespace);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-password"},
+        "stringData": {"userData": "hunter2"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}],
+               "userData": {"secretRef": {"name": "db-password", "key": "userData"}}}),
+    )
+    .await;
+    create_request(&env, "r", "compute", 1, true).await;
+    let mr = wait_request(&env, "r", "Degraded UserDataUnavailable", WAIT, |mr| {
+        mr.status.as_ref().is_some_and(|st| {
+            st.conditions.iter().any(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "UserDataUnavailable"
+            })
+        })
+    })
+    .await;
+    let st = mr.status.expect("status");
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert!(
+        degraded
+            .message
+            .contains("add the label hostforge.io/user-data=\"true\""),
+        "{}",
+        degraded.message
+    );
+    assert!(!degraded.message.contains("hunter2"));
+    assert!(st.machines.is_empty());
+    assert_eq!(launches(&fwd), 0, "an unlabelled Secret was launched with");
+
+    // The owner opts the Secret in: the request is filled.
+    secrets
+        .patch(
+            "db-password",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"hostforge.io/user-data": "true"}}})),
+        )
+        .await
+        .expect("label secret");
+    // Nothing watches Secrets: the blocked request looks again on its own
+    // (RETRY_REFUSED, 60 s), hence the longer bound.
+    wait_request(&env, "r", "Ready", 3 * WAIT, is_ready).await;
+    assert!(launches(&fwd) >= 1);
+}
