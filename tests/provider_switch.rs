@@ -143,7 +143,10 @@ async fn a_request_with_machines_stays_in_its_recorded_provider() {
             && condition(m, "Degraded").is_some_and(|(s, _)| s == "False")
     })
     .await;
-    assert!(moto_live(&env, &emptied_uid).await.is_empty(), "{emptied:?}");
+    assert!(
+        moto_live(&env, &emptied_uid).await.is_empty(),
+        "{emptied:?}"
+    );
 
     // Deleting terminates the machines through the recorded provider.
     requests(&env)
@@ -183,9 +186,13 @@ async fn deletion_keeps_the_finalizer_while_the_recorded_provider_is_unconfigure
         .delete("orphan", &DeleteParams::default())
         .await
         .expect("deleting");
-    let held = wait_request(&env, "orphan", "ProviderUnknown while deleting", WAIT, |m| {
-        condition(m, "Ready").is_some_and(|(_, r)| r == "ProviderUnknown")
-    })
+    let held = wait_request(
+        &env,
+        "orphan",
+        "ProviderUnknown while deleting",
+        WAIT,
+        |m| condition(m, "Ready").is_some_and(|(_, r)| r == "ProviderUnknown"),
+    )
     .await;
     assert!(held.metadata.deletion_timestamp.is_some());
     let message = held
@@ -198,7 +205,11 @@ async fn deletion_keeps_the_finalizer_while_the_recorded_provider_is_unconfigure
         message.contains("\"aws-a\"") && message.contains("finalizer stays"),
         "{message}"
     );
-    assert_eq!(moto_live(&env, &id).await.len(), 1, "nothing was terminated");
+    assert_eq!(
+        moto_live(&env, &id).await.len(),
+        1,
+        "nothing was terminated"
+    );
     op.terminate(WAIT).await;
 
     // aws-a is back: the machine is terminated and the request goes.

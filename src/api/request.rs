@@ -461,7 +461,8 @@ mod size_tests {
         });
         if gone {
             m["terminationReason"] = json!("Lost");
-            m["message"] = json!("Server.SpotInstanceTermination: Spot instance termination by the cloud");
+            m["message"] =
+                json!("Server.SpotInstanceTermination: Spot instance termination by the cloud");
         }
         m
     }
@@ -545,9 +546,8 @@ mod size_tests {
         let status = serde_json::to_vec(&mr.status).expect("serializable").len();
         let worst = stored_size(&mr);
         // With HostFactory's records as the only annotations (its budget).
-        mr.metadata.annotations = Some(
-            [("hostforge.io/hf-ret-0".to_string(), "z".repeat(HF_RECORDS))].into(),
-        );
+        mr.metadata.annotations =
+            Some([("hostforge.io/hf-ret-0".to_string(), "z".repeat(HF_RECORDS))].into());
         let usual = stored_size(&mr);
         eprintln!("status {status} B; stored {usual} B with HF records, {worst} B with every annotation byte used");
         assert!(

@@ -435,9 +435,15 @@ mod tests {
             );
             // The default counts as what the template names.
             let choice = choose_provider(Some(&unnamed), &st, "aws");
-            assert_eq!((choice.name.as_str(), choice.pinned.is_some()), ("us", true));
+            assert_eq!(
+                (choice.name.as_str(), choice.pinned.is_some()),
+                ("us", true)
+            );
             // The same provider: not pinned.
-            assert_eq!(choose_provider(Some(&named), &holding("eu", machines), "aws").pinned, None);
+            assert_eq!(
+                choose_provider(Some(&named), &holding("eu", machines), "aws").pinned,
+                None
+            );
         }
         // A Pending batch may have launched machines not listed yet.
         let mut st = holding("us", serde_json::json!([]));
