@@ -27,7 +27,7 @@ pub(super) fn watch(
     impl Stream<Item = Result<MachineRequest, watcher::Error>> + Send + 'static,
 ) {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, crate::controller::watch::watch_config())
         .default_backoff()
         .modify(slim)
         .reflect(writer)
