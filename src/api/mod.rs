@@ -229,7 +229,7 @@ mod tests {
     fn descriptions_are_unwrapped_into_paragraphs() {
         assert_eq!(unwrap_lines("a\nb\n\nc\n d"), "a b\n\nc d");
         let yaml = crd_yaml_files().expect("render").remove(1).yaml;
-        assert!(yaml.contains("Number of live machines wanted, 0 to 2000. The limit keeps the request's status, which lists"));
+        assert!(yaml.contains("Number of live machines wanted, 0 to 1000. The limit keeps the request's status, which lists"));
     }
 
     #[test]

@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{INSTANCE_ID_PATTERN, OBJECT_NAME_PATTERN};
 
-/// Most machines one request may ask for. Status lists every machine (a few hundred
-/// bytes each) and every launch, and the whole object must stay far below etcd's
-/// 1.5 MiB limit on one object; larger fleets use several requests.
-pub const MAX_COUNT: i32 = 2000;
+/// Most machines one request may ask for. Status lists every machine (up to ~440
+/// bytes each with real AWS values) and every launch, and the whole object must stay
+/// well below etcd's 1.5 MiB limit on one request: at 1000 machines plus 200 gone,
+/// HostFactory's return records and a full returnMachines it is ~1.0 MB stored
+/// (~1.1 MB with every annotation byte the apiserver allows used; 2000 machines
+/// came to ~1.4 MB). Larger fleets use several requests.
+pub const MAX_COUNT: i32 = 1000;
 
 /// Desired state of a MachineRequest.
 // clippy mistakes the repeated keys of separate printcolumn(...) entries for duplicates.
@@ -74,10 +77,10 @@ pub struct MachineRequestSpec {
     )]
     pub template_ref: TemplateRef,
 
-    /// Number of live machines wanted, 0 to 2000. The limit keeps the request's status,
-    /// which lists every machine, far below etcd's 1.5 MiB object size limit; use several
+    /// Number of live machines wanted, 0 to 1000. The limit keeps the request's status,
+    /// which lists every machine, well below etcd's 1.5 MiB object size limit; use several
     /// requests for more machines.
-    #[schemars(range(min = 0, max = 2000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub count: i32,
 
     /// Instance ids (i-…) of this request's machines to give back. Every listed machine is
@@ -409,4 +412,151 @@ pub enum LaunchState {
     Launched,
     /// The cloud refused the launch; nothing was created.
     Failed,
+}
+
+#[cfg(test)]
+mod size_tests {
+    //! The whole stored object at the largest a request can get, with values
+    //! as long as real AWS ones, against etcd's 1.5 MiB request limit.
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Gone machines status keeps besides the live ones (the controller's
+    /// `KEEP_GONE`; the api layer may not import it).
+    const GONE: usize = 200;
+    /// Settled launch batches status keeps (the controller's `KEEP_BATCHES`).
+    const BATCHES: usize = 20;
+    /// All annotations of an object may take this much (the apiserver's limit),
+    /// HostFactory's return records (at most half of it) among them.
+    const ANNOTATIONS: usize = 256 * 1024;
+    /// spec.returnMachines' maxItems.
+    const MAX_RETURNS: usize = 2000;
+    /// HostFactory's budget for its return records (`RECORD_BUDGET`).
+    const HF_RECORDS: usize = 128 * 1024;
+    /// The bound for a request with HostFactory's records: a third below
+    /// etcd's 1.5 MiB.
+    const BOUND: usize = 1024 * 1024;
+    /// The bound with every byte of annotations the apiserver allows used: a
+    /// quarter below etcd's 1.5 MiB.
+    const WORST_BOUND: usize = 1152 * 1024;
+
+    fn machine(i: usize, gone: bool) -> serde_json::Value {
+        let (a, b, c) = (i / 65536 % 256, i / 256 % 256, i % 256);
+        let mut m = json!({
+            "id": format!("i-{:017x}", 0x0abc_def0_1234_5678_u64 + i as u64),
+            "name": format!("ip-10-{a:03}-{b:03}-{c:03}.eu-central-1.compute.internal"),
+            "state": if gone { "terminated" } else { "running" },
+            "result": if gone { "fail" } else { "succeed" },
+            "batch": format!("0123abcd-{:04}", i / 100),
+            "instanceType": "m7i-flex.12xlarge",
+            "availabilityZone": "eu-central-1c",
+            "privateIp": format!("10.{a:03}.{b:03}.{c:03}"),
+            "publicIp": format!("203.{a:03}.{b:03}.{c:03}"),
+            "launchTime": "2025-01-31T23:59:59Z",
+            "capacityType": "on-demand",
+            "imageId": "ami-0123456789abcdef0",
+            "interruptionNoticeTime": "2025-01-31T23:59:59Z",
+        });
+        if gone {
+            m["terminationReason"] = json!("Lost");
+            m["message"] =
+                json!("Server.SpotInstanceTermination: Spot instance termination by the cloud");
+        }
+        m
+    }
+
+    fn largest_request() -> MachineRequest {
+        let max = usize::try_from(MAX_COUNT).expect("a positive cap");
+        let machines: Vec<_> = (0..max)
+            .map(|i| machine(i, false))
+            .chain((max..max + GONE).map(|i| machine(i, true)))
+            .collect();
+        let launches: Vec<_> = (0..BATCHES + 1)
+            .map(|i| {
+                json!({"id": format!("0123abcd-{i:04}"), "attempt": 0,
+                    "token": format!("{:064x}", i), "count": 100,
+                    "paramsDigest": "0123456789abcdef01234567", "state": "Launched",
+                    "imageId": "ami-0123456789abcdef0",
+                    "instanceTypes": ["m7i-flex.12xlarge", "m6i.12xlarge", "c7i.12xlarge", "r7i.12xlarge"],
+                    "subnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1", "subnet-0123456789abcdef2"],
+                    "capacityType": "on-demand", "createdAt": "2025-01-31T23:59:59Z",
+                    "message": "InsufficientInstanceCapacity: We currently do not have sufficient m7i-flex.12xlarge capacity in the Availability Zone you requested"})
+            })
+            .collect();
+        let conditions: Vec<_> = ["Ready", "Degraded", "Progressing"]
+            .iter()
+            .map(|t| {
+                json!({"type": t, "status": "True", "reason": "LaunchRefused",
+                    "message": "x".repeat(1024), "observedGeneration": 12345,
+                    "lastTransitionTime": "2025-01-31T23:59:59Z"})
+            })
+            .collect();
+        // HostFactory's return labels, one per record: at least ~60 bytes of
+        // annotation each, so the records' half of the annotations bounds them.
+        let labels: serde_json::Map<_, _> = (0..ANNOTATIONS / 2 / 60)
+            .map(|i| (format!("hostforge.io/hf-ret-{i:016x}"), json!("true")))
+            .chain([("hostforge.io/owner".to_string(), json!("hostfactory"))])
+            .collect();
+        let returns: Vec<String> = (0..MAX_RETURNS)
+            .map(|i| format!("i-{:017x}", 0x0abc_def0_1234_5678_u64 + i as u64))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
+            "metadata": {
+                "name": "x".repeat(192), "namespace": "y".repeat(63),
+                "uid": "0123abcd-0123-4567-89ab-0123456789ab",
+                "resourceVersion": "123456789012", "generation": 12345,
+                "creationTimestamp": "2025-01-31T23:59:59Z",
+                "finalizers": ["hostforge.io/machines"],
+                "labels": labels,
+                "annotations": {"a": "z".repeat(ANNOTATIONS - 1)},
+            },
+            "spec": {"templateRef": {"name": "t".repeat(192)}, "count": MAX_COUNT,
+                "returnMachines": returns, "replaceLost": true},
+            "status": {"observedGeneration": 12345, "phase": "Ready",
+                "provider": "p".repeat(63),
+                "counts": {"desired": MAX_COUNT, "pending": 0, "running": MAX_COUNT,
+                    "returned": 0, "failed": GONE},
+                "conditions": conditions, "machines": machines, "launches": launches},
+        }))
+        .expect("a valid request")
+    }
+
+    /// The stored size of `mr`: its JSON plus managedFields, which list every
+    /// returnMachines entry (a set) and every label key again.
+    fn stored_size(mr: &MachineRequest) -> usize {
+        let len = |v: &dyn JsonLen| v.len();
+        len(mr) + 2 * len(&mr.spec.return_machines) + len(&mr.metadata.labels)
+    }
+
+    trait JsonLen {
+        fn len(&self) -> usize;
+    }
+    impl<T: Serialize> JsonLen for T {
+        fn len(&self) -> usize {
+            serde_json::to_vec(self).expect("serializable").len()
+        }
+    }
+
+    #[test]
+    fn the_largest_request_stays_well_below_etcds_limit() {
+        let mut mr = largest_request();
+        let status = serde_json::to_vec(&mr.status).expect("serializable").len();
+        let worst = stored_size(&mr);
+        // With HostFactory's records as the only annotations (its budget).
+        mr.metadata.annotations =
+            Some([("hostforge.io/hf-ret-0".to_string(), "z".repeat(HF_RECORDS))].into());
+        let usual = stored_size(&mr);
+        eprintln!("status {status} B; stored {usual} B with HF records, {worst} B with every annotation byte used");
+        assert!(
+            usual <= BOUND,
+            "a request of {MAX_COUNT} machines with HF records is ~{usual} bytes stored, above {BOUND}: lower MAX_COUNT"
+        );
+        assert!(
+            worst <= WORST_BOUND,
+            "a request of {MAX_COUNT} machines with full annotations is ~{worst} bytes stored, above {WORST_BOUND}: lower MAX_COUNT"
+        );
+    }
 }

@@ -46,6 +46,9 @@ pub enum Reason {
     TemplateNotReady,
     /// The provider named by the template (or recorded in status) is not configured.
     ProviderUnknown,
+    /// The template now names another provider than the one the request's
+    /// machines are in: the request stays there and launches nothing.
+    ProviderChanged,
     /// The user-data Secret cannot be read or lacks its key.
     UserDataUnavailable,
     /// The template's image cannot be found.
@@ -124,6 +127,7 @@ impl Reason {
             Reason::TemplateNotFound => "TemplateNotFound",
             Reason::TemplateNotReady => "TemplateNotReady",
             Reason::ProviderUnknown => "ProviderUnknown",
+            Reason::ProviderChanged => "ProviderChanged",
             Reason::UserDataUnavailable => "UserDataUnavailable",
             Reason::ImageNotFound => "ImageNotFound",
             Reason::CapacityUnavailable => "CapacityUnavailable",
@@ -162,9 +166,10 @@ impl Reason {
     /// caller decides (capacity waits for its cooldown to expire).
     pub fn retry_after(self) -> Option<Duration> {
         match self {
-            Reason::TemplateNotFound | Reason::TemplateNotReady | Reason::ProviderUnknown => {
-                Some(RETRY_BLOCKED)
-            }
+            Reason::TemplateNotFound
+            | Reason::TemplateNotReady
+            | Reason::ProviderUnknown
+            | Reason::ProviderChanged => Some(RETRY_BLOCKED),
             Reason::MaxMachinesReached => Some(RETRY_HELD_BACK),
             Reason::CapacityUnavailable => None,
             _ => Some(RETRY_REFUSED),

@@ -183,7 +183,11 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     };
     s.status.provider = Some(open.provider_name.clone());
     settle::pending(s, &open.provider, &open.template).await?;
-    let headroom = gate::headroom(s.ctx, s.mr, &open.template);
+    // A request pinned to the provider its machines are in launches nothing.
+    let headroom = match open.pinned {
+        Some(_) => Some(0),
+        None => gate::headroom(s.ctx, s.mr, &open.template),
+    };
     let plan = plan::plan(
         &plan::Desired::of_request(&s.mr.spec, &s.status),
         &mut s.status.machines,
@@ -197,7 +201,7 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
             .await;
     }
     let (new, mut refusal) = match plan.launch {
-        0 => (None, None),
+        0 => (None, open.pinned.clone()),
         n => match act::next_batch(s, &open, n).await {
             Ok(batch) => (Some(batch), None),
             Err(blocked) => (None, Some(blocked)),

@@ -281,7 +281,7 @@ mod tests {
         assert!(err(input("compute", 0), None).contains("at least 1"));
         assert!(err(input("compute", -2), None).contains("at least 1"));
         assert!(err(input("compute", 11), Some(10)).contains("above maxNumber 10"));
-        assert!(err(input("compute", 2001), None).contains("above 2000"));
+        assert!(err(input("compute", 1001), None).contains("above 1000"));
         let unknown = err(input("gpu", 1), None);
         assert!(
             unknown.contains("\"gpu\"") && unknown.contains("[compute]"),

@@ -71,7 +71,7 @@ pub(super) fn malformed_cases() -> Vec<Case> {
         case(
             "count 5000",
             req(json!({"templateRef": {"name": "t"}, "count": 5000})),
-            &["spec.count", "less than or equal to 2000"],
+            &["spec.count", "less than or equal to 1000"],
         ),
         case(
             "count missing",

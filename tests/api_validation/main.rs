@@ -438,7 +438,7 @@ async fn kubectl_shows_columns_categories_and_docs() {
     });
     assert!(explain.contains("KIND:       MachineRequest"), "{explain}");
     assert!(explain.contains("FIELD: count <integer>"), "{explain}");
-    assert!(explain.contains("0 to 2000"), "{explain}");
+    assert!(explain.contains("0 to 1000"), "{explain}");
     assert!(explain.contains("etcd"), "{explain}");
 
     let explain = kubectl_until(&env, &["explain", "machinetemplate.spec.userData"], |out| {

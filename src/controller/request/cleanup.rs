@@ -20,6 +20,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 
@@ -44,10 +45,9 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
         .templates
         .get(&ObjectRef::new(&mr.spec.template_ref.name).within(&s.owner.namespace));
     let provider_name =
-        gate::provider_name(template.as_deref(), &s.status, ctx.providers.default_name());
+        gate::cleanup_provider(template.as_deref(), &s.status, ctx.providers.default_name());
     let Some(provider) = ctx.providers.get(&provider_name) else {
-        warn!(request = %s.key(), provider = %provider_name, "provider not configured; cannot terminate machines, releasing the request");
-        return Ok(Action::await_change());
+        return unconfigured(&mut s, mr, &provider_name).await;
     };
     let found = provider
         .describe_owned(&s.owner.request_filter())
@@ -126,6 +126,63 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     Err(Error::StillDeleting(hold.waits().join(" and ")))
+}
+
+/// Deletion when the request's provider is not configured: nothing can be
+/// terminated. A request that recorded a provider (it launched, or may have)
+/// keeps its finalizer and says why, on its Ready condition and in a Warning
+/// Event, until that provider is configured again; releasing it would leave
+/// its machines running with nobody to terminate them. One that never
+/// recorded one launched nothing and goes.
+async fn unconfigured(
+    s: &mut Session<'_>,
+    mr: &MachineRequest,
+    provider_name: &str,
+) -> Result<Action, Error> {
+    if s.status.provider.is_none() && !gate::holds_machines(&s.status) {
+        info!(request = %s.key(), provider = %provider_name, "provider not configured and nothing launched; releasing the finalizer");
+        return Ok(Action::await_change());
+    }
+    let message = unconfigured_message(provider_name);
+    let st = &mut s.status;
+    st.phase = Some(RequestPhase::Deleting);
+    let was = conditions::find_condition(&st.conditions, READY).map(|c| c.reason.clone());
+    conditions::set_condition(
+        &mut st.conditions,
+        conditions::new_condition(
+            READY,
+            false,
+            Reason::ProviderUnknown.as_str(),
+            message.clone(),
+            mr.metadata.generation,
+            now(),
+        ),
+    );
+    if was.as_deref() != Some(Reason::ProviderUnknown.as_str()) {
+        warn!(request = %s.key(), provider = %provider_name, "provider not configured; keeping the finalizer");
+        s.event(
+            EventType::Warning,
+            Reason::ProviderUnknown,
+            "Delete",
+            &message,
+        )
+        .await;
+    }
+    if let Err(err) = s.write().await {
+        debug!(request = %s.key(), error = %err, "status write while deleting failed");
+    }
+    Err(Error::StillDeleting(format!(
+        "provider {provider_name:?} to be configured again"
+    )))
+}
+
+/// What a deleting request whose provider is gone from the configuration says.
+fn unconfigured_message(provider_name: &str) -> String {
+    format!(
+        "provider {provider_name:?}, where this request's machines were launched, is not \
+         configured any more: they cannot be terminated, so the finalizer stays until it is \
+         configured again (or until someone who terminated them removes the finalizer)"
+    )
 }
 
 /// What still keeps a deleting request's finalizer, after this reconcile's

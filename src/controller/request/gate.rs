@@ -3,6 +3,12 @@
 //! provider; and the template's `maxMachines` bounds how many it may add. The
 //! decisions are pure functions of the objects, table-tested below; `check`
 //! only looks the objects up.
+//!
+//! A request that holds machines is pinned to the provider its status
+//! records: if its template now names another one, it keeps observing and
+//! terminating its machines where they are, launches nothing (no replacement
+//! in the new provider while the old machines run on), and says so, until it
+//! has no machines left; then it follows the template again.
 
 use std::sync::Arc;
 
@@ -10,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
-use crate::api::{MachineRequest, MachineRequestStatus, MachineTemplate};
+use crate::api::{LaunchState, MachineRequest, MachineRequestStatus, MachineTemplate};
 use crate::config::policy::Asked;
 use crate::controller::reason::Reason;
 use crate::controller::Context;
@@ -43,6 +49,10 @@ pub struct Open<P> {
     pub provider: P,
     /// That provider's name.
     pub provider_name: String,
+    /// Set when the request is pinned to the provider its machines are in
+    /// while the template names another: it must launch nothing, and this is
+    /// what it says (Degraded).
+    pub pinned: Option<Blocked>,
 }
 
 /// A request that may not launch now, and the provider its machines are
@@ -62,9 +72,21 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
     let namespace = mr.namespace().unwrap_or_default();
     let name = &mr.spec.template_ref.name;
     let template = ctx.templates.get(&ObjectRef::new(name).within(&namespace));
-    let provider_name = provider_name(template.as_deref(), status, ctx.providers.default_name());
-    let provider = ctx.providers.get(&provider_name);
-    let open = decide(template, &namespace, name, provider, provider_name)?;
+    let choice = choose_provider(template.as_deref(), status, ctx.providers.default_name());
+    let provider = ctx.providers.get(&choice.name);
+    let open = match (choice.pinned, template, provider) {
+        // Pinned: observe and terminate in the recorded provider whether or
+        // not the template is usable; nothing is launched.
+        (Some(pinned), Some(template), Some(provider)) => {
+            return Ok(Open {
+                template,
+                provider,
+                provider_name: choice.name,
+                pinned: Some(pinned),
+            })
+        }
+        (_, template, provider) => decide(template, &namespace, name, provider, choice.name)?,
+    };
     // The template controller reports a denial as Ready=False; this holds
     // requests back too while a template's Ready predates the policy (the
     // operator restarted with a new config and has not re-evaluated it yet).
@@ -111,6 +133,7 @@ pub fn decide<P>(
                 template,
                 provider,
                 provider_name,
+                pinned: None,
             }),
             None => Err(Closed {
                 blocked: not_found(namespace, name),
@@ -160,16 +183,78 @@ fn not_found(namespace: &str, name: &str) -> Blocked {
     )
 }
 
-/// The provider of the request: the template's, else the one recorded in
-/// status (the template may be gone), else the default.
-pub fn provider_name(
+/// Whether the request has machines (live or being terminated) or launches
+/// that may have made some, in the provider its status records.
+pub fn holds_machines(status: &MachineRequestStatus) -> bool {
+    status
+        .machines
+        .iter()
+        .any(|m| m.is_live() || m.is_leaving())
+        || status
+            .launches
+            .iter()
+            .any(|b| b.state == LaunchState::Pending)
+}
+
+/// The provider a live request works with, and whether it is pinned there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderChoice {
+    /// The provider's name.
+    pub name: String,
+    /// Set when the request holds machines in the provider its status records
+    /// and its template now names another: the recorded one wins.
+    pub pinned: Option<Blocked>,
+}
+
+/// The provider of a live request: the one recorded in status while the
+/// request holds machines there (pinned if the template names another),
+/// else the template's (or the default), else, without a template, the
+/// recorded one (or the default).
+pub fn choose_provider(
+    template: Option<&MachineTemplate>,
+    status: &MachineRequestStatus,
+    default: &str,
+) -> ProviderChoice {
+    let named = template.map(|t| t.spec.provider.as_deref().unwrap_or(default));
+    let recorded = status.provider.as_deref();
+    let follow = |name: &str| ProviderChoice {
+        name: name.to_string(),
+        pinned: None,
+    };
+    match (named, recorded) {
+        (Some(named), Some(recorded)) if named != recorded && holds_machines(status) => {
+            let name = template.map(|t| t.name_any()).unwrap_or_default();
+            ProviderChoice {
+                name: recorded.to_string(),
+                pinned: Some(Blocked::new(
+                    Reason::ProviderChanged,
+                    format!(
+                        "MachineTemplate {name} now names provider {named:?}; this request's \
+                         machines are in provider {recorded:?}, where they are still watched and \
+                         terminated, and nothing is launched: scale the request to 0 and \
+                         recreate it, or restore the template's provider"
+                    ),
+                )),
+            }
+        }
+        (Some(named), _) => follow(named),
+        (None, Some(recorded)) => follow(recorded),
+        (None, None) => follow(default),
+    }
+}
+
+/// The provider a request being deleted terminates its machines in: the one
+/// its status records (where they were launched), else the template's, else
+/// the default.
+pub fn cleanup_provider(
     template: Option<&MachineTemplate>,
     status: &MachineRequestStatus,
     default: &str,
 ) -> String {
-    template
-        .and_then(|t| t.spec.provider.clone())
-        .or_else(|| status.provider.clone())
+    status
+        .provider
+        .clone()
+        .or_else(|| template.and_then(|t| t.spec.provider.clone()))
         .unwrap_or_else(|| default.to_string())
 }
 
@@ -319,8 +404,13 @@ mod tests {
         );
     }
 
+    fn holding(provider: &str, machines: serde_json::Value) -> MachineRequestStatus {
+        serde_json::from_value(serde_json::json!({"provider": provider, "machines": machines}))
+            .expect("a status")
+    }
+
     #[test]
-    fn the_provider_is_the_templates_then_the_recorded_one_then_the_default() {
+    fn the_provider_follows_the_template_while_the_request_holds_nothing() {
         let named = template(1, Some(true), 1, true, Some("eu"));
         let unnamed = template(1, Some(true), 1, true, None);
         let recorded = MachineRequestStatus {
@@ -328,9 +418,73 @@ mod tests {
             ..Default::default()
         };
         let none = MachineRequestStatus::default();
-        assert_eq!(provider_name(Some(&named), &recorded, "aws"), "eu");
-        assert_eq!(provider_name(Some(&unnamed), &recorded, "aws"), "us");
-        assert_eq!(provider_name(None, &recorded, "aws"), "us");
-        assert_eq!(provider_name(None, &none, "aws"), "aws");
+        let name = |t, st| choose_provider(t, st, "aws").name;
+        assert_eq!(name(Some(&named), &recorded), "eu");
+        assert_eq!(name(Some(&unnamed), &recorded), "aws");
+        assert_eq!(name(None, &recorded), "us");
+        assert_eq!(name(None, &none), "aws");
+        assert_eq!(choose_provider(Some(&named), &recorded, "aws").pinned, None);
+        // Only gone machines (terminated, or stopped and given up): free.
+        let gone = holding(
+            "us",
+            serde_json::json!([
+                {"id": "i-1", "state": "terminated", "result": "fail", "terminationReason": "Lost"},
+                {"id": "i-2", "state": "stopped", "result": "fail", "terminationReason": "Lost"}
+            ]),
+        );
+        assert_eq!(choose_provider(Some(&named), &gone, "aws").name, "eu");
+    }
+
+    #[test]
+    fn a_request_holding_machines_is_pinned_to_the_recorded_provider() {
+        let named = template(1, Some(true), 1, true, Some("eu"));
+        let unnamed = template(1, Some(true), 1, true, None);
+        let cases = [
+            serde_json::json!([{"id": "i-1", "state": "running", "result": "succeed"}]),
+            serde_json::json!([{"id": "i-1", "state": "running", "result": "succeed",
+                "terminationReason": "ScaledDown"}]),
+            serde_json::json!([{"id": "i-1", "state": "unknown", "result": "executing"}]),
+        ];
+        for machines in cases {
+            let st = holding("us", machines.clone());
+            let choice = choose_provider(Some(&named), &st, "aws");
+            assert_eq!(choice.name, "us", "{machines}");
+            let pinned = choice.pinned.expect("pinned");
+            assert_eq!(pinned.reason, Reason::ProviderChanged);
+            assert!(
+                pinned.message.contains("now names provider \"eu\"")
+                    && pinned.message.contains("are in provider \"us\""),
+                "{}",
+                pinned.message
+            );
+            // The default counts as what the template names.
+            let choice = choose_provider(Some(&unnamed), &st, "aws");
+            assert_eq!(
+                (choice.name.as_str(), choice.pinned.is_some()),
+                ("us", true)
+            );
+            // The same provider: not pinned.
+            assert_eq!(
+                choose_provider(Some(&named), &holding("eu", machines), "aws").pinned,
+                None
+            );
+        }
+        // A Pending batch may have launched machines not listed yet.
+        let mut st = holding("us", serde_json::json!([]));
+        st.launches = serde_json::from_value(serde_json::json!([
+            {"id": "b-0", "token": "t", "count": 1, "paramsDigest": "", "state": "Pending"}
+        ]))
+        .expect("launches");
+        assert_eq!(choose_provider(Some(&named), &st, "aws").name, "us");
+    }
+
+    #[test]
+    fn deletion_uses_the_recorded_provider_first() {
+        let named = template(1, Some(true), 1, true, Some("eu"));
+        let recorded = holding("us", serde_json::json!([]));
+        let none = MachineRequestStatus::default();
+        assert_eq!(cleanup_provider(Some(&named), &recorded, "aws"), "us");
+        assert_eq!(cleanup_provider(Some(&named), &none, "aws"), "eu");
+        assert_eq!(cleanup_provider(None, &none, "aws"), "aws");
     }
 }

@@ -27,7 +27,7 @@ pub(super) fn watch(
     impl Stream<Item = Result<MachineRequest, watcher::Error>> + Send + 'static,
 ) {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, crate::controller::watch::watch_config())
         .default_backoff()
         .modify(slim)
         .reflect(writer)
@@ -62,6 +62,8 @@ pub(super) fn machines_in_use(
 fn slim(mr: &mut MachineRequest) {
     mr.metadata.managed_fields = None;
     mr.metadata.annotations = None;
+    mr.metadata.labels = None;
+    mr.spec.return_machines.clear();
     let Some(st) = mr.status.as_mut() else {
         return;
     };
@@ -90,8 +92,10 @@ mod tests {
         let mut mr: MachineRequest = serde_json::from_value(json!({
             "apiVersion": "hostforge.io/v1alpha1",
             "kind": "MachineRequest",
-            "metadata": {"name": "r", "namespace": ns, "annotations": {"a": "b"}},
-            "spec": {"templateRef": {"name": template}, "count": 3},
+            "metadata": {"name": "r", "namespace": ns, "annotations": {"a": "b"},
+                         "labels": {"hostforge.io/hf-ret-1": "true"}},
+            "spec": {"templateRef": {"name": template}, "count": 3,
+                     "returnMachines": ["i-00000000000000001"]},
             "status": {
                 "machines": machines,
                 "launches": [
@@ -136,6 +140,8 @@ mod tests {
         assert!(st.machines.iter().all(|m| m.private_ip.is_none()));
         assert_eq!(st.launches.len(), 1);
         assert!(mr.metadata.annotations.is_none());
+        assert!(mr.metadata.labels.is_none());
+        assert!(mr.spec.return_machines.is_empty());
         assert_eq!(st.machines_in_use(), 4);
     }
 

@@ -126,7 +126,7 @@ pub(super) fn tags(c: &mut Cursor) -> BTreeMap<String, String> {
         match pair.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => {
                 let k = k.trim();
-                if k.starts_with("hostforge.io/") || k.starts_with("aws:") {
+                if is_reserved(k) {
                     c.note("instanceTags", format!("tag {k} is reserved; dropped"));
                 } else if k.len() > 128 || v.len() > 256 {
                     c.note("instanceTags", format!("tag {k} is too long; dropped"));
@@ -141,6 +141,14 @@ pub(super) fn tags(c: &mut Cursor) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// Whether a tag key is one hostforge or AWS reserves. Case-insensitive, as
+/// the CRD checks it: `AWS:x` would otherwise pass the import and be refused
+/// by the apiserver when the template is applied.
+fn is_reserved(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.starts_with("hostforge.io/") || key.starts_with("aws:")
 }
 
 /// EC2's limit for user data, before base64 encoding.
@@ -225,4 +233,27 @@ fn read_script(path: &Path, dir: &Path, allow_outside: bool) -> Result<String, S
         ));
     }
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_tag_prefixes_are_dropped_in_any_case() {
+        let source = serde_json::json!({
+            "instanceTags": "team=hpc;AWS:x=1;Aws:y=2;HostForge.IO/owner=3;hostforge.io/z=4;awsome=5"
+        });
+        let mut c = Cursor::new(source.as_object().expect("an object"));
+        let kept = tags(&mut c);
+        let keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["awsome", "team"]);
+        let dropped: Vec<&str> = c
+            .notes
+            .iter()
+            .filter(|n| n.message.ends_with("is reserved; dropped"))
+            .map(|n| n.message.as_str())
+            .collect();
+        assert_eq!(dropped.len(), 4, "{dropped:?}");
+    }
 }
