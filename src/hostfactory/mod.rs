@@ -148,6 +148,30 @@ pub enum Resolved<T> {
     Ambiguous(usize),
 }
 
+impl<T> Resolved<T> {
+    /// The one machine named, or `None` with the key noted where the answer
+    /// says why nothing was done with it (`unknown` or `ambiguous`): what
+    /// every operation taking keys does with one that names no single machine.
+    pub fn or_note(
+        self,
+        key: &MachineKey,
+        unknown: &mut Vec<MachineKey>,
+        ambiguous: &mut Vec<MachineKey>,
+    ) -> Option<T> {
+        match self {
+            Resolved::One(hit) => Some(hit),
+            Resolved::NotFound => {
+                unknown.push(key.clone());
+                None
+            }
+            Resolved::Ambiguous(_) => {
+                ambiguous.push(key.clone());
+                None
+            }
+        }
+    }
+}
+
 /// Whether a MachineRequest belongs to the scheduler.
 pub fn is_owned(mr: &MachineRequest) -> bool {
     mr.metadata

@@ -27,7 +27,7 @@ use kube::{Api, Client};
 
 use super::protocol::{MachinesIn, ReclaimedHost, ReturnRequestsOut};
 use super::returns::owned_requests;
-use super::{HfConfig, HfError, MachineKey, Resolved};
+use super::{HfConfig, HfError, MachineKey};
 use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
 
 /// How long EC2 warns before it takes a spot machine back, in seconds.
@@ -91,16 +91,12 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestam
         .collect();
     let mut out = Reclaim::default();
     for key in held {
-        let (deleting, m) = match key.resolve(machines.iter().copied()) {
-            Resolved::One(hit) => hit,
-            Resolved::NotFound => {
-                out.unknown.push(key.clone());
-                continue;
-            }
-            Resolved::Ambiguous(_) => {
-                out.ambiguous.push(key.clone());
-                continue;
-            }
+        let Some((deleting, m)) = key.resolve(machines.iter().copied()).or_note(
+            key,
+            &mut out.unknown,
+            &mut out.ambiguous,
+        ) else {
+            continue;
         };
         let grace = match grace_period(m, now) {
             Some(grace) => grace,

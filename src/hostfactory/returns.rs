@@ -36,8 +36,7 @@ use serde_json::json;
 
 use super::protocol::{MachinesIn, RequestIdOut};
 use super::{
-    is_owned, return_key, HfConfig, HfError, MachineKey, Resolved, OWNER_LABEL, OWNER_VALUE,
-    RETURN_PREFIX,
+    is_owned, return_key, HfConfig, HfError, MachineKey, OWNER_LABEL, OWNER_VALUE, RETURN_PREFIX,
 };
 use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
 
@@ -154,16 +153,11 @@ pub fn locate(wanted: &[MachineKey], requests: &[MachineRequest]) -> Located {
     };
     let mut out = Located::default();
     for key in wanted {
-        let (mr, m) = match key.resolve(candidates()) {
-            Resolved::One(hit) => hit,
-            Resolved::NotFound => {
-                out.unknown.push(key.clone());
-                continue;
-            }
-            Resolved::Ambiguous(_) => {
-                out.ambiguous.push(key.clone());
-                continue;
-            }
+        let Some((mr, m)) =
+            key.resolve(candidates())
+                .or_note(key, &mut out.unknown, &mut out.ambiguous)
+        else {
+            continue;
         };
         let request = mr.name_any();
         let record = ReturnRecord {
