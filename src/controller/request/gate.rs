@@ -90,13 +90,14 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
     // The template controller reports a denial as Ready=False; this holds
     // requests back too while a template's Ready predates the policy (the
     // operator restarted with a new config and has not re-evaluated it yet).
+    let Some(policy) = ctx.config.tenant_policy(&open.provider_name) else {
+        return Ok(open);
+    };
     let labels = crate::controller::template::namespaces::last_known(&namespace);
-    match ctx.config.tenant_policy(&open.provider_name).map(|policy| {
-        let mut asked = Asked::of(&namespace, &open.provider_name, &open.template.spec);
-        asked.namespace_labels = labels.as_ref();
-        policy.admits(&asked)
-    }) {
-        Some(Err(denied)) => Err(Closed {
+    let mut asked = Asked::of(&namespace, &open.provider_name, &open.template.spec);
+    asked.namespace_labels = labels.as_ref();
+    match policy.admits(&asked) {
+        Err(denied) => Err(Closed {
             blocked: Blocked::new(
                 Reason::TemplateNotReady,
                 format!(
@@ -106,7 +107,7 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
             ),
             provider: Some(open.provider),
         }),
-        _ => Ok(open),
+        Ok(()) => Ok(open),
     }
 }
 
