@@ -64,13 +64,14 @@ pub enum DeathVerdict {
     },
 }
 
-/// The offering a machine that died at launch was launched on, as the batch
-/// that launched it chose it (so it is the key [`CapacityCache::is_available`]
-/// is asked with): its instance type and subnet when the batch named several
-/// (a fleet), the batch's own when it named one, the default subnet ("") when
-/// it named none. `None` when the machine's type or subnet is not among the
-/// batch's (nothing to blame).
-pub fn offering_of_death(
+/// The offering of a batch that a machine (one that died at launch) or a
+/// launch error (a fleet's shortfall) names by instance type and subnet, as
+/// the batch chose it (so it is the key [`CapacityCache::is_available`] is
+/// asked with): the named type and subnet when the batch named several (a
+/// fleet), the batch's own when it named one, the default subnet ("") when it
+/// named none. `None` when the type or subnet named is not among the batch's
+/// (nothing to blame).
+pub fn batch_offering(
     provider: &str,
     batch_types: &[String],
     batch_subnets: &[String],
@@ -287,7 +288,7 @@ mod tests {
         ];
         for (types, subnets, mt, ms, want) in rows {
             assert_eq!(
-                offering_of_death("p", &types, &subnets, true, mt, ms),
+                batch_offering("p", &types, &subnets, true, mt, ms),
                 want,
                 "{types:?} {subnets:?} {mt:?} {ms:?}"
             );

@@ -333,7 +333,7 @@ fn cool_shortfall(s: &Session<'_>, batch_id: &str, provider: &str, shortfall: &[
         .iter()
         .filter(|f| f.capacity && f.spot.is_none_or(|f_spot| f_spot == spot))
         .filter_map(|f| {
-            capacity::offering_of_death(
+            capacity::batch_offering(
                 provider,
                 &b.instance_types,
                 &b.subnet_ids,

@@ -218,7 +218,7 @@ impl<'a> Session<'a> {
             let Some(batch) = batch else {
                 continue;
             };
-            let Some(offering) = capacity::offering_of_death(
+            let Some(offering) = capacity::batch_offering(
                 &provider_name,
                 &batch.instance_types,
                 &batch.subnet_ids,
