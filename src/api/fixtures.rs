@@ -62,6 +62,7 @@ impl LaunchBatch {
             message: None,
             availability_zone: None,
             failure: None,
+            group: None,
         }
     }
 }

@@ -389,6 +389,12 @@ pub struct LaunchBatch {
     /// Absent when the batch was not refused by the cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<LaunchFailure>,
+
+    /// The LaunchGroup this batch was sent in, when its launch shared one call
+    /// with other requests of the template (it was then sent with the group's
+    /// token, never its own). Absent for a batch sent alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// How the cloud refused a launch; decides when the next batch may go.

@@ -395,6 +395,7 @@ fn status_round_trips_through_json() {
             message: None,
             availability_zone: None,
             failure: None,
+            group: None,
         }],
     };
     let value = serde_json::to_value(&status).expect("serializes");

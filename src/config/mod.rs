@@ -116,6 +116,11 @@ pub struct OperatorConfig {
     /// Most requests to the apiserver awaiting their answer at once (each is
     /// an HTTP/1.1 connection of its own).
     pub max_kube_requests_in_flight: usize,
+    /// `coalesceLaunches` (default on): launches of requests of one template
+    /// that wait for EC2's call bucket at the same time go out as one call
+    /// (a LaunchGroup records it first), so a burst is bound by EC2's
+    /// instance bucket rather than its call bucket.
+    pub coalesce_launches: bool,
 }
 
 /// How the sweep collects orphans (machines of this cluster whose request no

@@ -54,6 +54,8 @@ pub(super) struct RawConfig {
     spot_notice_interval: Option<String>,
     #[serde(default)]
     max_kube_requests_in_flight: Option<i64>,
+    #[serde(default)]
+    coalesce_launches: Option<bool>,
 }
 
 /// `orphanCollection` as written.
@@ -334,6 +336,7 @@ impl RawConfig {
             capacity_cooldown,
             spot_notice_interval,
             max_kube_requests_in_flight,
+            coalesce_launches: self.coalesce_launches.unwrap_or(true),
         })
     }
 }

@@ -12,6 +12,7 @@ use super::cloud::batch_lookups::BatchLookups;
 use super::cloud::capacity::CapacityCache;
 use super::cloud::poller::Tracker;
 use super::cloud::sweep::FullSweepSignal;
+use super::request::coalesce::Coalescer;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
@@ -61,6 +62,8 @@ pub struct Context {
     /// what the sweep and the template collector require before they adopt,
     /// collect or delete anything.
     pub cluster_id: String,
+    /// The launch queues that let requests of one template share a call.
+    pub coalescer: Arc<Coalescer>,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -97,7 +100,6 @@ impl Context {
         let recorder = Recorder::new(client.clone(), reporter);
         let capacity = CapacityCache::new(config.capacity_cooldown);
         Context {
-            client,
             config,
             providers,
             images,
@@ -114,6 +116,8 @@ impl Context {
             batch_lookups: BatchLookups::default(),
             namespace: watches.namespace,
             full_sweep: FullSweepSignal::default(),
+            coalescer: Arc::new(Coalescer::new(client.clone())),
+            client,
             cluster_id,
         }
     }

@@ -24,7 +24,10 @@ pub mod act;
 pub mod batch;
 pub mod by_tag;
 pub mod cleanup;
+pub mod coalesce;
 pub mod gate;
+pub mod group;
+pub mod group_settle;
 pub mod intent;
 pub mod plan;
 pub mod report;
@@ -216,7 +219,9 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         act::terminate(s, &open.provider, &plan.terminate).await?;
     }
     if let Some(recorded) = recorded {
-        refusal = act::launch(s, &open.provider, recorded).await?.or(refusal);
+        refusal = act::launch(s, &open.provider, &open.template, recorded)
+            .await?
+            .or(refusal);
     }
     report::finish(s, Some(&open.provider), refusal, plan.held_back).await
 }

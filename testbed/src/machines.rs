@@ -127,20 +127,54 @@ pub fn status_live(mr: &MachineRequest) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Every instance moto holds tagged with this request uid: id → (state, tags).
+/// Every instance moto holds of this request uid: tagged with it, or of a
+/// coalesced launch (tagged with its launch group, not a request) and
+/// listed in the request's status: id → (state, tags).
 pub async fn moto_instances(
     env: &TestEnv,
     uid: &str,
 ) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
+    let mut found = described(
+        env,
+        Filter::builder()
+            .name("tag:hostforge.io/request-uid")
+            .values(uid)
+            .build(),
+    )
+    .await;
+    let listed: Vec<String> = requests(env)
+        .list(&Default::default())
+        .await
+        .expect("list requests")
+        .items
+        .into_iter()
+        .filter(|r| r.metadata.uid.as_deref() == Some(uid))
+        .flat_map(|r| r.status.map(|st| st.machines).unwrap_or_default())
+        .map(|m| m.id)
+        .collect();
+    if !listed.is_empty() {
+        let grouped = described(
+            env,
+            Filter::builder()
+                .name("tag-key")
+                .values("hostforge.io/launch-group")
+                .build(),
+        )
+        .await;
+        found.extend(grouped.into_iter().filter(|(id, _)| listed.contains(id)));
+    }
+    found
+}
+
+/// moto's instances matching `filter`: id → (state, tags).
+async fn described(
+    env: &TestEnv,
+    filter: Filter,
+) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
     let out = env
         .ec2()
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:hostforge.io/request-uid")
-                .values(uid)
-                .build(),
-        )
+        .filters(filter)
         .send()
         .await
         .expect("DescribeInstances on moto");

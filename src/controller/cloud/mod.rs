@@ -6,6 +6,7 @@
 pub mod batch_lookups;
 pub mod capacity;
 pub mod interruptions;
+pub mod launch_groups;
 pub mod ownership;
 pub mod poller;
 pub mod sweep;

@@ -25,6 +25,12 @@ pub const REQUEST_UID_TAG: &str = "hostforge.io/request-uid";
 pub const TEMPLATE_TAG: &str = "hostforge.io/template";
 /// The launch batch (an id in the request's `status.launches`).
 pub const BATCH_TAG: &str = "hostforge.io/batch";
+/// `<namespace>/<LaunchGroup name>` on the machines of a coalesced launch
+/// (one call for several requests of a template). They carry no request or
+/// batch tag, since one call's tags are the same for all of its instances;
+/// which request each belongs to is decided from EC2's answer to the group's
+/// token and recorded in the requests' status.
+pub const GROUP_TAG: &str = "hostforge.io/launch-group";
 /// The console's display name.
 pub const NAME_TAG: &str = "Name";
 

@@ -41,7 +41,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{error, info, warn};
 
-use super::ownership::{CLUSTER_ID_TAG, CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
+use super::launch_groups;
+use super::ownership::{CLUSTER_ID_TAG, CLUSTER_TAG, GROUP_TAG, REQUEST_TAG, REQUEST_UID_TAG};
 use super::ticker::every;
 use super::translate;
 use crate::api::{LaunchState, MachineRequest, MachineState};
@@ -132,6 +133,8 @@ pub struct SweepReport {
     pub unmarked_orphans: usize,
     /// Providers whose listing failed (a full sweep is then not done).
     pub failed_listings: usize,
+    /// LaunchGroups deleted because every member has settled.
+    pub groups_deleted: usize,
 }
 
 /// Sweeps every `sweepInterval` until `shutdown` resolves; the first sweep runs
@@ -311,6 +314,15 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
             ))
         })
         .collect();
+    // Coalesced launches: their machines carry the group's tag, not a
+    // request's, and belong to the request whose status lists them. One
+    // that none lists is in flight while its group exists.
+    let groups = match full {
+        true => launch_groups::list(ctx).await,
+        false => Some(Vec::new()),
+    };
+    let groups_in_flight = groups.as_deref().map(launch_groups::in_flight);
+    let mut owner_by_id: Option<HashMap<String, String>> = None;
     let cluster = vec![(CLUSTER_TAG.to_string(), ctx.config.cluster_name.clone())];
     for name in ctx.providers.names() {
         let Some(provider) = ctx.providers.get(name) else {
@@ -341,7 +353,25 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                     if !m.state.is_terminating() {
                         owned += 1;
                     }
-                    let uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
+                    let mut uid = m.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default();
+                    if let (true, Some(group)) = (uid.is_empty(), m.tags.get(GROUP_TAG)) {
+                        let owners = owner_by_id.get_or_insert_with(|| owners_by_id(&live));
+                        match owners.get(&m.id) {
+                            Some(owner) => uid.clone_from(owner),
+                            None => {
+                                let in_flight =
+                                    groups_in_flight.as_ref().is_none_or(|g| g.contains(group));
+                                if full
+                                    && !in_flight
+                                    && !m.state.is_terminating()
+                                    && older_than(&m, ctx.config.gc_grace_period)
+                                {
+                                    orphans.push(m);
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     match live.get(&uid) {
                         Some(owner) => match owner.listed.get(&m.id) {
                             None if !m.state.is_terminating() => {
@@ -488,7 +518,18 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
             ctx.tracker.wake(request);
         }
     }
+    if let Some(groups) = &groups {
+        report.groups_deleted += launch_groups::collect(ctx, groups).await;
+    }
     report
+}
+
+/// Which live request lists each machine, by id: the owner of a machine of a
+/// coalesced launch, which carries no request tag.
+fn owners_by_id(live: &HashMap<String, Live>) -> HashMap<String, String> {
+    live.iter()
+        .flat_map(|(uid, l)| l.listed.keys().map(move |id| (id.clone(), uid.clone())))
+        .collect()
 }
 
 /// Whether the machine belongs to what this operator watches: all namespaces,
@@ -499,6 +540,7 @@ fn in_scope(ctx: &Context, m: &Machine) -> bool {
         Some(ns) => m
             .tags
             .get(REQUEST_TAG)
+            .or_else(|| m.tags.get(GROUP_TAG))
             .is_some_and(|r| r.split('/').next() == Some(ns.as_str())),
     }
 }

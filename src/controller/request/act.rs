@@ -33,11 +33,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::batch::{self, Extras, UserData};
 use super::by_tag;
+use super::coalesce::{self, Delivery};
 use super::gate::{Blocked, Open};
 use super::intent::{NewBatch, Recorded};
 use super::session::{now, Session};
@@ -52,7 +53,7 @@ use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
 use crate::controller::Error;
 use crate::failpoint;
-use crate::provider::{self, ImageSource, MachineProvider, ProviderError, Shortfall};
+use crate::provider::{self, ImageSource, LaunchAnswer, MachineProvider, ProviderError, Shortfall};
 
 /// Chooses the next batch of `count` machines (offering, token) and builds
 /// what it will send; `Err` when nothing can be launched now and why.
@@ -108,6 +109,7 @@ pub async fn next_batch(
     Ok(NewBatch {
         batch: new,
         spec: built.spec,
+        shared_digest: built.shared_digest,
     })
 }
 
@@ -230,24 +232,91 @@ pub async fn launch_spec(
     ))
 }
 
-/// Sends a recorded batch and records the outcome in status (not written yet),
-/// by EC2's rule for launch answers (see the module doc). Returns why the
-/// request is degraded when the cloud refused the launch; an unclear failure
-/// leaves the batch Pending and fails the reconcile, to be settled (adopted or
-/// re-sent with the same token) by the next one.
+/// Sends a recorded batch (alone, or in one call with other requests'
+/// batches: [`super::coalesce`]) and records the outcome in status (not
+/// written yet), by EC2's rule for launch answers (see the module doc).
+/// Returns why the request is degraded when the cloud refused the launch; an
+/// unclear failure leaves the batch Pending and fails the reconcile, to be
+/// settled (adopted or re-sent with the same token) by the next one.
 pub async fn launch(
     s: &mut Session<'_>,
     provider: &Arc<dyn MachineProvider>,
+    template: &MachineTemplate,
     recorded: Recorded,
 ) -> Result<Option<Blocked>, Error> {
-    let outcome = provider.launch(recorded.spec()).await;
-    failpoint!("request-after-launch");
-    let batch_id = recorded.batch_id();
-    let provider_name = provider.name().to_string();
-    if !s.status.launches.iter().any(|b| b.id == batch_id) {
-        return Ok(None);
-    }
+    let batch_id = recorded.batch_id().to_string();
     let asked = recorded.spec().count;
+    let (group, outcome) = if coalesces(s, recorded.spec()) {
+        let key = coalesce::Key {
+            provider: provider.name().to_string(),
+            namespace: s.owner.namespace.clone(),
+            template: template.name_any(),
+            shared_digest: recorded.shared_digest().to_string(),
+        };
+        let member = coalesce::Member {
+            request: s.owner.name.clone(),
+            uid: s.owner.uid.clone(),
+            batch: batch_id.clone(),
+            spec: recorded.spec().clone(),
+            template_tags: template.spec.tags.clone(),
+        };
+        match s
+            .ctx
+            .coalescer
+            .launch(key, Arc::clone(provider), member)
+            .await
+        {
+            Delivery::Alone(outcome) => (None, outcome),
+            Delivery::Grouped { name, result } => (Some(name), result),
+            Delivery::Unknown(why) => {
+                if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
+                    b.message = Some(why.clone());
+                }
+                s.write().await?;
+                return Err(Error::Provider {
+                    action: format!("launching batch {batch_id}"),
+                    source: ProviderError::Unknown(provider::ErrorDetail {
+                        operation: "RunInstances",
+                        code: "LaunchGroup".into(),
+                        message: why,
+                    }),
+                });
+            }
+        }
+    } else {
+        (None, provider.launch(recorded.spec()).await)
+    };
+    failpoint!("request-after-launch");
+    answered(s, provider, &batch_id, asked, group, outcome).await
+}
+
+/// Whether this batch queues to share a call: `coalesceLaunches` is on and
+/// it goes through RunInstances (a fleet batch goes alone for now).
+fn coalesces(s: &Session<'_>, spec: &provider::LaunchSpec) -> bool {
+    s.ctx.config.coalesce_launches && spec.api == provider::LaunchApi::RunInstances
+}
+
+/// Records a launch answer for batch `batch_id` (sent in LaunchGroup
+/// `group` when named) by EC2's rule for launch answers.
+pub async fn answered(
+    s: &mut Session<'_>,
+    provider: &Arc<dyn MachineProvider>,
+    batch_id: &str,
+    asked: i32,
+    group: Option<String>,
+    outcome: Result<LaunchAnswer, ProviderError>,
+) -> Result<Option<Blocked>, Error> {
+    let provider_name = provider.name().to_string();
+    let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) else {
+        return Ok(None);
+    };
+    if group.is_some() {
+        b.group.clone_from(&group);
+    }
+    let in_group = group
+        .as_deref()
+        .map(|g| format!(" (one call with other requests: launch group {g})"))
+        .unwrap_or_default();
     match outcome {
         Ok(answer) => {
             let why_short = answer.shortfall_line();
@@ -265,16 +334,20 @@ pub async fn launch(
                 }
             }
             let message = (machines.len() < asked as usize).then(|| {
-                let launched = format!("the cloud launched {} of {}", machines.len(), asked);
+                let launched = format!(
+                    "the cloud launched {} of {}{in_group}",
+                    machines.len(),
+                    asked
+                );
                 match why_short {
                     Some(why) => format!("{launched}: {why}"),
                     None => launched,
                 }
             });
             settle_batch(s, batch_id, LaunchState::Launched, None, message);
-            info!(request = %s.key(), batch = %batch_id, launched = ids.len(), "launched");
+            info!(request = %s.key(), batch = %batch_id, launched = ids.len(), group = group.as_deref().unwrap_or(""), "launched");
             let note = format!(
-                "batch {batch_id}: launched {} ({})",
+                "batch {batch_id}: launched {} ({}){in_group}",
                 ids.len(),
                 ids.join(", ")
             );
@@ -285,11 +358,22 @@ pub async fn launch(
         Err(err) => match outcome_of(&err) {
             Outcome::TokenTerminated => {
                 let message = format!(
-                    "every instance launched with this batch's token is terminated, nothing live from it ({err})"
+                    "every instance launched with this batch's token is terminated, nothing live from it{in_group} ({err})"
                 );
                 info!(request = %s.key(), batch = %batch_id, "batch token's instances are all terminated");
                 settle_batch(s, batch_id, LaunchState::Launched, None, Some(message));
                 Ok(None)
+            }
+            Outcome::TokenUsed if group.is_some() => {
+                // The group's members settle it by the group's tag.
+                if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
+                    b.message = Some(format!("{err}{in_group}"));
+                }
+                s.write().await?;
+                Err(Error::Provider {
+                    action: format!("launching batch {batch_id}{in_group}"),
+                    source: err,
+                })
             }
             Outcome::TokenUsed => token_used(s, provider, batch_id, &err).await,
             Outcome::Refused(failure) => {
@@ -300,17 +384,19 @@ pub async fn launch(
                             .mark_unavailable(batch::offerings_of(b, &provider_name));
                     }
                 }
-                Ok(Some(refused(s, batch_id, failure, err.to_string()).await))
+                Ok(Some(
+                    refused(s, batch_id, failure, format!("{err}{in_group}")).await,
+                ))
             }
             Outcome::Unclear => {
                 // Maybe sent, maybe not: keep it Pending and let the next
                 // reconcile settle it. Persist what we know so far first.
                 if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
-                    b.message = Some(err.to_string());
+                    b.message = Some(format!("{err}{in_group}"));
                 }
                 s.write().await?;
                 Err(Error::Provider {
-                    action: format!("launching batch {batch_id}"),
+                    action: format!("launching batch {batch_id}{in_group}"),
                     source: err,
                 })
             }

@@ -264,6 +264,7 @@ pub fn new_batch(
         message: None,
         availability_zone: None,
         failure: None,
+        group: None,
     }
 }
 
@@ -294,6 +295,10 @@ pub struct Built {
     pub spec: LaunchSpec,
     /// [`digest`] of `spec`, keyed by the user data's Secret.
     pub digest: String,
+    /// [`digest`] of what `spec` shares with the batches of other requests
+    /// of the template ([`super::group::shared_part`]): batches with equal
+    /// shared digests may go out in one coalesced call.
+    pub shared_digest: String,
 }
 
 /// The launch spec of `batch` with the template as it is now, and its digest.
@@ -301,7 +306,12 @@ pub fn build(batch: &LaunchBatch, template: &MachineTemplateSpec, extras: &Extra
     let spec = spec_for(batch, template, extras);
     let key = extras.user_data.as_ref().map(|u| u.secret_uid.as_str());
     let digest = digest(&spec, key.unwrap_or_default());
-    Built { spec, digest }
+    let shared_digest = self::digest(&super::group::shared_part(&spec), key.unwrap_or_default());
+    Built {
+        spec,
+        digest,
+        shared_digest,
+    }
 }
 
 /// The provider's launch spec for `batch` with the template as it is now.

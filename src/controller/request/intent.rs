@@ -17,6 +17,8 @@ pub struct NewBatch {
     pub batch: LaunchBatch,
     /// What will be sent.
     pub spec: LaunchSpec,
+    /// What the spec shares with other requests' batches (coalescing key).
+    pub shared_digest: String,
 }
 
 /// A batch whose intent the apiserver has accepted: safe to send.
@@ -24,11 +26,17 @@ pub struct NewBatch {
 pub struct Recorded {
     batch_id: String,
     spec: LaunchSpec,
+    shared_digest: String,
 }
 
 impl Recorded {
     /// The batch, if the written status holds it as Pending.
-    pub fn pending(s: &Session<'_>, batch_id: &str, spec: LaunchSpec) -> Option<Recorded> {
+    pub fn pending(
+        s: &Session<'_>,
+        batch_id: &str,
+        spec: LaunchSpec,
+        shared_digest: String,
+    ) -> Option<Recorded> {
         s.written()
             .launches
             .iter()
@@ -36,6 +44,7 @@ impl Recorded {
             .then(|| Recorded {
                 batch_id: batch_id.to_string(),
                 spec,
+                shared_digest,
             })
     }
 
@@ -48,6 +57,11 @@ impl Recorded {
     pub fn spec(&self) -> &LaunchSpec {
         &self.spec
     }
+
+    /// The digest of what the spec shares with other requests' batches.
+    pub fn shared_digest(&self) -> &str {
+        &self.shared_digest
+    }
 }
 
 /// Writes the intent (marks made by the plan, and `new` as a Pending batch)
@@ -55,5 +69,5 @@ impl Recorded {
 pub async fn record(s: &mut Session<'_>, new: Option<NewBatch>) -> Result<Option<Recorded>, Error> {
     let new = new.inspect(|n| s.status.launches.push(n.batch.clone()));
     s.write().await?;
-    Ok(new.and_then(|n| Recorded::pending(s, &n.batch.id, n.spec)))
+    Ok(new.and_then(|n| Recorded::pending(s, &n.batch.id, n.spec, n.shared_digest)))
 }

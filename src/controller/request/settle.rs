@@ -9,6 +9,12 @@
 //!
 //! Only when that is impossible (the template changed, or the spec cannot be
 //! built) is the batch settled by its tag ([`super::by_tag`]).
+//!
+//! A batch that went out in a coalesced call never sent its own token, so it
+//! is settled through its LaunchGroup instead ([`super::group_settle`]): a
+//! batch that names its group reads it; one that does not (a crash before
+//! the group's answer was recorded) is looked up among the namespace's
+//! groups, read from the apiserver, before its own token is ever sent.
 
 use std::sync::Arc;
 
@@ -16,10 +22,12 @@ use tracing::{debug, info};
 
 use super::act;
 use super::by_tag;
+use super::group_settle::{self, Found};
 use super::intent::Recorded;
 use super::session::Session;
-use crate::api::{LaunchBatch, LaunchState, MachineTemplate};
+use crate::api::{LaunchBatch, LaunchGroup, LaunchState, MachineTemplate};
 use crate::controller::Error;
+use crate::failpoint;
 use crate::provider::MachineProvider;
 
 /// How a Pending batch is settled.
@@ -55,7 +63,19 @@ pub async fn pending(
         .filter(|b| b.state == LaunchState::Pending)
         .cloned()
         .collect();
+    let mut groups: Option<Vec<LaunchGroup>> = None;
     for batch in pending {
+        match group_settle::find(s, &batch, &mut groups).await? {
+            Found::Group(group) => {
+                group_settle::settle(s, provider, template, &batch, &group).await?;
+                continue;
+            }
+            Found::Gone(name) => {
+                group_settle::gone(s, &batch, &name);
+                continue;
+            }
+            Found::Alone => {}
+        }
         let built = act::launch_spec(s, provider, template, &batch).await;
         let r = route(
             built
@@ -66,13 +86,21 @@ pub async fn pending(
         );
         match (r, built) {
             (Route::Resend, Ok(built)) => {
-                let Some(recorded) = Recorded::pending(s, &batch.id, built.spec) else {
+                let Some(recorded) =
+                    Recorded::pending(s, &batch.id, built.spec, built.shared_digest)
+                else {
                     // Pending here but not in what the apiserver holds: never sent.
                     debug!(request = %s.key(), batch = %batch.id, "batch not recorded yet; not re-sent");
                     continue;
                 };
                 info!(request = %s.key(), batch = %batch.id, token = %batch.token, "re-sending pending batch with its token");
-                if let Some(blocked) = act::launch(s, provider, recorded).await? {
+                // Alone and with its own token, never in a new group: this
+                // token may have launched already.
+                let outcome = provider.launch(recorded.spec()).await;
+                failpoint!("request-after-launch");
+                let answered =
+                    act::answered(s, provider, &batch.id, batch.count, None, outcome).await?;
+                if let Some(blocked) = answered {
                     debug!(request = %s.key(), reason = %blocked.reason, "re-sent batch refused");
                 }
             }

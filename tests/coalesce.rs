@@ -1,0 +1,249 @@
+//! Coalesced launches (src/controller/request/coalesce.rs) through the real
+//! apiserver and moto, with the fidelity model on (EC2's ClientToken
+//! registry: a token sent again returns what it launched).
+//!
+//! Each test holds the first RunInstances of a template for a few seconds
+//! (`forward_then_hold`), creates two more requests of the template while it
+//! is out, and checks that those two go out in one RunInstances carrying
+//! both (MaxCount 5, the group's token and tag, no request's tag), and that
+//! in the end every request lists exactly its count, moto runs exactly the
+//! union and no token was launched twice: on a clean run, after a crash at
+//! each step of the group protocol, and with the group call's answer lost.
+//! Needs `--features failpoints` (Cargo.toml `required-features`).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hostforge::api::LaunchGroup;
+use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder};
+use hostforge_testbed::machines::{
+    create_request, create_template, is_ready, moto_live_in_cluster, status_live, wait_request,
+};
+use hostforge_testbed::operator::default_config;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use kube::api::ListParams;
+use kube::Api;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Long enough for two requests to be recorded and queue on a loaded
+/// machine, shorter than the SDK's 10 s attempt timeout.
+const HOLD: Duration = Duration::from_secs(7);
+
+/// The requests of each test and their counts: the first goes alone, the
+/// other two queue behind it and share a call.
+const REQUESTS: [(&str, i32); 3] = [("first", 1), ("second", 2), ("third", 3)];
+
+async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
+    let env = TestEnv::new(name).await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    fwd.enable_fidelity(Fidelity::seeded(18));
+    let cfg = format!(
+        "{}pollInterval: 500ms\nsweepInterval: 2s\nfullSweepInterval: 2s\ngcGracePeriod: 2s\n",
+        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    );
+    let (subnet, _) = env.default_subnet_and_group().await;
+    create_template(
+        &env,
+        "compute",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "subnetIds": [subnet],
+        }),
+    )
+    .await;
+    (env, fwd, cfg)
+}
+
+/// Creates the first request with its RunInstances held, then the other two
+/// once that call is out, so they queue behind it.
+async fn queue_two_behind_one(env: &TestEnv, fwd: &Forwarder) {
+    fwd.add_fault(FaultRule::forward_then_hold("RunInstances", HOLD).times(1));
+    let (first, count) = REQUESTS[0];
+    create_request(env, first, "compute", count, true).await;
+    let deadline = Instant::now() + WAIT;
+    while fwd.calls("RunInstances") == 0 {
+        assert!(Instant::now() < deadline, "the first launch never went out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (name, count) in &REQUESTS[1..] {
+        create_request(env, name, "compute", *count, true).await;
+    }
+}
+
+/// The forwarded RunInstances that carried the group: MaxCount 5, the
+/// group's token, its tag and no request's tag.
+fn assert_one_group_call(fwd: &Forwarder) {
+    let calls = fwd.requests("RunInstances");
+    let grouped: Vec<_> = calls
+        .iter()
+        .filter(|p| {
+            p.get("ClientToken")
+                .is_some_and(|t| t.starts_with("hostforge-lg-"))
+        })
+        .collect();
+    let tokens: BTreeSet<&String> = grouped
+        .iter()
+        .filter_map(|p| p.get("ClientToken"))
+        .collect();
+    assert_eq!(tokens.len(), 1, "one group token: {calls:#?}");
+    let call = grouped[0];
+    assert_eq!(
+        call.get("MaxCount").map(String::as_str),
+        Some("5"),
+        "{call:#?}"
+    );
+    let tag_keys: Vec<&String> = call
+        .iter()
+        .filter(|(k, _)| k.starts_with("TagSpecification.1.Tag.") && k.ends_with(".Key"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        tag_keys.iter().any(|k| *k == "hostforge.io/launch-group"),
+        "{call:#?}"
+    );
+    assert!(
+        !tag_keys
+            .iter()
+            .any(|k| *k == "hostforge.io/request-uid" || *k == "hostforge.io/batch"),
+        "a group's instances carry no request's tags: {call:#?}"
+    );
+}
+
+/// Every request Ready with exactly its count, no machine in two requests,
+/// moto running exactly their union, and no token launched twice.
+async fn assert_exact_shares(env: &TestEnv, fwd: &Forwarder) {
+    let mut union = BTreeSet::new();
+    for (name, count) in REQUESTS {
+        let mr = wait_request(env, name, "Ready", WAIT, is_ready).await;
+        let live = status_live(&mr);
+        assert_eq!(live.len(), count as usize, "{name}: {:?}", mr.status);
+        for id in live {
+            assert!(union.insert(id.clone()), "{id} is listed by two requests");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let in_moto: BTreeSet<String> = moto_live_in_cluster(&env.ec2(), &env.namespace)
+            .await
+            .into_iter()
+            .collect();
+        if in_moto == union {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moto runs {in_moto:?}, the requests list {union:?}; forwarder: {:?}",
+            fwd.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let counters = fwd.fidelity_counters();
+    assert!(
+        counters.launches_by_token.values().all(|n| *n <= 1),
+        "one launch per token: {counters:?}"
+    );
+}
+
+/// The sweep deletes the group once every member has settled.
+async fn wait_groups_deleted(env: &TestEnv) {
+    let api: Api<LaunchGroup> = Api::namespaced(env.client.clone(), &env.namespace);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = api.list(&ListParams::default()).await.expect("list groups");
+        if left.items.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "launch groups never deleted: {:?}",
+            left.items
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_waiting_together_share_one_call() {
+    let (env, fwd, cfg) = bed("coalesce").await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    queue_two_behind_one(&env, &fwd).await;
+    assert_exact_shares(&env, &fwd).await;
+    assert_one_group_call(&fwd);
+    assert_eq!(
+        fwd.forwarded("RunInstances"),
+        2,
+        "the first alone, the other two in one call: {:?}",
+        fwd.snapshot()
+    );
+    for (name, _) in &REQUESTS[1..] {
+        let mr = wait_request(&env, name, "Ready", WAIT, is_ready).await;
+        let launches = &mr.status.expect("status").launches;
+        assert!(
+            launches.len() == 1 && launches[0].group.is_some(),
+            "{name} names its group: {launches:?}"
+        );
+    }
+    wait_groups_deleted(&env).await;
+    // The sweep knows whose the group's machines are: nothing is taken for
+    // an orphan once the group is gone.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_exact_shares(&env, &fwd).await;
+    assert_eq!(fwd.calls("TerminateInstances"), 0, "{:?}", fwd.snapshot());
+}
+
+/// Runs the operator with `point` enabled until it aborts there.
+async fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
+    let mut op = OperatorProcess::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
+    let status = op.wait_exit(WAIT).await;
+    let log = op.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "operator did not abort at {point}: {status:?}\n{log}"
+    );
+}
+
+async fn a_crash_at(name: &str, point: &str) {
+    let (env, fwd, cfg) = bed(name).await;
+    let crashing = {
+        let env = &env;
+        let cfg = cfg.clone();
+        async move { crash_at(env, &cfg, point).await }
+    };
+    let queuing = queue_two_behind_one(&env, &fwd);
+    tokio::join!(crashing, queuing);
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    assert_exact_shares(&env, &fwd).await;
+    assert_one_group_call(&fwd);
+    wait_groups_deleted(&env).await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_group_is_recorded_launches_it_once() {
+    a_crash_at("coalesce-rec", "group-after-record").await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_group_call_shares_its_machines_once() {
+    a_crash_at("coalesce-call", "group-after-launch").await;
+}
+
+#[tokio::test]
+async fn a_lost_group_answer_is_settled_by_its_token() {
+    let (env, fwd, cfg) = bed("coalesce-lost").await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    // The group's call (the second RunInstances): moto launches, the
+    // answer is lost on every SDK attempt.
+    fwd.add_fault(
+        FaultRule::forward_then_drop("RunInstances")
+            .param("MaxCount", "5")
+            .times(3),
+    );
+    queue_two_behind_one(&env, &fwd).await;
+    assert_exact_shares(&env, &fwd).await;
+    assert_one_group_call(&fwd);
+    wait_groups_deleted(&env).await;
+}
