@@ -146,6 +146,13 @@ async fn assert_exact_shares(env: &TestEnv, fwd: &Forwarder) {
         counters.launches_by_token.values().all(|n| *n <= 1),
         "one launch per token: {counters:?}"
     );
+    // A second set would have had to be terminated to get here.
+    assert_eq!(
+        fwd.calls("TerminateInstances"),
+        0,
+        "nothing launched twice: {:?}",
+        fwd.snapshot()
+    );
 }
 
 /// The sweep deletes the group once every member has settled.
@@ -192,7 +199,6 @@ async fn requests_waiting_together_share_one_call() {
     // an orphan once the group is gone.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_exact_shares(&env, &fwd).await;
-    assert_eq!(fwd.calls("TerminateInstances"), 0, "{:?}", fwd.snapshot());
 }
 
 /// Runs the operator with `point` enabled until it aborts there.
