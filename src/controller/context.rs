@@ -12,6 +12,7 @@ use super::cloud::batch_lookups::BatchLookups;
 use super::cloud::capacity::CapacityCache;
 use super::cloud::poller::Tracker;
 use super::cloud::sweep::FullSweepSignal;
+use super::template::namespaces::NamespaceLabels;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
@@ -61,6 +62,10 @@ pub struct Context {
     /// what the sweep and the template collector require before they adopt,
     /// collect or delete anything.
     pub cluster_id: String,
+    /// Namespaces' labels, read for tenant policies with a
+    /// `namespaceSelector` by the template controller and last known to the
+    /// request gate.
+    pub namespace_labels: NamespaceLabels,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -115,6 +120,7 @@ impl Context {
             namespace: watches.namespace,
             full_sweep: FullSweepSignal::default(),
             cluster_id,
+            namespace_labels: NamespaceLabels::default(),
         }
     }
 }

@@ -93,7 +93,7 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
     let Some(policy) = ctx.config.tenant_policy(&open.provider_name) else {
         return Ok(open);
     };
-    let labels = crate::controller::template::namespaces::last_known(&namespace);
+    let labels = ctx.namespace_labels.last_known(&namespace);
     let mut asked = Asked::of(&namespace, &open.provider_name, &open.template.spec);
     asked.namespace_labels = labels.as_ref();
     match policy.admits(&asked) {

@@ -128,7 +128,9 @@ pub async fn evaluate(
     if let Some(policy) = policy {
         let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
         let labels = if policy.needs_namespace_labels() {
-            let labels = namespaces::labels(&ctx.client, namespace)
+            let labels = ctx
+                .namespace_labels
+                .labels(&ctx.client, namespace)
                 .await
                 .map_err(|e| {
                     NotReady::new(
