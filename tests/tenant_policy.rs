@@ -27,25 +27,35 @@ async fn bed(name: &str, policy: Option<&str>) -> (TestEnv, Forwarder, OperatorP
     let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
-    let base = default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint());
-    let policy = policy
-        .map(|p| format!("    policy: {p}\n"))
-        .unwrap_or_default();
+    let op = OperatorProcess::start(&env, &config(&env, &fwd, policy, None)).await;
+    (env, fwd, op)
+}
+
+/// The operator config of [`bed`]: provider `aws-default` with
+/// `default_policy` and provider `open` with `open_policy` (YAML flow
+/// mappings, or none), both through the forwarder.
+fn config(
+    env: &TestEnv,
+    fwd: &Forwarder,
+    default_policy: Option<&str>,
+    open_policy: Option<&str>,
+) -> String {
+    let base = default_config(env, "5m").replace(&env.bed.moto_url, fwd.endpoint());
+    let policy = |p: Option<&str>| p.map(|p| format!("    policy: {p}\n")).unwrap_or_default();
     let open = format!(
-        "  - name: open\n    type: aws\n    region: {}\n    endpointUrl: {}\n",
+        "  - name: open\n    type: aws\n    region: {}\n    endpointUrl: {}\n{}",
         hostforge_testbed::REGION,
-        fwd.endpoint()
+        fwd.endpoint(),
+        policy(open_policy)
     );
-    let cfg = format!(
+    format!(
         "{}pollInterval: 500ms\nsweepInterval: 2s\ndefaultProvider: aws-default\n",
         base.replacen(
             "imageCacheTtl:",
-            &format!("{policy}{open}imageCacheTtl:"),
+            &format!("{}{open}imageCacheTtl:", policy(default_policy)),
             1
         )
-    );
-    let op = OperatorProcess::start(&env, &cfg).await;
-    (env, fwd, op)
+    )
 }
 
 /// The template's Ready condition: (status, reason, message).
@@ -320,4 +330,173 @@ async fn a_user_data_secret_is_read_only_once_labelled() {
     // (RETRY_REFUSED, 60 s), hence the longer bound.
     wait_request(&env, "r", "Ready", 3 * WAIT, is_ready).await;
     assert!(launches(&fwd) >= 1);
+}
+
+/// Applies `json` (one object, or a List) with kubectl; panics on failure.
+fn kubectl_apply(env: &TestEnv, file: &str, json: &serde_json::Value) {
+    let path = env.bed.dir.join(format!("{}-{file}.json", env.namespace));
+    std::fs::write(&path, json.to_string()).expect("writing the manifest");
+    env.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+}
+
+/// Refuses every write of a MachineTemplate status in `env`'s namespace
+/// while it lives (a ValidatingAdmissionPolicy scoped to that namespace), so
+/// the template controller cannot report a new evaluation: what the request
+/// gate sees is the status an earlier operator wrote, for as long as the test
+/// needs, instead of for the few milliseconds before a restarted operator
+/// evaluates its templates again.
+struct FrozenTemplateStatus<'a> {
+    env: &'a TestEnv,
+    name: String,
+}
+
+/// The message of [`FrozenTemplateStatus`]'s refusals.
+const FROZEN: &str = "template status frozen by the test";
+
+impl<'a> FrozenTemplateStatus<'a> {
+    async fn new(env: &'a TestEnv, template: &str) -> FrozenTemplateStatus<'a> {
+        let name = format!("freeze-{}", env.namespace);
+        kubectl_apply(
+            env,
+            "freeze",
+            &json!({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                 "metadata": {"name": name},
+                 "spec": {"failurePolicy": "Fail",
+                          "matchConstraints": {
+                              "resourceRules": [{"apiGroups": ["hostforge.io"], "apiVersions": ["*"],
+                                                 "operations": ["UPDATE"],
+                                                 "resources": ["machinetemplates/status"]}],
+                              "namespaceSelector": {"matchLabels": {
+                                  "kubernetes.io/metadata.name": env.namespace}}},
+                          "validations": [{"expression": "false", "message": FROZEN}]}},
+                {"apiVersion": "admissionregistration.k8s.io/v1",
+                 "kind": "ValidatingAdmissionPolicyBinding",
+                 "metadata": {"name": name},
+                 "spec": {"policyName": name, "validationActions": ["Deny"]}},
+            ]}),
+        );
+        // The apiserver loads policies asynchronously: wait until a (dry-run)
+        // status write is refused.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = env.kubectl(&[
+                "patch",
+                "machinetemplate",
+                template,
+                "-n",
+                &env.namespace,
+                "--subresource=status",
+                "--type=merge",
+                "--dry-run=server",
+                "-p",
+                r#"{"status":{"machinesInUse":424242}}"#,
+            ]);
+            if String::from_utf8_lossy(&out.stderr).contains(FROZEN) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the freeze never took effect: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        FrozenTemplateStatus { env, name }
+    }
+}
+
+impl Drop for FrozenTemplateStatus<'_> {
+    fn drop(&mut self) {
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            self.env
+                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// The request gate checks the policy again: a template Ready under an
+/// earlier config (no policy) does not let a request launch once the operator
+/// runs with a policy that denies it, even before the template controller has
+/// written the denial. Template status is frozen across the restart (see
+/// [`FrozenTemplateStatus`]), so only the gate stands between the request and
+/// a launch: a namespace the policy does not list, and an image owner it does
+/// not allow (checked on the owner the template's status records).
+#[tokio::test]
+async fn a_restart_with_a_stricter_policy_holds_requests_before_templates_are_evaluated() {
+    let env = TestEnv::new("policy-restart").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let mut op = OperatorProcess::start(&env, &config(&env, &fwd, None, None)).await;
+    let spec = |provider: &str| {
+        json!({"provider": provider, "image": {"ssmParameter": AL2023_PARAM},
+               "instanceTypes": [{"type": "t3.micro"}]})
+    };
+    create_template(&env, "by-namespace", spec("aws-default")).await;
+    create_template(&env, "by-owner", spec("open")).await;
+    for name in ["by-namespace", "by-owner"] {
+        let mt = wait_template(&env, name, "Ready", WAIT, template_is_ready).await;
+        // What the gate checks an image owner against.
+        let image = mt.status.and_then(|st| st.resolved_image).expect("image");
+        assert!(image.owner_id.is_some(), "{image:?}");
+    }
+
+    let frozen = FrozenTemplateStatus::new(&env, "by-namespace").await;
+    let (stopped, _) = op.terminate(Duration::from_secs(30)).await;
+    assert!(stopped.is_some(), "the operator did not stop");
+    drop(op);
+    let strict = config(
+        &env,
+        &fwd,
+        Some("{namespaces: [someone-else]}"),
+        Some("{imageOwners: ['999999999999']}"),
+    );
+    let mut op = OperatorProcess::start(&env, &strict).await;
+    // The new operator has evaluated the templates and could not say so.
+    assert!(
+        op.wait_log(FROZEN, WAIT).await,
+        "the template controller never tried to write:\n{}",
+        op.log()
+    );
+    create_request(&env, "r-namespace", "by-namespace", 1, true).await;
+    create_request(&env, "r-owner", "by-owner", 1, true).await;
+    wait_request_held_by_policy(&env, "r-namespace").await;
+    wait_request_held_by_policy(&env, "r-owner").await;
+    let message = |mr: &hostforge::api::MachineRequest| {
+        mr.status
+            .iter()
+            .flat_map(|st| st.conditions.iter())
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    let api = hostforge_testbed::machines::requests(&env);
+    let held = message(&api.get("r-namespace").await.expect("request"));
+    assert!(
+        held.contains(&format!("namespace {:?} may not use", env.namespace)),
+        "{held}"
+    );
+    let held = message(&api.get("r-owner").await.expect("request"));
+    assert!(
+        held.contains("is not allowed") && held.contains("image ami-"),
+        "{held}"
+    );
+    assert!(!held.contains("999999999999"), "the policy leaks: {held}");
+    // Still Ready in status: the gate alone held the requests back.
+    for name in ["by-namespace", "by-owner"] {
+        let mt = wait_template(&env, name, "still Ready", WAIT, template_is_ready).await;
+        assert!(!policy_denied(&mt));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(launches(&fwd), 0, "a request launched past the policy");
+
+    // Lifted, the templates report the denial themselves.
+    drop(frozen);
+    for name in ["by-namespace", "by-owner"] {
+        wait_template(&env, name, "PolicyDenied", WAIT, policy_denied).await;
+    }
+    assert_eq!(launches(&fwd), 0);
 }

@@ -195,6 +195,8 @@ pub async fn evaluate(
             name: image.name,
             source: kind,
             creation_date: image.creation_date,
+            owner_id: image.owner_id,
+            owner_alias: image.owner_alias,
             resolved_at: to_time(resolved_at),
         },
         refresh_in,
