@@ -346,8 +346,26 @@ fn kubectl_apply(env: &TestEnv, file: &str, json: &serde_json::Value) {
 /// needs, instead of for the few milliseconds before a restarted operator
 /// evaluates its templates again.
 struct FrozenTemplateStatus<'a> {
+    _policy: AdmissionPolicy<'a>,
+}
+
+/// A ValidatingAdmissionPolicy and its Binding of one name, deleted when
+/// dropped (they are cluster-wide, and the control plane is shared).
+struct AdmissionPolicy<'a> {
     env: &'a TestEnv,
     name: String,
+}
+
+impl Drop for AdmissionPolicy<'_> {
+    fn drop(&mut self) {
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            self.env
+                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
+        }
+    }
 }
 
 /// The message of [`FrozenTemplateStatus`]'s refusals.
@@ -356,6 +374,10 @@ const FROZEN: &str = "template status frozen by the test";
 impl<'a> FrozenTemplateStatus<'a> {
     async fn new(env: &'a TestEnv, template: &str) -> FrozenTemplateStatus<'a> {
         let name = format!("freeze-{}", env.namespace);
+        let policy = AdmissionPolicy {
+            env,
+            name: name.clone(),
+        };
         kubectl_apply(
             env,
             "freeze",
@@ -402,19 +424,7 @@ impl<'a> FrozenTemplateStatus<'a> {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        FrozenTemplateStatus { env, name }
-    }
-}
-
-impl Drop for FrozenTemplateStatus<'_> {
-    fn drop(&mut self) {
-        for kind in [
-            "validatingadmissionpolicybinding",
-            "validatingadmissionpolicy",
-        ] {
-            self.env
-                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
-        }
+        FrozenTemplateStatus { _policy: policy }
     }
 }
 
@@ -499,4 +509,192 @@ async fn a_restart_with_a_stricter_policy_holds_requests_before_templates_are_ev
         wait_template(&env, name, "PolicyDenied", WAIT, policy_denied).await;
     }
     assert_eq!(launches(&fwd), 0);
+}
+
+/// Creates a template named `name` with `spec`; the apiserver's refusal
+/// message when it is refused. `dry_run` leaves nothing behind.
+async fn try_create_template(
+    env: &TestEnv,
+    name: &str,
+    spec: serde_json::Value,
+    dry_run: bool,
+) -> Result<(), String> {
+    let mt: MachineTemplate = serde_json::from_value(json!({
+        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a template");
+    let params = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    match Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace)
+        .create(&params, &mt)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.message),
+        Err(other) => panic!("creating template {name}: {other}"),
+    }
+}
+
+/// The admission-policy example of docs/install.md, applied as a cluster
+/// admin would, refuses templates naming a provider or an instance profile
+/// their namespace is not given, with the policy's message, and admits the
+/// others; a spec update is checked too, a metadata-only update is not.
+#[tokio::test]
+async fn the_admission_policy_example_limits_providers_and_profiles_by_namespace() {
+    let env = TestEnv::new("policy-admission").await;
+    env.install_crds().await;
+    let path = hostforge_testbed::repo_path("docs/machinetemplate-admission-policy.yaml");
+    let text = std::fs::read_to_string(&path).expect("the example");
+    let mut items: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("YAML"))
+        .collect();
+    assert_eq!(items.len(), 2, "a policy and its binding");
+    let name = items[0]["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    // The control plane is shared with the other tests of this binary: bind
+    // the example to this test's namespace only, changing nothing else.
+    let binding = &mut items[1];
+    assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
+    assert!(binding["spec"]["matchResources"].is_null());
+    binding["spec"]["matchResources"] = json!({"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": env.namespace}}});
+    let _policy = AdmissionPolicy { env: &env, name };
+    kubectl_apply(
+        &env,
+        "admission",
+        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+    );
+    env.kubectl_ok(&[
+        "annotate",
+        "namespace",
+        &env.namespace,
+        "hostforge.io/allowed-providers=aws-default, open",
+        "hostforge.io/allowed-instance-profiles=hpc-node",
+    ]);
+
+    let spec = |extra: serde_json::Value| {
+        let mut spec = json!({"image": {"ssmParameter": AL2023_PARAM},
+                              "instanceTypes": [{"type": "t3.micro"}]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        spec
+    };
+    let ns = env.namespace.clone();
+    let provider_refusal = format!(
+        "spec.provider aws-research may not be used in namespace {ns} (admission policy hostforge-machinetemplate-tenancy)"
+    );
+    // The apiserver loads policies asynchronously: wait until it refuses.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = try_create_template(
+            &env,
+            "probe",
+            spec(json!({"provider": "aws-research"})),
+            true,
+        )
+        .await;
+        if got
+            .as_ref()
+            .err()
+            .is_some_and(|m| m.contains(&provider_refusal))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy never took effect: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let refused = try_create_template(
+        &env,
+        "research",
+        spec(json!({"provider": "aws-research"})),
+        false,
+    )
+    .await
+    .expect_err("a provider the namespace is not given");
+    assert!(refused.contains(&provider_refusal), "{refused}");
+    let refused = try_create_template(
+        &env,
+        "admin",
+        spec(json!({"instanceProfile": "admin-role"})),
+        false,
+    )
+    .await
+    .expect_err("an instance profile the namespace is not given");
+    assert!(
+        refused.contains(&format!(
+            "spec.instanceProfile admin-role may not be used in namespace {ns}"
+        )),
+        "{refused}"
+    );
+    // The default provider, and a listed one with a listed profile.
+    try_create_template(&env, "compute", spec(json!({})), false)
+        .await
+        .expect("the default provider is given");
+    try_create_template(
+        &env,
+        "hpc",
+        spec(json!({"provider": "open", "instanceProfile": "hpc-node"})),
+        false,
+    )
+    .await
+    .expect("a given provider and profile");
+
+    // An update of the spec is checked too.
+    let api = Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace);
+    let moved = api
+        .patch(
+            "compute",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"provider": "aws-research"}})),
+        )
+        .await;
+    match moved {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains(&provider_refusal),
+                "{}",
+                status.message
+            )
+        }
+        other => panic!("a spec update to a provider not given was admitted: {other:?}"),
+    }
+    // The namespace's rights taken away, its templates can still be labelled
+    // (and so finalized and deleted), not changed.
+    env.kubectl_ok(&[
+        "annotate",
+        "namespace",
+        &env.namespace,
+        "hostforge.io/allowed-providers-",
+    ]);
+    let deadline = Instant::now() + WAIT;
+    while try_create_template(&env, "probe", spec(json!({})), true)
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the annotation's removal never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.patch(
+        "compute",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "hpc"}}})),
+    )
+    .await
+    .expect("a metadata-only update passes");
+    api.delete("compute", &Default::default())
+        .await
+        .expect("delete");
 }
