@@ -536,6 +536,16 @@ pub struct ResolvedImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_date: Option<String>,
 
+    /// The account id that owns the image, as the cloud reports it. The
+    /// operator's tenant policy (imageOwners) is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
+
+    /// The owner alias the cloud reports for images it publishes itself
+    /// (amazon, aws-marketplace), also checked against the tenant policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_alias: Option<String>,
+
     /// When the operator resolved it.
     pub resolved_at: Time,
 }

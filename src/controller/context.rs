@@ -13,6 +13,7 @@ use super::cloud::capacity::CapacityCache;
 use super::cloud::poller::Tracker;
 use super::cloud::sweep::FullSweepSignal;
 use super::request::coalesce::Coalescer;
+use super::template::namespaces::NamespaceLabels;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
@@ -64,6 +65,10 @@ pub struct Context {
     pub cluster_id: String,
     /// The launch queues that let requests of one template share a call.
     pub coalescer: Arc<Coalescer>,
+    /// Namespaces' labels, read for tenant policies with a
+    /// `namespaceSelector` by the template controller and last known to the
+    /// request gate.
+    pub namespace_labels: NamespaceLabels,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -119,6 +124,7 @@ impl Context {
             coalescer: Arc::new(Coalescer::new(client.clone())),
             client,
             cluster_id,
+            namespace_labels: NamespaceLabels::default(),
         }
     }
 }

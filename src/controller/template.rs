@@ -35,7 +35,7 @@ mod usage;
 use super::reason::Reason;
 use super::{events, Context, Error};
 use crate::api::conditions::{self, READY};
-use crate::api::{ImageSourceKind, MachineRequest, MachineTemplate};
+use crate::api::{ImageSourceKind, MachineRequest, MachineTemplate, ResolvedImage};
 use evaluate::{evaluate, NotReady, Ready};
 
 /// Label value for this controller in metrics.
@@ -144,11 +144,7 @@ async fn reconcile_template(
                 }
                 None => {}
             }
-            let keep = status
-                .resolved_image
-                .as_ref()
-                .is_some_and(|old| old.id == ready.image.id && old.source == ready.image.source);
-            if !keep {
+            if !same_image(status.resolved_image.as_ref(), &ready.image) {
                 status.resolved_image = Some(ready.image.clone());
             }
             let message = format!(
@@ -240,10 +236,52 @@ async fn publish_event(mt: &MachineTemplate, ctx: &Context, outcome: &Result<Rea
     }
 }
 
+/// Whether `old` records what `new` does but for when it was resolved: then
+/// the status keeps `old` (no write for the time alone). A record without the
+/// image's owner (written by an earlier version) is replaced, so the request
+/// gate can check the owner against a tenant policy.
+fn same_image(old: Option<&ResolvedImage>, new: &ResolvedImage) -> bool {
+    old.is_some_and(|old| {
+        ResolvedImage {
+            resolved_at: new.resolved_at.clone(),
+            ..old.clone()
+        } == *new
+    })
+}
+
 fn source_field(kind: ImageSourceKind) -> &'static str {
     match kind {
         ImageSourceKind::Id => "spec.image.id",
         ImageSourceKind::SsmParameter => "spec.image.ssmParameter",
         ImageSourceKind::Selector => "spec.image.selector",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(owner: Option<&str>, at: i64) -> ResolvedImage {
+        ResolvedImage {
+            id: "ami-12345678".into(),
+            name: Some("al2023".into()),
+            source: ImageSourceKind::SsmParameter,
+            creation_date: None,
+            owner_id: owner.map(str::to_string),
+            owner_alias: None,
+            resolved_at: Time(Timestamp::from_second(at).expect("a time")),
+        }
+    }
+
+    #[test]
+    fn a_resolved_image_is_kept_when_only_its_time_changed() {
+        let new = image(Some("123456789012"), 200);
+        assert!(same_image(Some(&image(Some("123456789012"), 100)), &new));
+        assert!(!same_image(None, &new));
+        // Written by an earlier version, without the owner: replaced.
+        assert!(!same_image(Some(&image(None, 100)), &new));
+        let mut other = image(Some("123456789012"), 100);
+        other.id = "ami-87654321".into();
+        assert!(!same_image(Some(&other), &new));
     }
 }

@@ -346,6 +346,8 @@ async fn kubectl_shows_columns_categories_and_docs() {
             name: Some("al2023-ami-2023.6".into()),
             source: ImageSourceKind::SsmParameter,
             creation_date: Some("2025-01-01T00:00:00.000Z".into()),
+            owner_id: Some("137112412989".into()),
+            owner_alias: Some("amazon".into()),
             resolved_at: now.clone(),
         }),
         machines_in_use: Some(2),

@@ -575,3 +575,164 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
     }
     eprintln!("RBAC proof took {:?}", started.elapsed());
 }
+
+/// The `get namespaces` rule the chart renders only when a provider's tenant
+/// policy has a `namespaceSelector`, proven like the others: as the chart's
+/// ServiceAccount, a template under such a policy becomes Ready with the
+/// rule; without it the template is not Ready and says the namespace's
+/// labels could not be read, and it turns Ready once the rule is back.
+#[tokio::test]
+async fn rbac_a_namespace_selector_policy_needs_get_namespaces() {
+    use hostforge_testbed::machines::{template_is_ready, wait_template};
+
+    let env = TestEnv::new("chart-rbac-sel").await;
+    env.install_crds().await;
+    let c = chart();
+    let selector = r#"{"namespaceSelector":{"matchLabels":{"hostforge.io/tenant":"rbac"}}}"#;
+    helm_ok(
+        &env,
+        &[
+            "install",
+            "rbacsel",
+            &c,
+            "-n",
+            &env.namespace,
+            "--skip-crds",
+            "--set",
+            "config.clusterName=rbacsel",
+            "--set-json",
+            &format!(
+                r#"config.providers=[{{"name":"aws-default","type":"aws","region":"us-east-1","policy":{selector}}}]"#
+            ),
+        ],
+    );
+    let chart = Installed {
+        namespace: env.namespace.clone(),
+        sa: "rbacsel-hostforge".into(),
+        lease: "rbacsel-hostforge".into(),
+        kubeconfig: service_account_kubeconfig(&env, &env.namespace, "rbacsel-hostforge"),
+    };
+    let cluster_role = get_json(&env, &["clusterrole", "rbacsel-hostforge"]);
+    let rules = cluster_role["rules"].as_array().expect("rules");
+    let is_selector_rule = |r: &Value| {
+        r["resources"] == json!(["namespaces"])
+            && r["verbs"] == json!(["get"])
+            && r["resourceNames"].is_null()
+    };
+    let index = rules
+        .iter()
+        .position(is_selector_rule)
+        .expect("the selector's rule is rendered");
+    assert_eq!(rules.iter().filter(|r| is_selector_rule(r)).count(), 1);
+
+    // The operator runs with the same policy (its config is the test's).
+    let run = |work: &TestEnv, name: &str| {
+        let config = quick_config(work).replacen(
+            "imageCacheTtl:",
+            &format!("    policy: {selector}\nimageCacheTtl:"),
+            1,
+        );
+        OperatorProcess::replica(work, name, &config, &chart.kubeconfig, &chart.lease_args())
+    };
+    let tenant = |work: &TestEnv| {
+        work.kubectl_ok(&[
+            "label",
+            "namespace",
+            &work.namespace,
+            "hostforge.io/tenant=rbac",
+        ]);
+    };
+    let spec = json!({"image": {"ssmParameter": AL2023_PARAM},
+                      "instanceTypes": [{"type": "t3.micro"}]});
+
+    // 1. With the rule: the labelled namespace is selected, the template Ready.
+    let work = TestEnv::new("rbac-sel-with").await;
+    tenant(&work);
+    create_template(&work, "compute", spec.clone()).await;
+    let mut op = run(&work, "rbac-sel-with");
+    assert!(
+        op.wait_ready(Duration::from_secs(60)).await,
+        "never ready:\n{}",
+        op.log()
+    );
+    wait_template(&work, "compute", "Ready", WAIT, template_is_ready).await;
+    assert!(
+        !op.log().contains("forbidden"),
+        "a call was forbidden:\n{}",
+        op.log()
+    );
+    op.terminate(Duration::from_secs(30)).await;
+    drop(op);
+
+    // 2. Without it: not Ready, saying why; Ready again once it is back.
+    let work = TestEnv::new("rbac-sel-without").await;
+    let can_get = s_args(&["get", &format!("namespaces/{}", work.namespace)]);
+    let mut reduced = cluster_role.clone();
+    reduced["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .remove(index);
+    kubectl_replace(&env, &reduced);
+    wait_can_i(&env, &chart, &can_get, false).await;
+    env.kubectl(&[
+        "delete",
+        "lease",
+        "-n",
+        &chart.namespace,
+        &chart.lease,
+        "--ignore-not-found",
+    ]);
+    tenant(&work);
+    create_template(&work, "compute", spec).await;
+    let mut op = run(&work, "rbac-sel-without");
+    assert!(
+        op.wait_ready(Duration::from_secs(60)).await,
+        "never ready:\n{}",
+        op.log()
+    );
+    let forbidden = r#"cannot get resource "namespaces""#;
+    let mt = wait_template(
+        &work,
+        "compute",
+        "Ready=False, labels unreadable",
+        WAIT,
+        |mt| {
+            template_ready(mt).is_some_and(|(status, reason, message)| {
+                status == "False" && reason == "KubeApiError" && message.contains(forbidden)
+            })
+        },
+    )
+    .await;
+    let (_, _, message) = template_ready(&mt).expect("Ready");
+    assert!(
+        message.starts_with(&format!(
+            "reading the labels of namespace {} for the operator's tenant policy",
+            work.namespace
+        )),
+        "{message}"
+    );
+    kubectl_replace(&env, &cluster_role);
+    wait_can_i(&env, &chart, &can_get, true).await;
+    wait_template(
+        &work,
+        "compute",
+        "Ready once the rule is back",
+        WAIT,
+        template_is_ready,
+    )
+    .await;
+}
+
+/// A template's Ready condition: (status, reason, message).
+fn template_ready(mt: &hostforge::api::MachineTemplate) -> Option<(String, String, String)> {
+    mt.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn s_args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}

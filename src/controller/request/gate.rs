@@ -10,6 +10,7 @@
 //! in the new provider while the old machines run on), and says so, until it
 //! has no machines left; then it follows the template again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::runtime::reflector::ObjectRef;
@@ -17,7 +18,7 @@ use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
 use crate::api::{LaunchState, MachineRequest, MachineRequestStatus, MachineTemplate};
-use crate::config::policy::Asked;
+use crate::config::policy::{Asked, Denied, TenantPolicy};
 use crate::controller::reason::Reason;
 use crate::controller::Context;
 use crate::provider::MachineProvider;
@@ -93,10 +94,14 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
     let Some(policy) = ctx.config.tenant_policy(&open.provider_name) else {
         return Ok(open);
     };
-    let labels = crate::controller::template::namespaces::last_known(&namespace);
-    let mut asked = Asked::of(&namespace, &open.provider_name, &open.template.spec);
-    asked.namespace_labels = labels.as_ref();
-    match policy.admits(&asked) {
+    let labels = ctx.namespace_labels.last_known(&namespace);
+    match recheck(
+        policy,
+        &namespace,
+        &open.provider_name,
+        &open.template,
+        labels.as_ref(),
+    ) {
         Err(denied) => Err(Closed {
             blocked: Blocked::new(
                 Reason::TemplateNotReady,
@@ -108,6 +113,49 @@ pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) 
             provider: Some(open.provider),
         }),
         Ok(()) => Ok(open),
+    }
+}
+
+/// The tenant policy checked again on a template its controller found Ready:
+/// what it asks (namespace, instance profile, subnets, security groups) and
+/// the owner of the image its status records. A record without an owner
+/// (written by an earlier version of the operator) passes no `imageOwners`:
+/// the template controller writes the owner when it evaluates the template
+/// again, and the request waits for that.
+pub fn recheck(
+    policy: &TenantPolicy,
+    namespace: &str,
+    provider: &str,
+    template: &MachineTemplate,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), Denied> {
+    let mut asked = Asked::of(namespace, provider, &template.spec);
+    asked.namespace_labels = namespace_labels;
+    policy.admits(&asked)?;
+    if policy.image_owners.is_none() {
+        return Ok(());
+    }
+    let image = template
+        .status
+        .as_ref()
+        .and_then(|st| st.resolved_image.as_ref());
+    match image {
+        Some(image) if image.owner_id.is_some() || image.owner_alias.is_some() => policy
+            .admits_image(
+                &image.id,
+                image.owner_id.as_deref(),
+                image.owner_alias.as_deref(),
+            ),
+        Some(image) => Err(Denied(format!(
+            "status.resolvedImage does not record who owns image {}, and the operator's tenant \
+             policy allows images by owner; the template is evaluated again shortly",
+            image.id
+        ))),
+        None => Err(Denied(
+            "status.resolvedImage is not recorded yet, and the operator's tenant policy allows \
+             images by owner"
+                .into(),
+        )),
     }
 }
 
@@ -323,6 +371,8 @@ mod tests {
                 name: None,
                 source: crate::api::ImageSourceKind::Id,
                 creation_date: None,
+                owner_id: None,
+                owner_alias: None,
                 resolved_at: super::super::session::now(),
             }),
             ..Default::default()
@@ -477,6 +527,92 @@ mod tests {
         ]))
         .expect("launches");
         assert_eq!(choose_provider(Some(&named), &st, "aws").name, "us");
+    }
+
+    /// A Ready template whose status records an image of `owner` (id, alias).
+    fn owned_by(owner: Option<(&str, Option<&str>)>) -> MachineTemplate {
+        let mut mt = (*template(1, Some(true), 1, true, None)).clone();
+        if let Some(image) = mt.status.as_mut().and_then(|st| st.resolved_image.as_mut()) {
+            image.owner_id = owner.map(|(id, _)| id.to_string());
+            image.owner_alias = owner.and_then(|(_, alias)| alias.map(str::to_string));
+        }
+        mt
+    }
+
+    #[test]
+    fn the_recheck_holds_an_image_whose_recorded_owner_the_policy_does_not_allow() {
+        let policy = TenantPolicy {
+            image_owners: Some(["123456789012".to_string(), "amazon".to_string()].into()),
+            ..Default::default()
+        };
+        let check = |mt: &MachineTemplate| recheck(&policy, "ns", "aws", mt, None);
+        assert_eq!(check(&owned_by(Some(("123456789012", None)))), Ok(()));
+        assert_eq!(
+            check(&owned_by(Some(("137112412989", Some("amazon"))))),
+            Ok(())
+        );
+        let denied = check(&owned_by(Some(("210987654321", None)))).expect_err("denied");
+        assert!(
+            denied
+                .0
+                .starts_with("image ami-12345678 (owner 210987654321)"),
+            "{denied}"
+        );
+        assert!(
+            !denied.0.contains("123456789012"),
+            "the policy leaks: {denied}"
+        );
+        // A status an earlier operator wrote, without the owner: held until
+        // the template is evaluated again.
+        let denied = check(&owned_by(None)).expect_err("denied");
+        assert!(
+            denied
+                .0
+                .starts_with("status.resolvedImage does not record who owns image ami-12345678"),
+            "{denied}"
+        );
+        let mut unresolved = owned_by(None);
+        if let Some(st) = unresolved.status.as_mut() {
+            st.resolved_image = None;
+        }
+        assert!(check(&unresolved).is_err());
+        // Without imageOwners the owner is not needed.
+        assert_eq!(
+            recheck(&TenantPolicy::default(), "ns", "aws", &owned_by(None), None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_recheck_holds_what_the_template_asks_outside_the_policy() {
+        let policy = TenantPolicy {
+            namespaces: Some(["team-a".to_string()].into()),
+            instance_profiles: Some(["hpc-node".to_string()].into()),
+            ..Default::default()
+        };
+        let mut mt = owned_by(None);
+        assert_eq!(recheck(&policy, "team-a", "aws", &mt, None), Ok(()));
+        let denied = recheck(&policy, "team-b", "aws", &mt, None).expect_err("denied");
+        assert!(denied
+            .0
+            .starts_with("namespace \"team-b\" may not use provider \"aws\""));
+        mt.spec.instance_profile = Some("admin".into());
+        let denied = recheck(&policy, "team-a", "aws", &mt, None).expect_err("denied");
+        assert!(
+            denied.0.starts_with("spec.instanceProfile \"admin\""),
+            "{denied}"
+        );
+        // A selector matches on the labels last read for the namespace.
+        let selector = TenantPolicy {
+            namespace_selector: Some([("tier".to_string(), "gold".to_string())].into()),
+            ..Default::default()
+        };
+        let gold: BTreeMap<String, String> = [("tier".to_string(), "gold".to_string())].into();
+        assert!(recheck(&selector, "team-b", "aws", &mt, None).is_err());
+        assert_eq!(
+            recheck(&selector, "team-b", "aws", &mt, Some(&gold)),
+            Ok(())
+        );
     }
 
     #[test]

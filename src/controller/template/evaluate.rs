@@ -128,7 +128,9 @@ pub async fn evaluate(
     if let Some(policy) = policy {
         let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
         let labels = if policy.needs_namespace_labels() {
-            let labels = namespaces::labels(&ctx.client, namespace)
+            let labels = ctx
+                .namespace_labels
+                .labels(&ctx.client, namespace)
                 .await
                 .map_err(|e| {
                     NotReady::new(
@@ -193,6 +195,8 @@ pub async fn evaluate(
             name: image.name,
             source: kind,
             creation_date: image.creation_date,
+            owner_id: image.owner_id,
+            owner_alias: image.owner_alias,
             resolved_at: to_time(resolved_at),
         },
         refresh_in,
