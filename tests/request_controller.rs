@@ -363,10 +363,10 @@ async fn twenty_pending_requests_share_one_describe_per_poll() {
         polls + sweeps,
         "every DescribeInstances is one poll (for all requests) or the sweep"
     );
-    assert_eq!(
-        op.metric("hostforge_aws_calls_total", &["operation=\"RunInstances\""]),
-        20.0
-    );
+    // Requests recorded while a launch is out share the next call
+    // (coalesceLaunches), so 20 requests take at most 20 calls.
+    let launches = op.metric("hostforge_aws_calls_total", &["operation=\"RunInstances\""]);
+    assert!((1.0..=20.0).contains(&launches), "{launches}");
 }
 
 #[tokio::test]

@@ -252,7 +252,11 @@ mod tests {
                 .and_then(|s| s.status.as_ref());
             // A LaunchGroup is a record written once, with nothing to report.
             let wants_status = file != "launchgroups.yaml";
-            assert_eq!(status.is_some(), wants_status, "status subresource of {file}");
+            assert_eq!(
+                status.is_some(),
+                wants_status,
+                "status subresource of {file}"
+            );
         }
         assert_eq!(MachineTemplate::shortnames(), &["mt"]);
         assert_eq!(MachineRequest::shortnames(), &["mreq"]);

@@ -12,6 +12,7 @@ use super::cloud::batch_lookups::BatchLookups;
 use super::cloud::capacity::CapacityCache;
 use super::cloud::poller::Tracker;
 use super::cloud::sweep::FullSweepSignal;
+use super::cloud::terminations::Terminations;
 use super::request::coalesce::Coalescer;
 use super::template::namespaces::NamespaceLabels;
 use super::watch::Synced;
@@ -65,6 +66,8 @@ pub struct Context {
     pub cluster_id: String,
     /// The launch queues that let requests of one template share a call.
     pub coalescer: Arc<Coalescer>,
+    /// The termination queues that let requests share a TerminateInstances.
+    pub terminations: Terminations,
     /// Namespaces' labels, read for tenant policies with a
     /// `namespaceSelector` by the template controller and last known to the
     /// request gate.
@@ -122,6 +125,7 @@ impl Context {
             namespace: watches.namespace,
             full_sweep: FullSweepSignal::default(),
             coalescer: Arc::new(Coalescer::new(client.clone())),
+            terminations: Terminations::default(),
             client,
             cluster_id,
             namespace_labels: NamespaceLabels::default(),

@@ -7,6 +7,7 @@
 //! provider's plain types, so adapters never see Kubernetes.
 
 pub mod backoff;
+pub mod call_queue;
 pub mod cloud;
 pub mod context;
 pub mod error;

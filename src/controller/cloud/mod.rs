@@ -11,5 +11,6 @@ pub mod ownership;
 pub mod poller;
 pub mod sweep;
 pub mod template_collector;
+pub mod terminations;
 pub mod ticker;
 pub mod translate;

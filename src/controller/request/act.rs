@@ -549,7 +549,10 @@ pub async fn terminate(
     provider: &Arc<dyn MachineProvider>,
     ids: &[String],
 ) -> Result<(), Error> {
-    let accepted = provider::terminate_each_known(provider, ids)
+    let accepted = s
+        .ctx
+        .terminations
+        .terminate(provider, ids)
         .await
         .map_err(|source| Error::Provider {
             action: "terminating machines".into(),

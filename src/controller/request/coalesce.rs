@@ -12,16 +12,17 @@
 //! own launch's answer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use super::batch::MAX_BATCH;
 use super::group::{self, MAX_MEMBERS};
 use crate::api::{LaunchGroup, LaunchGroupMember, LaunchGroupSpec};
+use crate::controller::call_queue::{self, CallQueue};
 use crate::failpoint;
 use crate::provider::{LaunchAnswer, LaunchSpec, MachineProvider, ProviderError};
 
@@ -72,23 +73,13 @@ pub enum Delivery {
     Unknown(String),
 }
 
-struct Waiting {
-    member: Member,
-    reply: oneshot::Sender<Delivery>,
-}
-
-#[derive(Default)]
-struct Queue {
-    busy: bool,
-    waiting: Vec<Waiting>,
-}
-
 type Answer = Result<LaunchAnswer, ProviderError>;
+type Waiting = call_queue::Waiting<Member, Delivery>;
 
 /// The launch queues of every key, and the answers of groups being re-sent.
 pub struct Coalescer {
     client: Client,
-    queues: Mutex<HashMap<Key, Queue>>,
+    queue: Arc<CallQueue<Key, Member, Delivery>>,
     resends: Mutex<HashMap<String, Arc<OnceCell<Answer>>>>,
 }
 
@@ -100,13 +91,9 @@ impl Coalescer {
     pub fn new(client: Client) -> Coalescer {
         Coalescer {
             client,
-            queues: Mutex::new(HashMap::new()),
+            queue: Arc::default(),
             resends: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn queues(&self) -> MutexGuard<'_, HashMap<Key, Queue>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues `member` under `key` and waits until its batch went out.
@@ -116,57 +103,27 @@ impl Coalescer {
         provider: Arc<dyn MachineProvider>,
         member: Member,
     ) -> Delivery {
-        let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut queues = self.queues();
-            let queue = queues.entry(key.clone()).or_default();
-            queue.waiting.push(Waiting { member, reply });
-            !std::mem::replace(&mut queue.busy, true)
+        let me = Arc::clone(self);
+        let call_key = key.clone();
+        let send = move |next: Vec<Waiting>| {
+            let (me, key, provider) = (Arc::clone(&me), call_key.clone(), Arc::clone(&provider));
+            async move { me.send(&key, &provider, next).await }
         };
-        if start {
-            let me = Arc::clone(self);
-            tokio::spawn(async move { me.drive(key, provider).await });
-        }
-        answer
+        self.queue
+            .submit(key, member, take_call, send)
             .await
-            .unwrap_or_else(|_| Delivery::Unknown("the launch queue went away".into()))
+            .unwrap_or_else(|| Delivery::Unknown("the launch queue stopped".into()))
     }
 
-    /// Sends what queued under `key`, one call at a time, until nothing waits.
-    async fn drive(self: Arc<Self>, key: Key, provider: Arc<dyn MachineProvider>) {
-        // Whatever ends this task (a panic included) frees the key and
-        // answers everyone still queued, so no member waits forever.
-        let mut idle = Idle {
-            coalescer: &self,
-            key: &key,
-            armed: true,
-        };
-        loop {
-            let next = {
-                let mut queues = self.queues();
-                let Some(queue) = queues.get_mut(&key) else {
-                    idle.armed = false;
-                    return;
-                };
-                let next = take_call(&mut queue.waiting);
-                if next.is_empty() {
-                    // Under the lock: whoever queues next starts a new driver.
-                    queues.remove(&key);
-                    idle.armed = false;
-                    return;
-                }
-                next
-            };
-            match next.len() {
-                0 => return,
-                1 => {
-                    for w in next {
-                        let answer = provider.launch(&w.member.spec).await;
-                        let _ = w.reply.send(Delivery::Alone(answer));
-                    }
-                }
-                _ => self.send_group(&key, &provider, next).await,
+    /// One call: a batch alone with its own token, or a group.
+    async fn send(&self, key: &Key, provider: &Arc<dyn MachineProvider>, next: Vec<Waiting>) {
+        if next.len() == 1 {
+            for w in next {
+                let answer = provider.launch(&w.item.spec).await;
+                w.answer(Delivery::Alone(answer));
             }
+        } else {
+            self.send_group(key, provider, next).await;
         }
     }
 
@@ -180,10 +137,10 @@ impl Coalescer {
         let members: Vec<LaunchGroupMember> = waiting
             .iter()
             .map(|w| LaunchGroupMember {
-                request: w.member.request.clone(),
-                uid: w.member.uid.clone(),
-                batch: w.member.batch.clone(),
-                count: w.member.spec.count,
+                request: w.item.request.clone(),
+                uid: w.item.uid.clone(),
+                batch: w.item.batch.clone(),
+                count: w.item.spec.count,
             })
             .collect();
         let (name, token) = group::name_and_token(&members);
@@ -199,11 +156,11 @@ impl Coalescer {
             return;
         };
         let call = group::group_spec(
-            &first.member.spec,
+            &first.item.spec,
             &spec,
             &key.namespace,
             &name,
-            &first.member.template_tags,
+            &first.item.template_tags,
         );
         let record = LaunchGroup {
             metadata: ObjectMeta {
@@ -218,7 +175,7 @@ impl Coalescer {
             warn!(group = %name, error = %err, "recording a launch group failed; its batches wait to be settled");
             let why = format!("recording launch group {name} failed: {err}");
             for w in waiting {
-                let _ = w.reply.send(Delivery::Unknown(why.clone()));
+                w.answer(Delivery::Unknown(why.clone()));
             }
             return;
         }
@@ -228,11 +185,11 @@ impl Coalescer {
         failpoint!("group-after-launch");
         for w in waiting {
             let result = match &answer {
-                Ok(a) => group::share_of(a, &spec.members, &w.member.uid, &w.member.batch)
+                Ok(a) => group::share_of(a, &spec.members, &w.item.uid, &w.item.batch)
                     .ok_or_else(|| not_a_member(&name)),
                 Err(e) => Err(e.clone()),
             };
-            let _ = w.reply.send(Delivery::Grouped {
+            w.answer(Delivery::Grouped {
                 name: name.clone(),
                 result,
             });
@@ -283,7 +240,7 @@ fn take_call(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     let mut machines = 0;
     let mut n = 0;
     for w in waiting.iter() {
-        let count = w.member.spec.count;
+        let count = w.item.spec.count;
         if n > 0 && (n == MAX_MEMBERS || machines + count > MAX_BATCH) {
             break;
         }
@@ -293,47 +250,20 @@ fn take_call(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     waiting.drain(..n).collect()
 }
 
-/// Frees a key when its driver ends without emptying its queue (a panic).
-struct Idle<'a> {
-    coalescer: &'a Coalescer,
-    key: &'a Key,
-    armed: bool,
-}
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut queues = self.coalescer.queues();
-        if let Some(queue) = queues.remove(self.key) {
-            for w in queue.waiting {
-                let _ = w
-                    .reply
-                    .send(Delivery::Unknown("the launch queue stopped".into()));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn waiting(count: i32) -> Waiting {
-        let (reply, _) = oneshot::channel();
         let mut spec = crate::controller::request::group::test_spec("b");
         spec.count = count;
-        Waiting {
-            member: Member {
-                request: "r".into(),
-                uid: "u".into(),
-                batch: "b".into(),
-                spec,
-                template_tags: BTreeMap::new(),
-            },
-            reply,
-        }
+        Waiting::detached(Member {
+            request: "r".into(),
+            uid: "u".into(),
+            batch: "b".into(),
+            spec,
+            template_tags: BTreeMap::new(),
+        })
     }
 
     #[test]

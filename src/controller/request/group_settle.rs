@@ -41,18 +41,13 @@ pub async fn find(
     batch: &LaunchBatch,
     listed: &mut Option<Vec<LaunchGroup>>,
 ) -> Result<Found, Error> {
-    let api: Api<LaunchGroup> = Api::namespaced(s.ctx.client.clone(), &s.owner.namespace);
-    if let Some(name) = &batch.group {
-        let got = api.get_opt(name).await.map_err(|source| Error::Kube {
-            action: "read LaunchGroup",
-            source,
-        })?;
-        return Ok(got.map_or_else(|| Found::Gone(name.clone()), |g| Found::Group(Box::new(g))));
-    }
-    if !s.ctx.config.coalesce_launches {
+    if batch.group.is_none() && !s.ctx.config.coalesce_launches {
         return Ok(Found::Alone);
     }
+    // One listing (no `get`): the operator's role has one verb less, and a
+    // reconcile with several Pending batches reads once.
     if listed.is_none() {
+        let api: Api<LaunchGroup> = Api::namespaced(s.ctx.client.clone(), &s.owner.namespace);
         let groups = api
             .list(&ListParams::default())
             .await
@@ -62,9 +57,16 @@ pub async fn find(
             })?;
         *listed = Some(groups.items);
     }
-    Ok(listed
-        .iter()
-        .flatten()
+    let groups = listed.iter().flatten();
+    if let Some(name) = &batch.group {
+        return Ok(groups
+            .clone()
+            .find(|g| g.name_any() == *name)
+            .cloned()
+            .map_or_else(|| Found::Gone(name.clone()), |g| Found::Group(Box::new(g))));
+    }
+    Ok(groups
+        .clone()
         .find(|g| group::has_member(&g.spec, &s.owner.uid, &batch.id))
         .cloned()
         .map_or(Found::Alone, |g| Found::Group(Box::new(g))))
