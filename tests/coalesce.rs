@@ -36,6 +36,10 @@ const HOLD: Duration = Duration::from_secs(7);
 const REQUESTS: [(&str, i32); 3] = [("first", 1), ("second", 2), ("third", 3)];
 
 async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
+    bed_for(name, "RunInstances").await
+}
+
+async fn bed_for(name: &str, provider_api: &str) -> (TestEnv, Forwarder, String) {
     let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
@@ -49,6 +53,7 @@ async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
         &env,
         "compute",
         json!({
+            "providerApi": provider_api,
             "image": {"ssmParameter": AL2023_PARAM},
             "instanceTypes": [{"type": "t3.micro"}],
             "subnetIds": [subnet],
@@ -61,11 +66,15 @@ async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
 /// Creates the first request with its RunInstances held, then the other two
 /// once that call is out, so they queue behind it.
 async fn queue_two_behind_one(env: &TestEnv, fwd: &Forwarder) {
-    fwd.add_fault(FaultRule::forward_then_hold("RunInstances", HOLD).times(1));
+    queue_two_behind_one_of(env, fwd, "RunInstances").await
+}
+
+async fn queue_two_behind_one_of(env: &TestEnv, fwd: &Forwarder, action: &str) {
+    fwd.add_fault(FaultRule::forward_then_hold(action, HOLD).times(1));
     let (first, count) = REQUESTS[0];
     create_request(env, first, "compute", count, true).await;
     let deadline = Instant::now() + WAIT;
-    while fwd.calls("RunInstances") == 0 {
+    while fwd.calls(action) == 0 {
         assert!(Instant::now() < deadline, "the first launch never went out");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -77,20 +86,7 @@ async fn queue_two_behind_one(env: &TestEnv, fwd: &Forwarder) {
 /// The forwarded RunInstances that carried the group: MaxCount 5, the
 /// group's token, its tag and no request's tag.
 fn assert_one_group_call(fwd: &Forwarder) {
-    let calls = fwd.requests("RunInstances");
-    let grouped: Vec<_> = calls
-        .iter()
-        .filter(|p| {
-            p.get("ClientToken")
-                .is_some_and(|t| t.starts_with("hostforge-lg-"))
-        })
-        .collect();
-    let tokens: BTreeSet<&String> = grouped
-        .iter()
-        .filter_map(|p| p.get("ClientToken"))
-        .collect();
-    assert_eq!(tokens.len(), 1, "one group token: {calls:#?}");
-    let call = grouped[0];
+    let call = one_group_call(fwd, "RunInstances");
     assert_eq!(
         call.get("MaxCount").map(String::as_str),
         Some("5"),
@@ -111,6 +107,24 @@ fn assert_one_group_call(fwd: &Forwarder) {
             .any(|k| *k == "hostforge.io/request-uid" || *k == "hostforge.io/batch"),
         "a group's instances carry no request's tags: {call:#?}"
     );
+}
+
+/// The one group call of `action` (its token is the group's).
+fn one_group_call(fwd: &Forwarder, action: &str) -> std::collections::BTreeMap<String, String> {
+    let calls = fwd.requests(action);
+    let grouped: Vec<_> = calls
+        .iter()
+        .filter(|p| {
+            p.get("ClientToken")
+                .is_some_and(|t| t.starts_with("hostforge-lg-"))
+        })
+        .collect();
+    let tokens: BTreeSet<&String> = grouped
+        .iter()
+        .filter_map(|p| p.get("ClientToken"))
+        .collect();
+    assert_eq!(tokens.len(), 1, "one group token: {calls:#?}");
+    grouped[0].clone()
 }
 
 /// Every request Ready with exactly its count, no machine in two requests,
@@ -251,5 +265,27 @@ async fn a_lost_group_answer_is_settled_by_its_token() {
     queue_two_behind_one(&env, &fwd).await;
     assert_exact_shares(&env, &fwd).await;
     assert_one_group_call(&fwd);
+    wait_groups_deleted(&env).await;
+}
+
+#[tokio::test]
+async fn fleet_requests_waiting_together_share_one_call() {
+    let (env, fwd, cfg) = bed_for("coalesce-fleet", "EC2Fleet").await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    queue_two_behind_one_of(&env, &fwd, "CreateFleet").await;
+    assert_exact_shares(&env, &fwd).await;
+    let call = one_group_call(&fwd, "CreateFleet");
+    assert_eq!(
+        call.get("TargetCapacitySpecification.TotalTargetCapacity")
+            .map(String::as_str),
+        Some("5"),
+        "{call:#?}"
+    );
+    assert_eq!(
+        fwd.forwarded("CreateFleet"),
+        2,
+        "the first alone, the other two in one call: {:?}",
+        fwd.snapshot()
+    );
     wait_groups_deleted(&env).await;
 }

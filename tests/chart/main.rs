@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hostforge_testbed::cli::{helm, helm_ok, kubectl_replace, service_account_kubeconfig};
+use hostforge_testbed::forwarder::{FaultRule, Forwarder};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, moto_instances, moto_live, patch_spec, requests,
     status_live, uid, wait_request,

@@ -29,6 +29,9 @@ enum Scenario {
     ScaleDownAndReturn,
     /// The operator leads, then cannot renew and exits.
     Renew,
+    /// Two requests are created while a third's launch is out, so they
+    /// share one call (a LaunchGroup), which the sweep deletes afterwards.
+    Coalesce,
 }
 
 /// Creates the user-data Secret and the template of the lifecycle.
@@ -107,6 +110,46 @@ fn operator_as_sa(work: &TestEnv, chart: &Installed, name: &str) -> OperatorProc
         &chart.kubeconfig,
         &chart.lease_args(),
     )
+}
+
+/// Starts the operator as the chart's ServiceAccount with EC2 behind a
+/// forwarder that holds the first RunInstances, and quick group collection.
+fn coalescing_operator(
+    work: &TestEnv,
+    chart: &Installed,
+    name: &str,
+) -> (Forwarder, OperatorProcess) {
+    let fwd = Forwarder::start(&work.bed.moto_url);
+    fwd.add_fault(FaultRule::forward_then_hold("RunInstances", Duration::from_secs(6)).times(1));
+    let cfg = format!(
+        "{}gcGracePeriod: 1s\nfullSweepInterval: 2s\n",
+        quick_config(work).replace(&work.bed.moto_url, fwd.endpoint())
+    );
+    let op = OperatorProcess::replica(work, name, &cfg, &chart.kubeconfig, &chart.lease_args());
+    (fwd, op)
+}
+
+/// The coalescing lifecycle: `first` launches (held), `second` and `third`
+/// are created while it is out and share the next call.
+async fn coalesce(work: &TestEnv, fwd: &Forwarder) {
+    create_request(work, "first", "compute", 1, true).await;
+    let deadline = Instant::now() + WAIT;
+    while fwd.calls("RunInstances") == 0 {
+        assert!(Instant::now() < deadline, "the first launch never went out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in ["second", "third"] {
+        create_request(work, name, "compute", 1, true).await;
+    }
+    for name in ["first", "second", "third"] {
+        wait_request(work, name, "Ready", WAIT, is_ready).await;
+    }
+}
+
+fn launch_groups(work: &TestEnv) -> Vec<Value> {
+    let out = work.kubectl_ok(&["get", "launchgroups", "-n", &work.namespace, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("launch groups json");
+    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 async fn wait_deleted(env: &TestEnv, name: &str) {
@@ -251,6 +294,30 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
         .await
         .0
         .is_some_and(|s| s.success()));
+    // Coalesced launches with the full role: a group is written, used and
+    // deleted, and nothing is forbidden.
+    let grouped = TestEnv::new("rbac-group").await;
+    template_with_user_data(&grouped).await;
+    let (fwd, mut op) = coalescing_operator(&grouped, &chart, "rbac-group");
+    assert!(
+        op.wait_log("became leader", Duration::from_secs(60)).await,
+        "{}",
+        op.log()
+    );
+    coalesce(&grouped, &fwd).await;
+    assert!(op.wait_log("launching a group", WAIT).await, "{}", op.log());
+    assert!(
+        op.wait_log("deleted settled launch groups", WAIT).await,
+        "{}",
+        op.log()
+    );
+    assert!(launch_groups(&grouped).is_empty());
+    assert!(
+        !op.log().contains("forbidden"),
+        "a call was forbidden:\n{}",
+        op.log()
+    );
+    drop(op);
     eprintln!(
         "full lifecycle as the ServiceAccount: ok after {:?}",
         started.elapsed()
@@ -311,6 +378,30 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
                 ]),
                 forbidden: r#"cannot update resource "machinerequests/status""#,
                 scenario: Scenario::Request,
+            },
+            RuleCheck {
+                role: "ClusterRole",
+                resource: "launchgroups",
+                verbs: &["list"],
+                can_i: s(&["list", "launchgroups.hostforge.io", &ns_flag(work_ns)]),
+                forbidden: r#"cannot list resource "launchgroups""#,
+                scenario: Scenario::Request,
+            },
+            RuleCheck {
+                role: "ClusterRole",
+                resource: "launchgroups",
+                verbs: &["create"],
+                can_i: s(&["create", "launchgroups.hostforge.io", &ns_flag(work_ns)]),
+                forbidden: r#"cannot create resource "launchgroups""#,
+                scenario: Scenario::Coalesce,
+            },
+            RuleCheck {
+                role: "ClusterRole",
+                resource: "launchgroups",
+                verbs: &["delete"],
+                can_i: s(&["delete", "launchgroups.hostforge.io", &ns_flag(work_ns)]),
+                forbidden: r#"cannot delete resource "launchgroups""#,
+                scenario: Scenario::Coalesce,
             },
             RuleCheck {
                 role: "ClusterRole",
@@ -441,8 +532,17 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
         ]);
         template_with_user_data(&work).await;
 
-        let mut op = operator_as_sa(&work, &chart, &format!("rbac-{index}"));
         let what = format!("{} {:?} on {}", check.role, check.verbs, check.resource);
+        let (fwd, mut op) = match check.scenario {
+            Scenario::Coalesce => {
+                let (fwd, op) = coalescing_operator(&work, &chart, &format!("rbac-{index}"));
+                (Some(fwd), op)
+            }
+            _ => (
+                None,
+                operator_as_sa(&work, &chart, &format!("rbac-{index}")),
+            ),
+        };
         match check.scenario {
             Scenario::Start => {
                 let status = op.wait_exit(Duration::from_secs(30)).await;
@@ -516,6 +616,12 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
                         assert_eq!(reason.as_deref(), Some("UserDataUnavailable"), "{what}");
                         assert_eq!(launched, 0, "{what}");
                     }
+                    "launchgroups" => {
+                        // Without the listing, the sweep collects no group and
+                        // lets no group's machine go; a request launching alone
+                        // still comes up.
+                        wait_request(&work, "r", "Ready", WAIT, is_ready).await;
+                    }
                     "events" => {
                         // Events are best effort: the request still comes up, but nobody sees why.
                         wait_request(&work, "r", "Ready", WAIT, is_ready).await;
@@ -544,6 +650,28 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
                     "{what}: a series was recorded anyway"
                 );
                 assert!(!moto_instances(&work, &uid(&mr)).await.is_empty());
+            }
+            Scenario::Coalesce => {
+                let fwd = fwd
+                    .as_ref()
+                    .expect("a forwarder for the coalescing scenario");
+                coalesce(&work, fwd).await;
+                assert!(
+                    op.wait_log(check.forbidden, WAIT).await,
+                    "{what}: no 403 seen:\n{}",
+                    op.log()
+                );
+                match check.verbs {
+                    // Nothing is sent for a group that could not be recorded:
+                    // its batches settle alone, with their own tokens.
+                    ["create"] => assert!(launch_groups(&work).is_empty(), "{what}"),
+                    // The group stays; its machines stay listed by their requests.
+                    _ => assert_eq!(launch_groups(&work).len(), 1, "{what}"),
+                }
+                for name in ["first", "second", "third"] {
+                    let mr = wait_request(&work, name, "Ready", WAIT, is_ready).await;
+                    assert_eq!(status_live(&mr).len(), 1, "{what}: {name}");
+                }
             }
             Scenario::Renew => {
                 assert!(

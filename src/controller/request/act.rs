@@ -290,10 +290,13 @@ pub async fn launch(
     answered(s, provider, &batch_id, asked, group, outcome).await
 }
 
-/// Whether this batch queues to share a call: `coalesceLaunches` is on and
-/// it goes through RunInstances (a fleet batch goes alone for now).
+/// Whether this batch queues to share a call: `coalesceLaunches` is on, and
+/// its launch is all on-demand or all spot. A mixed fleet's split is
+/// rounded per call, so a batch sharing one would not get its own share of
+/// on-demand machines; it goes alone.
 fn coalesces(s: &Session<'_>, spec: &provider::LaunchSpec) -> bool {
-    s.ctx.config.coalesce_launches && spec.api == provider::LaunchApi::RunInstances
+    let pct = spec.capacity.on_demand_percent;
+    s.ctx.config.coalesce_launches && (pct <= 0 || pct >= 100)
 }
 
 /// Records a launch answer for batch `batch_id` (sent in LaunchGroup
