@@ -252,6 +252,11 @@ async fn a_crash_after_the_group_call_shares_its_machines_once() {
 }
 
 #[tokio::test]
+async fn a_crash_after_one_member_wrote_its_share_shares_the_rest_once() {
+    a_crash_at("coalesce-member", "group-after-member-written").await;
+}
+
+#[tokio::test]
 async fn a_lost_group_answer_is_settled_by_its_token() {
     let (env, fwd, cfg) = bed("coalesce-lost").await;
     let _op = OperatorProcess::start(&env, &cfg).await;

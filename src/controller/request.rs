@@ -218,12 +218,24 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         failpoint!("request-after-mark");
         act::terminate(s, &open.provider, &plan.terminate).await?;
     }
+    let mut grouped = false;
     if let Some(recorded) = recorded {
+        let batch_id = recorded.batch_id().to_string();
         refusal = act::launch(s, &open.provider, &open.template, recorded)
             .await?
             .or(refusal);
+        grouped = s
+            .status
+            .launches
+            .iter()
+            .any(|b| b.id == batch_id && b.group.is_some());
     }
-    report::finish(s, Some(&open.provider), refusal, plan.held_back).await
+    let action = report::finish(s, Some(&open.provider), refusal, plan.held_back).await;
+    if grouped {
+        // One member of a group has written its share; the others may not.
+        failpoint!("group-after-member-written");
+    }
+    action
 }
 
 #[cfg(test)]
