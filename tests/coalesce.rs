@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hostforge::api::LaunchGroup;
-use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder};
+use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder, Visibility};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, moto_live_in_cluster, status_live, wait_request,
 };
@@ -257,8 +257,15 @@ async fn a_crash_after_one_member_wrote_its_share_shares_the_rest_once() {
 }
 
 #[tokio::test]
-async fn a_lost_group_answer_is_settled_by_its_token() {
+async fn a_lost_group_answer_under_tag_lag_is_settled_by_its_token() {
     let (env, fwd, cfg) = bed("coalesce-lost").await;
+    // EC2's reads lag: a new instance is invisible by id for 2 s and to tag
+    // listings (the sweep's) for 8 s; the token's answer is what settles.
+    fwd.set_visibility(Visibility {
+        by_id: Duration::from_secs(2),
+        by_tag: Duration::from_secs(8),
+        stale_after_terminate: Duration::ZERO,
+    });
     let _op = OperatorProcess::start(&env, &cfg).await;
     // The group's call (the second RunInstances): moto launches, the
     // answer is lost on every SDK attempt.
