@@ -19,7 +19,7 @@ use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder, Visibility};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, moto_live_in_cluster, status_live, wait_request,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use kube::api::ListParams;
 use kube::Api;
@@ -44,9 +44,11 @@ async fn bed_for(name: &str, provider_api: &str) -> (TestEnv, Forwarder, String)
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     fwd.enable_fidelity(Fidelity::seeded(18));
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\nfullSweepInterval: 2s\ngcGracePeriod: 2s\n",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    let cfg = config_via(
+        &env,
+        &fwd,
+        "2s",
+        "fullSweepInterval: 2s\ngcGracePeriod: 2s\n",
     );
     let (subnet, _) = env.default_subnet_and_group().await;
     create_template(
@@ -215,23 +217,12 @@ async fn requests_waiting_together_share_one_call() {
     assert_exact_shares(&env, &fwd).await;
 }
 
-/// Runs the operator with `point` enabled until it aborts there.
-async fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
-    let mut op = OperatorProcess::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
-    let status = op.wait_exit(WAIT).await;
-    let log = op.log();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "operator did not abort at {point}: {status:?}\n{log}"
-    );
-}
-
 async fn a_crash_at(name: &str, point: &str) {
     let (env, fwd, cfg) = bed(name).await;
     let crashing = {
         let env = &env;
         let cfg = cfg.clone();
-        async move { crash_at(env, &cfg, point).await }
+        async move { OperatorProcess::crash_at(env, &cfg, point, WAIT).await }
     };
     let queuing = queue_two_behind_one(&env, &fwd);
     tokio::join!(crashing, queuing);

@@ -21,7 +21,7 @@ use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready, requests,
     wait_request,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use serde_json::json;
 
@@ -33,10 +33,7 @@ async fn bed(name: &str) -> (TestEnv, Forwarder, OperatorProcess) {
     let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
+    let cfg = config_via(&env, &fwd, "2s", "");
     let op = OperatorProcess::start(&env, &cfg).await;
     (env, fwd, op)
 }

@@ -22,7 +22,7 @@ use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
 use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready, wait_request,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::{config_via, default_config};
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use serde_json::json;
 
@@ -31,10 +31,7 @@ const WAIT: Duration = Duration::from_secs(90);
 /// The operator config: through the forwarder, quick polls and sweeps (the
 /// collector runs every `sweepInterval`), plus `extra` lines.
 fn config(env: &TestEnv, fwd: &Forwarder, extra: &str) -> String {
-    format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n{extra}",
-        default_config(env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    )
+    config_via(env, fwd, "2s", extra)
 }
 
 /// A namespace, a forwarder in front of moto and the CRDs.

@@ -16,32 +16,19 @@ use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_live, patch_spec,
     requests, status_live, uid, wait_request,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
 fn config(env: &TestEnv, fwd: &Forwarder) -> String {
-    format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    )
+    config_via(env, fwd, "2s", "")
 }
 
 /// Runs the operator with `point` enabled until it aborts there.
 async fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
-    let mut op = OperatorProcess::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
-    let status = op.wait_exit(WAIT).await;
-    let log = op.log();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "operator did not abort at {point}: {status:?}\n{log}"
-    );
-    assert!(
-        log.contains(&format!("failpoint {point}: aborting")),
-        "{log}"
-    );
+    OperatorProcess::crash_at(env, cfg, point, WAIT).await
 }
 
 #[tokio::test]

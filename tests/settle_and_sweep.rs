@@ -13,7 +13,7 @@ use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_live, requests,
     status_live, uid, wait_request, wait_with_moto,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
@@ -27,10 +27,7 @@ async fn bed(name: &str, extra: &str) -> (TestEnv, Forwarder, String) {
     let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 1s\n{extra}",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
+    let cfg = config_via(&env, &fwd, "1s", extra);
     (env, fwd, cfg)
 }
 

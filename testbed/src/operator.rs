@@ -49,6 +49,21 @@ pub fn default_config(env: &TestEnv, image_cache_ttl: &str) -> String {
     )
 }
 
+/// [`default_config`] with EC2 behind `fwd` (moto's URL replaced by the
+/// forwarder's), polling every 500 ms, sweeping every `sweep`, then `extra`
+/// (more config lines, each ending in a newline).
+pub fn config_via(
+    env: &TestEnv,
+    fwd: &crate::forwarder::Forwarder,
+    sweep: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{}pollInterval: 500ms\nsweepInterval: {sweep}\n{extra}",
+        default_config(env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
+    )
+}
+
 /// [`default_config`] with quick loops (poll every 500 ms, sweep every 2 s),
 /// for tests that wait on the poller or the sweep.
 pub fn quick_config(env: &TestEnv) -> String {
@@ -202,6 +217,23 @@ impl OperatorProcess {
                 ..Launch::new(env, config)
             },
         )
+    }
+
+    /// Runs the operator with failpoint `point` enabled (a build with the
+    /// `failpoints` feature) until it aborts there, within `timeout`; panics
+    /// with its log when it exits otherwise or never does.
+    pub async fn crash_at(env: &TestEnv, config: &str, point: &str, timeout: Duration) {
+        let mut op = Self::spawn_with_env(env, config, &[], &[("HOSTFORGE_FAILPOINTS", point)]);
+        let status = op.wait_exit(timeout).await;
+        let log = op.log();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "operator did not abort at {point}: {status:?}\n{log}"
+        );
+        assert!(
+            log.contains(&format!("failpoint {point}: aborting")),
+            "{log}"
+        );
     }
 
     /// One of several replicas in `env`'s namespace, named `<name>-<unique>`

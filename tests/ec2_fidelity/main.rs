@@ -17,7 +17,7 @@ use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_instances,
     patch_spec, requests, status_live, uid, wait_request,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use serde_json::json;
 
@@ -46,10 +46,7 @@ async fn bed_in(
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     fwd.enable_fidelity(Fidelity::seeded(16));
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
+    let cfg = config_via(&env, &fwd, "2s", "");
     let op = OperatorProcess::start(&env, &cfg).await;
     let mut spec = json!({
         "providerApi": provider_api,

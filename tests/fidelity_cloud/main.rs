@@ -38,7 +38,7 @@ use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_instances,
     patch_spec, requests, status_live, uid, wait_request, wait_with_moto,
 };
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use serde_json::json;
 
@@ -67,10 +67,7 @@ async fn bed(
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     fwd.enable_fidelity(Fidelity::seeded(16));
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\n{extra}",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
+    let cfg = config_via(&env, &fwd, "2s", extra);
     let op = OperatorProcess::start(&env, &cfg).await;
     let (subnet, _) = env.default_subnet_and_group().await;
     let types: Vec<_> = types.iter().map(|t| json!({ "type": t })).collect();

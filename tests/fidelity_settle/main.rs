@@ -39,7 +39,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use hostforge_testbed::forwarder::{Fidelity, Forwarder};
 use hostforge_testbed::machines::create_template;
-use hostforge_testbed::operator::default_config;
+use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use serde_json::json;
 
@@ -55,10 +55,7 @@ pub async fn bed(name: &str, sweep: &str, extra: &str) -> (TestEnv, Forwarder, S
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     fwd.enable_fidelity(Fidelity::seeded(16));
-    let cfg = format!(
-        "{}pollInterval: 500ms\nsweepInterval: {sweep}\n{extra}",
-        default_config(&env, "5m").replace(&env.bed.moto_url, fwd.endpoint())
-    );
+    let cfg = config_via(&env, &fwd, sweep, extra);
     let (subnet, _) = env.default_subnet_and_group().await;
     create_template(
         &env,

@@ -367,18 +367,7 @@ pub async fn answered(
                 settle_batch(s, batch_id, LaunchState::Launched, None, Some(message));
                 Ok(None)
             }
-            Outcome::TokenUsed if group.is_some() => {
-                // The group's members settle it by the group's tag.
-                if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
-                    b.message = Some(format!("{err}{in_group}"));
-                }
-                s.write().await?;
-                Err(Error::Provider {
-                    action: format!("launching batch {batch_id}{in_group}"),
-                    source: err,
-                })
-            }
-            Outcome::TokenUsed => token_used(s, provider, batch_id, &err).await,
+            Outcome::TokenUsed if group.is_none() => token_used(s, provider, batch_id, &err).await,
             Outcome::Refused(failure) => {
                 if failure == LaunchFailure::Capacity {
                     if let Some(b) = s.status.launches.iter().find(|b| b.id == batch_id) {
@@ -391,7 +380,9 @@ pub async fn answered(
                     refused(s, batch_id, failure, format!("{err}{in_group}")).await,
                 ))
             }
-            Outcome::Unclear => {
+            // A group's token used before: its members settle it through
+            // the group (by the group's tag), as after an unclear answer.
+            Outcome::Unclear | Outcome::TokenUsed => {
                 // Maybe sent, maybe not: keep it Pending and let the next
                 // reconcile settle it. Persist what we know so far first.
                 if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {

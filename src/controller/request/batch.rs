@@ -411,13 +411,17 @@ pub fn digest(spec: &LaunchSpec, user_data_key: &str) -> String {
         hash.update(b"\0user-data-hmac-sha256\0");
         hash.update(hmac_sha256(user_data_key.as_bytes(), bytes));
     }
-    let hex: String = hash
-        .finalize()
+    format!("sha256:{}", hex_prefix(hash, 12))
+}
+
+/// The first `bytes` bytes of `hash`'s digest in lowercase hex: enough to
+/// tell parameters (or groups) apart without writing all 32 bytes.
+pub fn hex_prefix(hash: Sha256, bytes: usize) -> String {
+    hash.finalize()
         .iter()
-        .take(12)
+        .take(bytes)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+        .collect()
 }
 
 /// HMAC-SHA256 (RFC 2104) over `message` with `key`.

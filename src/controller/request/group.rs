@@ -57,12 +57,7 @@ pub fn name_and_token(members: &[LaunchGroupMember]) -> (String, String) {
         hash.update(m.batch.as_bytes());
         hash.update(b"\0");
     }
-    let hex: String = hash
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = super::batch::hex_prefix(hash, 12);
     (format!("lg-{hex}"), format!("hostforge-lg-{hex}"))
 }
 
