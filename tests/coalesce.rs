@@ -292,3 +292,57 @@ async fn fleet_requests_waiting_together_share_one_call() {
     );
     wait_groups_deleted(&env).await;
 }
+
+#[tokio::test]
+async fn deleting_a_member_whose_group_answer_was_lost_terminates_its_share() {
+    let (env, fwd, _) = bed("coalesce-del").await;
+    // No full sweep after the first (no orphan collection to lean on), and a
+    // grace long enough that the deletion waits for its Pending batch.
+    let cfg = config_via(
+        &env,
+        &fwd,
+        "2s",
+        "fullSweepInterval: 1h\ngcGracePeriod: 60s\n",
+    );
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    // Every answer to the group's token is lost until the deletion is under way.
+    let lost = fwd.add_fault(FaultRule::forward_then_drop("RunInstances").param("MaxCount", "5"));
+    queue_two_behind_one(&env, &fwd).await;
+    let deadline = Instant::now() + WAIT;
+    while !fwd
+        .requests("RunInstances")
+        .iter()
+        .any(|p| p.get("MaxCount").map(String::as_str) == Some("5"))
+    {
+        assert!(Instant::now() < deadline, "the group call never went out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api = hostforge_testbed::machines::requests(&env);
+    api.delete("second", &Default::default())
+        .await
+        .expect("delete second");
+    // Its share is Pending and its machines carry no request tag: only the
+    // group's token finds them.
+    fwd.remove_fault(lost);
+    while api.get_opt("second").await.expect("get second").is_some() {
+        assert!(Instant::now() < deadline, "second was never deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut kept = BTreeSet::new();
+    for (name, count) in [REQUESTS[0], REQUESTS[2]] {
+        let mr = wait_request(&env, name, "Ready", WAIT, is_ready).await;
+        let live = status_live(&mr);
+        assert_eq!(live.len(), count as usize, "{name}");
+        kept.extend(live);
+    }
+    let in_moto: BTreeSet<String> = moto_live_in_cluster(&env.ec2(), &env.namespace)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        in_moto,
+        kept,
+        "second's share was terminated with it; forwarder: {:?}",
+        fwd.snapshot()
+    );
+}

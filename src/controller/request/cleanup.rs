@@ -15,6 +15,7 @@
 //! machines show in the tag listing and are terminated with the rest.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,12 +27,17 @@ use tracing::{debug, info, warn};
 
 use super::act;
 use super::gate;
+use super::group_settle::{self, Found};
 use super::session::{now, Session};
 use crate::api::conditions::{self, READY};
-use crate::api::{LaunchState, MachineRequest, MachineResult, RequestPhase, TerminationReason};
+use crate::api::{
+    LaunchBatch, LaunchState, MachineRequest, MachineResult, MachineTemplate, RequestPhase,
+    TerminationReason,
+};
 use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
 use crate::controller::{Context, Error};
+use crate::provider::MachineProvider;
 
 /// How soon a deleting request looks again while its machines shut down.
 pub const RETRY_DELETING: Duration = Duration::from_secs(2);
@@ -49,6 +55,9 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
     let Some(provider) = ctx.providers.get(&provider_name) else {
         return unconfigured(&mut s, mr, &provider_name).await;
     };
+    if let Some(template) = template.as_deref() {
+        take_group_shares(&mut s, &provider, template).await;
+    }
     let found = provider
         .describe_owned(&s.owner.request_filter())
         .await
@@ -126,6 +135,42 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     Err(Error::StillDeleting(hold.waits().join(" and ")))
+}
+
+/// Pending batches that went out in a coalesced call: their machines carry
+/// the group's tag, not the request's, so the tag listing below cannot find
+/// them; the group's token is re-sent and the request's share put into
+/// status, to be terminated by id with the rest. What cannot be taken this
+/// way (an error, the template changed) stays Pending: the finalizer waits
+/// for it as for any Pending batch, and what is left then is an orphan of
+/// the sweep's once its group is gone.
+async fn take_group_shares(
+    s: &mut Session<'_>,
+    provider: &Arc<dyn MachineProvider>,
+    template: &MachineTemplate,
+) {
+    let pending: Vec<LaunchBatch> = s
+        .status
+        .launches
+        .iter()
+        .filter(|b| b.state == LaunchState::Pending)
+        .cloned()
+        .collect();
+    let mut groups = None;
+    for batch in pending {
+        let found = group_settle::find(s, &batch, &mut groups).await;
+        let result = match found {
+            Ok(Found::Group(group)) => {
+                group_settle::settle(s, provider, template, &batch, &group).await
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            debug!(request = %s.key(), batch = %batch.id, error = %err,
+                "taking a launch group's share while deleting failed; trying again");
+        }
+    }
 }
 
 /// Deletion when the request's provider is not configured: nothing can be
