@@ -38,6 +38,17 @@ async fn main() {
     seed(&env).await;
     let shim = Shim::new(&env, "");
     size_of_request(&env).await;
+    if let Some(hold) = std::env::var("HF_BENCH_HOLD_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        println!(
+            "==> holding {hold} s: HF_PROVIDER_CONFDIR={} HF_PROVIDER_LOGDIR={}",
+            shim.conf_dir.display(),
+            shim.log_dir.display()
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
 
     let hosts: Vec<Value> = (0..MACHINES)
         .map(|i| json!({"name": host_name(i), "machineId": instance_id(i)}))

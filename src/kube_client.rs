@@ -38,6 +38,46 @@ pub fn client(config: Config, max_in_flight: usize) -> Result<Client, kube::Erro
         .build())
 }
 
+/// A client for a process that makes a few calls and exits (the HostFactory
+/// plugin): kube's own stack (TLS from the config, base URI, kube's retry of
+/// 429/503/504 when `default_retry` is on, auth, extra headers) on a
+/// connector with `TCP_NODELAY`.
+///
+/// kube's own connector leaves Nagle's algorithm on. A new connection then
+/// sends the TLS handshake's last flight, and the request right behind it
+/// waits for the apiserver's delayed ACK: about 40 ms on every fresh
+/// connection, which a long-running operator pays once per pooled connection
+/// and a one-shot process pays on every call (measured: getAvailableTemplates
+/// 87 → 44 ms in a release build). A proxied config keeps kube's stack, which
+/// alone knows how to tunnel.
+pub fn one_shot_client(config: Config) -> Result<Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use kube::client::ConfigExt;
+    use tower::util::{option_layer, MapErrLayer};
+
+    if config.proxy_url.is_some() {
+        return Client::try_from(config);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    Ok(ClientBuilder::new(hyper, config.default_namespace.clone())
+        .with_layer(&MapErrLayer::new(
+            |e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) },
+        ))
+        .with_layer(&config.base_uri_layer())
+        .with_layer(&option_layer(retry))
+        .with_layer(&option_layer(config.auth_layer()?))
+        .with_layer(&config.extra_headers_layer()?)
+        .build())
+}
+
 /// The config `hostforge run` builds its clients from: the kubeconfig
 /// (`KUBECONFIG`, then `~/.kube/config`) or the in-cluster service account,
 /// as `kube::Client::try_default` finds them.
