@@ -203,6 +203,80 @@ mod tests {
         (most.load(Ordering::SeqCst), answers)
     }
 
+    /// Whether the TCP socket of this process whose local address is
+    /// `local` has Nagle's algorithm off (`TCP_NODELAY`), found among the
+    /// process's open descriptors.
+    fn nodelay_of_own_socket(local: std::net::SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: plain getsockname/getsockopt into local buffers of the
+            // sizes passed; a descriptor that is no socket just fails.
+            unsafe {
+                let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if libc::getsockname(fd, std::ptr::addr_of_mut!(addr).cast(), &mut len) != 0
+                    || i32::from(addr.sin_family) != libc::AF_INET
+                    || u16::from_be(addr.sin_port) != local.port()
+                {
+                    continue;
+                }
+                let mut on: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                if libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    std::ptr::addr_of_mut!(on).cast(),
+                    &mut len,
+                ) == 0
+                {
+                    return Some(on != 0);
+                }
+            }
+        }
+        None
+    }
+
+    /// The one-shot client's connection has Nagle off, so a request written
+    /// behind the TLS handshake does not wait for the server's delayed ACK.
+    #[tokio::test]
+    async fn one_shot_connections_have_nagle_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let client = one_shot_client(Config::new(url.parse().expect("url"))).expect("client");
+        let server = tokio::spawn(async move {
+            let (mut socket, peer) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the client closed before its request");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            // The client's end of this connection lives in this process.
+            let nodelay = nodelay_of_own_socket(peer);
+            let body = br#"{"major":"1","minor":"34"}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            socket.write_all(head.as_bytes()).await.expect("write");
+            socket.write_all(body).await.expect("write");
+            nodelay
+        });
+        client
+            .apiserver_version()
+            .await
+            .expect("the request is answered");
+        assert_eq!(server.await.expect("server"), Some(true));
+    }
+
     #[tokio::test]
     async fn calls_over_the_limit_wait_and_all_are_answered() {
         let (most, answers) = most_in_flight(3, 12).await;
