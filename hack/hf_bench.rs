@@ -1,6 +1,9 @@
 //! `cargo build && cargo run --example hf_bench`: latency of each HostFactory
 //! operation against a MachineRequest holding 2,000 machines in status.
 //!
+//! `make bench` runs the same operations at 2,000 machines (scenario
+//! `hostfactory`); this is the quick, standalone look.
+//!
 //! Starts the test bed's apiserver (no operator, no cloud: the plugin only
 //! reads and writes Kubernetes objects), writes a template and a
 //! scheduler-owned request whose status lists 2,000 running machines through
@@ -10,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use hostforge::api::{MachineRequest, MachineTemplate};
-use hostforge_testbed::fixtures;
+use hostforge::api::MachineRequest;
+use hostforge_testbed::hf::seed::{self, host_name, instance_id};
 use hostforge_testbed::hf::Shim;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
 
@@ -35,7 +38,9 @@ async fn main() {
     println!("==> starting the bed (kube-apiserver + etcd)");
     let env = hostforge_testbed::TestEnv::new("hf-bench").await;
     env.install_crds().await;
-    seed(&env).await;
+    seed::ready_template(&env, "bench", MACHINES).await;
+    seed::scheduler_request(&env, "hf-bench", "bench", MACHINES, 0).await;
+    println!("==> seeded {MACHINES} machines in MachineRequest hf-bench");
     let shim = Shim::new(&env, "");
     size_of_request(&env).await;
     if let Some(hold) = std::env::var("HF_BENCH_HOLD_S")
@@ -163,82 +168,4 @@ fn time(runs: usize, name: &str, mut f: impl FnMut(usize)) -> (String, Vec<Durat
         })
         .collect();
     (name.to_string(), times)
-}
-
-fn instance_id(i: usize) -> String {
-    format!("i-{i:017x}")
-}
-
-fn host_name(i: usize) -> String {
-    format!(
-        "ip-10-{}-{}-{}.ec2.internal",
-        i / 65536,
-        (i / 256) % 256,
-        i % 256
-    )
-}
-
-/// A Ready template and a scheduler-owned request with 2,000 running machines.
-async fn seed(env: &hostforge_testbed::TestEnv) {
-    let ready = fixtures::ready_conditions("Resolved");
-    let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mt: MachineTemplate = serde_json::from_value(json!({
-        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
-        "metadata": {"name": "bench"},
-        "spec": {"image": {"id": "ami-12345678"}, "instanceTypes": [{"type": "c6i.xlarge"}]},
-    }))
-    .expect("template");
-    templates
-        .create(&PostParams::default(), &mt)
-        .await
-        .expect("create template");
-    templates
-        .patch_status(
-            "bench",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": 1, "conditions": ready, "machinesInUse": MACHINES,
-                "resolvedImage": {"id": "ami-12345678", "source": "id", "resolvedAt": "2026-01-01T00:00:00Z"},
-                "instanceTypeInfo": {"instanceType": "c6i.xlarge", "vcpus": 4, "cores": 2,
-                                     "memoryMiB": 8192, "architecture": "x86_64"}
-            }})),
-        )
-        .await
-        .expect("template status");
-
-    let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mr: MachineRequest = serde_json::from_value(json!({
-        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
-        "metadata": {"name": "hf-bench", "labels": {"hostforge.io/owner": "hostfactory"},
-                     "annotations": {"hostforge.io/hf-template-id": "bench"}},
-        "spec": {"templateRef": {"name": "bench"}, "count": MACHINES, "replaceLost": false},
-    }))
-    .expect("request");
-    requests
-        .create(&PostParams::default(), &mr)
-        .await
-        .expect("create request");
-    let machines: Vec<Value> = (0..MACHINES)
-        .map(|i| {
-            fixtures::running_machine(
-                &instance_id(i),
-                &host_name(i),
-                &format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-                "bench-1",
-            )
-        })
-        .collect();
-    requests
-        .patch_status(
-            "hf-bench",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": 1, "phase": "Ready", "conditions": ready,
-                "counts": {"desired": MACHINES, "running": MACHINES},
-                "machines": machines,
-            }})),
-        )
-        .await
-        .expect("request status");
-    println!("==> seeded {MACHINES} machines in MachineRequest hf-bench");
 }
