@@ -67,14 +67,15 @@ pub fn one_shot_client(config: Config) -> Result<Client, kube::Error> {
     let retry = config
         .default_retry
         .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    // Innermost first, the order of kube's own stack (base URI outermost).
     Ok(ClientBuilder::new(hyper, config.default_namespace.clone())
         .with_layer(&MapErrLayer::new(
             |e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) },
         ))
-        .with_layer(&config.base_uri_layer())
-        .with_layer(&option_layer(retry))
-        .with_layer(&option_layer(config.auth_layer()?))
         .with_layer(&config.extra_headers_layer()?)
+        .with_layer(&option_layer(config.auth_layer()?))
+        .with_layer(&option_layer(retry))
+        .with_layer(&config.base_uri_layer())
         .build())
 }
 
