@@ -81,7 +81,7 @@ demo: toolchain testbed ## Start a local control plane + simulator, install CRDs
 	  $(CARGO) run --locked --quiet --example demo
 
 .PHONY: bench
-bench: toolchain testbed ## Release-build the operator and run the benchmarks (default scale 5: burst 100 x 10, steady 10,000 machines; HOSTFORGE_BENCH_SCALE=1: a quick run); writes target/bench/results.json.
+bench: toolchain testbed ## Release-build the operator and run the benchmarks (default scale 5: burst 100 x 10, HostFactory 100 x 10, steady 10,000 machines; HOSTFORGE_BENCH_SCALE=1: a quick run); writes target/bench/results.json.
 	@start=$$(date +%s); $(CARGO) build --locked --release --bin hostforge; \
 	  echo "release build of the operator: $$(( $$(date +%s) - start )) s"
 	HOSTFORGE_OPERATOR_BIN="$(or $(CARGO_TARGET_DIR),target)/release/hostforge" \

@@ -1,6 +1,9 @@
 //! `cargo build && cargo run --example hf_bench`: latency of each HostFactory
 //! operation against a MachineRequest holding 2,000 machines in status.
 //!
+//! `make bench` runs the same operations at 2,000 machines (scenario
+//! `hostfactory`); this is the quick, standalone look.
+//!
 //! Starts the test bed's apiserver (no operator, no cloud: the plugin only
 //! reads and writes Kubernetes objects), writes a template and a
 //! scheduler-owned request whose status lists 2,000 running machines through
@@ -10,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use hostforge::api::{MachineRequest, MachineTemplate};
-use hostforge_testbed::fixtures;
+use hostforge::api::MachineRequest;
+use hostforge_testbed::hf::seed::{self, host_name, instance_id};
 use hostforge_testbed::hf::Shim;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
 
@@ -35,9 +38,22 @@ async fn main() {
     println!("==> starting the bed (kube-apiserver + etcd)");
     let env = hostforge_testbed::TestEnv::new("hf-bench").await;
     env.install_crds().await;
-    seed(&env).await;
+    seed::ready_template(&env, "bench", MACHINES).await;
+    seed::scheduler_request(&env, "hf-bench", "bench", MACHINES, 0).await;
+    println!("==> seeded {MACHINES} machines in MachineRequest hf-bench");
     let shim = Shim::new(&env, "");
     size_of_request(&env).await;
+    if let Some(hold) = std::env::var("HF_BENCH_HOLD_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        println!(
+            "==> holding {hold} s: HF_PROVIDER_CONFDIR={} HF_PROVIDER_LOGDIR={}",
+            shim.conf_dir.display(),
+            shim.log_dir.display()
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
 
     let hosts: Vec<Value> = (0..MACHINES)
         .map(|i| json!({"name": host_name(i), "machineId": instance_id(i)}))
@@ -99,12 +115,35 @@ async fn main() {
         );
     }));
 
+    // A return of everything: 100 requests of 10, one call (what the
+    // bench's HostFactory scenario ends with), here without an operator
+    // reacting to the patches. Each run returns its own 100 requests.
+    let mut all_of_100 = vec![];
+    for run in 0..runs.min(3) {
+        let first = 1_000_000 * (run + 1);
+        for r in 0..100 {
+            let name = format!("hf-many-{run}-{r:03}");
+            seed::scheduler_request(&env, &name, "bench", 10, first + r * 10).await;
+        }
+        let machines: Vec<Value> = (first..first + 1000)
+            .map(|i| json!({"name": host_name(i), "machineId": instance_id(i)}))
+            .collect();
+        let started = Instant::now();
+        shim.ok("requestReturnMachines", &json!({"machines": machines}));
+        all_of_100.push(started.elapsed());
+    }
+    report.push((
+        "requestReturnMachines (1,000 of 100 req.)".to_string(),
+        all_of_100,
+    ));
+
     // Where requestReturnMachines spends its time (the plugin logs it).
     for line in shim
         .log()
         .lines()
         .filter(|l| l.contains("machines returned"))
-        .take(3)
+        .skip(runs)
+        .step_by(20)
     {
         println!("log: {line}");
     }
@@ -152,82 +191,4 @@ fn time(runs: usize, name: &str, mut f: impl FnMut(usize)) -> (String, Vec<Durat
         })
         .collect();
     (name.to_string(), times)
-}
-
-fn instance_id(i: usize) -> String {
-    format!("i-{i:017x}")
-}
-
-fn host_name(i: usize) -> String {
-    format!(
-        "ip-10-{}-{}-{}.ec2.internal",
-        i / 65536,
-        (i / 256) % 256,
-        i % 256
-    )
-}
-
-/// A Ready template and a scheduler-owned request with 2,000 running machines.
-async fn seed(env: &hostforge_testbed::TestEnv) {
-    let ready = fixtures::ready_conditions("Resolved");
-    let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mt: MachineTemplate = serde_json::from_value(json!({
-        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
-        "metadata": {"name": "bench"},
-        "spec": {"image": {"id": "ami-12345678"}, "instanceTypes": [{"type": "c6i.xlarge"}]},
-    }))
-    .expect("template");
-    templates
-        .create(&PostParams::default(), &mt)
-        .await
-        .expect("create template");
-    templates
-        .patch_status(
-            "bench",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": 1, "conditions": ready, "machinesInUse": MACHINES,
-                "resolvedImage": {"id": "ami-12345678", "source": "id", "resolvedAt": "2026-01-01T00:00:00Z"},
-                "instanceTypeInfo": {"instanceType": "c6i.xlarge", "vcpus": 4, "cores": 2,
-                                     "memoryMiB": 8192, "architecture": "x86_64"}
-            }})),
-        )
-        .await
-        .expect("template status");
-
-    let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
-    let mr: MachineRequest = serde_json::from_value(json!({
-        "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
-        "metadata": {"name": "hf-bench", "labels": {"hostforge.io/owner": "hostfactory"},
-                     "annotations": {"hostforge.io/hf-template-id": "bench"}},
-        "spec": {"templateRef": {"name": "bench"}, "count": MACHINES, "replaceLost": false},
-    }))
-    .expect("request");
-    requests
-        .create(&PostParams::default(), &mr)
-        .await
-        .expect("create request");
-    let machines: Vec<Value> = (0..MACHINES)
-        .map(|i| {
-            fixtures::running_machine(
-                &instance_id(i),
-                &host_name(i),
-                &format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-                "bench-1",
-            )
-        })
-        .collect();
-    requests
-        .patch_status(
-            "hf-bench",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": 1, "phase": "Ready", "conditions": ready,
-                "counts": {"desired": MACHINES, "running": MACHINES},
-                "machines": machines,
-            }})),
-        )
-        .await
-        .expect("request status");
-    println!("==> seeded {MACHINES} machines in MachineRequest hf-bench");
 }

@@ -38,6 +38,47 @@ pub fn client(config: Config, max_in_flight: usize) -> Result<Client, kube::Erro
         .build())
 }
 
+/// A client for a process that makes a few calls and exits (the HostFactory
+/// plugin): kube's own stack (TLS from the config, base URI, kube's retry of
+/// 429/503/504 when `default_retry` is on, auth, extra headers) on a
+/// connector with `TCP_NODELAY`.
+///
+/// kube's own connector leaves Nagle's algorithm on. A new connection then
+/// sends the TLS handshake's last flight, and the request right behind it
+/// waits for the apiserver's delayed ACK: about 40 ms on every fresh
+/// connection, which a long-running operator pays once per pooled connection
+/// and a one-shot process pays on every call (measured: getAvailableTemplates
+/// 87 → 44 ms in a release build). A proxied config keeps kube's stack, which
+/// alone knows how to tunnel.
+pub fn one_shot_client(config: Config) -> Result<Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use kube::client::ConfigExt;
+    use tower::util::{option_layer, MapErrLayer};
+
+    if config.proxy_url.is_some() {
+        return Client::try_from(config);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    // Innermost first, the order of kube's own stack (base URI outermost).
+    Ok(ClientBuilder::new(hyper, config.default_namespace.clone())
+        .with_layer(&MapErrLayer::new(
+            |e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) },
+        ))
+        .with_layer(&config.extra_headers_layer()?)
+        .with_layer(&option_layer(config.auth_layer()?))
+        .with_layer(&option_layer(retry))
+        .with_layer(&config.base_uri_layer())
+        .build())
+}
+
 /// The config `hostforge run` builds its clients from: the kubeconfig
 /// (`KUBECONFIG`, then `~/.kube/config`) or the in-cluster service account,
 /// as `kube::Client::try_default` finds them.
@@ -161,6 +202,80 @@ mod tests {
         }))
         .await;
         (most.load(Ordering::SeqCst), answers)
+    }
+
+    /// Whether the TCP socket of this process whose local address is
+    /// `local` has Nagle's algorithm off (`TCP_NODELAY`), found among the
+    /// process's open descriptors.
+    fn nodelay_of_own_socket(local: std::net::SocketAddr) -> Option<bool> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: plain getsockname/getsockopt into local buffers of the
+            // sizes passed; a descriptor that is no socket just fails.
+            unsafe {
+                let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if libc::getsockname(fd, std::ptr::addr_of_mut!(addr).cast(), &mut len) != 0
+                    || i32::from(addr.sin_family) != libc::AF_INET
+                    || u16::from_be(addr.sin_port) != local.port()
+                {
+                    continue;
+                }
+                let mut on: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                if libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    std::ptr::addr_of_mut!(on).cast(),
+                    &mut len,
+                ) == 0
+                {
+                    return Some(on != 0);
+                }
+            }
+        }
+        None
+    }
+
+    /// The one-shot client's connection has Nagle off, so a request written
+    /// behind the TLS handshake does not wait for the server's delayed ACK.
+    #[tokio::test]
+    async fn one_shot_connections_have_nagle_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let client = one_shot_client(Config::new(url.parse().expect("url"))).expect("client");
+        let server = tokio::spawn(async move {
+            let (mut socket, peer) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the client closed before its request");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            // The client's end of this connection lives in this process.
+            let nodelay = nodelay_of_own_socket(peer);
+            let body = br#"{"major":"1","minor":"34"}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            socket.write_all(head.as_bytes()).await.expect("write");
+            socket.write_all(body).await.expect("write");
+            nodelay
+        });
+        client
+            .apiserver_version()
+            .await
+            .expect("the request is answered");
+        assert_eq!(server.await.expect("server"), Some(true));
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ pub(crate) struct Sizes {
     pub(crate) churn_requests: usize,
     pub(crate) churn_phase_s: u64,
     pub(crate) crash_every_s: u64,
+    pub(crate) hf_requests: usize,
+    pub(crate) hf_machines: i32,
 }
 
 impl Sizes {
@@ -46,6 +48,9 @@ impl Sizes {
             churn_requests: n(20.0).min(200),
             churn_phase_s: (90.0 * scale.sqrt()).round() as u64,
             crash_every_s: 20,
+            // The HostFactory caller: 100 requestMachines × 10 at scale 5.
+            hf_requests: n(20.0),
+            hf_machines: 10,
         }
     }
 }

@@ -241,6 +241,7 @@ where
     Fut: Future<Output = Result<T, HfError>>,
 {
     let (path, config) = HfConfig::locate(config_path)?;
+    super::tls::install_provider();
     tracing::debug!(config = %path.display(), namespace = %config.namespace, "configuration loaded");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -149,7 +149,7 @@ impl HfConfig {
                 .await
                 .map_err(|e| HfError::KubeConfig(e.to_string()))?,
         };
-        Client::try_from(config).map_err(|e| HfError::KubeConfig(e.to_string()))
+        crate::kube_client::one_shot_client(config).map_err(|e| HfError::KubeConfig(e.to_string()))
     }
 }
 

@@ -24,7 +24,7 @@ use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::protocol::{RequestIdOut, RequestMachinesIn};
-use super::templates::{self, ambiguous_message, duplicate_ids, template_id};
+use super::templates::{self, ambiguous_message, duplicate_ids, template_id, Freshness};
 use super::{
     is_owned, HfConfig, HfError, OWNER_LABEL, OWNER_VALUE, PROVIDER_LABEL, TEMPLATE_ID_ANNOTATION,
 };
@@ -150,9 +150,22 @@ pub async fn request_machines(
     key: &str,
 ) -> Result<RequestIdOut, HfError> {
     let step = config.timeout;
-    let offered = tokio::time::timeout(step, templates::list(client, config))
-        .await
-        .map_err(|_| HfError::Timeout(step))??;
+    // From the apiserver's cache first (see `Freshness::Cached`); a templateId
+    // the cache does not offer is looked up again at etcd's latest revision
+    // before it is refused, so a template made a moment ago is not refused.
+    let mut offered =
+        tokio::time::timeout(step, templates::list(client, config, Freshness::Cached))
+            .await
+            .map_err(|_| HfError::Timeout(step))??;
+    if !offered
+        .iter()
+        .any(|mt| template_id(mt) == input.template.template_id)
+    {
+        offered =
+            tokio::time::timeout(step, templates::list(client, config, Freshness::Consistent))
+                .await
+                .map_err(|_| HfError::Timeout(step))??;
+    }
     let mr = build_request(input, &offered, provider_name, key)?;
     let name = mr.name_any();
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
@@ -251,6 +264,71 @@ mod tests {
                 machine_count: count,
             },
         }
+    }
+
+    /// The templates are read from the apiserver's cache first
+    /// (`resourceVersion=0`, no wait for it to catch up with etcd), and a
+    /// templateId the cache does not offer yet is read again at the latest
+    /// revision before it is refused: an API stand-in whose cache lacks the
+    /// template still gets the request created.
+    #[tokio::test]
+    async fn templates_come_from_the_cache_and_a_miss_is_read_again() {
+        use std::sync::{Arc, Mutex};
+
+        use axum::http::{Method, Response, StatusCode};
+        use kube::client::Body;
+
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let service = tower::service_fn(move |req: axum::http::Request<Body>| {
+            let log = log.clone();
+            async move {
+                let uri = req.uri().to_string();
+                log.lock()
+                    .expect("log")
+                    .push(format!("{} {uri}", req.method()));
+                let (status, body) = if req.method() == Method::POST {
+                    let bytes = req
+                        .into_body()
+                        .collect_bytes()
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    (StatusCode::CREATED, bytes)
+                } else {
+                    let items = if uri.contains("resourceVersion=0") {
+                        vec![]
+                    } else {
+                        offered(None)
+                    };
+                    let list = json!({"apiVersion": "hostforge.io/v1alpha1",
+                                      "kind": "MachineTemplateList", "metadata": {},
+                                      "items": items});
+                    (StatusCode::OK, serde_json::to_vec(&list).expect("list"))
+                };
+                let mut answer = Response::new(Body::from(body));
+                *answer.status_mut() = status;
+                Ok::<_, std::convert::Infallible>(answer)
+            }
+        });
+        let client = Client::new(service, "hpc");
+        let config = HfConfig::from_yaml(std::path::Path::new("h.yaml"), "namespace: hpc\n")
+            .expect("config");
+        let out = request_machines(&client, &config, &input("compute", 2), None, "0123456789")
+            .await
+            .expect("created");
+        assert_eq!(out.request_id, "hf-compute-0123456789");
+        let seen = seen.lock().expect("log").clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].starts_with("GET ") && seen[0].contains("resourceVersion=0"),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("GET ") && !seen[1].contains("resourceVersion"),
+            "{seen:?}"
+        );
+        assert!(seen[2].starts_with("POST "), "{seen:?}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!
 //! Modules: [`protocol`] (the JSON shapes), [`config`] (hostforge.yaml and the
 //! Kubernetes client), one module per operation ([`templates`], [`machines`],
-//! [`status`], [`returns`], [`reclaim`]), [`cli`] (the `hf` subcommand) and
+//! [`status`], [`returns`], [`reclaim`]), [`cli`] (the `hf` subcommand), [`tls`]
+//! (the TLS crypto of a one-shot process) and
 //! [`import`] (awsprov_templates.json → MachineTemplate manifests).
 
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod reclaim;
 pub mod returns;
 pub mod status;
 pub mod templates;
+pub mod tls;
 
 pub use config::HfConfig;
 pub use error::HfError;

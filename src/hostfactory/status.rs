@@ -261,11 +261,24 @@ async fn fetch_one(
 ) -> Result<Option<RequestStatus>, HfError> {
     if is_return_id(request_id) {
         let selector = format!("{OWNER_LABEL}={OWNER_VALUE},{}", return_key(request_id));
-        let list = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| HfError::kube("list MachineRequests", e))?;
-        return Ok(return_status(request_id, &list.items));
+        // The apiserver's cache first: a consistent list waits for that cache
+        // to reach etcd's latest revision, up to 100 ms after any write (see
+        // `templates::Freshness`). An id the cache does not know yet (a
+        // return made a moment ago) is looked up again at the latest revision
+        // before it is called unknown.
+        for params in [
+            ListParams::default().labels(&selector).match_any(),
+            ListParams::default().labels(&selector),
+        ] {
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| HfError::kube("list MachineRequests", e))?;
+            if let Some(status) = return_status(request_id, &list.items) {
+                return Ok(Some(status));
+            }
+        }
+        return Ok(None);
     }
     // Only object names go into the URL; anything else cannot be one of ours.
     if !is_object_name(request_id) {

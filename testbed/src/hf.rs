@@ -142,3 +142,109 @@ pub fn expect_failure(op: &str, out: Outcome) -> String {
     );
     line.to_string()
 }
+
+/// A scheduler's view of many machines without launching any: a Ready
+/// MachineTemplate and scheduler-owned MachineRequests whose status lists
+/// running machines, written through the status subresource. Nothing
+/// reconciles them (no operator in the namespace), so the plugin's latency
+/// can be measured against a fixed, large status.
+pub mod seed {
+    use hostforge::api::{MachineRequest, MachineTemplate};
+    use kube::api::{Patch, PatchParams, PostParams};
+    use kube::Api;
+    use serde_json::{json, Value};
+
+    use crate::{fixtures, TestEnv};
+
+    /// The instance id of seeded machine `i`.
+    pub fn instance_id(i: usize) -> String {
+        format!("i-{i:017x}")
+    }
+
+    /// The host name (private DNS name) of seeded machine `i`.
+    pub fn host_name(i: usize) -> String {
+        format!(
+            "ip-10-{}-{}-{}.ec2.internal",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256
+        )
+    }
+
+    /// Creates template `name` (an AMI id, c6i.xlarge) with a Ready status
+    /// and its instance type described, `in_use` machines counted.
+    pub async fn ready_template(env: &TestEnv, name: &str, in_use: usize) {
+        let ready = fixtures::ready_conditions("Resolved");
+        let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
+        let mt: MachineTemplate = serde_json::from_value(json!({
+            "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineTemplate",
+            "metadata": {"name": name},
+            "spec": {"image": {"id": "ami-12345678"}, "instanceTypes": [{"type": "c6i.xlarge"}]},
+        }))
+        .expect("template");
+        templates
+            .create(&PostParams::default(), &mt)
+            .await
+            .expect("create template");
+        templates
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "observedGeneration": 1, "conditions": ready, "machinesInUse": in_use,
+                    "resolvedImage": {"id": "ami-12345678", "source": "id", "resolvedAt": "2026-01-01T00:00:00Z"},
+                    "instanceTypeInfo": {"instanceType": "c6i.xlarge", "vcpus": 4, "cores": 2,
+                                         "memoryMiB": 8192, "architecture": "x86_64"}
+                }})),
+            )
+            .await
+            .expect("template status");
+    }
+
+    /// Creates scheduler-owned request `name` of template `template` whose
+    /// status lists `machines` running machines, numbered from `first` (so
+    /// several requests hold distinct machines).
+    pub async fn scheduler_request(
+        env: &TestEnv,
+        name: &str,
+        template: &str,
+        machines: usize,
+        first: usize,
+    ) {
+        let ready = fixtures::ready_conditions("Resolved");
+        let requests: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
+        let mr: MachineRequest = serde_json::from_value(json!({
+            "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
+            "metadata": {"name": name, "labels": {"hostforge.io/owner": "hostfactory"},
+                         "annotations": {"hostforge.io/hf-template-id": template}},
+            "spec": {"templateRef": {"name": template}, "count": machines, "replaceLost": false},
+        }))
+        .expect("request");
+        requests
+            .create(&PostParams::default(), &mr)
+            .await
+            .expect("create request");
+        let list: Vec<Value> = (first..first + machines)
+            .map(|i| {
+                fixtures::running_machine(
+                    &instance_id(i),
+                    &host_name(i),
+                    &format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                    &format!("{name}-1"),
+                )
+            })
+            .collect();
+        requests
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "observedGeneration": 1, "phase": "Ready", "conditions": ready,
+                    "counts": {"desired": machines, "running": machines},
+                    "machines": list,
+                }})),
+            )
+            .await
+            .expect("request status");
+    }
+}

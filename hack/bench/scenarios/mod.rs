@@ -4,5 +4,6 @@
 mod audit;
 pub(crate) mod burst;
 pub(crate) mod churn;
+pub(crate) mod hostfactory;
 pub(crate) mod limits;
 pub(crate) mod steady;
