@@ -13,7 +13,7 @@
 //! durations; the default, 5, runs a burst of 100 requests × 10 machines and
 //! a steady state of 10,000 machines in 1,000 requests (about 18 minutes on
 //! 2 cores), and 1 is a quick run (burst 20 × 10, steady 2,000 machines; about
-//! 10 minutes). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,hostfactory,churn,steady`
+//! 10 minutes). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,hostfactory,churn,hostile,steady`
 //! picks scenarios (hostfactory: R requestMachines × 10 through `hf/scripts`
 //! with EC2's default buckets, then the operations' latency at 2,000 machines); `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s) and
 //! `HOSTFORGE_BENCH_LIMITS_SCALE` the bucket scale of the limits scenario.
@@ -53,7 +53,7 @@ async fn main() {
     let start = Instant::now();
     let sizes = Sizes::from_env();
     let wanted: BTreeSet<String> = std::env::var("HOSTFORGE_BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "burst,limits,hostfactory,churn,steady".into())
+        .unwrap_or_else(|_| "burst,limits,hostfactory,churn,hostile,steady".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
@@ -102,6 +102,10 @@ async fn main() {
     }
     if wanted.contains("churn") {
         scenarios::churn::run(start, &sizes, &fwd, &mut report).await;
+        save(&mut report);
+    }
+    if wanted.contains("hostile") {
+        scenarios::hostile::run(start, &sizes, &fwd, &mut report).await;
         save(&mut report);
     }
     if wanted.contains("steady") {

@@ -16,6 +16,7 @@ pub(crate) struct Sizes {
     pub(crate) crash_every_s: u64,
     pub(crate) hf_requests: usize,
     pub(crate) hf_machines: i32,
+    pub(crate) hostile_requests: usize,
 }
 
 impl Sizes {
@@ -51,6 +52,8 @@ impl Sizes {
             // The HostFactory caller: 100 requestMachines × 10 at scale 5.
             hf_requests: n(20.0),
             hf_machines: 10,
+            // The 1,000 hostile requests at scale 5.
+            hostile_requests: n(200.0),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod fixtures;
 pub mod forwarder;
 pub mod hf;
+pub mod hostile;
 pub mod machines;
 pub mod operator;
 mod process;

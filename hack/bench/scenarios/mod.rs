@@ -5,5 +5,6 @@ mod audit;
 pub(crate) mod burst;
 pub(crate) mod churn;
 pub(crate) mod hostfactory;
+pub(crate) mod hostile;
 pub(crate) mod limits;
 pub(crate) mod steady;
