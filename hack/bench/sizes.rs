@@ -31,13 +31,15 @@ impl Sizes {
             scale,
             burst_requests: n(20.0),
             burst_machines: 10,
-            // EC2's real buckets at scale 5 (100 requests × 10 machines: ~31 s of
-            // RunInstances refill); scaled down with the burst so the bucket
-            // bound stays well above the poll interval.
+            // EC2's buckets scaled so that the launched-instances bucket binds:
+            // with coalesced launches the call bucket no longer does. At scale
+            // 5 (× 0.6) the 670 RunInstances machines meet a bucket of 600
+            // refilling at 1.2/s, about 58 s; scaled with the burst, so scale
+            // 1 (× 0.12: 134 machines, 120, 0.24/s) is about as long.
             limits_scale: std::env::var("HOSTFORGE_BENCH_LIMITS_SCALE")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or((0.15 * scale).min(1.0)),
+                .unwrap_or((0.12 * scale).min(1.0)),
             steady_requests: n(200.0),
             steady_machines_per_request: 10,
             // Long enough to include the controller's 5-minute resync of
