@@ -4,7 +4,8 @@
 //! beside them and nobody has to reach into a controller for them.
 
 use super::request::{
-    LaunchState, Machine, MachineRequestStatus, MachineResult, MachineState, TerminationReason,
+    LaunchBatch, LaunchState, Machine, MachineRequestStatus, MachineResult, MachineState,
+    TerminationReason,
 };
 
 impl MachineState {
@@ -94,6 +95,15 @@ impl MachineRequestStatus {
         self.live_machines() + self.unconfirmed_launches()
     }
 
+    /// The launches still `Pending` (recorded, maybe sent), to be settled.
+    pub fn pending_launches(&self) -> Vec<LaunchBatch> {
+        self.launches
+            .iter()
+            .filter(|b| b.state == LaunchState::Pending)
+            .cloned()
+            .collect()
+    }
+
     /// Machines that launches still `Pending` asked for and status does not
     /// list yet (a batch settled by its tag holds the ones its lookup did not
     /// show: they may only be invisible). Counted in their place, so they are
@@ -135,7 +145,6 @@ fn count<'a>(it: impl Iterator<Item = &'a Machine>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::LaunchBatch;
 
     fn machine(id: &str, state: MachineState, reason: Option<TerminationReason>) -> Machine {
         let m = Machine::test(id).state(state);

@@ -31,17 +31,7 @@ async fn crash_after_launch(
     name: &str,
     count: usize,
 ) -> (String, BTreeSet<String>) {
-    let mut op = OperatorProcess::spawn_with_env(env, cfg, &[], &[("HOSTFORGE_FAILPOINTS", POINT)]);
-    let status = op.wait_exit(WAIT).await;
-    let log = op.log();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "operator did not abort at {POINT}: {status:?}\n{log}"
-    );
-    assert!(
-        log.contains(&format!("failpoint {POINT}: aborting")),
-        "{log}"
-    );
+    OperatorProcess::crash_at(env, cfg, POINT, WAIT).await;
     let crashed = requests(env).get(name).await.expect("get request");
     let launches = crashed.status.as_ref().expect("status").launches.clone();
     assert_eq!(launches.len(), 1, "{launches:?}");

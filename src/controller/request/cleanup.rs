@@ -31,8 +31,7 @@ use super::group_settle::{self, Found};
 use super::session::{now, Session};
 use crate::api::conditions::{self, READY};
 use crate::api::{
-    LaunchBatch, LaunchState, MachineRequest, MachineResult, MachineTemplate, RequestPhase,
-    TerminationReason,
+    LaunchState, MachineRequest, MachineResult, MachineTemplate, RequestPhase, TerminationReason,
 };
 use crate::controller::cloud::translate;
 use crate::controller::reason::Reason;
@@ -149,13 +148,7 @@ async fn take_group_shares(
     provider: &Arc<dyn MachineProvider>,
     template: &MachineTemplate,
 ) {
-    let pending: Vec<LaunchBatch> = s
-        .status
-        .launches
-        .iter()
-        .filter(|b| b.state == LaunchState::Pending)
-        .cloned()
-        .collect();
+    let pending = s.status.pending_launches();
     let mut groups = None;
     for batch in pending {
         let found = group_settle::find(s, &batch, &mut groups).await;

@@ -25,7 +25,7 @@ use super::by_tag;
 use super::group_settle::{self, Found};
 use super::intent::Recorded;
 use super::session::Session;
-use crate::api::{LaunchBatch, LaunchGroup, LaunchState, MachineTemplate};
+use crate::api::{LaunchGroup, MachineTemplate};
 use crate::controller::Error;
 use crate::failpoint;
 use crate::provider::MachineProvider;
@@ -56,13 +56,7 @@ pub async fn pending(
     provider: &Arc<dyn MachineProvider>,
     template: &MachineTemplate,
 ) -> Result<(), Error> {
-    let pending: Vec<LaunchBatch> = s
-        .status
-        .launches
-        .iter()
-        .filter(|b| b.state == LaunchState::Pending)
-        .cloned()
-        .collect();
+    let pending = s.status.pending_launches();
     let mut groups: Option<Vec<LaunchGroup>> = None;
     for batch in pending {
         match group_settle::find(s, &batch, &mut groups).await? {
