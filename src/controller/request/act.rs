@@ -268,20 +268,15 @@ pub async fn launch(
         {
             Delivery::Alone(outcome) => (None, outcome),
             Delivery::Grouped { name, result } => (Some(name), result),
-            Delivery::Unknown(why) => {
-                if let Some(b) = s.status.launches.iter_mut().find(|b| b.id == batch_id) {
-                    b.message = Some(why.clone());
-                }
-                s.write().await?;
-                return Err(Error::Provider {
-                    action: format!("launching batch {batch_id}"),
-                    source: ProviderError::Unknown(provider::ErrorDetail {
-                        operation: "RunInstances",
-                        code: "LaunchGroup".into(),
-                        message: why,
-                    }),
-                });
-            }
+            // Maybe sent in a group: unclear, so Pending until settled.
+            Delivery::Unknown(why) => (
+                None,
+                Err(ProviderError::Unknown(provider::ErrorDetail {
+                    operation: "RunInstances",
+                    code: "LaunchGroup".into(),
+                    message: why,
+                })),
+            ),
         }
     } else {
         (None, provider.launch(recorded.spec()).await)

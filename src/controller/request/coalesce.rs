@@ -186,7 +186,7 @@ impl Coalescer {
         for w in waiting {
             let result = match &answer {
                 Ok(a) => group::share_of(a, &spec.members, &w.item.uid, &w.item.batch)
-                    .ok_or_else(|| not_a_member(&name)),
+                    .ok_or_else(|| group::not_a_member(&name)),
                 Err(e) => Err(e.clone()),
             };
             w.answer(Delivery::Grouped {
@@ -224,14 +224,6 @@ impl Coalescer {
         }
         answer
     }
-}
-
-fn not_a_member(name: &str) -> ProviderError {
-    ProviderError::Unknown(crate::provider::ErrorDetail {
-        operation: "RunInstances",
-        code: "NotAMember".into(),
-        message: format!("launch group {name} does not list this batch"),
-    })
 }
 
 /// The batches of the next call: the first waiting one, and those after it

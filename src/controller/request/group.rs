@@ -24,7 +24,7 @@ use crate::api::{LaunchGroupMember, LaunchGroupSpec};
 use crate::controller::cloud::ownership::{
     BATCH_TAG, GROUP_TAG, NAME_TAG, REQUEST_TAG, REQUEST_UID_TAG,
 };
-use crate::provider::{LaunchAnswer, LaunchSpec, Machine};
+use crate::provider::{ErrorDetail, LaunchAnswer, LaunchSpec, Machine, ProviderError};
 
 /// Most members one call carries: the LaunchGroup stays small, and a refused
 /// call sets back no more than this many requests at once.
@@ -126,6 +126,17 @@ pub fn share_of(
         } else {
             Vec::new()
         },
+    })
+}
+
+/// The error of an answer that cannot be shared out to `uid`/`batch` because
+/// group `name` does not list it: nothing to adopt, and unclear, so the batch
+/// stays Pending.
+pub fn not_a_member(name: &str) -> ProviderError {
+    ProviderError::Unknown(ErrorDetail {
+        operation: "RunInstances",
+        code: "NotAMember".into(),
+        message: format!("launch group {name} does not list this batch"),
     })
 }
 

@@ -20,7 +20,7 @@ use crate::api::{LaunchBatch, LaunchGroup, LaunchState, MachineTemplate};
 use crate::controller::cloud::ownership::{CLUSTER_TAG, GROUP_TAG};
 use crate::controller::cloud::translate;
 use crate::controller::Error;
-use crate::provider::{ErrorDetail, MachineProvider, ProviderError};
+use crate::provider::MachineProvider;
 
 /// Where a Pending batch's launch went.
 pub enum Found {
@@ -117,7 +117,7 @@ pub async fn settle(
             let answer = s.ctx.coalescer.resend(provider, &name, &call).await;
             let share = answer.and_then(|a| {
                 group::share_of(&a, &spec.members, &s.owner.uid, &batch.id)
-                    .ok_or_else(|| not_listed(&name))
+                    .ok_or_else(|| group::not_a_member(&name))
             });
             act::answered(s, provider, &batch.id, batch.count, Some(name), share).await?;
             return Ok(());
@@ -126,14 +126,6 @@ pub async fn settle(
         Err(blocked) => format!("its launch spec cannot be built: {}", blocked.message),
     };
     by_tag(s, provider, batch, launch_group, &why).await
-}
-
-fn not_listed(name: &str) -> ProviderError {
-    ProviderError::Unknown(ErrorDetail {
-        operation: "RunInstances",
-        code: "NotAMember".into(),
-        message: format!("launch group {name} does not list this batch"),
-    })
 }
 
 /// The group's machines by its tag, split once a full sweep after the grace
