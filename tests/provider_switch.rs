@@ -78,9 +78,10 @@ fn recorded_provider(mr: &hostforge::api::MachineRequest) -> Option<String> {
     mr.status.as_ref().and_then(|st| st.provider.clone())
 }
 
-#[tokio::test]
-async fn a_request_with_machines_stays_in_its_recorded_provider() {
-    let env = TestEnv::new("provider-switch").await;
+/// A namespace, the operator with providers `aws-a` and `aws-b`, and a
+/// template `compute` in `aws-a`.
+async fn bed(name: &str) -> (TestEnv, OperatorProcess) {
+    let env = TestEnv::new(name).await;
     env.install_crds().await;
     let op = OperatorProcess::start(&env, &config(&env, &["aws-a", "aws-b"])).await;
     create_template(
@@ -90,6 +91,12 @@ async fn a_request_with_machines_stays_in_its_recorded_provider() {
                "instanceTypes": [{"type": "t3.micro"}]}),
     )
     .await;
+    (env, op)
+}
+
+#[tokio::test]
+async fn a_request_with_machines_stays_in_its_recorded_provider() {
+    let (env, op) = bed("provider-switch").await;
     create_request(&env, "kept", "compute", 2, true).await;
     create_request(&env, "emptied", "compute", 1, true).await;
     let kept = wait_request(&env, "kept", "Ready", WAIT, is_ready).await;
@@ -163,16 +170,7 @@ async fn a_request_with_machines_stays_in_its_recorded_provider() {
 
 #[tokio::test]
 async fn deletion_keeps_the_finalizer_while_the_recorded_provider_is_unconfigured() {
-    let env = TestEnv::new("provider-gone").await;
-    env.install_crds().await;
-    let mut op = OperatorProcess::start(&env, &config(&env, &["aws-a", "aws-b"])).await;
-    create_template(
-        &env,
-        "compute",
-        json!({"provider": "aws-a", "image": {"ssmParameter": AL2023_PARAM},
-               "instanceTypes": [{"type": "t3.micro"}]}),
-    )
-    .await;
+    let (env, mut op) = bed("provider-gone").await;
     let mr = create_request(&env, "orphan", "compute", 1, true).await;
     wait_request(&env, "orphan", "Ready", WAIT, is_ready).await;
     let id = uid(&mr);

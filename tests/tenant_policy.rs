@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hostforge::api::MachineTemplate;
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{
-    create_request, create_template, is_ready, template_is_ready, wait_request, wait_template,
+    create_request, create_template, is_ready, template_is_ready, template_ready, wait_request,
+    wait_template,
 };
 use hostforge_testbed::operator::default_config;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
@@ -58,18 +59,9 @@ fn config(
     )
 }
 
-/// The template's Ready condition: (status, reason, message).
-fn ready_of(mt: &MachineTemplate) -> Option<(String, String, String)> {
-    mt.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 fn policy_denied(mt: &MachineTemplate) -> bool {
-    ready_of(mt).is_some_and(|(status, reason, _)| status == "False" && reason == "PolicyDenied")
+    template_ready(mt)
+        .is_some_and(|(status, reason, _)| status == "False" && reason == "PolicyDenied")
 }
 
 /// Waits (bounded) until a Warning Event with `reason` about `object` exists,
@@ -141,7 +133,7 @@ async fn a_namespace_outside_the_policy_launches_nothing() {
         policy_denied,
     )
     .await;
-    let (_, _, message) = ready_of(&mt).expect("Ready");
+    let (_, _, message) = template_ready(&mt).expect("Ready");
     assert!(message.contains(&env.namespace), "{message}");
     assert!(
         !message.contains("someone-else"),
@@ -190,7 +182,7 @@ async fn a_profile_or_image_owner_outside_the_policy_is_denied_by_value() {
     )
     .await;
     let mt = wait_template(&env, "admin", "PolicyDenied", WAIT, policy_denied).await;
-    let (_, _, message) = ready_of(&mt).expect("Ready");
+    let (_, _, message) = template_ready(&mt).expect("Ready");
     assert!(
         message.starts_with("spec.instanceProfile \"admin-role\" is not allowed"),
         "{message}"
@@ -206,7 +198,7 @@ async fn a_profile_or_image_owner_outside_the_policy_is_denied_by_value() {
     )
     .await;
     let mt = wait_template(&env, "foreign-image", "PolicyDenied", WAIT, policy_denied).await;
-    let (_, _, message) = ready_of(&mt).expect("Ready");
+    let (_, _, message) = template_ready(&mt).expect("Ready");
     assert!(message.starts_with("image ami-"), "{message}");
     assert!(!message.contains("999999999999"), "{message}");
     wait_event(&env, "foreign-image", "PolicyDenied").await;
@@ -241,7 +233,7 @@ async fn a_namespace_selector_admits_a_namespace_once_labelled() {
     .await;
     create_request(&env, "r", "compute", 1, true).await;
     let mt = wait_template(&env, "compute", "PolicyDenied", WAIT, policy_denied).await;
-    let (_, _, message) = ready_of(&mt).expect("Ready");
+    let (_, _, message) = template_ready(&mt).expect("Ready");
     assert!(!message.contains("gold"), "the selector leaks: {message}");
     wait_request_held_by_policy(&env, "r").await;
     assert_eq!(launches(&fwd), 0);

@@ -99,6 +99,17 @@ pub fn condition(mr: &MachineRequest, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// A template's Ready condition as it stands, whichever generation it
+/// describes: (status, reason, message).
+pub fn template_ready(mt: &MachineTemplate) -> Option<(String, String, String)> {
+    mt.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 /// Ready=True for the current generation.
 pub fn is_ready(mr: &MachineRequest) -> bool {
     mr.status.as_ref().is_some_and(|st| {

@@ -711,7 +711,7 @@ async fn rbac_the_chart_grants_exactly_what_the_lifecycle_needs() {
 /// labels could not be read, and it turns Ready once the rule is back.
 #[tokio::test]
 async fn rbac_a_namespace_selector_policy_needs_get_namespaces() {
-    use hostforge_testbed::machines::{template_is_ready, wait_template};
+    use hostforge_testbed::machines::{template_is_ready, template_ready, wait_template};
 
     let env = TestEnv::new("chart-rbac-sel").await;
     env.install_crds().await;
@@ -849,16 +849,6 @@ async fn rbac_a_namespace_selector_policy_needs_get_namespaces() {
         template_is_ready,
     )
     .await;
-}
-
-/// A template's Ready condition: (status, reason, message).
-fn template_ready(mt: &hostforge::api::MachineTemplate) -> Option<(String, String, String)> {
-    mt.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 fn s_args(v: &[&str]) -> Vec<String> {
