@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use hostforge::api::LaunchGroup;
 use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder, Visibility};
 use hostforge_testbed::machines::{
-    create_request, create_template, is_ready, moto_live_in_cluster, status_live, wait_request,
+    create_request, create_template, is_ready, moto_live_in_cluster, patch_spec, status_live,
+    wait_request,
 };
 use hostforge_testbed::operator::config_via;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
@@ -344,5 +345,55 @@ async fn deleting_a_member_whose_group_answer_was_lost_terminates_its_share() {
         kept,
         "second's share was terminated with it; forwarder: {:?}",
         fwd.snapshot()
+    );
+}
+
+/// Terminations coalesce too (src/controller/cloud/terminations.rs): the
+/// TerminateInstances of requests scaled down while another's is out go in
+/// one call.
+#[tokio::test]
+async fn terminations_waiting_together_share_one_call() {
+    let (env, fwd, cfg) = bed("coalesce-term").await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    for (name, count) in REQUESTS {
+        create_request(&env, name, "compute", count, true).await;
+    }
+    for (name, _) in REQUESTS {
+        wait_request(&env, name, "Ready", WAIT, is_ready).await;
+    }
+    fwd.add_fault(FaultRule::forward_then_hold("TerminateInstances", HOLD).times(1));
+    patch_spec(&env, REQUESTS[0].0, json!({"count": 0})).await;
+    let deadline = Instant::now() + WAIT;
+    while fwd.calls("TerminateInstances") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first termination never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (name, _) in &REQUESTS[1..] {
+        patch_spec(&env, name, json!({"count": 0})).await;
+    }
+    loop {
+        let live = moto_live_in_cluster(&env.ec2(), &env.namespace).await;
+        if live.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {live:?}; forwarder: {:?}",
+            fwd.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let calls = fwd.requests("TerminateInstances");
+    let ids_per_call: Vec<usize> = calls
+        .iter()
+        .map(|p| p.keys().filter(|k| k.starts_with("InstanceId.")).count())
+        .collect();
+    assert_eq!(
+        ids_per_call,
+        [1, 5],
+        "the first request alone, the other two in one call: {calls:#?}"
     );
 }
