@@ -477,6 +477,7 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                     "sweep: machines without a cluster identity (launched before identities) whose request is gone are left running; terminate them by hand"
                 );
             }
+            let orphans = still_orphaned(ctx, orphans).await;
             let held = match orphan_verdict(orphans.len(), owned, &ctx.config.orphans) {
                 _ if orphans.is_empty() => 0,
                 OrphanVerdict::Terminate => {
@@ -522,6 +523,48 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
         report.groups_deleted += launch_groups::collect(ctx, groups).await;
     }
     report
+}
+
+/// The orphans a sweep found, judged again against the request cache as it
+/// is now. The sweep's view of the requests is taken before its listing, and
+/// a request created while the listing ran can have launched by then (its
+/// reconcile runs only once the cache holds it, so the cache has it now);
+/// its machines, young and with launch times EC2 rounds down to the second,
+/// must not be taken for orphans. A group's machine is kept if a request
+/// lists it now or its LaunchGroup exists (read again; unknown keeps it).
+async fn still_orphaned(ctx: &Context, orphans: Vec<Machine>) -> Vec<Machine> {
+    if orphans.is_empty() {
+        return orphans;
+    }
+    let requests = ctx.requests.state();
+    let uids: HashSet<String> = requests.iter().filter_map(|r| r.uid()).collect();
+    let listed: HashSet<&str> = requests
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .flat_map(|st| st.machines.iter().map(|m| m.id.as_str()))
+        .collect();
+    let grouped = orphans
+        .iter()
+        .any(|m| !m.tags.contains_key(REQUEST_UID_TAG));
+    let groups = match grouped {
+        true => launch_groups::list(ctx)
+            .await
+            .map(|g| launch_groups::in_flight(&g)),
+        false => Some(BTreeSet::new()),
+    };
+    orphans
+        .into_iter()
+        .filter(|m| match m.tags.get(REQUEST_UID_TAG) {
+            Some(uid) => !uids.contains(uid),
+            None => {
+                let group = m.tags.get(GROUP_TAG);
+                !listed.contains(m.id.as_str())
+                    && groups
+                        .as_ref()
+                        .is_some_and(|g| group.is_none_or(|name| !g.contains(name)))
+            }
+        })
+        .collect()
 }
 
 /// Which live request lists each machine, by id: the owner of a machine of a
