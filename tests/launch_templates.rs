@@ -254,6 +254,47 @@ async fn template_quota_degrades_the_request_instead_of_wedging() {
     wait_no_templates(&env, &env.namespace).await;
 }
 
+/// Fleet launches of one content share one launch template (two mutating
+/// calls saved per launch): three requests at once without coalescing make
+/// three CreateFleet and one CreateLaunchTemplate, and no template is
+/// deleted while they launch. Their machines carry their own requests' tags
+/// from the fleet call. Once the template has been idle for the grace
+/// period the operator gives it up and the collector deletes it; the next
+/// launch creates a new one.
+#[tokio::test]
+async fn fleet_requests_share_one_launch_template_until_it_idles() {
+    let (env, fwd) = bed("lt-share").await;
+    let _op = OperatorProcess::start(
+        &env,
+        &config(&env, &fwd, "gcGracePeriod: 20s\ncoalesceLaunches: false\n"),
+    )
+    .await;
+    fleet_template(&env, "fleet").await;
+    for name in ["a", "b", "c"] {
+        create_request(&env, name, "fleet", 2, true).await;
+    }
+    for name in ["a", "b", "c"] {
+        let mr = wait_request(&env, name, "Ready", WAIT, is_ready).await;
+        // Machines found by this request's own tags, as the sweep finds them.
+        assert_moto_matches_status(&env, &mr).await;
+    }
+    assert_eq!(fwd.calls("CreateFleet"), 3, "one call per request");
+    assert_eq!(fwd.calls("CreateLaunchTemplate"), 1, "one template for all");
+    assert_eq!(fwd.calls("DeleteLaunchTemplate"), 0);
+    assert_eq!(cluster_templates(&env, &env.namespace).await.len(), 1);
+
+    // Idle past the grace period: given up and collected.
+    wait_no_templates(&env, &env.namespace).await;
+    assert_eq!(fwd.calls("DeleteLaunchTemplate"), 1);
+    create_request(&env, "d", "fleet", 1, true).await;
+    wait_request(&env, "d", "Ready", WAIT, is_ready).await;
+    assert_eq!(
+        fwd.calls("CreateLaunchTemplate"),
+        2,
+        "a new one after the old was given up"
+    );
+}
+
 /// An instant fleet answering 200 with no instances and only an
 /// `InternalError` in its `errorSet` launched nothing, and re-sending its
 /// token would replay that answer: the batch is Failed (not Pending and

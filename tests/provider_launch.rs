@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_ec2::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_ec2::types::{
@@ -24,7 +25,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 use hostforge::config::{ProviderConfig, ProviderKind};
-use hostforge::provider::aws::{launch_templates, AwsProvider};
+use hostforge::provider::aws::AwsProvider;
 use hostforge::provider::{
     CallObserver, CapacityType, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec,
     MachineProvider, MachineState, MetadataSpec, ProviderError, VolumeSpec,
@@ -183,6 +184,20 @@ async fn two_subnets(env: &TestEnv) -> Vec<String> {
     ids
 }
 
+/// The ids of the launch templates moto holds.
+async fn template_ids(env: &TestEnv) -> Vec<String> {
+    env.ec2()
+        .describe_launch_templates()
+        .send()
+        .await
+        .expect("DescribeLaunchTemplates")
+        .launch_templates()
+        .iter()
+        .filter_map(|t| t.launch_template_id())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The names of the launch templates moto holds.
 async fn template_names(env: &TestEnv) -> Vec<String> {
     env.ec2()
@@ -305,6 +320,7 @@ async fn all_spot_run_instances_launch_spot_machines() {
         on_demand_percent: 0,
         max_price: Some("0.05".into()),
         allocation_strategy: None,
+        on_demand_units: None,
     };
 
     let machines = provider.launch(&s).await.expect("launch").machines;
@@ -351,16 +367,13 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
         on_demand_percent: 50,
         max_price: Some("0.05".into()),
         allocation_strategy: Some("price-capacity-optimized".into()),
+        on_demand_units: None,
     };
 
     let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(
         recorder.all(),
-        [
-            ("CreateLaunchTemplate", "ok"),
-            ("CreateFleet", "ok"),
-            ("DeleteLaunchTemplate", "ok"),
-        ],
+        [("CreateLaunchTemplate", "ok"), ("CreateFleet", "ok")],
         "no describe: the fleet's answer is enough, the poller describes later"
     );
     assert_eq!(machines.len(), 4, "{machines:?}");
@@ -404,8 +417,13 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
     }
     let volumes = volumes_of(&env, &ids).await;
     assert_eq!(volumes.len(), 4, "{volumes:?}");
+    // The volumes carry the tags every launch from the shared template has;
+    // the batch and Name differ per launch and go on the instances only.
+    let mut shared = s.tags.clone();
+    shared.remove("hostforge.io/batch");
+    shared.remove("Name");
     for v in &volumes {
-        assert!(has_all(&tag_map(v.tags()), &s.tags), "{:?}", v.tags());
+        assert!(has_all(&tag_map(v.tags()), &shared), "{:?}", v.tags());
     }
     let attr = env
         .ec2()
@@ -423,14 +441,95 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
         user_data
     );
 
-    // The batch's launch template is gone again.
-    let name = launch_templates::name_for(&s);
-    assert!(!template_names(&env).await.contains(&name));
+    // The template stays for the next launch of the same content.
+    let kept = provider.launch_templates_in_use(Duration::from_secs(600));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        template_ids(&env)
+            .await
+            .iter()
+            .filter(|t| kept.contains(*t))
+            .count(),
+        1
+    );
 }
 
-/// What a crash between CreateLaunchTemplate and CreateFleet leaves behind
-/// under `name`, with `owner_tags` on the template itself; its instance tag
-/// `leftover=yes` shows when a fleet launched from it.
+/// Batches whose launch template would be the same share one: a second
+/// batch (another request's tags, token and count) makes only its
+/// CreateFleet, and its instances carry its own tags from that call. A
+/// batch with other user data gets a template of its own. Nothing is
+/// deleted while the templates are kept; once idle, they are given up.
+#[tokio::test]
+async fn fleet_batches_of_one_content_share_a_launch_template() {
+    let env = TestEnv::new("launch-share").await;
+    let (provider, recorder) = adapter(&env.bed.moto_url).await;
+    let first = spec(&env, LaunchApi::Fleet, 1).await;
+    let mut second = first.clone();
+    second.batch_id = format!("{}-2", first.batch_id);
+    second.client_token = format!("{}-2", first.client_token);
+    second.count = 2;
+    second
+        .tags
+        .insert("hostforge.io/batch".into(), second.batch_id.clone());
+    second
+        .tags
+        .insert("Name".into(), format!("{}-other", first.batch_id));
+
+    provider.launch(&first).await.expect("first launch");
+    provider.launch(&second).await.expect("second launch");
+    assert_eq!(
+        recorder.all(),
+        [
+            ("CreateLaunchTemplate", "ok"),
+            ("CreateFleet", "ok"),
+            ("CreateFleet", "ok"),
+        ]
+    );
+    let instances = batch_instances(&env, &second.batch_id).await;
+    assert_eq!(instances.len(), 2);
+    for i in &instances {
+        assert!(has_all(&tag_map(i.tags()), &second.tags), "{:?}", i.tags());
+    }
+    assert_eq!(batch_instances(&env, &first.batch_id).await.len(), 1);
+
+    let mut other = second.clone();
+    other.user_data = Some(b"#!/bin/sh\necho other\n".to_vec());
+    provider.launch(&other).await.expect("other content");
+    let creates = recorder
+        .all()
+        .iter()
+        .filter(|(op, _)| *op == "CreateLaunchTemplate")
+        .count();
+    assert_eq!(creates, 2, "other user data, another template");
+    assert_eq!(
+        provider
+            .launch_templates_in_use(Duration::from_secs(600))
+            .len(),
+        2
+    );
+    assert!(
+        provider.launch_templates_in_use(Duration::ZERO).is_empty(),
+        "idle templates are given up for the collector"
+    );
+    provider.launch(&first).await.expect("after giving up");
+    let creates = recorder
+        .all()
+        .iter()
+        .filter(|(op, _)| *op == "CreateLaunchTemplate")
+        .count();
+    assert_eq!(
+        creates, 3,
+        "a given-up template is never launched from again"
+    );
+    assert!(!recorder
+        .all()
+        .iter()
+        .any(|(op, _)| *op == "DeleteLaunchTemplate"));
+}
+
+/// A template someone else made under `name`, with `owner_tags` on the
+/// template itself; its instance tag `leftover=yes` shows when a fleet
+/// launched from it.
 async fn leftover_template(
     env: &TestEnv,
     s: &LaunchSpec,
@@ -476,63 +575,24 @@ async fn leftover_template(
         .expect("CreateLaunchTemplate");
 }
 
+/// A template someone else made, even under a hostforge-looking name and
+/// with this batch's tags, is never launched from: the adapter launches only
+/// from templates it created itself, by id.
 #[tokio::test]
-async fn fleet_reuses_a_launch_template_left_by_an_earlier_attempt() {
-    let env = TestEnv::new("launch-reuse").await;
+async fn fleet_never_launches_from_a_template_it_did_not_create() {
+    let env = TestEnv::new("launch-foreign").await;
     let (provider, recorder) = adapter(&env.bed.moto_url).await;
     let s = spec(&env, LaunchApi::Fleet, 1).await;
-    let name = launch_templates::name_for(&s);
+    let name = format!("hostforge-fleet-{}", env.namespace);
     leftover_template(&env, &s, &name, &s.tags).await;
 
     let machines = provider.launch(&s).await.expect("launch").machines;
     assert_eq!(machines.len(), 1);
     let ops: Vec<_> = recorder.all().iter().map(|(op, _)| *op).collect();
-    assert_eq!(
-        ops,
-        [
-            "CreateLaunchTemplate",
-            "DescribeLaunchTemplates",
-            "CreateFleet",
-            "DeleteLaunchTemplate",
-        ],
-        "exists, checked to be the batch's by its tags, used, deleted"
-    );
+    assert_eq!(ops, ["CreateLaunchTemplate", "CreateFleet"]);
     let instances = batch_instances(&env, &s.batch_id).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(
-        tag_map(instances[0].tags())
-            .get("leftover")
-            .map(String::as_str),
-        Some("yes")
-    );
-    assert!(!template_names(&env).await.contains(&name));
-    assert!(
-        machines[0].launch_time.is_some(),
-        "fleet machines carry a launch time from the answer on"
-    );
-}
-
-/// A template under the batch's name whose tags name another cluster (or
-/// request, or batch) is never launched from: the launch is refused with a
-/// code saying so, nothing is launched, and the other owner's template is
-/// left alone.
-#[tokio::test]
-async fn fleet_never_launches_from_another_owners_template() {
-    let env = TestEnv::new("launch-foreign").await;
-    let (provider, recorder) = adapter(&env.bed.moto_url).await;
-    let s = spec(&env, LaunchApi::Fleet, 1).await;
-    let name = launch_templates::name_for(&s);
-    let mut foreign = s.tags.clone();
-    foreign.insert("hostforge.io/cluster".into(), "another-cluster".into());
-    leftover_template(&env, &s, &name, &foreign).await;
-
-    let err = provider.launch(&s).await.expect_err("not ours");
-    assert!(matches!(err, ProviderError::Refused(_)), "{err}");
-    assert_eq!(err.code(), "LaunchTemplateNotOwned");
-    assert!(err.to_string().contains("another-cluster"), "{err}");
-    let ops: Vec<_> = recorder.all().iter().map(|(op, _)| *op).collect();
-    assert_eq!(ops, ["CreateLaunchTemplate", "DescribeLaunchTemplates"]);
-    assert!(batch_instances(&env, &s.batch_id).await.is_empty());
+    assert_eq!(tag_map(instances[0].tags()).get("leftover"), None);
     assert!(
         template_names(&env).await.contains(&name),
         "another owner's template is not ours to delete"
@@ -543,6 +603,35 @@ async fn fleet_never_launches_from_another_owners_template() {
         .send()
         .await
         .expect("clean up");
+}
+
+/// A kept template deleted behind the adapter's back: EC2 answers NotFound,
+/// which right after a creation is EC2's lag, so the batch is retried
+/// (Transient) and nothing is launched.
+#[tokio::test]
+async fn a_kept_template_deleted_by_someone_else_launches_nothing() {
+    let env = TestEnv::new("launch-deleted").await;
+    let (provider, _recorder) = adapter(&env.bed.moto_url).await;
+    let s = spec(&env, LaunchApi::Fleet, 1).await;
+    provider.launch(&s).await.expect("first launch");
+    let kept = provider.launch_templates_in_use(Duration::from_secs(600));
+    for id in &kept {
+        env.ec2()
+            .delete_launch_template()
+            .launch_template_id(id)
+            .send()
+            .await
+            .expect("someone deletes it");
+    }
+    let mut again = s.clone();
+    again.batch_id = format!("{}-2", s.batch_id);
+    again.client_token = format!("{}-2", s.client_token);
+    again
+        .tags
+        .insert("hostforge.io/batch".into(), again.batch_id.clone());
+    let err = provider.launch(&again).await.expect_err("template gone");
+    assert!(matches!(err, ProviderError::Transient(_)), "{err}");
+    assert!(batch_instances(&env, &again.batch_id).await.is_empty());
 }
 
 #[tokio::test]
@@ -573,15 +662,8 @@ async fn invalid_launches_are_classified_and_launch_nothing() {
     assert_eq!(err.code(), "InvalidSubnetID.NotFound");
     assert_eq!(
         recorder.all()[1..],
-        [
-            ("CreateLaunchTemplate", "ok"),
-            ("CreateFleet", "NotFound"),
-            ("DeleteLaunchTemplate", "ok"),
-        ]
+        [("CreateLaunchTemplate", "ok"), ("CreateFleet", "NotFound")]
     );
-    assert!(!template_names(&env)
-        .await
-        .contains(&launch_templates::name_for(&s)));
 
     assert!(batch_instances(&env, &s.batch_id).await.is_empty());
 }

@@ -81,6 +81,11 @@ pub struct LaunchCapacity {
     /// Fleet spot allocation strategy as EC2 spells it (e.g.
     /// `price-capacity-optimized`); `None`: EC2's default.
     pub allocation_strategy: Option<String>,
+    /// Exactly this many of `count` on-demand, in place of the percentage: a
+    /// coalesced fleet carries the sum of its members' own rounded on-demand
+    /// shares, so each member gets what it would have got alone. `None`: from
+    /// `on_demand_percent`.
+    pub on_demand_units: Option<i32>,
 }
 
 impl LaunchCapacity {
@@ -90,11 +95,16 @@ impl LaunchCapacity {
             on_demand_percent: 100,
             max_price: None,
             allocation_strategy: None,
+            on_demand_units: None,
         }
     }
 
-    /// How many of `count` are on-demand (rounded up, so 50 % of 3 is 2).
+    /// How many of `count` are on-demand: `on_demand_units` when set, else the
+    /// percentage rounded up (so 50 % of 3 is 2).
     pub fn on_demand_count(&self, count: i32) -> i32 {
+        if let Some(units) = self.on_demand_units {
+            return units.clamp(0, count.max(0));
+        }
         let pct = self.on_demand_percent.clamp(0, 100);
         (count * pct + 99) / 100
     }

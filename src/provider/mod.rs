@@ -166,4 +166,16 @@ pub trait MachineProvider: Send + Sync {
     async fn delete_launch_template(&self, _id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+
+    /// The ids of the launch templates this adapter still launches from:
+    /// in use by a call, or used within `idle`. The collector never deletes
+    /// these; the adapter forgets the others here, so a later launch makes a
+    /// new template rather than naming one the collector may have deleted.
+    /// Adapters that create no templates keep this default.
+    fn launch_templates_in_use(
+        &self,
+        _idle: std::time::Duration,
+    ) -> std::collections::HashSet<String> {
+        std::collections::HashSet::new()
+    }
 }

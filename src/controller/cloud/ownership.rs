@@ -33,6 +33,10 @@ pub const BATCH_TAG: &str = "hostforge.io/batch";
 pub const GROUP_TAG: &str = "hostforge.io/launch-group";
 /// The console's display name.
 pub const NAME_TAG: &str = "Name";
+/// The namespace a shared fleet launch template serves (set by the AWS
+/// adapter on the template, never on a machine), so a namespaced operator's
+/// collector deletes only its own.
+pub const NAMESPACE_TAG: &str = "hostforge.io/namespace";
 
 /// Who owns a launch: everything the ownership tags say except the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

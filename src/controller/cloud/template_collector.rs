@@ -1,15 +1,20 @@
 //! The launch-template collector: every `sweepInterval`, lists the launch
 //! templates tagged for this cluster in each provider and deletes those older
-//! than `gcGracePeriod` that no Pending batch needs.
+//! than `gcGracePeriod` that the provider no longer launches from and no
+//! Pending batch needs.
 //!
-//! An instant-fleet batch creates a template and deletes it once EC2 has
-//! answered; a crash or a lost leadership between the two, a failed or
-//! throttled delete, a timeout (the template is kept while EC2 may still be
-//! launching from it) or a batch settled by adoption leaves it behind. Nothing
-//! else ever deletes those, and at the account's quota (5,000 per Region,
+//! Instant fleets launch from a template per content that the provider keeps
+//! while it is used ([`MachineProvider::launch_templates_in_use`], idle time
+//! `gcGracePeriod`). What it stops keeping, what an earlier process (a crash,
+//! a restart, a lost leadership) made, a creation whose answer was lost, and
+//! the per-batch templates of releases before templates were shared are
+//! deleted here; nothing else deletes them, and at the account's quota (5,000
+//! per Region,
 //! <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/launch-template-restrictions.html>)
-//! every fleet launch in the Region is refused. A Pending batch keeps its
-//! template: its re-send launches from it under the same token.
+//! every fleet launch in the Region is refused. A Pending batch keeps a
+//! per-batch template of an older release: its re-send may name it.
+//!
+//! [`MachineProvider::launch_templates_in_use`]: crate::provider::MachineProvider::launch_templates_in_use
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -20,7 +25,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::ownership::{BATCH_TAG, CLUSTER_ID_TAG, CLUSTER_TAG, REQUEST_TAG, REQUEST_UID_TAG};
+use super::ownership::{
+    BATCH_TAG, CLUSTER_ID_TAG, CLUSTER_TAG, NAMESPACE_TAG, REQUEST_TAG, REQUEST_UID_TAG,
+};
 use super::ticker::every;
 use crate::api::{LaunchState, MachineRequest};
 use crate::controller::Context;
@@ -93,9 +100,15 @@ pub async fn collect_once(ctx: &Context) -> CollectReport {
         // could be taken for (the grace period).
         let requests = ctx.requests.state();
         let needed = pending_batches(requests.iter().map(|r| r.as_ref()));
+        // Also after the listing: what the provider stops keeping now is
+        // never launched from again.
+        let in_use = provider.launch_templates_in_use(ctx.config.gc_grace_period);
         let doomed = to_collect(
             &templates,
-            &needed,
+            &Keep {
+                batches: &needed,
+                ids: &in_use,
+            },
             ctx.namespace.as_deref(),
             Timestamp::now().as_second(),
             ctx.config.gc_grace_period,
@@ -140,14 +153,24 @@ pub fn pending_batches<'a>(
     out
 }
 
+/// What must not be deleted whatever its age.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep<'a> {
+    /// Batches a per-batch template may be needed by.
+    pub batches: &'a HashSet<BatchKey>,
+    /// Template ids the provider still launches from.
+    pub ids: &'a HashSet<String>,
+}
+
 /// The templates to delete (a pure decision): older than `grace` at `now`
-/// (seconds since the epoch), not needed by a Pending batch, and, for an
-/// operator scoped to `namespace`, of a request in that namespace (another
-/// namespace's operator owns the rest). A template without a creation time
-/// is kept: its age is unknown.
+/// (seconds since the epoch), neither kept by the provider nor needed by a
+/// Pending batch, and, for an operator scoped to `namespace`, of that
+/// namespace (its namespace tag, or a request in it: another namespace's
+/// operator owns the rest). A template without a creation time is kept: its
+/// age is unknown.
 pub fn to_collect<'a>(
     templates: &'a [OwnedLaunchTemplate],
-    needed: &HashSet<BatchKey>,
+    keep: &Keep<'_>,
     namespace: Option<&str>,
     now: i64,
     grace: Duration,
@@ -158,18 +181,20 @@ pub fn to_collect<'a>(
         .filter(|t| t.created_at.is_some_and(|c| now.saturating_sub(c) >= grace))
         .filter(|t| {
             namespace.is_none_or(|ns| {
-                t.tags
-                    .get(REQUEST_TAG)
-                    .and_then(|r| r.split_once('/'))
-                    .is_some_and(|(n, _)| n == ns)
+                t.tags.get(NAMESPACE_TAG).is_some_and(|n| n == ns)
+                    || t.tags
+                        .get(REQUEST_TAG)
+                        .and_then(|r| r.split_once('/'))
+                        .is_some_and(|(n, _)| n == ns)
             })
         })
+        .filter(|t| !keep.ids.contains(&t.id))
         .filter(|t| {
             let key = (
                 t.tags.get(REQUEST_UID_TAG).cloned().unwrap_or_default(),
                 t.tags.get(BATCH_TAG).cloned().unwrap_or_default(),
             );
-            !needed.contains(&key)
+            !keep.batches.contains(&key)
         })
         .collect()
 }
@@ -230,21 +255,39 @@ mod tests {
             ),
             // No ownership tags beyond the cluster: nothing can need it.
             template("bare", Some(NOW - 9999), &[(CLUSTER_TAG, "c1")]),
+            // A shared fleet template the provider still launches from.
+            template(
+                "in-use",
+                Some(NOW - 9999),
+                &[(CLUSTER_TAG, "c1"), (NAMESPACE_TAG, "ns")],
+            ),
+            // One it no longer keeps.
+            template(
+                "idle",
+                Some(NOW - 9999),
+                &[(CLUSTER_TAG, "c1"), (NAMESPACE_TAG, "ns")],
+            ),
         ];
         let needed: HashSet<BatchKey> = [("u1".to_string(), "b-5".to_string())].into();
+        let in_use: HashSet<String> = ["lt-in-use".to_string()].into();
+        let keep = Keep {
+            batches: &needed,
+            ids: &in_use,
+        };
         assert_eq!(
-            names(to_collect(&templates, &needed, None, NOW, GRACE)),
+            names(to_collect(&templates, &keep, None, NOW, GRACE)),
             [
                 "hostforge-old",
                 "hostforge-at-grace",
                 "hostforge-other-uid",
-                "hostforge-bare"
+                "hostforge-bare",
+                "hostforge-idle"
             ]
         );
-        // A zero grace takes everything dated and unneeded at once.
+        // A zero grace takes everything dated and not kept at once.
         assert_eq!(
-            to_collect(&templates, &needed, None, NOW, Duration::ZERO).len(),
-            5
+            to_collect(&templates, &keep, None, NOW, Duration::ZERO).len(),
+            6
         );
     }
 
@@ -259,16 +302,24 @@ mod tests {
             ),
             template("prefix", Some(NOW - 999), &batch_tags("nsx/a", "u3", "b-1")),
             template("untagged", Some(NOW - 999), &[(CLUSTER_TAG, "c1")]),
+            template(
+                "shared",
+                Some(NOW - 999),
+                &[(CLUSTER_TAG, "c1"), (NAMESPACE_TAG, "ns")],
+            ),
+            template(
+                "shared-theirs",
+                Some(NOW - 999),
+                &[(CLUSTER_TAG, "c1"), (NAMESPACE_TAG, "other")],
+            ),
         ];
+        let keep = Keep {
+            batches: &HashSet::new(),
+            ids: &HashSet::new(),
+        };
         assert_eq!(
-            names(to_collect(
-                &templates,
-                &HashSet::new(),
-                Some("ns"),
-                NOW,
-                GRACE
-            )),
-            ["hostforge-mine"]
+            names(to_collect(&templates, &keep, Some("ns"), NOW, GRACE)),
+            ["hostforge-mine", "hostforge-shared"]
         );
     }
 

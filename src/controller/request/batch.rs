@@ -326,11 +326,13 @@ pub fn spec_for(
             on_demand_percent: 0,
             max_price: template.max_price.clone(),
             allocation_strategy: allocation_strategy(template),
+            on_demand_units: None,
         },
         CapacityType::Mixed => LaunchCapacity {
             on_demand_percent: template.on_demand_percent.unwrap_or(0),
             max_price: template.max_price.clone(),
             allocation_strategy: allocation_strategy(template),
+            on_demand_units: None,
         },
     };
     LaunchSpec {

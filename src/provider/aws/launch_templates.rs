@@ -1,24 +1,22 @@
-//! The launch templates hostforge creates for instant-fleet batches: their
-//! names, the ownership check before one is reused, and the listing and
-//! deletion the controller's collector uses.
+//! The launch templates hostforge creates for instant fleets: their names,
+//! and the listing and deletion the controller's collector uses.
 //!
 //! Names are unique per account and Region, across every cluster and tool in
 //! it (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/launch-template-restrictions.html>),
-//! so a batch's name carries a digest of the cluster, the full request uid and
-//! the batch id: two batches never share one, and a leftover found under a
-//! batch's name is only used when its tags say it is that batch's.
+//! so a name carries the template's MachineTemplate for a person reading the
+//! console and 64 random bits, so no other name is ever the same. A template
+//! is launched from by the id its own creation answered with, never found
+//! again by name (see `launch::template_cache`).
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, LaunchTemplate};
-use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
-use crate::provider::aws::errors::detail;
 use crate::provider::aws::pages::all_pages;
-use crate::provider::{LaunchSpec, OwnedLaunchTemplate, ProviderError};
+use crate::provider::{OwnedLaunchTemplate, ProviderError};
 
 /// Every hostforge launch template name starts with this, so the collector
 /// never touches a template another tool tagged with our cluster tag.
@@ -32,78 +30,38 @@ pub const CLUSTER_ID_TAG: &str = "hostforge.io/cluster-id";
 pub const REQUEST_UID_TAG: &str = "hostforge.io/request-uid";
 /// The batch tag (the controller's `hostforge.io/batch`).
 pub const BATCH_TAG: &str = "hostforge.io/batch";
-
-/// The tags a leftover template must carry with the spec's values before a
-/// batch launches from it: same cluster (name and identity), same request,
-/// same batch.
-const OWNER_TAGS: [&str; 4] = [CLUSTER_TAG, CLUSTER_ID_TAG, REQUEST_UID_TAG, BATCH_TAG];
-
-/// How many hex digits of the digest the name keeps: 128 bits, so no two
-/// batches of any cluster ever meet under one name.
-const DIGEST_HEX: usize = 32;
+/// The request tag, `<namespace>/<name>` (the controller's `hostforge.io/request`).
+pub const REQUEST_TAG: &str = "hostforge.io/request";
+/// The MachineTemplate tag (the controller's `hostforge.io/template`).
+pub const TEMPLATE_TAG: &str = "hostforge.io/template";
+/// The coalesced launch's group tag (the controller's `hostforge.io/launch-group`).
+pub const GROUP_TAG: &str = "hostforge.io/launch-group";
+/// The display name tag.
+pub const NAME_TAG: &str = "Name";
+/// The namespace whose requests a launch template serves: a namespaced
+/// operator collects only its own namespace's templates.
+pub const NAMESPACE_TAG: &str = "hostforge.io/namespace";
 
 /// EC2's page size limit for DescribeLaunchTemplates.
 const PAGE_SIZE: i32 = 200;
 
-/// The batch's template name: `hostforge-<batch id>-<digest>`, the digest over
-/// the cluster (name and identity), the full request uid and the batch id (all from the spec's
-/// ownership tags), so the name says which batch it is for a person reading
-/// the console and cannot collide with another request's or cluster's.
-pub fn name_for(spec: &LaunchSpec) -> String {
-    let tag = |k: &str| spec.tags.get(k).map(String::as_str).unwrap_or_default();
-    let mut hash = Sha256::new();
-    for part in [
-        tag(CLUSTER_TAG),
-        tag(CLUSTER_ID_TAG),
-        tag(REQUEST_UID_TAG),
-        &spec.batch_id,
-    ] {
-        hash.update(part.as_bytes());
-        // A separator that cannot occur in the parts keeps ("a", "bc") and
-        // ("ab", "c") apart.
-        hash.update([0u8]);
-    }
-    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{NAME_PREFIX}{}-{}", spec.batch_id, &hex[..DIGEST_HEX])
-}
+/// Most characters of the MachineTemplate's name a template name keeps
+/// (EC2 allows 128 in all).
+const READABLE: usize = 80;
 
-/// Whether a template carrying `tags` belongs to `spec`'s batch: each
-/// ownership tag has the spec's value (or both lack it). `Err` names the first
-/// tag that differs, for the refusal the caller reports.
-pub fn check_owner(
-    tags: &BTreeMap<String, String>,
-    spec: &LaunchSpec,
-) -> Result<(), (&'static str, Option<String>)> {
-    for key in OWNER_TAGS {
-        let have = tags.get(key);
-        if have != spec.tags.get(key) {
-            return Err((key, have.cloned()));
-        }
-    }
-    Ok(())
-}
-
-/// The template named `name`, if it exists. Looked up with a name filter, so
-/// a missing template is an empty answer rather than an error.
-pub(super) async fn describe_named(
-    clients: &AwsClients,
-    calls: &Calls,
-    name: &str,
-) -> Result<Option<OwnedLaunchTemplate>, ProviderError> {
-    let request = clients.ec2.describe_launch_templates().filters(
-        Filter::builder()
-            .name("launch-template-name")
-            .values(name)
-            .build(),
-    );
-    let out = calls
-        .run("DescribeLaunchTemplates", || request.send())
-        .await?;
-    Ok(out
-        .launch_templates()
-        .iter()
-        .filter_map(owned)
-        .find(|t| t.name == name))
+/// A new template's name: `hostforge-<MachineTemplate>-<16 random hex>`, the
+/// MachineTemplate's name (from the spec's template tag) cut to
+/// [`READABLE`] characters of those EC2 allows.
+pub fn new_name(spec_tags: &BTreeMap<String, String>) -> String {
+    let readable: String = spec_tags
+        .get(TEMPLATE_TAG)
+        .map(String::as_str)
+        .unwrap_or("fleet")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(READABLE)
+        .collect();
+    format!("{NAME_PREFIX}{readable}-{:016x}", fastrand::u64(..))
 }
 
 /// Every template carrying all of `tags` whose name has [`NAME_PREFIX`],
@@ -168,26 +126,6 @@ pub fn is_template_not_found(e: &ProviderError) -> bool {
         || code.starts_with("InvalidLaunchTemplateId.NotFound")
 }
 
-/// A template refused for reuse because it is not this batch's.
-pub(super) fn not_ours(
-    name: &str,
-    key: &str,
-    have: Option<String>,
-    spec: &LaunchSpec,
-) -> ProviderError {
-    ProviderError::Refused(detail(
-        "CreateLaunchTemplate",
-        "LaunchTemplateNotOwned",
-        format!(
-            "launch template {name} already exists with {key}={} where batch {} needs {}; \
-             hostforge never launches from another owner's template",
-            have.as_deref().unwrap_or("<none>"),
-            spec.batch_id,
-            spec.tags.get(key).map_or("<none>", String::as_str),
-        ),
-    ))
-}
-
 /// The parts of a listed template the collector needs; `None` without an id
 /// or name (nothing could be done with it).
 fn owned(t: &LaunchTemplate) -> Option<OwnedLaunchTemplate> {
@@ -206,67 +144,19 @@ fn owned(t: &LaunchTemplate) -> Option<OwnedLaunchTemplate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::aws::launch::fixtures::spec as fixtures_spec;
-
-    fn spec(cluster: &str, uid: &str, batch: &str) -> LaunchSpec {
-        let mut s = fixtures_spec();
-        s.batch_id = batch.into();
-        s.tags = [
-            (CLUSTER_TAG.to_string(), cluster.to_string()),
-            (CLUSTER_ID_TAG.to_string(), format!("id-of-{cluster}")),
-            (REQUEST_UID_TAG.to_string(), uid.to_string()),
-            (BATCH_TAG.to_string(), batch.to_string()),
-        ]
-        .into();
-        s
-    }
+    use crate::provider::aws::errors::detail;
 
     #[test]
-    fn names_are_readable_stable_and_never_shared() {
-        let a = name_for(&spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4"));
-        assert!(a.starts_with("hostforge-3f2a9c1e-4-"), "{a}");
-        assert_eq!(a.len(), "hostforge-3f2a9c1e-4-".len() + DIGEST_HEX);
-        assert!(a.len() <= 128, "EC2's limit");
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        assert_eq!(a, name_for(&spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4")));
-        // Same 8-hex batch id, another request (uid) or another cluster.
-        assert_ne!(a, name_for(&spec("c1", "3f2a9c1e-bbbb-2222", "3f2a9c1e-4")));
-        assert_ne!(a, name_for(&spec("c2", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4")));
-        assert_ne!(a, name_for(&spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-5")));
-        // Same cluster name, another cluster (identity).
-        let mut twin = spec("c1", "3f2a9c1e-aaaa-1111", "3f2a9c1e-4");
-        twin.tags
-            .insert(CLUSTER_ID_TAG.to_string(), "another-cluster".into());
-        assert_ne!(a, name_for(&twin));
-        // Parts do not run into each other.
-        assert_ne!(
-            name_for(&spec("ab", "c", "b-1")),
-            name_for(&spec("a", "bc", "b-1"))
-        );
-    }
-
-    #[test]
-    fn only_the_batchs_own_template_passes_the_owner_check() {
-        let s = spec("c1", "u-1", "b-1");
-        assert_eq!(check_owner(&s.tags, &s), Ok(()));
-        let mut extra = s.tags.clone();
-        extra.insert("team".into(), "hpc".into());
-        assert_eq!(check_owner(&extra, &s), Ok(()), "other tags do not matter");
-        for key in OWNER_TAGS {
-            let mut other = s.tags.clone();
-            other.insert(key.into(), "someone-else".into());
-            assert_eq!(
-                check_owner(&other, &s),
-                Err((key, Some("someone-else".into())))
-            );
-            let mut missing = s.tags.clone();
-            missing.remove(key);
-            assert_eq!(check_owner(&missing, &s), Err((key, None)));
-        }
-        let e = not_ours("n", CLUSTER_TAG, Some("c2".into()), &s);
-        assert!(matches!(e, ProviderError::Refused(_)), "{e}");
-        assert_eq!(e.code(), "LaunchTemplateNotOwned");
-        assert!(e.to_string().contains("hostforge.io/cluster=c2"), "{e}");
+    fn names_are_readable_allowed_and_never_repeat() {
+        let tags: BTreeMap<String, String> =
+            [(TEMPLATE_TAG.to_string(), "gpu.workers_a".to_string())].into();
+        let a = new_name(&tags);
+        assert!(a.starts_with("hostforge-gpu.workers_a-"), "{a}");
+        assert_eq!(a.len(), "hostforge-gpu.workers_a-".len() + 16);
+        assert_ne!(a, new_name(&tags));
+        let long: BTreeMap<String, String> = [(TEMPLATE_TAG.to_string(), "x".repeat(253))].into();
+        assert!(new_name(&long).len() <= 128, "EC2's limit");
+        assert!(new_name(&BTreeMap::new()).starts_with("hostforge-fleet-"));
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod terminate;
 mod validate;
 mod zones;
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_ec2::config::SharedCredentialsProvider;
@@ -41,6 +43,7 @@ pub struct AwsProvider {
     calls: Calls,
     type_info: instance_types::InfoCache,
     zones: zones::ZoneCache,
+    templates: launch::TemplateCache,
 }
 
 impl AwsProvider {
@@ -80,6 +83,7 @@ impl AwsProvider {
             calls: Calls::new(name, observer, limiter),
             type_info: instance_types::InfoCache::default(),
             zones: zones::ZoneCache::default(),
+            templates: launch::TemplateCache::default(),
         }
     }
 
@@ -170,7 +174,7 @@ impl MachineProvider for AwsProvider {
             let count = usize::try_from(spec.count).unwrap_or(0);
             self.calls.limit_instances("RunInstances", count).await;
         }
-        launch::launch(&self.clients, &self.calls, spec).await
+        launch::launch(&self.clients, &self.calls, &self.templates, spec).await
     }
 
     async fn default_zones(&self) -> Result<Vec<String>, ProviderError> {
@@ -186,5 +190,9 @@ impl MachineProvider for AwsProvider {
 
     async fn delete_launch_template(&self, id: &str) -> Result<(), ProviderError> {
         launch_templates::delete(&self.clients, &self.calls, id).await
+    }
+
+    fn launch_templates_in_use(&self, idle: Duration) -> HashSet<String> {
+        self.templates.keep(Instant::now(), idle)
     }
 }

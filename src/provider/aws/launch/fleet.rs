@@ -1,22 +1,25 @@
-//! One batch through an instant EC2 Fleet: a launch template for the batch,
-//! one CreateFleet call over every instance type × subnet, then the template
-//! is deleted again once EC2 has answered.
+//! One batch (or coalesced group) through an instant EC2 Fleet: one CreateFleet
+//! call over every instance type × subnet, from a launch template holding
+//! everything else.
 //!
-//! The template's name is the batch's ([`launch_templates::name_for`]: the
-//! batch id and a digest of cluster, request uid and batch), so creating it is
-//! idempotent by name: after a crash the same batch finds it and, once its
-//! tags show it is this batch's, reuses it; another owner's template is never
-//! launched from. It gets no ClientToken on purpose: the template is deleted
-//! after every answered CreateFleet, and a repeated token would make EC2 answer
-//! with the deleted template instead of creating it again. CreateFleet
-//! references it by name, so a re-sent fleet (same ClientToken) matches the
-//! first one.
+//! The template is shared: every call whose template would hold the same
+//! content launches from one template this process created
+//! ([`template_cache`]), named by id and version 1, so it can be neither
+//! replaced nor changed by anyone else. Before, each call created a template
+//! and deleted it again: two more mutating calls per launch. What differs
+//! between the calls sharing a template (the request's ownership tags, the
+//! batch and group tags, `Name`) goes on the instances through CreateFleet's
+//! own tag specifications, which an instant fleet applies at launch
+//! (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateFleet.html>,
+//! `TagSpecifications`); the volumes carry the template's shared tags
+//! (cluster, template, namespace and the user's tags).
 //!
-//! Whatever a crash, a lost leadership or a failed delete leaves behind, the
-//! controller's launch-template collector deletes once no Pending batch needs
-//! it; so a template is only deleted here when EC2 has answered, never after a
-//! timeout or a 5xx (EC2 may still be launching from it, and the batch's
-//! re-send needs it).
+//! A re-send of a batch in this process names the same template, so its
+//! ClientToken matches the first send. After a restart the cache is empty and
+//! the re-send names a new template: EC2 answers IdempotentParameterMismatch
+//! if the first send had reached it, and the batch is settled by its tag.
+//! Templates no longer kept (idle past the grace period, or made by an
+//! earlier process) are deleted by the controller's collector.
 
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;
@@ -32,20 +35,23 @@ use aws_sdk_ec2::types::{
     OnDemandOptionsRequest, RequestLaunchTemplateData, ResourceType, SpotAllocationStrategy,
     SpotOptionsRequest, TargetCapacitySpecificationRequest, VolumeType,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use super::{check_common, client_token, is_arn, non_empty, root_device, user_data};
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::{classify, detail};
-use crate::provider::aws::launch_templates;
+use crate::provider::aws::launch_templates::{self, NAMESPACE_TAG};
 use crate::provider::aws::tags;
+
+use super::template_cache::{Key, TemplateCache};
 use crate::provider::{
     CapacityType, LaunchAnswer, LaunchSpec, Machine, MachineState, ProviderError, Shortfall,
 };
 
-/// The error EC2 answers CreateLaunchTemplate with when the name is taken: for
-/// a batch's own template name, a previous attempt of the same batch made it.
+/// The error EC2 answers CreateLaunchTemplate with when the name is taken:
+/// with 64 random bits in it, only an earlier try of the same creation whose
+/// answer was lost.
 const TEMPLATE_EXISTS: &str = "InvalidLaunchTemplateName.AlreadyExistsException";
 
 /// EC2's answer to CreateLaunchTemplate when the account holds its quota of
@@ -54,32 +60,43 @@ const TEMPLATE_EXISTS: &str = "InvalidLaunchTemplateName.AlreadyExistsException"
 /// the code is in <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
 const TEMPLATE_QUOTA: &str = "MaxTemplateLimitExceeded";
 
-/// The template version the fleet launches: a batch's template is created once
-/// and never gets another version.
+/// The template version the fleet launches: hostforge creates a template
+/// once and never gives it another version, and version 1 cannot change.
 const TEMPLATE_VERSION: &str = "1";
 
+/// How old a template must be before EC2 saying it does not exist means it
+/// was deleted rather than not shown yet (EC2's eventual consistency after
+/// CreateLaunchTemplate is seconds): the cache then forgets it and the next
+/// launch creates another.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Launches `spec` through an instant fleet (see
-/// [`crate::provider::MachineProvider::launch`]).
+/// [`crate::provider::MachineProvider::launch`]) from the template `cache`
+/// keeps for its content, created first when there is none.
 pub(super) async fn launch(
     clients: &AwsClients,
     calls: &Calls,
+    cache: &TemplateCache,
     spec: &LaunchSpec,
 ) -> Result<LaunchAnswer, ProviderError> {
     check_common("CreateFleet", spec)?;
-    if spec.batch_id.is_empty() {
-        return Err(invalid(
-            "CreateLaunchTemplate",
-            "a fleet batch needs a batch id to name its launch template".into(),
-        ));
-    }
-    let name = launch_templates::name_for(spec);
-    ensure_template(clients, calls, spec, &name).await?;
+    let key = Key::of(spec);
+    let template = cache
+        .lease_or_create(&key, || create_template(clients, calls, &key))
+        .await?;
     let answer = calls
         .run("CreateFleet", || {
-            fleet_request(&clients.ec2, spec, &name).send()
+            fleet_request(&clients.ec2, spec, &template.id).send()
         })
-        .await
-        .map_err(template_lag);
+        .await;
+    if let Err(e) = &answer {
+        if launch_templates::is_template_not_found(e) && cache.forget_missing(&template, SETTLED) {
+            warn!(provider = %calls.provider(), template = %template.id,
+                "the fleet's launch template was deleted by someone else; the next launch creates another");
+        }
+    }
+    drop(template);
+    let answer = answer.map_err(template_lag);
     // Stamped when the answer came: no machine of it launched later, so ages
     // counted from here are never too old (the grace periods of deletion and
     // the sweep stay on the safe side) until the first describe has EC2's own.
@@ -88,14 +105,6 @@ pub(super) async fn launch(
     let answered_at = DateTime::from_secs(DateTime::from(std::time::SystemTime::now()).secs())
         .fmt(DateTimeFormat::DateTime)
         .ok();
-    match &answer {
-        Err(e) if !answered(e) => {
-            debug!(provider = %calls.provider(), template = %name, error = %e,
-                "keeping the batch's launch template: EC2 may still be launching from it, and a re-send of the batch needs it");
-        }
-        // EC2 has given its answer: the fleet is done with the template.
-        _ => delete_template(clients, calls, &name).await,
-    }
     // No describe here: the fleet's answer names each machine's type, subnet
     // and capacity, and the request's poller describes every launch of every
     // request in one batched call moments later (its first look).
@@ -104,13 +113,6 @@ pub(super) async fn launch(
         machines: pending_machines(spec, launched(&out)?, answered_at),
         shortfall: shortfall(&out),
     })
-}
-
-/// Whether a failed CreateFleet was answered by EC2 with a verdict (nothing
-/// was or will be launched), rather than a timeout, lost connection, 5xx or
-/// throttling after which EC2 may still act on it.
-fn answered(e: &ProviderError) -> bool {
-    !e.is_retryable() && !matches!(e, ProviderError::Unknown(_))
 }
 
 /// CreateFleet naming a template EC2 does not show yet: right after
@@ -126,34 +128,38 @@ fn template_lag(e: ProviderError) -> ProviderError {
     }
 }
 
-/// Creates the batch's launch template, or finds it already there (a previous
-/// attempt of the same batch, e.g. before a crash) and checks by its tags that
-/// it is this batch's before the fleet launches from it.
-async fn ensure_template(
+/// Creates a template for `key`'s content under a new name and returns its
+/// id. A taken name (a lost answer to an earlier try, retried by the SDK) is a
+/// retry: the batch stays Pending and its re-send creates one under another
+/// name; the one made by the lost try is collected once older than the grace
+/// period.
+async fn create_template(
     clients: &AwsClients,
     calls: &Calls,
-    spec: &LaunchSpec,
-    name: &str,
-) -> Result<(), ProviderError> {
-    let request = template_request(&clients.ec2, spec, name);
+    key: &Key,
+) -> Result<String, ProviderError> {
+    let name = launch_templates::new_name(&key.content.tags);
+    let request = template_request(&clients.ec2, key, &name);
     match calls.run("CreateLaunchTemplate", || request.send()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == TEMPLATE_EXISTS => {
-            match launch_templates::describe_named(clients, calls, name).await? {
-                Some(t) => {
-                    launch_templates::check_owner(&t.tags, spec)
-                        .map_err(|(key, have)| launch_templates::not_ours(name, key, have, spec))?;
-                    debug!(provider = %calls.provider(), template = name, "reusing the batch's launch template");
-                    Ok(())
+        Ok(out) => {
+            let id = out
+                .launch_template()
+                .and_then(|t| t.launch_template_id())
+                .map(str::to_string);
+            match id {
+                Some(id) => {
+                    info!(provider = %calls.provider(), template = %name, id = %id,
+                        "created a launch template for the fleet launches of one content");
+                    Ok(id)
                 }
-                // Deleted in between, or not listed yet: try again later.
-                None => Err(ProviderError::Transient(detail(
-                    "DescribeLaunchTemplates",
-                    TEMPLATE_EXISTS,
-                    format!("launch template {name} exists but is not listed yet"),
+                None => Err(ProviderError::Unknown(detail(
+                    "CreateLaunchTemplate",
+                    "MissingLaunchTemplateId",
+                    format!("EC2 created launch template {name} but its answer named no id"),
                 ))),
             }
         }
+        Err(e) if e.code() == TEMPLATE_EXISTS => Err(ProviderError::Transient(e.detail().clone())),
         Err(e) if e.code() == TEMPLATE_QUOTA => Err(quota_refusal(&e)),
         Err(e) => Err(e),
     }
@@ -174,46 +180,29 @@ fn quota_refusal(e: &ProviderError) -> ProviderError {
     ))
 }
 
-/// Deletes the batch's template by name, best effort: what is left behind
-/// (throttled, EC2 not showing the fresh template yet) carries the ownership
-/// tags, and the collector deletes it after the grace period.
-async fn delete_template(clients: &AwsClients, calls: &Calls, name: &str) {
-    let request = clients
-        .ec2
-        .delete_launch_template()
-        .launch_template_name(name);
-    match calls.run("DeleteLaunchTemplate", || request.send()).await {
-        Ok(_) => {}
-        Err(e) if launch_templates::is_template_not_found(&e) => {
-            debug!(provider = %calls.provider(), template = name, error = %e,
-                "the batch's launch template is not visible to delete yet; left to the collector");
-        }
-        Err(e) => {
-            warn!(provider = %calls.provider(), template = name, error = %e,
-                "deleting the batch's launch template failed; left to the collector");
-        }
-    }
-}
-
-/// CreateLaunchTemplate for the batch: everything but the instance type and
-/// subnet (the fleet's overrides), the template itself tagged like the machines
-/// so a leftover can be traced to its request.
+/// CreateLaunchTemplate for `key`'s content: everything but the instance
+/// type and subnet (the fleet's overrides) and the per-launch tags, the
+/// template itself tagged with the shared tags and its namespace, so the
+/// collector finds it.
 pub(super) fn template_request(
     ec2: &aws_sdk_ec2::Client,
-    spec: &LaunchSpec,
+    key: &Key,
     name: &str,
 ) -> CreateLaunchTemplateFluentBuilder {
+    let mut tags = key.content.tags.clone();
+    tags.insert(NAMESPACE_TAG.to_string(), key.namespace.clone());
     ec2.create_launch_template()
         .launch_template_name(name)
-        .launch_template_data(template_data(spec))
+        .launch_template_data(template_data(&key.content))
         .set_tag_specifications(non_empty(&tags::tag_specifications(
-            &spec.tags,
+            &tags,
             &[ResourceType::LaunchTemplate],
         )))
 }
 
 /// The template's data: image, network security, access, user data, root
-/// volume, metadata options and the instance and volume tags.
+/// volume, metadata options and the volumes' tags (the instances' come with
+/// the fleet call).
 pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
     let root = spec.root_volume.as_ref().map(|v| {
         LaunchTemplateBlockDeviceMappingRequest::builder()
@@ -258,22 +247,23 @@ pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
         .metadata_options(metadata)
         .set_tag_specifications(non_empty(&tags::template_tag_specifications(
             &spec.tags,
-            &tags::LAUNCHED,
+            &[ResourceType::Volume],
         )))
         .build()
 }
 
-/// CreateFleet of type `instant` over the batch's template by name.
+/// CreateFleet of type `instant` over the template `template_id`, with
+/// every tag of the spec on the instances.
 pub(super) fn fleet_request(
     ec2: &aws_sdk_ec2::Client,
     spec: &LaunchSpec,
-    template: &str,
+    template_id: &str,
 ) -> CreateFleetFluentBuilder {
     let (on_demand, spot) = split(spec);
     let config = FleetLaunchTemplateConfigRequest::builder()
         .launch_template_specification(
             FleetLaunchTemplateSpecificationRequest::builder()
-                .launch_template_name(template)
+                .launch_template_id(template_id)
                 .version(TEMPLATE_VERSION)
                 .build(),
         )
@@ -301,6 +291,10 @@ pub(super) fn fleet_request(
         .target_capacity_specification(target_capacity(spec))
         .set_on_demand_options(on_demand_options)
         .set_spot_options(spot_options)
+        .set_tag_specifications(non_empty(&tags::tag_specifications(
+            &spec.tags,
+            &[ResourceType::Instance],
+        )))
 }
 
 /// How many of the batch's capacity units are on-demand and how many spot.

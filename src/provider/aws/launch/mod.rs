@@ -9,6 +9,9 @@
 
 mod fleet;
 mod run_instances;
+mod template_cache;
+
+pub(super) use template_cache::TemplateCache;
 
 use base64::Engine as _;
 
@@ -22,16 +25,18 @@ use crate::provider::{LaunchAnswer, LaunchApi, LaunchSpec, ProviderError};
 pub(super) const DEFAULT_ROOT_DEVICE: &str = "/dev/xvda";
 
 /// Launches `spec` (see [`crate::provider::MachineProvider::launch`]).
+/// Fleet launches use the templates `templates` keeps.
 pub(super) async fn launch(
     clients: &AwsClients,
     calls: &Calls,
+    templates: &TemplateCache,
     spec: &LaunchSpec,
 ) -> Result<LaunchAnswer, ProviderError> {
     match spec.api {
         LaunchApi::RunInstances => run_instances::launch(clients, calls, spec)
             .await
             .map(LaunchAnswer::of),
-        LaunchApi::Fleet => fleet::launch(clients, calls, spec).await,
+        LaunchApi::Fleet => fleet::launch(clients, calls, templates, spec).await,
     }
 }
 

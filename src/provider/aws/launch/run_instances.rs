@@ -263,6 +263,7 @@ mod tests {
             on_demand_percent: 0,
             max_price: Some("0.12".into()),
             allocation_strategy: None,
+            on_demand_units: None,
         };
         let client = offline_client();
         let req = run_instances_request(&client, &s).expect("valid");

@@ -2,6 +2,8 @@
 //! from the builders without any call.
 
 use super::super::fixtures::{offline_client, spec};
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::provider::{LaunchApi, LaunchCapacity};
 use aws_sdk_ec2::types::{
@@ -17,6 +19,7 @@ fn fleet_spec(on_demand_percent: i32, count: i32) -> LaunchSpec {
         on_demand_percent,
         max_price: Some("0.2".into()),
         allocation_strategy: Some("price-capacity-optimized".into()),
+        on_demand_units: None,
     };
     s
 }
@@ -137,9 +140,10 @@ fn target_capacity_splits_on_demand_rounding_up() {
 }
 
 #[test]
-fn fleet_request_is_instant_by_template_name_with_both_strategies() {
+fn fleet_request_is_instant_by_template_id_with_both_strategies_and_every_tag() {
     let client = offline_client();
-    let req = fleet_request(&client, &fleet_spec(50, 4), "hostforge-3f2a9c1e-4");
+    let s = fleet_spec(50, 4);
+    let req = fleet_request(&client, &s, "lt-0123");
     let i = req.as_input();
     assert_eq!(i.get_type(), &Some(FleetType::Instant));
     assert_eq!(i.get_client_token().as_deref(), Some("tok-1"));
@@ -148,8 +152,28 @@ fn fleet_request_is_instant_by_template_name_with_both_strategies() {
     let lt = configs[0]
         .launch_template_specification()
         .expect("template");
-    assert_eq!(lt.launch_template_name(), Some("hostforge-3f2a9c1e-4"));
+    assert_eq!(lt.launch_template_id(), Some("lt-0123"));
+    assert_eq!(
+        lt.launch_template_name(),
+        None,
+        "a name can be taken over, an id not"
+    );
     assert_eq!(lt.version(), Some(TEMPLATE_VERSION));
+    // The instances get every tag of the spec from the call itself.
+    let tagged = i.get_tag_specifications().as_ref().expect("instance tags");
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(tagged[0].resource_type(), Some(&ResourceType::Instance));
+    let tags: BTreeMap<&str, &str> = tagged[0]
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .collect();
+    let want: BTreeMap<&str, &str> = s
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(tags, want);
     assert_eq!(configs[0].overrides().len(), 4);
     let od = i
         .get_on_demand_options()
@@ -170,17 +194,35 @@ fn fleet_request_is_instant_by_template_name_with_both_strategies() {
 }
 
 #[test]
-fn template_holds_everything_but_type_and_subnet() {
-    let s = fleet_spec(50, 4);
+fn template_holds_everything_but_type_subnet_and_the_per_launch_tags() {
+    let mut s = fleet_spec(50, 4);
+    s.tags
+        .insert(launch_templates::REQUEST_TAG.into(), "ns/r".into());
+    s.tags
+        .insert(launch_templates::REQUEST_UID_TAG.into(), "u-1".into());
+    s.tags
+        .insert(launch_templates::BATCH_TAG.into(), "b-1".into());
+    s.tags
+        .insert(launch_templates::CLUSTER_TAG.into(), "c1".into());
     let client = offline_client();
-    let req = template_request(&client, &s, "hostforge-3f2a9c1e-4");
+    let req = template_request(&client, &Key::of(&s), "hostforge-t-0123");
     let i = req.as_input();
     assert_eq!(
         i.get_launch_template_name().as_deref(),
-        Some("hostforge-3f2a9c1e-4")
+        Some("hostforge-t-0123")
     );
     let own = i.get_tag_specifications().as_ref().expect("template tags");
     assert_eq!(own[0].resource_type(), Some(&ResourceType::LaunchTemplate));
+    let own_keys: Vec<&str> = own[0].tags().iter().filter_map(|t| t.key()).collect();
+    assert!(
+        own_keys.contains(&launch_templates::CLUSTER_TAG),
+        "{own_keys:?}"
+    );
+    assert!(own_keys.contains(&NAMESPACE_TAG), "{own_keys:?}");
+    assert!(
+        !own_keys.contains(&launch_templates::REQUEST_UID_TAG),
+        "{own_keys:?}"
+    );
     let d = i.get_launch_template_data().as_ref().expect("data");
     assert_eq!(d.image_id(), Some("ami-1"));
     assert_eq!(d.instance_type(), None);
@@ -207,7 +249,28 @@ fn template_holds_everything_but_type_and_subnet() {
         .iter()
         .filter_map(|t| t.resource_type())
         .collect();
-    assert_eq!(types, [&ResourceType::Instance, &ResourceType::Volume]);
+    assert_eq!(
+        types,
+        [&ResourceType::Volume],
+        "the instances' come with the fleet"
+    );
+    let volume_keys: Vec<&str> = d.tag_specifications()[0]
+        .tags()
+        .iter()
+        .filter_map(|t| t.key())
+        .collect();
+    assert!(volume_keys.contains(&launch_templates::CLUSTER_TAG));
+    for own in [
+        launch_templates::REQUEST_TAG,
+        launch_templates::REQUEST_UID_TAG,
+        launch_templates::BATCH_TAG,
+        launch_templates::NAME_TAG,
+    ] {
+        assert!(
+            !volume_keys.contains(&own),
+            "{own} differs between the launches sharing it"
+        );
+    }
 }
 
 fn answer(instances: Vec<CreateFleetInstance>, errors: Vec<CreateFleetError>) -> CreateFleetOutput {
@@ -292,17 +355,6 @@ fn empty_answers_with_server_or_unknown_codes_are_refusals_not_retries() {
             "EC2's message is kept: {e}"
         );
     }
-}
-
-#[test]
-fn only_answered_failures_release_the_template() {
-    let d = || detail("CreateFleet", "X", String::new());
-    assert!(answered(&ProviderError::InvalidParameter(d())));
-    assert!(answered(&ProviderError::Refused(d())));
-    assert!(answered(&ProviderError::Capacity(d())));
-    assert!(!answered(&ProviderError::Transient(d())), "timeout or 5xx");
-    assert!(!answered(&ProviderError::Throttled(d())));
-    assert!(!answered(&ProviderError::Unknown(d())));
 }
 
 #[test]
