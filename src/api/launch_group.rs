@@ -71,4 +71,10 @@ pub struct LaunchGroupMember {
     pub batch: String,
     /// Machines this member gets.
     pub count: i32,
+    /// Of `count`, how many on-demand, for a fleet mixing on-demand and spot:
+    /// the member's own rounded share, so the group asks for the sum and each
+    /// member takes its on-demand machines from the answer's on-demand ones
+    /// and the rest from its spot ones. Absent: one capacity type for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<i32>,
 }

@@ -136,6 +136,7 @@ mod tests {
             uid: uid.into(),
             batch: format!("{uid}-1"),
             count: 1,
+            on_demand: None,
         };
         let group = LaunchGroupSpec {
             template: "t".into(),

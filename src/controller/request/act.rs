@@ -246,7 +246,9 @@ pub async fn launch(
 ) -> Result<Option<Blocked>, Error> {
     let batch_id = recorded.batch_id().to_string();
     let asked = recorded.spec().count;
-    let (group, outcome) = if coalesces(s, recorded.spec()) {
+    // Every batch may share a call; a mixed fleet member keeps its own
+    // rounded on-demand share in the group (`group::mixed_on_demand`).
+    let (group, outcome) = if s.ctx.config.coalesce_launches {
         let key = coalesce::Key {
             provider: provider.name().to_string(),
             namespace: s.owner.namespace.clone(),
@@ -283,15 +285,6 @@ pub async fn launch(
     };
     failpoint!("request-after-launch");
     answered(s, provider, &batch_id, asked, group, outcome).await
-}
-
-/// Whether this batch queues to share a call: `coalesceLaunches` is on, and
-/// its launch is all on-demand or all spot. A mixed fleet's split is
-/// rounded per call, so a batch sharing one would not get its own share of
-/// on-demand machines; it goes alone.
-fn coalesces(s: &Session<'_>, spec: &provider::LaunchSpec) -> bool {
-    let pct = spec.capacity.on_demand_percent;
-    s.ctx.config.coalesce_launches && (pct <= 0 || pct >= 100)
 }
 
 /// Records a launch answer for batch `batch_id` (sent in LaunchGroup

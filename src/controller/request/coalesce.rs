@@ -141,6 +141,7 @@ impl Coalescer {
                 uid: w.item.uid.clone(),
                 batch: w.item.batch.clone(),
                 count: w.item.spec.count,
+                on_demand: group::mixed_on_demand(&w.item.spec),
             })
             .collect();
         let (name, token) = group::name_and_token(&members);

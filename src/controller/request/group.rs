@@ -24,7 +24,9 @@ use crate::api::{LaunchGroupMember, LaunchGroupSpec};
 use crate::controller::cloud::ownership::{
     BATCH_TAG, GROUP_TAG, NAME_TAG, REQUEST_TAG, REQUEST_UID_TAG,
 };
-use crate::provider::{ErrorDetail, LaunchAnswer, LaunchSpec, Machine, ProviderError};
+use crate::provider::{
+    CapacityType, ErrorDetail, LaunchAnswer, LaunchSpec, Machine, ProviderError,
+};
 
 /// Most members one call carries: the LaunchGroup stays small, and a refused
 /// call sets back no more than this many requests at once.
@@ -83,26 +85,52 @@ pub fn group_spec(
     spec.tags.insert(NAME_TAG.into(), display);
     spec.tags
         .insert(GROUP_TAG.into(), format!("{namespace}/{name}"));
+    if group.members.iter().any(|m| m.on_demand.is_some()) {
+        spec.capacity.on_demand_units =
+            Some(group.members.iter().filter_map(|m| m.on_demand).sum());
+    }
     spec
+}
+
+/// A member's on-demand share when its launch mixes on-demand and spot in
+/// one fleet (what it would ask for alone); `None` for one capacity type.
+pub fn mixed_on_demand(spec: &LaunchSpec) -> Option<i32> {
+    let pct = spec.capacity.on_demand_percent;
+    (spec.api == crate::provider::LaunchApi::Fleet && pct > 0 && pct < 100)
+        .then(|| spec.capacity.on_demand_count(spec.count))
 }
 
 /// Shares the machines of the group's answer out to its members: sorted by
 /// id, the first member takes its count, then the next, so a short answer
 /// leaves the last members short. The same answer always splits the same
-/// way, whoever splits it.
+/// way, whoever splits it. In a mixed fleet (members with an on-demand
+/// share) the on-demand and the spot machines are shared out separately the
+/// same way, each member taking its on-demand share from the first and the
+/// rest of its count from the second.
 pub fn split(machines: &[Machine], members: &[LaunchGroupMember]) -> Vec<Vec<Machine>> {
     let mut sorted: Vec<&Machine> = machines.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     sorted.dedup_by(|a, b| a.id == b.id);
+    let take = |n: i32| usize::try_from(n.max(0)).unwrap_or(0);
+    if members.iter().any(|m| m.on_demand.is_some()) {
+        let (on_demand, spot): (Vec<&Machine>, Vec<&Machine>) = sorted
+            .into_iter()
+            .partition(|m| m.capacity_type == CapacityType::OnDemand);
+        let (mut on_demand, mut spot) = (on_demand.into_iter(), spot.into_iter());
+        return members
+            .iter()
+            .map(|m| {
+                let od = m.on_demand.unwrap_or(0).clamp(0, m.count.max(0));
+                let mut share: Vec<Machine> = on_demand.by_ref().take(take(od)).cloned().collect();
+                share.extend(spot.by_ref().take(take(m.count - od)).cloned());
+                share
+            })
+            .collect();
+    }
     let mut rest = sorted.into_iter();
     members
         .iter()
-        .map(|m| {
-            rest.by_ref()
-                .take(usize::try_from(m.count.max(0)).unwrap_or(0))
-                .cloned()
-                .collect()
-        })
+        .map(|m| rest.by_ref().take(take(m.count)).cloned().collect())
         .collect()
 }
 
@@ -186,6 +214,7 @@ mod tests {
             uid: uid.into(),
             batch: format!("{uid}-1"),
             count,
+            on_demand: None,
         }
     }
 
@@ -241,6 +270,78 @@ mod tests {
         // A duplicate id in an answer is one machine, never two shares.
         let twice = [machine("i-1"), machine("i-1")];
         assert_eq!(split(&twice, &members)[0].len(), 1);
+    }
+
+    #[test]
+    fn a_mixed_fleet_gives_each_member_its_own_on_demand_share() {
+        // 50 % on-demand: alone, 3 machines would be 2 on-demand + 1 spot and
+        // 1 machine 1 on-demand; together the call asks for 5 of 7.
+        let mut fleet = test_spec("a-1");
+        fleet.api = crate::provider::LaunchApi::Fleet;
+        fleet.capacity.on_demand_percent = 50;
+        let with = |uid: &str, count: i32| {
+            let mut s = fleet.clone();
+            s.count = count;
+            LaunchGroupMember {
+                on_demand: mixed_on_demand(&s),
+                ..member(uid, count)
+            }
+        };
+        let members = vec![with("a", 3), with("b", 3), with("c", 1)];
+        assert_eq!(
+            members.iter().map(|m| m.on_demand).collect::<Vec<_>>(),
+            [Some(2), Some(2), Some(1)]
+        );
+        let group = LaunchGroupSpec {
+            template: "t".into(),
+            provider: "aws".into(),
+            token: "tok".into(),
+            count: 7,
+            params_digest: "d".into(),
+            members: members.clone(),
+        };
+        let sent = group_spec(&fleet, &group, "ns", "lg-1", &BTreeMap::new());
+        assert_eq!(sent.capacity.on_demand_count(sent.count), 5);
+        assert_eq!(
+            sent.capacity.on_demand_count(7),
+            5,
+            "not 50 % of 7 rounded up"
+        );
+
+        let spot = |id: &str| Machine {
+            capacity_type: CapacityType::Spot,
+            ..machine(id)
+        };
+        let answer = [
+            machine("i-7"),
+            spot("i-1"),
+            machine("i-3"),
+            spot("i-6"),
+            machine("i-2"),
+            machine("i-5"),
+            machine("i-4"),
+        ];
+        let shares: Vec<Vec<(String, CapacityType)>> = split(&answer, &members)
+            .into_iter()
+            .map(|s| s.into_iter().map(|m| (m.id, m.capacity_type)).collect())
+            .collect();
+        let od = CapacityType::OnDemand;
+        let sp = CapacityType::Spot;
+        assert_eq!(
+            shares,
+            [
+                vec![("i-2".into(), od), ("i-3".into(), od), ("i-1".into(), sp)],
+                vec![("i-4".into(), od), ("i-5".into(), od), ("i-6".into(), sp)],
+                vec![("i-7".into(), od)],
+            ]
+        );
+        // One capacity type, or RunInstances: no on-demand share is kept.
+        let mut all_spot = fleet.clone();
+        all_spot.capacity.on_demand_percent = 0;
+        assert_eq!(mixed_on_demand(&all_spot), None);
+        let mut run = fleet.clone();
+        run.api = crate::provider::LaunchApi::RunInstances;
+        assert_eq!(mixed_on_demand(&run), None);
     }
 
     #[test]
