@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use hostforge::api::LaunchGroup;
+use hostforge::api::{LaunchGroup, MachineLifecycle, MachineRequest};
 use hostforge_testbed::forwarder::{FaultRule, Fidelity, Forwarder, Visibility};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, moto_live_in_cluster, patch_spec, status_live,
@@ -41,6 +41,11 @@ async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
 }
 
 async fn bed_for(name: &str, provider_api: &str) -> (TestEnv, Forwarder, String) {
+    bed_with(name, json!({"providerApi": provider_api})).await
+}
+
+/// A bed whose template has `fields` besides image, type and subnet.
+async fn bed_with(name: &str, fields: serde_json::Value) -> (TestEnv, Forwarder, String) {
     let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
@@ -52,17 +57,15 @@ async fn bed_for(name: &str, provider_api: &str) -> (TestEnv, Forwarder, String)
         "fullSweepInterval: 2s\ngcGracePeriod: 2s\n",
     );
     let (subnet, _) = env.default_subnet_and_group().await;
-    create_template(
-        &env,
-        "compute",
-        json!({
-            "providerApi": provider_api,
-            "image": {"ssmParameter": AL2023_PARAM},
-            "instanceTypes": [{"type": "t3.micro"}],
-            "subnetIds": [subnet],
-        }),
-    )
-    .await;
+    let mut spec = json!({
+        "image": {"ssmParameter": AL2023_PARAM},
+        "instanceTypes": [{"type": "t3.micro"}],
+        "subnetIds": [subnet],
+    });
+    if let (Some(spec), Some(fields)) = (spec.as_object_mut(), fields.as_object()) {
+        spec.extend(fields.clone());
+    }
+    create_template(&env, "compute", spec).await;
     (env, fwd, cfg)
 }
 
@@ -291,6 +294,51 @@ async fn fleet_requests_waiting_together_share_one_call() {
         "the first alone, the other two in one call: {:?}",
         fwd.snapshot()
     );
+    wait_groups_deleted(&env).await;
+}
+
+/// A fleet mixing on-demand and spot coalesces too, and each member gets
+/// the on-demand share it would have got alone: at 40 %, 2 machines are 1
+/// on-demand and 3 are 2 (rounded up each), so the group asks for 3 of 5
+/// on-demand where 40 % of 5 would be 2.
+#[tokio::test]
+async fn a_mixed_fleet_shares_a_call_and_each_member_keeps_its_on_demand_share() {
+    let (env, fwd, cfg) = bed_with(
+        "coalesce-mixed",
+        json!({
+            "providerApi": "EC2Fleet",
+            "capacityType": "mixed",
+            "onDemandPercent": 40,
+            "allocationStrategy": "price-capacity-optimized",
+        }),
+    )
+    .await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    queue_two_behind_one_of(&env, &fwd, "CreateFleet").await;
+    assert_exact_shares(&env, &fwd).await;
+    assert_eq!(
+        fwd.forwarded("CreateFleet"),
+        2,
+        "the first alone, the other two in one call: {:?}",
+        fwd.snapshot()
+    );
+    let call = one_group_call(&fwd, "CreateFleet");
+    assert_eq!(
+        call.get("TargetCapacitySpecification.OnDemandTargetCapacity")
+            .map(String::as_str),
+        Some("3"),
+        "{call:#?}"
+    );
+    let api: Api<MachineRequest> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (name, on_demand) in [("first", 1), ("second", 1), ("third", 2)] {
+        let mr = api.get(name).await.expect("request");
+        let machines = &mr.status.as_ref().expect("status").machines;
+        let held = machines
+            .iter()
+            .filter(|m| m.capacity_type == Some(MachineLifecycle::OnDemand))
+            .count();
+        assert_eq!(held, on_demand, "{name}: {machines:#?}");
+    }
     wait_groups_deleted(&env).await;
 }
 
