@@ -24,7 +24,8 @@ pub use error::{ErrorDetail, ProviderError};
 pub use image::{ImageSource, ResolvedImage};
 pub use launch_answer::{LaunchAnswer, Shortfall};
 pub use launch_spec::{
-    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
+    CpuSpec, DataVolumeSpec, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions,
+    LaunchSpec, MetadataSpec, VolumeSpec,
 };
 pub use machine::{CapacityType, InstanceTypeInfo, InterruptionNotice, Machine, MachineState};
 pub use observer::{CallObserver, NoopObserver};
