@@ -73,6 +73,13 @@ pub trait MachineProvider: Send + Sync {
     /// Which of these instance types the region does not offer, in input order.
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError>;
 
+    /// Which of these placement group names do not exist in this account and
+    /// region, in input order.
+    async fn missing_placement_groups(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<String>, ProviderError>;
+
     /// The size of one machine of `instance_type` (vCPUs, cores, memory,
     /// architecture), so schedulers can be told what a template offers without a
     /// lookup table of their own. `None` when the region does not offer the type.
