@@ -114,6 +114,23 @@ fn examples_cover_every_image_source_and_the_fleet() {
         .iter()
         .any(|t| t.spec.image.ssm_parameter.is_some()));
     assert!(templates.iter().any(|t| t.spec.image.selector.is_some()));
+    // Every launch option is shown somewhere (docs/api.md points at these files).
+    assert!(templates
+        .iter()
+        .any(|t| t
+            .spec
+            .placement
+            .as_ref()
+            .is_some_and(|p| p.group_name.is_some()
+                && p.partition_number.is_some()
+                && p.tenancy.is_some())));
+    assert!(templates.iter().any(|t| t.spec.ebs_optimized.is_some()));
+    assert!(templates
+        .iter()
+        .any(|t| t.spec.associate_public_ip_address.is_some()));
+    assert!(templates.iter().any(|t| t.spec.cpu_options.is_some()));
+    assert!(templates.iter().any(|t| !t.spec.data_volumes.is_empty()));
+    assert!(templates.iter().any(|t| t.spec.max_total_price.is_some()));
     assert!(templates
         .iter()
         .any(|t| t.spec.provider_api == ProviderApi::Ec2Fleet
