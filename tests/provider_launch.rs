@@ -106,6 +106,7 @@ async fn spec(env: &TestEnv, api: LaunchApi, count: i32) -> LaunchSpec {
             ("team".to_string(), "hpc".to_string()),
         ]
         .into(),
+        options: hostforge::provider::LaunchOptions::default(),
     }
 }
 

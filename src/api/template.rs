@@ -14,7 +14,7 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
 /// Desired launch configuration of a MachineTemplate.
 // clippy mistakes the repeated keys of separate printcolumn(...) entries for duplicates.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "hostforge.io",
     version = "v1alpha1",
@@ -72,6 +72,9 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
     validation = Rule::new("self.providerApi == 'EC2Fleet' || self.instanceTypes.all(t, !has(t.weight))")
         .message("instanceTypes[].weight is only used with providerApi EC2Fleet")
         .field_path(".instanceTypes"),
+    validation = Rule::new("!has(self.maxTotalPrice) || self.providerApi == 'EC2Fleet'")
+        .message("maxTotalPrice caps the hourly price of one EC2 Fleet launch: it needs providerApi EC2Fleet")
+        .field_path(".maxTotalPrice"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineTemplateSpec {
@@ -192,6 +195,170 @@ pub struct MachineTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_machines: Option<i32>,
+
+    /// Where EC2 places the machines: a placement group (cluster, partition or
+    /// spread), a partition of it, and the tenancy. Empty: EC2's default placement on
+    /// shared hardware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+
+    /// Whether the machines get dedicated bandwidth to EBS (EBS-optimized). Empty:
+    /// the instance type's default (current types are EBS-optimized already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebs_optimized: Option<bool>,
+
+    /// Whether each machine gets a public IPv4 address on its primary network
+    /// interface, whatever its subnet's own setting says. Empty: the subnet's setting
+    /// (true in a default subnet). When set, the subnet and security groups are sent on
+    /// that network interface, as EC2 requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub associate_public_ip_address: Option<bool>,
+
+    /// CPU cores and threads per core to enable, e.g. threadsPerCore 1 to turn
+    /// hyper-threading off for HPC jobs. Must be valid for every instance type listed
+    /// (EC2 refuses the launch otherwise). Empty: all cores and threads of the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_options: Option<CpuOptions>,
+
+    /// EBS volumes attached to each machine besides its root volume (at most 16, one
+    /// per device name). Each is created at launch and tagged like the machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["deviceName".into()]),
+        validation = Rule::new("self.all(v, self.exists_one(w, w.deviceName == v.deviceName))")
+            .message("dataVolumes: each deviceName may appear only once"),
+    )]
+    pub data_volumes: Vec<DataVolume>,
+
+    /// Most that one EC2 Fleet launch may cost per hour, in US dollars, e.g. "5.00"
+    /// (CreateFleet MaxTotalPrice, for its on-demand and spot parts alike): the fleet
+    /// launches fewer machines rather than exceed it. It caps each launch call, not
+    /// all machines of the template together. providerApi EC2Fleet only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}(\.[0-9]{1,8})?$"))]
+    pub max_total_price: Option<String>,
+}
+
+/// Placement of the machines: placement group, partition and tenancy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.partitionNumber) || has(self.groupName)")
+        .message("placement.partitionNumber needs placement.groupName (a partition placement group)")
+        .field_path(".partitionNumber"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Name of an existing placement group in the provider's account and region. The
+    /// template is not Ready while the group does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub group_name: Option<String>,
+
+    /// Partition of a partition placement group to launch into (1 to 7). Empty: EC2
+    /// spreads the machines over the partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 7))]
+    pub partition_number: Option<i32>,
+
+    /// Hardware tenancy: default (shared), dedicated (single-tenant hardware) or host
+    /// (a Dedicated Host with auto-placement). Empty: default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenancy: Option<Tenancy>,
+}
+
+/// Hardware tenancy of a machine.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+#[serde(rename_all = "lowercase")]
+pub enum Tenancy {
+    /// Shared hardware.
+    Default,
+    /// Hardware dedicated to the account.
+    Dedicated,
+    /// A Dedicated Host.
+    Host,
+}
+
+/// CPU options of a machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.coreCount) || has(self.threadsPerCore)")
+        .message("cpuOptions: set coreCount, threadsPerCore or both"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuOptions {
+    /// Number of CPU cores to enable. Empty: all cores of the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 512))]
+    pub core_count: Option<i32>,
+
+    /// Threads per core: 1 turns simultaneous multithreading (hyper-threading) off,
+    /// 2 keeps it on. Empty: the type's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2))]
+    pub threads_per_core: Option<i32>,
+}
+
+/// One EBS volume attached at launch besides the root volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.throughput) || self.type == 'gp3'")
+        .message("dataVolumes[].throughput is only supported by type gp3")
+        .field_path(".throughput"),
+    validation = Rule::new("!has(self.iops) || self.type in ['gp3', 'io1', 'io2']")
+        .message("dataVolumes[].iops is only supported by types gp3, io1 and io2")
+        .field_path(".iops"),
+    validation = Rule::new("!(self.type in ['io1', 'io2']) || has(self.iops)")
+        .message("dataVolumes[].iops is required for types io1 and io2")
+        .field_path(".iops"),
+    validation = Rule::new("!has(self.kmsKeyId) || self.encrypted")
+        .message("dataVolumes[].kmsKeyId needs encrypted: true")
+        .field_path(".kmsKeyId"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolume {
+    /// Device name the volume is attached as, e.g. /dev/sdf or /dev/xvdb (not the
+    /// root device). On Nitro instance types the machine sees it as an NVMe device.
+    #[schemars(
+        length(min = 8, max = 12),
+        regex(pattern = r"^/dev/(sd|xvd)[b-z][a-z]?$")
+    )]
+    pub device_name: String,
+
+    /// Size in GiB (1 to 65536; the most each type allows is EC2's to enforce).
+    #[serde(rename = "sizeGiB")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub size_gib: i32,
+
+    /// EBS volume type. Default gp3.
+    #[serde(rename = "type", default)]
+    pub volume_type: VolumeType,
+
+    /// Provisioned IOPS (gp3, io1, io2; required for io1 and io2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 256000))]
+    pub iops: Option<i32>,
+
+    /// Provisioned throughput in MiB/s (gp3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 125, max = 2000))]
+    pub throughput: Option<i32>,
+
+    /// Whether the volume is encrypted. Default true.
+    #[serde(default = "default_true")]
+    pub encrypted: bool,
+
+    /// KMS key (id, ARN or alias) that encrypts the volume. Empty: the account's default
+    /// EBS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+
+    /// Whether the volume is deleted when its machine terminates. Default true; false
+    /// keeps the volume (and its cost) after the machine is gone.
+    #[serde(default = "default_true")]
+    pub delete_on_termination: bool,
 }
 
 /// The cloud API a template launches through.

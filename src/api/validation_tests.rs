@@ -114,6 +114,23 @@ fn examples_cover_every_image_source_and_the_fleet() {
         .iter()
         .any(|t| t.spec.image.ssm_parameter.is_some()));
     assert!(templates.iter().any(|t| t.spec.image.selector.is_some()));
+    // Every launch option is shown somewhere (docs/api.md points at these files).
+    assert!(templates
+        .iter()
+        .any(|t| t
+            .spec
+            .placement
+            .as_ref()
+            .is_some_and(|p| p.group_name.is_some()
+                && p.partition_number.is_some()
+                && p.tenancy.is_some())));
+    assert!(templates.iter().any(|t| t.spec.ebs_optimized.is_some()));
+    assert!(templates
+        .iter()
+        .any(|t| t.spec.associate_public_ip_address.is_some()));
+    assert!(templates.iter().any(|t| t.spec.cpu_options.is_some()));
+    assert!(templates.iter().any(|t| !t.spec.data_volumes.is_empty()));
+    assert!(templates.iter().any(|t| t.spec.max_total_price.is_some()));
     assert!(templates
         .iter()
         .any(|t| t.spec.provider_api == ProviderApi::Ec2Fleet
@@ -273,6 +290,46 @@ fn template_cel_rules_reject_bad_combinations() {
             json!({"rootVolume": {"sizeGiB": 10, "encrypted": false, "kmsKeyId": "alias/x"}}),
             "kmsKeyId needs encrypted",
         ),
+        (
+            "partition without a group",
+            json!({"placement": {"partitionNumber": 2}}),
+            "placement.partitionNumber needs placement.groupName",
+        ),
+        (
+            "empty cpu options",
+            json!({"cpuOptions": {}}),
+            "cpuOptions: set coreCount, threadsPerCore or both",
+        ),
+        (
+            "spend cap with RunInstances",
+            json!({"maxTotalPrice": "5"}),
+            "maxTotalPrice caps the hourly price of one EC2 Fleet launch",
+        ),
+        (
+            "data volume iops on st1",
+            json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 500, "type": "st1", "iops": 500}]}),
+            "dataVolumes[].iops is only supported by types gp3, io1 and io2",
+        ),
+        (
+            "data volume io1 without iops",
+            json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50, "type": "io1"}]}),
+            "dataVolumes[].iops is required for types io1 and io2",
+        ),
+        (
+            "data volume throughput on gp2",
+            json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50, "type": "gp2", "throughput": 300}]}),
+            "dataVolumes[].throughput is only supported by type gp3",
+        ),
+        (
+            "data volume kms key unencrypted",
+            json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50, "encrypted": false, "kmsKeyId": "alias/x"}]}),
+            "dataVolumes[].kmsKeyId needs encrypted",
+        ),
+        (
+            "data volumes on one device",
+            json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50}, {"deviceName": "/dev/sdf", "sizeGiB": 10}]}),
+            "each deviceName may appear only once",
+        ),
     ];
     for (name, fields, wanted) in cases {
         let errors = cel_errors::<MachineTemplate>(&template_with(fields), None);
@@ -300,6 +357,15 @@ fn template_cel_rules_accept_good_combinations() {
         json!({"rootVolume": {"sizeGiB": 10, "type": "io1", "iops": 3000}}),
         json!({"rootVolume": {"sizeGiB": 10, "throughput": 500, "iops": 4000, "kmsKeyId": "alias/x"}}),
         json!({"tags": {"team": "hpc", "kubernetes.io/cluster/x": "owned"}}),
+        json!({"placement": {"groupName": "pg", "partitionNumber": 7, "tenancy": "host"},
+               "ebsOptimized": false, "associatePublicIpAddress": true,
+               "cpuOptions": {"threadsPerCore": 1},
+               "dataVolumes": [
+                   {"deviceName": "/dev/sdf", "sizeGiB": 100, "type": "io2", "iops": 8000, "kmsKeyId": "alias/x"},
+                   {"deviceName": "/dev/xvdb", "sizeGiB": 500, "type": "sc1", "deleteOnTermination": false},
+                   {"deviceName": "/dev/sdg", "sizeGiB": 10, "throughput": 500}]}),
+        json!({"placement": {"tenancy": "dedicated"}}),
+        json!({"providerApi": "EC2Fleet", "maxTotalPrice": "12.75"}),
         // Only the prefixes are reserved, not the words.
         json!({"tags": {"awsome": "x", "Name": "n", "my-hostforge.io/x": "y", "k".repeat(128): "x"}}),
     ];

@@ -83,6 +83,8 @@ pub enum Reason {
     SecurityGroupNotFound,
     /// An instance type the template names is not offered.
     InstanceTypeUnknown,
+    /// The placement group the template names does not exist.
+    PlacementGroupNotFound,
     /// The provider failed in a way hostforge does not classify.
     ProviderError,
     /// The template is outside the operator's tenant policy for its
@@ -144,6 +146,7 @@ impl Reason {
             Reason::SubnetNotFound => "SubnetNotFound",
             Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
             Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
+            Reason::PlacementGroupNotFound => "PlacementGroupNotFound",
             Reason::ProviderError => "ProviderError",
             Reason::PolicyDenied => "PolicyDenied",
             Reason::AllRunning => "AllRunning",

@@ -190,6 +190,11 @@ impl MachineProvider for FakeProvider {
         Ok(vec![])
     }
 
+    async fn missing_placement_groups(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
+        self.call("missing_placement_groups").await;
+        Ok(vec![])
+    }
+
     async fn instance_type_info(&self, _: &str) -> Result<Option<InstanceTypeInfo>, ProviderError> {
         self.call("instance_type_info").await;
         Ok(None)

@@ -3,6 +3,9 @@
 //! ClientToken, and an adapter turns it into one launch call.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::api::MachineTemplateSpec;
 
 /// Which cloud API one launch batch goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,8 +19,9 @@ pub enum LaunchApi {
 }
 
 /// Everything one launch needs, in plain types. Two specs that are equal launch
-/// the same thing; the controller digests this to guard its ClientToken.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// the same thing; the controller digests this (its `Debug` text) to guard its
+/// ClientToken.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LaunchSpec {
     /// The batch id, also written into the `hostforge.io/batch` tag by the
     /// controller (it is part of `tags`), so a crashed launch can be found again.
@@ -59,6 +63,132 @@ pub struct LaunchSpec {
     /// Every tag for instances and their volumes: ownership tags, `Name`, and the
     /// template's own tags. Applied in the launch call itself, never afterwards.
     pub tags: BTreeMap<String, String>,
+    /// Placement group, tenancy, EBS optimization, public IP, CPU options, data
+    /// volumes and the fleet's spend cap; default: none of them sent.
+    pub options: LaunchOptions,
+}
+
+impl fmt::Debug for LaunchSpec {
+    /// Every field, but `options` only when it sets something: the controller
+    /// digests this text, and a batch recorded before launch options existed
+    /// must keep its digest so that it is re-sent with its token after an
+    /// upgrade rather than adopted by tag.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("LaunchSpec");
+        d.field("batch_id", &self.batch_id)
+            .field("client_token", &self.client_token)
+            .field("count", &self.count)
+            .field("api", &self.api)
+            .field("image_id", &self.image_id)
+            .field("root_device_name", &self.root_device_name)
+            .field("instance_types", &self.instance_types)
+            .field("subnet_ids", &self.subnet_ids)
+            .field("availability_zone", &self.availability_zone)
+            .field("capacity", &self.capacity)
+            .field("security_group_ids", &self.security_group_ids)
+            .field("key_name", &self.key_name)
+            .field("instance_profile", &self.instance_profile)
+            .field("user_data", &self.user_data)
+            .field("root_volume", &self.root_volume)
+            .field("metadata", &self.metadata)
+            .field("tags", &self.tags);
+        if self.options != LaunchOptions::default() {
+            d.field("options", &self.options);
+        }
+        d.finish()
+    }
+}
+
+/// The launch options of a template beyond image, types, network and volumes:
+/// each is sent only when set, so EC2's defaults stay EC2's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct LaunchOptions {
+    /// Placement group name (`Placement.GroupName`).
+    pub placement_group: Option<String>,
+    /// Partition of a partition placement group (`Placement.PartitionNumber`).
+    pub partition_number: Option<i32>,
+    /// Tenancy as EC2 spells it: `default`, `dedicated` or `host`.
+    pub tenancy: Option<String>,
+    /// `EbsOptimized`.
+    pub ebs_optimized: Option<bool>,
+    /// Public IPv4 on the primary interface; when set, the subnet and security
+    /// groups travel on that interface (EC2 refuses them beside it).
+    pub associate_public_ip: Option<bool>,
+    /// `CpuOptions`.
+    pub cpu: Option<CpuSpec>,
+    /// EBS volumes besides the root volume, in the template's order.
+    pub data_volumes: Vec<DataVolumeSpec>,
+    /// Most one fleet launch may cost per hour (USD), for its on-demand and
+    /// spot parts; fleets only.
+    pub max_total_price: Option<String>,
+}
+
+impl LaunchOptions {
+    /// The options `template` asks for, in EC2's spelling.
+    pub fn of_template(template: &MachineTemplateSpec) -> LaunchOptions {
+        let placement = template.placement.as_ref();
+        LaunchOptions {
+            placement_group: placement.and_then(|p| p.group_name.clone()),
+            partition_number: placement.and_then(|p| p.partition_number),
+            tenancy: placement.and_then(|p| p.tenancy.as_ref()).map(wire),
+            ebs_optimized: template.ebs_optimized,
+            associate_public_ip: template.associate_public_ip_address,
+            cpu: template.cpu_options.as_ref().map(|c| CpuSpec {
+                core_count: c.core_count,
+                threads_per_core: c.threads_per_core,
+            }),
+            data_volumes: template
+                .data_volumes
+                .iter()
+                .map(|v| DataVolumeSpec {
+                    device_name: v.device_name.clone(),
+                    volume: VolumeSpec {
+                        size_gib: v.size_gib,
+                        volume_type: wire(&v.volume_type),
+                        iops: v.iops,
+                        throughput: v.throughput,
+                        encrypted: v.encrypted,
+                        kms_key_id: v.kms_key_id.clone(),
+                    },
+                    delete_on_termination: v.delete_on_termination,
+                })
+                .collect(),
+            max_total_price: template.max_total_price.clone(),
+        }
+    }
+
+    /// Whether any placement field is set (a `Placement` must be sent).
+    pub fn has_placement(&self) -> bool {
+        self.placement_group.is_some() || self.partition_number.is_some() || self.tenancy.is_some()
+    }
+}
+
+/// The wire spelling of a serde enum of the API (e.g. `dedicated`, `gp3`).
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// CPU cores and threads per core to enable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CpuSpec {
+    /// `CpuOptions.CoreCount`.
+    pub core_count: Option<i32>,
+    /// `CpuOptions.ThreadsPerCore`.
+    pub threads_per_core: Option<i32>,
+}
+
+/// One EBS volume attached at launch besides the root volume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataVolumeSpec {
+    /// Device name, e.g. `/dev/sdf`.
+    pub device_name: String,
+    /// Size, type, performance and encryption.
+    pub volume: VolumeSpec,
+    /// Whether the volume goes with its machine.
+    pub delete_on_termination: bool,
 }
 
 /// One instance type a launch may use.
@@ -110,7 +240,7 @@ impl LaunchCapacity {
     }
 }
 
-/// Root volume of each machine.
+/// An EBS volume's size, type, performance and encryption (root or data).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VolumeSpec {
     /// Size in GiB.
@@ -134,4 +264,102 @@ pub struct MetadataSpec {
     pub http_tokens_required: bool,
     /// Response hop limit; `None`: EC2's default.
     pub hop_limit: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(extra: serde_json::Value) -> MachineTemplateSpec {
+        let mut spec = serde_json::json!({
+            "image": {"id": "ami-0123456789abcdef0"},
+            "instanceTypes": [{"type": "c6i.xlarge"}],
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(spec).expect("template")
+    }
+
+    #[test]
+    fn every_option_maps_in_ec2_spelling() {
+        let t = template(serde_json::json!({
+            "placement": {"groupName": "pg", "partitionNumber": 2, "tenancy": "dedicated"},
+            "ebsOptimized": true,
+            "associatePublicIpAddress": false,
+            "cpuOptions": {"coreCount": 4, "threadsPerCore": 1},
+            "dataVolumes": [
+                {"deviceName": "/dev/sdf", "sizeGiB": 100, "type": "io2", "iops": 3000,
+                 "kmsKeyId": "alias/k", "deleteOnTermination": false},
+                {"deviceName": "/dev/sdg", "sizeGiB": 10},
+            ],
+            "maxTotalPrice": "3.5",
+        }));
+        let o = LaunchOptions::of_template(&t);
+        assert_eq!(o.placement_group.as_deref(), Some("pg"));
+        assert_eq!(o.partition_number, Some(2));
+        assert_eq!(o.tenancy.as_deref(), Some("dedicated"));
+        assert_eq!(o.ebs_optimized, Some(true));
+        assert_eq!(o.associate_public_ip, Some(false));
+        assert_eq!(
+            o.cpu,
+            Some(CpuSpec {
+                core_count: Some(4),
+                threads_per_core: Some(1)
+            })
+        );
+        assert_eq!(o.data_volumes.len(), 2);
+        let first = &o.data_volumes[0];
+        assert_eq!(first.device_name, "/dev/sdf");
+        assert_eq!(first.volume.volume_type, "io2");
+        assert_eq!(first.volume.iops, Some(3000));
+        assert_eq!(first.volume.kms_key_id.as_deref(), Some("alias/k"));
+        assert!(!first.delete_on_termination);
+        let second = &o.data_volumes[1];
+        assert_eq!(second.volume.volume_type, "gp3", "the default type");
+        assert!(second.volume.encrypted, "encrypted by default");
+        assert!(second.delete_on_termination, "deleted by default");
+        assert_eq!(o.max_total_price.as_deref(), Some("3.5"));
+        assert!(o.has_placement());
+    }
+
+    #[test]
+    fn a_template_without_options_maps_to_none() {
+        let o = LaunchOptions::of_template(&template(serde_json::json!({})));
+        assert_eq!(o, LaunchOptions::default());
+        assert!(!o.has_placement());
+    }
+
+    #[test]
+    fn the_digest_text_names_options_only_when_set() {
+        let mut spec = LaunchSpec {
+            batch_id: "b".into(),
+            client_token: "t".into(),
+            count: 1,
+            api: LaunchApi::RunInstances,
+            image_id: "ami-1".into(),
+            root_device_name: None,
+            instance_types: Vec::new(),
+            subnet_ids: Vec::new(),
+            availability_zone: None,
+            capacity: LaunchCapacity::on_demand(),
+            security_group_ids: Vec::new(),
+            key_name: None,
+            instance_profile: None,
+            user_data: None,
+            root_volume: None,
+            metadata: MetadataSpec {
+                http_tokens_required: true,
+                hop_limit: None,
+            },
+            tags: BTreeMap::new(),
+            options: LaunchOptions::default(),
+        };
+        let before = format!("{spec:?}");
+        assert!(!before.contains("options"), "{before}");
+        assert!(before.ends_with("tags: {} }"), "{before}");
+        spec.options.ebs_optimized = Some(true);
+        let after = format!("{spec:?}");
+        assert!(after.contains("ebs_optimized: Some(true)"), "{after}");
+    }
 }

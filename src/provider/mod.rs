@@ -24,7 +24,8 @@ pub use error::{ErrorDetail, ProviderError};
 pub use image::{ImageSource, ResolvedImage};
 pub use launch_answer::{LaunchAnswer, Shortfall};
 pub use launch_spec::{
-    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
+    CpuSpec, DataVolumeSpec, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions,
+    LaunchSpec, MetadataSpec, VolumeSpec,
 };
 pub use machine::{CapacityType, InstanceTypeInfo, InterruptionNotice, Machine, MachineState};
 pub use observer::{CallObserver, NoopObserver};
@@ -71,6 +72,13 @@ pub trait MachineProvider: Send + Sync {
 
     /// Which of these instance types the region does not offer, in input order.
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError>;
+
+    /// Which of these placement group names do not exist in this account and
+    /// region, in input order.
+    async fn missing_placement_groups(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<String>, ProviderError>;
 
     /// The size of one machine of `instance_type` (vCPUs, cores, memory,
     /// architecture), so schedulers can be told what a template offers without a

@@ -228,6 +228,80 @@ pub(super) fn malformed_cases() -> Vec<Case> {
             &["spec.rootVolume.throughput", "gp3"],
         ),
         case(
+            "partition number without a placement group",
+            template_with("t", json!({"placement": {"partitionNumber": 2}})),
+            &[
+                "spec.placement.partitionNumber",
+                "partitionNumber needs placement.groupName",
+            ],
+        ),
+        case(
+            "unknown tenancy",
+            template_with("t", json!({"placement": {"tenancy": "shared"}})),
+            &["spec.placement.tenancy", "Unsupported value"],
+        ),
+        case(
+            "threads per core 3",
+            template_with("t", json!({"cpuOptions": {"threadsPerCore": 3}})),
+            &["spec.cpuOptions.threadsPerCore", "less than or equal to 2"],
+        ),
+        case(
+            "spend cap on RunInstances",
+            template_with("t", json!({"maxTotalPrice": "10"})),
+            &["spec.maxTotalPrice", "needs providerApi EC2Fleet"],
+        ),
+        case(
+            "data volume iops on st1",
+            template_with(
+                "t",
+                json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 500, "type": "st1", "iops": 500}]}),
+            ),
+            &[
+                "spec.dataVolumes[0].iops",
+                "only supported by types gp3, io1 and io2",
+            ],
+        ),
+        case(
+            "data volume throughput on io2",
+            template_with(
+                "t",
+                json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50, "type": "io2", "iops": 3000, "throughput": 300}]}),
+            ),
+            &[
+                "spec.dataVolumes[0].throughput",
+                "only supported by type gp3",
+            ],
+        ),
+        case(
+            "data volume on the root device",
+            template_with(
+                "t",
+                json!({"dataVolumes": [{"deviceName": "/dev/xvda", "sizeGiB": 50}]}),
+            ),
+            &["spec.dataVolumes[0].deviceName", "should match"],
+        ),
+        case(
+            "two data volumes on one device",
+            template_with(
+                "t",
+                json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 50}, {"deviceName": "/dev/sdf", "sizeGiB": 10}]}),
+            ),
+            &[
+                "spec.dataVolumes",
+                "Duplicate value|duplicate entries|each deviceName may appear only once",
+            ],
+        ),
+        case(
+            "seventeen data volumes",
+            template_with(
+                "t",
+                json!({"dataVolumes": (0..17u8)
+                    .map(|i| json!({"deviceName": format!("/dev/sd{}", (b'b' + i) as char), "sizeGiB": 1}))
+                    .collect::<Vec<_>>()}),
+            ),
+            &["spec.dataVolumes", "must have at most 16 items|Too many"],
+        ),
+        case(
             "unknown field",
             template_with("t", json!({"replicas": 3})),
             &["spec.replicas"],

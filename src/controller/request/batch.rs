@@ -17,7 +17,8 @@ use crate::controller::cloud::capacity::{CapacityCache, Offering};
 use crate::controller::cloud::ownership::Owner;
 use crate::controller::reason::refused_backoff;
 use crate::provider::{
-    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
+    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions, LaunchSpec, MetadataSpec,
+    VolumeSpec,
 };
 
 /// Most machines one launch call asks for: EC2 refills its launched-instances
@@ -375,6 +376,7 @@ pub fn spec_for(
             hop_limit: template.metadata_options.hop_limit,
         },
         tags: extras.owner.tags(&batch.id, &template.tags),
+        options: LaunchOptions::of_template(template),
     }
 }
 
@@ -479,6 +481,7 @@ mod tests {
             metadata_options: MetadataOptions::default(),
             tags: BTreeMap::new(),
             max_machines: None,
+            ..MachineTemplateSpec::default()
         }
     }
 

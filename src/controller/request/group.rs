@@ -200,6 +200,7 @@ pub(crate) fn test_spec(batch: &str) -> LaunchSpec {
             hop_limit: None,
         },
         tags: BTreeMap::new(),
+        options: crate::provider::LaunchOptions::default(),
     }
 }
 

@@ -343,7 +343,40 @@ async fn validate_in_provider(
             Some(RETRY_MISSING),
         ));
     }
-    Ok(())
+    check_placement_group(provider, spec).await
+}
+
+/// Checks that the placement group the template names exists: a launch into
+/// an unknown group is refused by EC2 (`InvalidPlacementGroup.Unknown`), so
+/// the template says so before any request tries.
+async fn check_placement_group(
+    provider: &dyn MachineProvider,
+    spec: &MachineTemplateSpec,
+) -> Result<(), NotReady> {
+    let Some(group) = spec.placement.as_ref().and_then(|p| p.group_name.clone()) else {
+        return Ok(());
+    };
+    let missing = provider
+        .missing_placement_groups(std::slice::from_ref(&group))
+        .await
+        .map_err(|e| {
+            NotReady::from_provider(
+                "checking spec.placement.groupName",
+                Reason::PlacementGroupNotFound,
+                &e,
+            )
+        })?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(NotReady::new(
+        Reason::PlacementGroupNotFound,
+        format!(
+            "spec.placement.groupName: placement group {group} not found in provider {}",
+            provider.name()
+        ),
+        Some(RETRY_MISSING),
+    ))
 }
 
 fn to_time(t: SystemTime) -> Time {

@@ -115,6 +115,13 @@ impl MachineProvider for AwsProvider {
         validate::unknown_instance_types(&self.clients, &self.calls, types).await
     }
 
+    async fn missing_placement_groups(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        validate::missing_placement_groups(&self.clients, &self.calls, names).await
+    }
+
     async fn instance_type_info(
         &self,
         instance_type: &str,

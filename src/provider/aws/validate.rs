@@ -63,6 +63,31 @@ pub(super) async fn missing_security_groups(
     .await
 }
 
+/// Placement group names in `names` that DescribePlacementGroups does not
+/// report, in input order. Asked by the `group-name` filter, which answers an
+/// empty list for an unknown name, where the `GroupNames` parameter would fail
+/// the whole call (`InvalidPlacementGroup.Unknown`). The call has no paging.
+pub(super) async fn missing_placement_groups(
+    clients: &AwsClients,
+    calls: &Calls,
+    names: &[String],
+) -> Result<Vec<String>, ProviderError> {
+    not_reported(names, |batch, _token| {
+        let request = clients
+            .ec2
+            .describe_placement_groups()
+            .filters(filter("group-name", &batch));
+        async move {
+            let out = calls
+                .run("DescribePlacementGroups", || request.send())
+                .await?;
+            let names = out.placement_groups().iter().filter_map(|g| g.group_name());
+            Ok((names.map(str::to_string).collect(), None))
+        }
+    })
+    .await
+}
+
 /// The ids of `ids` (deduplicated, in input order) that a filtered listing does
 /// not report. `page` sends one page of the listing for a batch of at most
 /// [`FILTER_BATCH`] ids and a page token, and answers the ids it reported.

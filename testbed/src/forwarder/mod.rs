@@ -47,6 +47,7 @@
 //! and lag; see that module's docs for its API.
 
 mod fidelity;
+mod placement;
 mod rules;
 mod server;
 mod throttle;
@@ -68,6 +69,7 @@ pub use fidelity::{
     FaultKind, FaultRule, Fidelity, FidelityCounters, FleetError, KillAtLaunch, Pick,
     RandomProfile, Then, Visibility,
 };
+pub use placement::PlacementGroup;
 pub use rules::{InjectedError, Rule, RuleId};
 pub use throttle::{Bucket, RateLimits};
 
@@ -198,6 +200,13 @@ impl Forwarder {
             .lock()
             .replies
             .insert(action.into(), body.into());
+    }
+
+    /// Adds a placement group to those `DescribePlacementGroups` reports
+    /// (moto has none: the forwarder answers that call itself, from the
+    /// groups added here; see `placement`).
+    pub fn add_placement_group(&self, group: PlacementGroup) {
+        self.shared.lock().placement_groups.push(group);
     }
 
     /// Forwards `action` to moto again.
@@ -444,6 +453,7 @@ struct State {
     upstream_errors: BTreeMap<String, u64>,
     requests: VecDeque<(String, BTreeMap<String, String>)>,
     replies: HashMap<String, String>,
+    placement_groups: Vec<PlacementGroup>,
     model: fidelity::Model,
 }
 
@@ -504,6 +514,12 @@ impl State {
         }
         if let Some(body) = self.replies.get(action) {
             return Decision::Reply(body.clone());
+        }
+        if action == "DescribePlacementGroups" && call.is_ec2() {
+            return match placement::describe(&self.placement_groups, &call.params) {
+                Ok(body) => Decision::Reply(body),
+                Err(error) => Decision::Answer(error),
+            };
         }
         if self.model.serves(action, &call.params) && call.is_ec2() && !call.json {
             return Decision::Model;

@@ -7,12 +7,14 @@
 //!
 //! [`convert`] reads the fields by group, in a fixed order (the notes come
 //! out in that order): the launch group (`launch.rs`), the host group
-//! (`host.rs`), the machine limit, then the fields with no equivalent
+//! (`host.rs`, with placement, tenancy and EBS optimization from
+//! `placement.rs`), the machine limit, then the fields with no equivalent
 //! (`unmapped.rs`).
 
 mod cursor;
 mod host;
 mod launch;
+mod placement;
 mod unmapped;
 
 use std::path::Path;
@@ -83,6 +85,7 @@ pub fn convert_with(
     launch::read(&mut c, &template_id)?.write(&mut spec);
     host::image(&mut c, &mut spec);
     host::network(&mut c, &mut spec);
+    placement::read(&mut c, &mut spec);
     if let Some(v) = host::root_volume(&mut c) {
         spec.insert("rootVolume".into(), v);
     }
@@ -174,6 +177,44 @@ mod tests {
 
     fn fields(c: &Converted) -> Vec<&str> {
         c.notes.iter().map(|n| n.field.as_str()).collect()
+    }
+
+    #[test]
+    fn placement_tenancy_and_ebs_optimization_have_a_home() {
+        let c = conv(json!({
+            "templateId": "hpc",
+            "imageId": "ami-0123456789abcdef0",
+            "vmType": "c6i.xlarge",
+            "placementGroupName": "pg-hpc",
+            "tenancy": "dedicated",
+            "ebsOptimized": "true",
+        }));
+        let spec = &c.template["spec"];
+        assert_eq!(
+            spec["placement"],
+            json!({"groupName": "pg-hpc", "tenancy": "dedicated"})
+        );
+        assert_eq!(spec["ebsOptimized"], json!(true));
+        assert_eq!(fields(&c), Vec::<&str>::new(), "{:?}", c.notes);
+
+        let c = conv(json!({
+            "templateId": "odd",
+            "imageId": "ami-0123456789abcdef0",
+            "vmType": "c6i.xlarge",
+            "tenancy": "shared",
+            "ebsOptimized": "sometimes",
+            "placementGroupName": "x".repeat(300),
+        }));
+        let spec = &c.template["spec"];
+        assert_eq!(spec.get("placement"), None);
+        assert_eq!(spec.get("ebsOptimized"), None);
+        assert_eq!(
+            fields(&c),
+            ["placementGroupName", "tenancy", "ebsOptimized"],
+            "{:?}",
+            c.notes
+        );
+        assert!(c.notes[1].message.contains("default, dedicated or host"));
     }
 
     #[test]

@@ -29,11 +29,13 @@ use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
     FleetOnDemandAllocationStrategy, FleetType, InstanceLifecycle, InstanceType,
-    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
-    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateCpuOptionsRequest,
+    LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
+    LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplatePlacementRequest,
     OnDemandOptionsRequest, RequestLaunchTemplateData, ResourceType, SpotAllocationStrategy,
-    SpotOptionsRequest, TargetCapacitySpecificationRequest, VolumeType,
+    SpotOptionsRequest, TargetCapacitySpecificationRequest, Tenancy, VolumeType,
 };
 use tracing::{info, warn};
 
@@ -47,6 +49,7 @@ use crate::provider::aws::tags;
 use super::template_cache::{Key, TemplateCache};
 use crate::provider::{
     CapacityType, LaunchAnswer, LaunchSpec, Machine, MachineState, ProviderError, Shortfall,
+    VolumeSpec,
 };
 
 /// The error EC2 answers CreateLaunchTemplate with when the name is taken:
@@ -200,24 +203,54 @@ pub(super) fn template_request(
         )))
 }
 
-/// The template's data: image, network security, access, user data, root
-/// volume, metadata options and the volumes' tags (the instances' come with
-/// the fleet call).
+/// The template's data: image, network security, access, user data, root and
+/// data volumes, metadata options, placement, EBS optimization, CPU options and
+/// the volumes' tags (the instances' come with the fleet call).
+///
+/// When the spec says whether to associate a public IP, the security groups go
+/// on a primary network interface (device index 0) instead of the top level:
+/// EC2 takes `AssociatePublicIpAddress` only on an interface and refuses
+/// instance-level groups beside one
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_LaunchTemplateInstanceNetworkInterfaceSpecificationRequest.html>).
+/// The subnet stays in the fleet's overrides, which EC2 applies to that
+/// interface.
 pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
-    let root = spec.root_volume.as_ref().map(|v| {
-        LaunchTemplateBlockDeviceMappingRequest::builder()
-            .device_name(root_device(spec))
-            .ebs(
-                LaunchTemplateEbsBlockDeviceRequest::builder()
-                    .volume_size(v.size_gib)
-                    .volume_type(VolumeType::from(v.volume_type.as_str()))
-                    .set_iops(v.iops)
-                    .set_throughput(v.throughput)
-                    .encrypted(v.encrypted)
-                    .set_kms_key_id(v.kms_key_id.clone())
+    let volumes: Vec<LaunchTemplateBlockDeviceMappingRequest> =
+        spec.root_volume
+            .as_ref()
+            .map(|v| template_volume(root_device(spec), v, true))
+            .into_iter()
+            .chain(spec.options.data_volumes.iter().map(|d| {
+                template_volume(d.device_name.clone(), &d.volume, d.delete_on_termination)
+            }))
+            .collect();
+    let o = &spec.options;
+    let groups = non_empty(&spec.security_group_ids);
+    let (groups, interface) = match o.associate_public_ip {
+        None => (groups, None),
+        Some(public) => (
+            None,
+            Some(
+                LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(public)
                     .delete_on_termination(true)
+                    .set_groups(groups)
                     .build(),
-            )
+            ),
+        ),
+    };
+    let placement = o.has_placement().then(|| {
+        LaunchTemplatePlacementRequest::builder()
+            .set_group_name(o.placement_group.clone())
+            .set_partition_number(o.partition_number)
+            .set_tenancy(o.tenancy.as_deref().map(Tenancy::from))
+            .build()
+    });
+    let cpu = o.cpu.as_ref().map(|c| {
+        LaunchTemplateCpuOptionsRequest::builder()
+            .set_core_count(c.core_count)
+            .set_threads_per_core(c.threads_per_core)
             .build()
     });
     let profile = spec.instance_profile.as_deref().map(|p| {
@@ -239,11 +272,15 @@ pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
         .build();
     RequestLaunchTemplateData::builder()
         .image_id(&spec.image_id)
-        .set_security_group_ids(non_empty(&spec.security_group_ids))
+        .set_security_group_ids(groups)
+        .set_network_interfaces(interface.map(|i| vec![i]))
+        .set_placement(placement)
+        .set_ebs_optimized(o.ebs_optimized)
+        .set_cpu_options(cpu)
         .set_key_name(spec.key_name.clone())
         .set_iam_instance_profile(profile)
         .set_user_data(user_data(spec))
-        .set_block_device_mappings(root.map(|r| vec![r]))
+        .set_block_device_mappings(non_empty(&volumes))
         .metadata_options(metadata)
         .set_tag_specifications(non_empty(&tags::template_tag_specifications(
             &spec.tags,
@@ -252,8 +289,33 @@ pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
         .build()
 }
 
+/// One EBS block device mapping of the launch template.
+fn template_volume(
+    device: String,
+    v: &VolumeSpec,
+    delete_on_termination: bool,
+) -> LaunchTemplateBlockDeviceMappingRequest {
+    LaunchTemplateBlockDeviceMappingRequest::builder()
+        .device_name(device)
+        .ebs(
+            LaunchTemplateEbsBlockDeviceRequest::builder()
+                .volume_size(v.size_gib)
+                .volume_type(VolumeType::from(v.volume_type.as_str()))
+                .set_iops(v.iops)
+                .set_throughput(v.throughput)
+                .encrypted(v.encrypted)
+                .set_kms_key_id(v.kms_key_id.clone())
+                .delete_on_termination(delete_on_termination)
+                .build(),
+        )
+        .build()
+}
+
 /// CreateFleet of type `instant` over the template `template_id`, with
-/// every tag of the spec on the instances.
+/// every tag of the spec on the instances. The spend cap (`MaxTotalPrice`) goes on the options of each part the fleet
+/// launches, on-demand and spot: EC2 caps each part by its own options
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_OnDemandOptionsRequest.html>,
+/// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_SpotOptionsRequest.html>).
 pub(super) fn fleet_request(
     ec2: &aws_sdk_ec2::Client,
     spec: &LaunchSpec,
@@ -271,19 +333,20 @@ pub(super) fn fleet_request(
         .build();
     // "prioritized": on-demand follows the overrides' order (types, then
     // subnets, as the user ranked them) instead of the lowest price.
+    let cap = spec.options.max_total_price.clone();
     let on_demand_options = (on_demand > 0).then(|| {
         OnDemandOptionsRequest::builder()
             .allocation_strategy(FleetOnDemandAllocationStrategy::Prioritized)
+            .set_max_total_price(cap.clone())
             .build()
     });
-    let spot_options = match (&spec.capacity.allocation_strategy, spot > 0) {
-        (Some(s), true) => Some(
-            SpotOptionsRequest::builder()
-                .allocation_strategy(SpotAllocationStrategy::from(s.as_str()))
-                .build(),
-        ),
-        _ => None,
-    };
+    let strategy = spec.capacity.allocation_strategy.as_deref();
+    let spot_options = (spot > 0 && (strategy.is_some() || cap.is_some())).then(|| {
+        SpotOptionsRequest::builder()
+            .set_allocation_strategy(strategy.map(SpotAllocationStrategy::from))
+            .set_max_total_price(cap.clone())
+            .build()
+    });
     ec2.create_fleet()
         .r#type(FleetType::Instant)
         .set_client_token(client_token(spec))

@@ -97,7 +97,8 @@ fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
 #[cfg(test)]
 pub(super) mod fixtures {
     use crate::provider::{
-        InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec, MetadataSpec, VolumeSpec,
+        InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions, LaunchSpec, MetadataSpec,
+        VolumeSpec,
     };
 
     /// A client that is never sent anything: the builders only need one.
@@ -152,6 +153,7 @@ pub(super) mod fixtures {
                 ("Name".to_string(), "w".to_string()),
             ]
             .into(),
+            options: LaunchOptions::default(),
         }
     }
 }

@@ -4,9 +4,10 @@
 
 use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceType, MarketType, Placement, SpotMarketOptions, VolumeType,
+    BlockDeviceMapping, CpuOptionsRequest, EbsBlockDevice, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
+    MarketType, Placement, SpotMarketOptions, Tenancy, VolumeType,
 };
 
 use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
@@ -15,7 +16,7 @@ use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::describe::to_machine;
 use crate::provider::aws::errors::detail;
 use crate::provider::aws::tags;
-use crate::provider::{LaunchSpec, Machine, ProviderError};
+use crate::provider::{LaunchSpec, Machine, ProviderError, VolumeSpec};
 
 /// One RunInstances call; its answer holds the full instances, so no describe
 /// follows.
@@ -75,20 +76,24 @@ fn run_instances_request(
         .instance_types
         .first()
         .map(|t| InstanceType::from(t.name.as_str()));
-    let root = spec.root_volume.as_ref().map(|v| {
-        BlockDeviceMapping::builder()
-            .device_name(root_device(spec))
-            .ebs(
-                EbsBlockDevice::builder()
-                    .volume_size(v.size_gib)
-                    .volume_type(VolumeType::from(v.volume_type.as_str()))
-                    .set_iops(v.iops)
-                    .set_throughput(v.throughput)
-                    .encrypted(v.encrypted)
-                    .set_kms_key_id(v.kms_key_id.clone())
-                    .delete_on_termination(true)
-                    .build(),
-            )
+    let root = spec
+        .root_volume
+        .as_ref()
+        .map(|v| volume(root_device(spec), v, true));
+    let volumes: Vec<BlockDeviceMapping> = root
+        .into_iter()
+        .chain(
+            spec.options
+                .data_volumes
+                .iter()
+                .map(|d| volume(d.device_name.clone(), &d.volume, d.delete_on_termination)),
+        )
+        .collect();
+    let (subnet, groups, interface) = network(spec);
+    let cpu = spec.options.cpu.as_ref().map(|c| {
+        CpuOptionsRequest::builder()
+            .set_core_count(c.core_count)
+            .set_threads_per_core(c.threads_per_core)
             .build()
     });
     let profile = spec.instance_profile.as_deref().map(|p| {
@@ -115,13 +120,16 @@ fn run_instances_request(
         .min_count(1)
         .max_count(spec.count)
         .set_client_token(client_token(spec))
-        .set_subnet_id(spec.subnet_ids.first().cloned())
+        .set_subnet_id(subnet)
         .set_placement(placement(spec))
-        .set_security_group_ids(non_empty(&spec.security_group_ids))
+        .set_security_group_ids(groups)
+        .set_network_interfaces(interface.map(|i| vec![i]))
+        .set_ebs_optimized(spec.options.ebs_optimized)
+        .set_cpu_options(cpu)
         .set_key_name(spec.key_name.clone())
         .set_iam_instance_profile(profile)
         .set_user_data(user_data(spec))
-        .set_block_device_mappings(root.map(|r| vec![r]))
+        .set_block_device_mappings(non_empty(&volumes))
         .metadata_options(metadata)
         .set_instance_market_options(market)
         .set_tag_specifications(non_empty(&tags::tag_specifications(
@@ -130,18 +138,79 @@ fn run_instances_request(
         ))))
 }
 
-/// The batch's pinned zone, sent only when no subnet is (a subnet already
-/// names its zone). EC2's ClientToken is zonal: without a zone EC2 picks one
-/// per call, and a re-send it placed elsewhere would launch a second set
-/// (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>).
+/// One EBS block device mapping.
+fn volume(device: String, v: &VolumeSpec, delete_on_termination: bool) -> BlockDeviceMapping {
+    BlockDeviceMapping::builder()
+        .device_name(device)
+        .ebs(
+            EbsBlockDevice::builder()
+                .volume_size(v.size_gib)
+                .volume_type(VolumeType::from(v.volume_type.as_str()))
+                .set_iops(v.iops)
+                .set_throughput(v.throughput)
+                .encrypted(v.encrypted)
+                .set_kms_key_id(v.kms_key_id.clone())
+                .delete_on_termination(delete_on_termination)
+                .build(),
+        )
+        .build()
+}
+
+/// The subnet and security groups as top-level parameters, or, when the spec
+/// says whether to associate a public IP, on a primary network interface
+/// instead: EC2 takes `AssociatePublicIpAddress` only on a new interface at
+/// device index 0, and refuses an instance-level subnet or security groups
+/// beside a network interface
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html>).
+fn network(
+    spec: &LaunchSpec,
+) -> (
+    Option<String>,
+    Option<Vec<String>>,
+    Option<InstanceNetworkInterfaceSpecification>,
+) {
+    let subnet = spec.subnet_ids.first().cloned();
+    let groups = non_empty(&spec.security_group_ids);
+    match spec.options.associate_public_ip {
+        None => (subnet, groups, None),
+        Some(public) => (
+            None,
+            None,
+            Some(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(public)
+                    .delete_on_termination(true)
+                    .set_subnet_id(subnet)
+                    .set_groups(groups)
+                    .build(),
+            ),
+        ),
+    }
+}
+
+/// Placement: the placement group, partition and tenancy when the spec sets
+/// them, and the batch's pinned zone, sent only when no subnet is (a subnet
+/// already names its zone). EC2's ClientToken is zonal: without a zone EC2
+/// picks one per call, and a re-send it placed elsewhere would launch a second
+/// set (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>).
 fn placement(spec: &LaunchSpec) -> Option<Placement> {
-    if !spec.subnet_ids.is_empty() {
+    let zone = spec
+        .availability_zone
+        .as_ref()
+        .filter(|z| !z.is_empty() && spec.subnet_ids.is_empty());
+    let o = &spec.options;
+    if zone.is_none() && !o.has_placement() {
         return None;
     }
-    spec.availability_zone
-        .as_ref()
-        .filter(|z| !z.is_empty())
-        .map(|z| Placement::builder().availability_zone(z).build())
+    Some(
+        Placement::builder()
+            .set_availability_zone(zone.cloned())
+            .set_group_name(o.placement_group.clone())
+            .set_partition_number(o.partition_number)
+            .set_tenancy(o.tenancy.as_deref().map(Tenancy::from))
+            .build(),
+    )
 }
 
 #[cfg(test)]
@@ -149,7 +218,9 @@ mod tests {
     use super::super::fixtures::{offline_client, spec};
     use super::super::DEFAULT_ROOT_DEVICE;
     use super::*;
-    use crate::provider::{LaunchCapacity, MetadataSpec};
+    use crate::provider::{
+        CpuSpec, DataVolumeSpec, LaunchCapacity, LaunchOptions, MetadataSpec, VolumeSpec,
+    };
     use aws_sdk_ec2::types::ResourceType;
 
     #[test]
@@ -274,6 +345,108 @@ mod tests {
             .expect("spot");
         assert_eq!(m.market_type(), Some(&MarketType::Spot));
         assert_eq!(m.spot_options().and_then(|o| o.max_price()), Some("0.12"));
+    }
+
+    /// A spec with every launch option set.
+    fn spec_with_options() -> LaunchSpec {
+        let mut s = spec();
+        s.options = LaunchOptions {
+            placement_group: Some("pg-hpc".into()),
+            partition_number: Some(3),
+            tenancy: Some("dedicated".into()),
+            ebs_optimized: Some(true),
+            associate_public_ip: Some(false),
+            cpu: Some(CpuSpec {
+                core_count: Some(4),
+                threads_per_core: Some(1),
+            }),
+            data_volumes: vec![DataVolumeSpec {
+                device_name: "/dev/sdf".into(),
+                volume: VolumeSpec {
+                    size_gib: 200,
+                    volume_type: "io2".into(),
+                    iops: Some(5000),
+                    throughput: None,
+                    encrypted: true,
+                    kms_key_id: Some("alias/data".into()),
+                },
+                delete_on_termination: false,
+            }],
+            max_total_price: None,
+        };
+        s
+    }
+
+    #[test]
+    fn launch_options_reach_run_instances() {
+        let client = offline_client();
+        let req = run_instances_request(&client, &spec_with_options()).expect("valid");
+        let i = req.as_input();
+        let p = i.get_placement().as_ref().expect("placement");
+        assert_eq!(p.group_name(), Some("pg-hpc"));
+        assert_eq!(p.partition_number(), Some(3));
+        assert_eq!(p.tenancy(), Some(&Tenancy::Dedicated));
+        assert_eq!(p.availability_zone(), None, "the subnet decides the zone");
+        assert_eq!(i.get_ebs_optimized(), &Some(true));
+        let cpu = i.get_cpu_options().as_ref().expect("cpu");
+        assert_eq!(
+            (cpu.core_count(), cpu.threads_per_core()),
+            (Some(4), Some(1))
+        );
+        let bdm = i.get_block_device_mappings().as_ref().expect("volumes");
+        assert_eq!(bdm.len(), 2, "root and one data volume");
+        assert_eq!(bdm[1].device_name(), Some("/dev/sdf"));
+        let ebs = bdm[1].ebs().expect("ebs");
+        assert_eq!(ebs.volume_size(), Some(200));
+        assert_eq!(ebs.volume_type(), Some(&VolumeType::Io2));
+        assert_eq!((ebs.iops(), ebs.throughput()), (Some(5000), None));
+        assert_eq!(ebs.kms_key_id(), Some("alias/data"));
+        assert_eq!(ebs.delete_on_termination(), Some(false));
+        assert_eq!(
+            bdm[0].ebs().and_then(|e| e.delete_on_termination()),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn a_public_ip_choice_moves_subnet_and_groups_onto_the_interface() {
+        let client = offline_client();
+        let req = run_instances_request(&client, &spec_with_options()).expect("valid");
+        let i = req.as_input();
+        assert_eq!(i.get_subnet_id(), &None, "not beside an interface");
+        assert_eq!(i.get_security_group_ids(), &None, "not beside an interface");
+        let nics = i.get_network_interfaces().as_ref().expect("interface");
+        assert_eq!(nics.len(), 1);
+        assert_eq!(nics[0].device_index(), Some(0));
+        assert_eq!(nics[0].associate_public_ip_address(), Some(false));
+        assert_eq!(nics[0].subnet_id(), Some("subnet-a"));
+        assert_eq!(nics[0].groups(), ["sg-1".to_string()]);
+        assert_eq!(nics[0].delete_on_termination(), Some(true));
+
+        // Without subnets the pinned zone still goes in Placement, beside the group.
+        let mut s = spec_with_options();
+        s.subnet_ids.clear();
+        s.availability_zone = Some("us-east-1b".into());
+        let req = run_instances_request(&client, &s).expect("valid");
+        let i = req.as_input();
+        let nics = i.get_network_interfaces().as_ref().expect("interface");
+        assert_eq!(nics[0].subnet_id(), None);
+        let p = i.get_placement().as_ref().expect("placement");
+        assert_eq!(
+            (p.availability_zone(), p.group_name()),
+            (Some("us-east-1b"), Some("pg-hpc"))
+        );
+    }
+
+    #[test]
+    fn without_options_nothing_new_is_sent() {
+        let client = offline_client();
+        let req = run_instances_request(&client, &spec()).expect("valid");
+        let i = req.as_input();
+        assert_eq!(i.get_network_interfaces(), &None);
+        assert_eq!(i.get_ebs_optimized(), &None);
+        assert_eq!(i.get_cpu_options(), &None);
+        assert_eq!(i.get_placement(), &None);
     }
 
     #[test]

@@ -449,3 +449,111 @@ fn the_shortfall_names_each_error_with_its_override() {
     ))
     .is_empty());
 }
+
+/// A fleet spec with every launch option set.
+fn fleet_spec_with_options(on_demand_percent: i32) -> LaunchSpec {
+    let mut s = fleet_spec(on_demand_percent, 4);
+    s.options = crate::provider::LaunchOptions {
+        placement_group: Some("pg-hpc".into()),
+        partition_number: Some(2),
+        tenancy: Some("host".into()),
+        ebs_optimized: Some(true),
+        associate_public_ip: Some(true),
+        cpu: Some(crate::provider::CpuSpec {
+            core_count: Some(8),
+            threads_per_core: Some(1),
+        }),
+        data_volumes: vec![crate::provider::DataVolumeSpec {
+            device_name: "/dev/sdg".into(),
+            volume: VolumeSpec {
+                size_gib: 500,
+                volume_type: "st1".into(),
+                iops: None,
+                throughput: None,
+                encrypted: false,
+                kms_key_id: None,
+            },
+            delete_on_termination: true,
+        }],
+        max_total_price: Some("12.5".into()),
+    };
+    s
+}
+
+#[test]
+fn launch_options_reach_the_launch_template_data() {
+    let client = offline_client();
+    let req = template_request(&client, &Key::of(&fleet_spec_with_options(50)), "t");
+    let d = req
+        .as_input()
+        .get_launch_template_data()
+        .clone()
+        .expect("data");
+    let p = d.placement().expect("placement");
+    assert_eq!(p.group_name(), Some("pg-hpc"));
+    assert_eq!(p.partition_number(), Some(2));
+    assert_eq!(p.tenancy(), Some(&aws_sdk_ec2::types::Tenancy::Host));
+    assert_eq!(d.ebs_optimized(), Some(true));
+    let cpu = d.cpu_options().expect("cpu");
+    assert_eq!(
+        (cpu.core_count(), cpu.threads_per_core()),
+        (Some(8), Some(1))
+    );
+    let bdm = d.block_device_mappings();
+    assert_eq!(bdm.len(), 2, "root and one data volume");
+    assert_eq!(bdm[1].device_name(), Some("/dev/sdg"));
+    let ebs = bdm[1].ebs().expect("ebs");
+    assert_eq!(ebs.volume_size(), Some(500));
+    assert_eq!(ebs.volume_type(), Some(&VolumeType::St1));
+    assert_eq!(ebs.encrypted(), Some(false));
+    // The public IP choice takes the security groups onto the interface.
+    assert!(d.security_group_ids().is_empty(), "not beside an interface");
+    let nics = d.network_interfaces();
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].device_index(), Some(0));
+    assert_eq!(nics[0].associate_public_ip_address(), Some(true));
+    assert_eq!(nics[0].groups(), ["sg-1".to_string()]);
+    assert_eq!(nics[0].subnet_id(), None, "the overrides name the subnet");
+}
+
+#[test]
+fn the_spend_cap_goes_on_both_parts_of_the_fleet() {
+    let client = offline_client();
+    let req = fleet_request(&client, &fleet_spec_with_options(50), "t");
+    let i = req.as_input();
+    let od = i.get_on_demand_options().as_ref().expect("on-demand");
+    assert_eq!(od.max_total_price(), Some("12.5"));
+    let spot = i.get_spot_options().as_ref().expect("spot");
+    assert_eq!(spot.max_total_price(), Some("12.5"));
+
+    // All spot without a strategy: the cap alone still needs SpotOptions.
+    let mut s = fleet_spec_with_options(0);
+    s.capacity.allocation_strategy = None;
+    let req = fleet_request(&client, &s, "t");
+    let i = req.as_input();
+    assert_eq!(i.get_on_demand_options(), &None);
+    let spot = i.get_spot_options().as_ref().expect("spot");
+    assert_eq!(
+        (spot.max_total_price(), spot.allocation_strategy()),
+        (Some("12.5"), None)
+    );
+}
+
+#[test]
+fn without_options_the_template_data_is_as_before() {
+    let client = offline_client();
+    let req = template_request(&client, &Key::of(&fleet_spec(50, 4)), "t");
+    let d = req
+        .as_input()
+        .get_launch_template_data()
+        .clone()
+        .expect("data");
+    assert_eq!(d.placement(), None);
+    assert_eq!(d.ebs_optimized(), None);
+    assert_eq!(d.cpu_options(), None);
+    assert!(d.network_interfaces().is_empty());
+    assert_eq!(d.block_device_mappings().len(), 1);
+    let req = fleet_request(&client, &fleet_spec(50, 4), "t");
+    let od = req.as_input().get_on_demand_options().clone().expect("od");
+    assert_eq!(od.max_total_price(), None);
+}
