@@ -256,3 +256,85 @@ async fn a_machine_taken_for_gone_is_revived_or_terminated() {
         }
     }
 }
+
+/// Whether `p` is a full sweep's listing: the cluster tag alone, no state
+/// filter (the sweeps in between list only machines going down).
+fn is_full_listing(p: &std::collections::BTreeMap<String, String>) -> bool {
+    p.get("Filter.1.Name").map(String::as_str) == Some("tag:hostforge.io/cluster")
+        && !p.contains_key("Filter.2.Name")
+}
+
+/// A full sweep takes its view of the requests before it lists EC2. A
+/// request created while the listing is out can launch before the listing
+/// is answered, and its machines are then listed, old enough for a short
+/// grace period (EC2 rounds launch times down to the second), by a request
+/// the sweep's view does not hold. They are judged again against the
+/// request cache as it is at the verdict (`sweep::still_orphaned`), so they
+/// are never terminated as orphans.
+///
+/// The window is made deterministic with a gate: the operator's first full
+/// listing waits in the forwarder until the request is Ready and its
+/// machines are older than the grace period.
+#[tokio::test]
+async fn a_request_created_while_the_full_listing_is_out_keeps_its_machines() {
+    use hostforge_testbed::forwarder::{FaultRule, Gate};
+    let (env, fwd, cfg) = bed("sweep-window", "fullSweepInterval: 2s\ngcGracePeriod: 1s\n").await;
+    create_template(
+        &env,
+        "compute",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+        }),
+    )
+    .await;
+    let gate = Gate::new();
+    fwd.add_fault(
+        FaultRule::gate("DescribeInstances", &gate)
+            .param("Filter.1.Name", "tag:hostforge.io/cluster")
+            .without("Filter.2.Name")
+            .times(1),
+    );
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    let full_listings = || {
+        fwd.requests("DescribeInstances")
+            .iter()
+            .filter(|p| is_full_listing(p))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while full_listings() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no full listing reached the forwarder"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The sweep's view is taken; its listing waits at the gate.
+    create_request(&env, "late", "compute", 2, true).await;
+    let mr = wait_request(&env, "late", "Ready", WAIT, is_ready).await;
+    // Older than the grace period by EC2's own (rounded-down) launch times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(full_listings(), 1, "the first listing is still held");
+    gate.open();
+
+    // A second full listing starts only after the first sweep ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while full_listings() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never listed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fwd.calls("TerminateInstances"),
+        0,
+        "the late request's machines were taken for orphans"
+    );
+    let now = requests(&env).get("late").await.expect("request");
+    assert!(is_ready(&now), "{:?}", now.status);
+    assert_eq!(moto_live(&env, &uid(&mr)).await, status_live(&now));
+    assert_eq!(status_live(&now).len(), 2);
+}

@@ -66,7 +66,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 pub use fidelity::{
-    FaultKind, FaultRule, Fidelity, FidelityCounters, FleetError, KillAtLaunch, Pick,
+    FaultKind, FaultRule, Fidelity, FidelityCounters, FleetError, Gate, KillAtLaunch, Pick,
     RandomProfile, Then, Visibility,
 };
 pub use placement::PlacementGroup;

@@ -16,6 +16,8 @@ pub struct FaultRule {
     pub action: String,
     /// Parameters that must all match (same syntax as `Rule::param`).
     pub params: Vec<(String, String)>,
+    /// Parameters that must be absent (exact keys).
+    pub absent: Vec<String>,
     /// Uses left; `None`: until removed.
     pub times: Option<u32>,
     /// What to do.
@@ -35,6 +37,39 @@ pub enum FaultKind {
     /// CreateFleet answers 200 with no instance and `error` in its
     /// `errorSet`, without reaching moto.
     ZeroFleet(FleetError),
+    /// The call waits before it reaches moto until the test opens the gate:
+    /// a window in which the test changes the world the call will see,
+    /// driven by the test's own progress, never by a clock.
+    Gate(Gate),
+}
+
+/// A gate calls wait at (see [`FaultKind::Gate`]); clones share it.
+#[derive(Clone, Debug)]
+pub struct Gate(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(std::sync::Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens the gate: every call waiting at it, and every later one, goes on.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits until the gate is open.
+    pub(super) async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so the wait ends only by opening.
+        let _ = open.wait_for(|o| *o).await;
+    }
 }
 
 /// What the client gets instead of the real answer, after EC2 acted.
@@ -87,9 +122,22 @@ impl FaultRule {
         FaultRule {
             action: action.into(),
             params: Vec::new(),
+            absent: Vec::new(),
             times: None,
             kind,
         }
+    }
+
+    /// `action` waits at `gate` before it reaches moto.
+    pub fn gate(action: impl Into<String>, gate: &Gate) -> FaultRule {
+        FaultRule::new(action, FaultKind::Gate(gate.clone()))
+    }
+
+    /// Matches only calls without parameter `key` (an exact key, e.g.
+    /// `Filter.3.Name`).
+    pub fn without(mut self, key: impl Into<String>) -> FaultRule {
+        self.absent.push(key.into());
+        self
     }
 
     /// Forward `action`, then answer `error` instead of moto's answer.
@@ -151,6 +199,7 @@ impl FaultRule {
                 .params
                 .iter()
                 .all(|(key, value)| param_matches(key, value, params))
+            && self.absent.iter().all(|key| !params.contains_key(key))
     }
 
     pub(super) fn is_then(&self) -> bool {

@@ -67,7 +67,7 @@ use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 
 pub use config::{Fidelity, KillAtLaunch, Pick, RandomProfile, Visibility};
-pub use faults::{FaultKind, FaultRule, FleetError, Then};
+pub use faults::{FaultKind, FaultRule, FleetError, Gate, Then};
 pub use model::FidelityCounters;
 pub(in crate::forwarder) use model::Model;
 pub(in crate::forwarder) use xml::escape;
@@ -110,6 +110,9 @@ pub(in crate::forwarder) async fn serve(
         let mut state = shared.lock();
         (state.model.draw(action, params), state.model.on)
     };
+    if let Some(FaultKind::Gate(gate)) = &drawn.before {
+        gate.passed().await;
+    }
     let reply = match action {
         "RunInstances" => launch::run_instances(shared, headers, params, drawn.before).await,
         "CreateFleet" => launch::create_fleet(shared, headers, params, drawn.before).await,
