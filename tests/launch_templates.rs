@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification};
 use hostforge::api::{LaunchState, MachineRequest};
-use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
+use hostforge_testbed::forwarder::{FaultRule, Forwarder, InjectedError, Rule};
 use hostforge_testbed::machines::{
     assert_moto_matches_status, condition, create_request, create_template, is_ready, wait_request,
 };
@@ -293,6 +293,46 @@ async fn fleet_requests_share_one_launch_template_until_it_idles() {
         2,
         "a new one after the old was given up"
     );
+}
+
+/// A coalesced group's fleet call carries no request tag, only its group's;
+/// its launch template is still this namespace's: the same template the
+/// requests sent alone use, collected by this (namespaced) operator once
+/// idle, so none is left behind.
+#[tokio::test]
+async fn a_coalesced_fleets_template_is_shared_and_collected() {
+    let (env, fwd) = bed("lt-group").await;
+    let _op = OperatorProcess::start(&env, &config(&env, &fwd, "gcGracePeriod: 1s\n")).await;
+    fleet_template(&env, "fleet").await;
+    // The first call is held, so the next two requests queue and share one.
+    fwd.add_fault(FaultRule::forward_then_hold("CreateFleet", Duration::from_secs(7)).times(1));
+    create_request(&env, "a", "fleet", 1, true).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fwd.calls("CreateFleet") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no CreateFleet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create_request(&env, "b", "fleet", 2, true).await;
+    create_request(&env, "c", "fleet", 3, true).await;
+    for name in ["a", "b", "c"] {
+        let mr = wait_request(&env, name, "Ready", WAIT, is_ready).await;
+        assert_moto_matches_status(&env, &mr).await;
+    }
+    let calls = fwd.requests("CreateFleet");
+    assert!(
+        calls.iter().any(|p| p
+            .get("ClientToken")
+            .is_some_and(|t| t.starts_with("hostforge-lg-"))),
+        "a group call: {calls:#?}"
+    );
+    let ids: std::collections::BTreeSet<&String> = calls
+        .iter()
+        .filter_map(|p| {
+            p.get("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateId")
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "alone or grouped, one template: {calls:#?}");
+    wait_no_templates(&env, &env.namespace).await;
 }
 
 /// An instant fleet answering 200 with no instances and only an

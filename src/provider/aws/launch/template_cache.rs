@@ -37,8 +37,8 @@ const PER_LAUNCH_TAGS: [&str; 5] = [REQUEST_TAG, REQUEST_UID_TAG, BATCH_TAG, NAM
 /// a template only when the template would be the same.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
-    /// The requests' namespace (from the request tag), for a namespaced
-    /// operator's collector.
+    /// The requests' namespace (from the request or launch-group tag), for
+    /// a namespaced operator's collector.
     pub namespace: String,
     /// The template's content, as a spec.
     pub content: LaunchSpec,
@@ -47,9 +47,11 @@ pub(crate) struct Key {
 impl Key {
     /// The key of `spec`'s template.
     pub fn of(spec: &LaunchSpec) -> Key {
-        let namespace = spec
-            .tags
-            .get(REQUEST_TAG)
+        // A batch sent alone names its request, a coalesced group's call its
+        // LaunchGroup: both `<namespace>/<name>`.
+        let namespace = [REQUEST_TAG, GROUP_TAG]
+            .iter()
+            .find_map(|t| spec.tags.get(*t))
             .and_then(|r| r.split_once('/'))
             .map(|(ns, _)| ns.to_string())
             .unwrap_or_default();
@@ -212,6 +214,15 @@ mod tests {
         b.tags.insert(GROUP_TAG.into(), "ns/lg-1".into());
         assert_eq!(Key::of(&a), Key::of(&b));
         assert_eq!(Key::of(&a).namespace, "ns");
+
+        // A coalesced group's call carries no request tag, only its group's:
+        // same namespace, same template (a namespaced operator collects it).
+        let mut group = a.clone();
+        for tag in [REQUEST_TAG, REQUEST_UID_TAG, BATCH_TAG] {
+            group.tags.remove(tag);
+        }
+        group.tags.insert(GROUP_TAG.into(), "ns/lg-2".into());
+        assert_eq!(Key::of(&group), Key::of(&a));
 
         // Anything the template holds splits the key.
         let mut user_data = a.clone();
