@@ -253,9 +253,46 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption_notice_time: Option<Time>,
 
+    /// When the cloud recommended moving work off this spot machine (EC2's
+    /// rebalance recommendation: its risk of interruption went up). Empty while
+    /// no recommendation was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance_recommendation_time: Option<Time>,
+
+    /// A change the cloud scheduled for this machine (a retirement or a
+    /// maintenance) and when it starts. Empty while none was announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_event: Option<ScheduledEvent>,
+
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A change the cloud scheduled for a machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledEvent {
+    /// Retirement (the machine goes away for good) or Maintenance (it is
+    /// rebooted or its host maintained, and comes back).
+    pub kind: ScheduledEventKind,
+
+    /// The cloud's code for the change, e.g. AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED.
+    pub code: String,
+
+    /// When the change starts, if the cloud said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// What a scheduled change does to a machine.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum ScheduledEventKind {
+    /// The machine is stopped or terminated for good (failing hardware).
+    Retirement,
+    /// The machine is rebooted or its host maintained; it comes back.
+    Maintenance,
 }
 
 /// Why a machine no longer counts towards its request.
