@@ -129,7 +129,11 @@ fn the_iam_policy_allows_exactly_the_aws_calls_the_operator_makes() {
             other => panic!("Action {other}"),
         };
         for a in actions {
-            if let Some(op) = a.strip_prefix("ec2:").or_else(|| a.strip_prefix("ssm:")) {
+            if let Some(op) = a
+                .strip_prefix("ec2:")
+                .or_else(|| a.strip_prefix("ssm:"))
+                .or_else(|| a.strip_prefix("sqs:"))
+            {
                 allowed.insert(op.to_string());
             }
         }
@@ -161,7 +165,7 @@ fn the_iam_policy_allows_exactly_the_aws_calls_the_operator_makes() {
     called.insert("CreateTags".into());
     assert_eq!(
         allowed, called,
-        "docs/iam-policy.json must list exactly the EC2/SSM calls in src/provider/aws"
+        "docs/iam-policy.json must list exactly the EC2/SSM/SQS calls in src/provider/aws"
     );
 }
 

@@ -1,4 +1,4 @@
-//! The interruption queue on SQS: receive by long polling, delete by batch,
+//! The interruption queue on SQS: receive by long polling, delete each message,
 //! resolve a queue name to its URL once. Calls are reported to the observer
 //! like EC2's, but take no EC2 rate-limit tokens (SQS has its own, far
 //! higher, limits).
@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use tokio::sync::OnceCell;
 use tracing::warn;
 
@@ -127,45 +126,28 @@ impl EventQueue for SqsQueue {
             return Ok(());
         }
         let url = self.resolve().await?;
-        for chunk in receipts.chunks(MAX_MESSAGES as usize) {
-            let mut entries = Vec::with_capacity(chunk.len());
-            for (i, receipt) in chunk.iter().enumerate() {
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .build()
-                    .map_err(|e| {
-                        ProviderError::InvalidParameter(ErrorDetail {
-                            operation: "DeleteMessageBatch",
-                            code: "InvalidEntry".into(),
-                            message: e.to_string(),
-                        })
-                    })?;
-                entries.push(entry);
-            }
-            let out = self
+        // One DeleteMessage per message (a handful per receive): the batch
+        // call is authorised by the same IAM action and saves nothing here.
+        // Every receipt is tried; the first failure is reported.
+        let mut first_error = None;
+        for receipt in receipts {
+            let sent = self
                 .calls
-                .run("DeleteMessageBatch", || {
+                .run("DeleteMessage", || {
                     self.sqs
-                        .delete_message_batch()
+                        .delete_message()
                         .queue_url(&url)
-                        .set_entries(Some(entries))
+                        .receipt_handle(receipt)
                         .send()
                 })
-                .await?;
-            if let Some(failed) = out.failed.first() {
-                return Err(ProviderError::Unknown(ErrorDetail {
-                    operation: "DeleteMessageBatch",
-                    code: failed.code.clone(),
-                    message: format!(
-                        "{} of {} deletes failed: {}",
-                        out.failed.len(),
-                        chunk.len(),
-                        failed.message.clone().unwrap_or_default()
-                    ),
-                }));
+                .await;
+            if let Err(err) = sent {
+                first_error.get_or_insert(err);
             }
         }
-        Ok(())
+        match first_error {
+            None => Ok(()),
+            Some(err) => Err(err),
+        }
     }
 }
