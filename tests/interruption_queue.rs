@@ -6,7 +6,9 @@
 //! and every message is deleted, including one about an instance no request
 //! holds and one that is no event at all. While the queue answers, no
 //! DescribeSpotInstanceRequests call is made; when it does not, the polling
-//! takes over.
+//! takes over. With the `failpoints` feature (`make test`), an operator killed
+//! between the status write and the delete leaves the message to come back,
+//! and the restarted one handles it again with the same result.
 //!
 //! moto delivers EventBridge → SQS for every shape used here (the message
 //! body is the event itself, as on AWS), so only the malformed message is
@@ -30,6 +32,11 @@ use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
+
+/// How long a message left undeleted takes to be handled again, with room
+/// for a loaded machine: the visibility timeout (60 s), a long poll (20 s).
+#[cfg(feature = "failpoints")]
+const REDELIVERY_WAIT: Duration = Duration::from_secs(300);
 
 /// An instance id no request holds (another cluster's machine).
 const FOREIGN: &str = "i-0fffffffffffffff0";
@@ -170,14 +177,23 @@ fn config_with_queue(env: &TestEnv, fwd: &Forwarder, queue: &str) -> String {
 }
 
 /// Polls `check` every 200 ms until it holds, for at most `WAIT`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(what, WAIT, check).await
+}
+
+/// Polls `check` every 200 ms until it holds, for at most `timeout`.
+async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -387,4 +403,74 @@ async fn an_unreachable_queue_falls_back_to_polling() {
     assert!(fwd.calls("GetQueueUrl") >= 1);
     assert!(op.metric("hostforge_interruption_queue_failures_total", &[]) >= 1.0);
     assert_eq!(op.metric("hostforge_interruption_queue_up", &[]), 0.0);
+}
+
+/// The operator dies after the status write and before the delete (failpoint
+/// `queue-before-delete`): the message stays in the queue, comes back after
+/// its visibility timeout (60 s) to the restarted operator, and is handled
+/// again with the same result: deleted, the notice time unchanged, one
+/// SpotInterruption Event.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_kill_between_status_write_and_delete_handles_the_message_again() {
+    let env = TestEnv::new("queue-crash").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let name = format!("hf-{}", env.namespace);
+    let cloud = Cloud::wire(&env, &name).await;
+    let cfg = config_with_queue(&env, &fwd, &name);
+    let op = OperatorProcess::start(&env, &cfg).await;
+    let mr = spot_request(&env, "held", 1).await;
+    drop(op);
+    let id = mr.status.as_ref().expect("status").machines[0].id.clone();
+    cloud
+        .ec2(
+            "EC2 Spot Instance Interruption Warning",
+            &id,
+            json!({"instance-id": id, "instance-action": "stop"}),
+        )
+        .await;
+    OperatorProcess::crash_at(&env, &cfg, "queue-before-delete", WAIT).await;
+
+    let crashed = hostforge_testbed::machines::requests(&env)
+        .get("held")
+        .await
+        .expect("get");
+    let noticed = machine(&crashed, &id)
+        .and_then(|m| m.interruption_notice_time.clone())
+        .expect("the status write came first");
+    assert_eq!(
+        cloud.messages_left().await,
+        1,
+        "not deleted before the crash"
+    );
+
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    // The queue's visibility timeout (60 s) and a long poll (20 s) first.
+    eventually_within(
+        "the message handled again and deleted",
+        REDELIVERY_WAIT,
+        || async { cloud.messages_left().await == 0 },
+    )
+    .await;
+    let mr = hostforge_testbed::machines::requests(&env)
+        .get("held")
+        .await
+        .expect("get");
+    assert_eq!(
+        machine(&mr, &id).and_then(|m| m.interruption_notice_time.clone()),
+        Some(noticed),
+        "the same notice"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let notices: Vec<Event> = events
+        .list(&ListParams::default().fields("involvedObject.name=held"))
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SpotInterruption"))
+        .collect();
+    assert_eq!(notices.len(), 1, "announced once: {notices:?}");
+    assert_eq!(notices[0].count.unwrap_or(1), 1, "{notices:?}");
 }

@@ -133,6 +133,10 @@ async fn handle(ctx: &Context, queue: &dyn EventQueue, messages: Vec<QueueMessag
             waiting.into_iter().partition(|w| written(ctx, &w.pending));
         waiting = rest;
         let receipts: Vec<String> = done.iter().map(|w| w.receipt.clone()).collect();
+        if !receipts.is_empty() {
+            // Status shows the events, the messages are still in the queue.
+            crate::failpoint!("queue-before-delete");
+        }
         delete(ctx, queue, &receipts).await;
         for w in &done {
             ctx.metrics.queue_message(&provider, w.kind, "applied");
