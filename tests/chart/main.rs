@@ -255,6 +255,8 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
             "serviceMonitor.enabled=true",
             "--set",
             "config.maxKubeRequestsInFlight=8",
+            "--set-json",
+            r#"config.providers=[{"name":"aws-default","type":"aws","region":"us-east-1","interruptionQueue":"hf-demo"}]"#,
         ],
     );
     let docs = documents(&out);
@@ -263,6 +265,11 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let parsed =
         hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
     assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
+    assert_eq!(
+        parsed.interruption_queue("aws-default"),
+        Some(&hostforge::config::QueueRef::Name("hf-demo".into())),
+        "{config}"
+    );
     // Namespace mode: cluster-wide, only `get` on namespaces/kube-system
     // (this cluster's identity)...
     let cluster_roles = find(&docs, "ClusterRole");
