@@ -13,7 +13,7 @@ use tracing::{error, info};
 
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::{ConfigError, OperatorConfig, ProviderKind};
-use crate::controller::cloud::events::QueueHealth;
+use crate::controller::cloud::interruption_queue::QueueHealth;
 use crate::controller::cloud::poller::Tracker;
 use crate::controller::{self, Context, Watches};
 use crate::http::{self, HttpError, Readiness};
@@ -236,7 +236,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             queue_health.clone(),
             stopped(),
         )),
-        tokio::spawn(controller::cloud::events::run(
+        tokio::spawn(controller::cloud::interruption_queue::run(
             ctx.clone(),
             queues,
             queue_health,

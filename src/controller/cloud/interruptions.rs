@@ -11,7 +11,7 @@
 //! not announce them twice.
 //!
 //! A provider whose interruption queue answers is not checked: the queue
-//! brings the same notices within seconds ([`super::events`]). The check
+//! brings the same notices within seconds ([`super::interruption_queue`]). The check
 //! covers it again as soon as a receive fails, until the queue answers.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use kube::runtime::reflector::ObjectRef;
 use tracing::warn;
 
-use super::events::QueueHealth;
+use super::interruption_queue::QueueHealth;
 use super::ticker::every;
 use crate::api::{MachineLifecycle, MachineRequest};
 use crate::controller::Context;

@@ -45,7 +45,7 @@ pub struct Tracker {
     fresh: Notify,
     /// Rebalance recommendations and scheduled changes from the
     /// interruption queue, until reconciles copy them into status.
-    events: super::events::EventBook,
+    queue_events: super::interruption_queue::EventBook,
 }
 
 #[derive(Default)]
@@ -76,7 +76,7 @@ impl Tracker {
                 state: Mutex::new(State::default()),
                 wake: tx,
                 fresh: Notify::new(),
-                events: super::events::EventBook::default(),
+                queue_events: super::interruption_queue::EventBook::default(),
             }),
             rx,
         )
@@ -87,9 +87,9 @@ impl Tracker {
     }
 
     /// What the interruption queue reported about machines beyond notices
-    /// and states (see [`super::events`]).
-    pub fn events(&self) -> &super::events::EventBook {
-        &self.events
+    /// and states (see [`super::interruption_queue`]).
+    pub fn queue_events(&self) -> &super::interruption_queue::EventBook {
+        &self.queue_events
     }
 
     /// The latest observation of `id`, if any.
@@ -173,7 +173,7 @@ impl Tracker {
             state.notices.remove(id);
         }
         drop(state);
-        self.events.forget(ids);
+        self.queue_events.forget(ids);
     }
 
     /// Drops observations of machines no request lists any more.
@@ -184,7 +184,7 @@ impl Tracker {
             state.notices.remove(id);
         }
         drop(state);
-        self.events.forget(ids);
+        self.queue_events.forget(ids);
     }
 
     /// Stores an interruption notice; true when it is new for that machine.

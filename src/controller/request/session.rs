@@ -15,7 +15,7 @@ use super::plan;
 use super::CONTROLLER;
 use crate::api::{CapacityType, MachineRequest, MachineRequestStatus, MachineState};
 use crate::controller::cloud::capacity::{self, DeathVerdict};
-use crate::controller::cloud::events::fold as events_fold;
+use crate::controller::cloud::interruption_queue::fold as queue_fold;
 use crate::controller::cloud::ownership::{Owner, BATCH_TAG};
 use crate::controller::cloud::sweep::VANISHED_REASON;
 use crate::controller::cloud::translate;
@@ -162,8 +162,8 @@ impl<'a> Session<'a> {
                 }
             }
             // Rebalance recommendations and scheduled changes from the
-            // interruption queue (src/controller/cloud/events).
-            announced.extend(events_fold::fold(m, &tracker.events().get(&m.id)));
+            // interruption queue (src/controller/cloud/interruption_queue).
+            announced.extend(queue_fold::fold(m, &tracker.queue_events().get(&m.id)));
         }
         let unlisted = tracker.take_unlisted(&self.owner.uid);
         self.adopt(unlisted);

@@ -78,14 +78,14 @@ pub fn apply(ctx: &Context, event: &CloudEvent, holders: &HashMap<String, Holder
                 if m.rebalance_recommendation_time.is_some() {
                     continue;
                 }
-                ctx.tracker.events().rebalance(&m.id, time);
+                ctx.tracker.queue_events().rebalance(&m.id, time);
                 Expect::Rebalance
             }
             CloudEvent::Scheduled {
                 kind, code, start, ..
             } => {
                 ctx.tracker
-                    .events()
+                    .queue_events()
                     .scheduled(&m.id, *kind, code, start.as_deref());
                 if m.scheduled_event.as_ref().is_some_and(|s| &s.code == code) {
                     continue;
