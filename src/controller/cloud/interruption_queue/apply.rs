@@ -6,26 +6,27 @@ use std::collections::HashMap;
 
 use kube::runtime::reflector::ObjectRef;
 
+use super::fold;
 use super::holders::Holder;
 use crate::api::{self, MachineLifecycle, MachineRequest};
 use crate::controller::Context;
 use crate::provider::{self, CapacityType, CloudEvent, InterruptionNotice};
 
 /// What a machine's status entry must show for an event to be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
     /// An interruption notice time.
     Notice,
     /// A rebalance recommendation time.
     Rebalance,
-    /// A scheduled event with this code.
-    Scheduled(String),
+    /// This scheduled event.
+    Scheduled(api::request::ScheduledEvent),
     /// A down state (stopping, stopped, shutting down, terminated).
     Down,
 }
 
 /// One status write a message waits for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
     /// The request that lists the machine.
     pub request: ObjectRef<MachineRequest>,
@@ -36,7 +37,7 @@ pub struct Pending {
 }
 
 /// What became of an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Recorded for these writes (none: status shows it already).
     Applied(Vec<Pending>),
@@ -64,7 +65,7 @@ pub fn apply(ctx: &Context, event: &CloudEvent, holders: &HashMap<String, Holder
         let m = &h.machine;
         let expect = match event {
             CloudEvent::SpotInterruption { action, time, .. } => {
-                if m.interruption_notice_time.is_some() {
+                if m.interruption_notice_time.is_some() || m.state.is_down() {
                     continue;
                 }
                 ctx.tracker.record_notice(InterruptionNotice {
@@ -75,7 +76,7 @@ pub fn apply(ctx: &Context, event: &CloudEvent, holders: &HashMap<String, Holder
                 Expect::Notice
             }
             CloudEvent::RebalanceRecommendation { time, .. } => {
-                if m.rebalance_recommendation_time.is_some() {
+                if m.rebalance_recommendation_time.is_some() || m.state.is_down() {
                     continue;
                 }
                 ctx.tracker.queue_events().rebalance(&m.id, time);
@@ -84,13 +85,17 @@ pub fn apply(ctx: &Context, event: &CloudEvent, holders: &HashMap<String, Holder
             CloudEvent::Scheduled {
                 kind, code, start, ..
             } => {
+                if m.state.is_down() {
+                    continue;
+                }
                 ctx.tracker
                     .queue_events()
                     .scheduled(&m.id, *kind, code, start.as_deref());
-                if m.scheduled_event.as_ref().is_some_and(|s| &s.code == code) {
+                let wanted = fold::scheduled_event(*kind, start.as_deref());
+                if m.scheduled_event.as_ref() == Some(&wanted) {
                     continue;
                 }
-                Expect::Scheduled(code.clone())
+                Expect::Scheduled(wanted)
             }
             CloudEvent::StateChange { state, .. } => {
                 let down = !matches!(
@@ -133,11 +138,15 @@ pub fn written(m: Option<&api::Machine>, expect: &Expect) -> bool {
     let Some(m) = m else {
         return true;
     };
+    if m.state.is_down() {
+        // Down is final for every event: nothing more is written for it.
+        return true;
+    }
     match expect {
         Expect::Notice => m.interruption_notice_time.is_some(),
         Expect::Rebalance => m.rebalance_recommendation_time.is_some(),
-        Expect::Scheduled(code) => m.scheduled_event.as_ref().is_some_and(|s| &s.code == code),
-        Expect::Down => m.state.is_down(),
+        Expect::Scheduled(wanted) => m.scheduled_event.as_ref() == Some(wanted),
+        Expect::Down => false,
     }
 }
 
@@ -171,21 +180,33 @@ mod tests {
     fn each_expectation_reads_its_own_field() {
         let mut m = api::Machine::unknown("i-1");
         m.state = api::MachineState::Running;
-        let code = Expect::Scheduled("AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED".into());
-        for e in [&Expect::Notice, &Expect::Rebalance, &code, &Expect::Down] {
+        let wanted = fold::scheduled_event(
+            crate::provider::ScheduledKind::Retirement,
+            Some("2027-01-06T08:00:00Z"),
+        );
+        let scheduled = Expect::Scheduled(wanted.clone());
+        for e in [
+            &Expect::Notice,
+            &Expect::Rebalance,
+            &scheduled,
+            &Expect::Down,
+        ] {
             assert!(!written(Some(&m), e), "{e:?}");
             assert!(written(None, e), "gone: nothing to write");
         }
         m.interruption_notice_time = Some(Time(Timestamp::UNIX_EPOCH));
         assert!(written(Some(&m), &Expect::Notice));
         assert!(!written(Some(&m), &Expect::Rebalance));
+        m.scheduled_event = Some(fold::scheduled_event(
+            crate::provider::ScheduledKind::Maintenance,
+            None,
+        ));
+        assert!(!written(Some(&m), &scheduled), "another schedule");
+        m.scheduled_event = Some(wanted);
+        assert!(written(Some(&m), &scheduled));
         m.state = api::MachineState::Stopped;
-        assert!(written(Some(&m), &Expect::Down));
-        m.scheduled_event = Some(api::request::ScheduledEvent {
-            kind: api::request::ScheduledEventKind::Maintenance,
-            code: "OTHER".into(),
-            time: None,
-        });
-        assert!(!written(Some(&m), &code), "another schedule");
+        for e in [&Expect::Rebalance, &Expect::Down] {
+            assert!(written(Some(&m), e), "down is final: {e:?}");
+        }
     }
 }

@@ -14,6 +14,13 @@ use super::MachineEvents;
 /// Folds `events` into `m`; returns the Events (reason, note) for what is new.
 pub fn fold(m: &mut Machine, events: &MachineEvents) -> Vec<(Reason, String)> {
     let mut out = Vec::new();
+    if m.state.is_down() {
+        // Moot once the machine is gone, and every byte of a status counts
+        // (src/api/request.rs, MAX_COUNT).
+        m.rebalance_recommendation_time = None;
+        m.scheduled_event = None;
+        return out;
+    }
     if let Some(at) = &events.rebalance_at {
         if m.rebalance_recommendation_time.is_none() {
             if let Some(t) = parse_time(at) {
@@ -29,14 +36,7 @@ pub fn fold(m: &mut Machine, events: &MachineEvents) -> Vec<(Reason, String)> {
         }
     }
     if let Some((kind, code, start)) = &events.scheduled {
-        let wanted = ScheduledEvent {
-            kind: match kind {
-                ScheduledKind::Retirement => ScheduledEventKind::Retirement,
-                ScheduledKind::Maintenance => ScheduledEventKind::Maintenance,
-            },
-            code: code.clone(),
-            time: start.as_deref().and_then(parse_time),
-        };
+        let wanted = scheduled_event(*kind, start.as_deref());
         if m.scheduled_event.as_ref() != Some(&wanted) {
             m.scheduled_event = Some(wanted);
             let when = start.as_deref().unwrap_or("a time the cloud did not give");
@@ -53,9 +53,22 @@ pub fn fold(m: &mut Machine, events: &MachineEvents) -> Vec<(Reason, String)> {
     out
 }
 
+/// The status entry of a scheduled change of `kind` starting at `start`
+/// (RFC 3339; unreadable or absent: no time).
+pub fn scheduled_event(kind: ScheduledKind, start: Option<&str>) -> ScheduledEvent {
+    ScheduledEvent {
+        kind: match kind {
+            ScheduledKind::Retirement => ScheduledEventKind::Retirement,
+            ScheduledKind::Maintenance => ScheduledEventKind::Maintenance,
+        },
+        time: start.and_then(parse_time),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api;
 
     #[test]
     fn new_facts_are_copied_and_announced_once() {
@@ -88,5 +101,10 @@ mod tests {
         // Redelivered: nothing new.
         assert!(fold(&mut m, &events).is_empty());
         assert!(fold(&mut m, &MachineEvents::default()).is_empty());
+        // Gone: cleared, not announced again.
+        m.state = api::MachineState::Terminated;
+        assert!(fold(&mut m, &events).is_empty());
+        assert_eq!(m.rebalance_recommendation_time, None);
+        assert_eq!(m.scheduled_event, None);
     }
 }
