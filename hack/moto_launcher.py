@@ -34,7 +34,9 @@
    but never registers its fleet, and every later TerminateInstances of those
    instances then fails with a 500 (`'NoneType' object has no attribute
    'launch_specs'`): machines nobody can remove. The GIL serializes moto's
-   work anyway, so a lock around each request costs no throughput.
+   work anyway, so a lock around each request costs no throughput. SQS calls
+   are left out: a long-polling ReceiveMessage holds its request for up to
+   20 s, and the interruption queue's consumer always has one open.
 6. Terminating an instance whose fleet moto does not know (an instance left
    by such a half-made CreateFleet) skips the fleet's bookkeeping instead of
    failing, as EC2 terminates any instance.
@@ -168,7 +170,20 @@ _dispatch = DomainDispatcherApplication.__call__
 _one_at_a_time = threading.Lock()
 
 
+def _is_sqs(environ):
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    scope = environ.get("HTTP_AUTHORIZATION", "")
+    return target.startswith("AmazonSQS.") or "/sqs/aws4_request" in scope
+
+
 def _dispatch_serialized(self, environ, start_response):
+    # SQS calls skip the lock: a long-polling ReceiveMessage waits up to 20 s
+    # inside moto, and holding the lock that long would stall every EC2 call
+    # behind it (on AWS the two services never wait on each other). SQS's
+    # models are a queue's message list, which moto's own threaded server
+    # shares between request threads anyway.
+    if _is_sqs(environ):
+        return _dispatch(self, environ, start_response)
     # moto renders the whole body inside the call; iterating it needs no lock.
     with _one_at_a_time:
         return _dispatch(self, environ, start_response)

@@ -45,6 +45,13 @@ struct TerminationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueMessageLabels {
+    provider: String,
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     result: &'static str,
 }
@@ -67,6 +74,9 @@ pub struct Metrics {
     foreign_machines: Family<ProviderLabels, Gauge>,
     orphans_held: Family<ProviderLabels, Gauge>,
     orphan_brakes: Family<ProviderLabels, Counter>,
+    queue_messages: Family<QueueMessageLabels, Counter>,
+    queue_failures: Family<ProviderLabels, Counter>,
+    queue_up: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -99,6 +109,24 @@ impl Metrics {
         let foreign_machines = Family::<ProviderLabels, Gauge>::default();
         let orphans_held = Family::<ProviderLabels, Gauge>::default();
         let orphan_brakes = Family::<ProviderLabels, Counter>::default();
+        let queue_messages = Family::<QueueMessageLabels, Counter>::default();
+        let queue_failures = Family::<ProviderLabels, Counter>::default();
+        let queue_up = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "interruption_queue_messages",
+            "Messages taken from the interruption queue, by provider instance, event kind (or malformed) and outcome (applied, unknown_instance, ignored, malformed, redelivered)",
+            queue_messages.clone(),
+        );
+        registry.register(
+            "interruption_queue_failures",
+            "Receives or deletes on the interruption queue that failed (the spot notice polling covers for the queue meanwhile)",
+            queue_failures.clone(),
+        );
+        registry.register(
+            "interruption_queue_up",
+            "1 while the provider's interruption queue answers (spot notices are not polled then), 0 while it does not",
+            queue_up.clone(),
+        );
         registry.register(
             "foreign_machines",
             "Machines carrying this cluster's name but another cluster's identity, as of the last full sweep (left alone; two clusters share a clusterName)",
@@ -191,7 +219,40 @@ impl Metrics {
             foreign_machines,
             orphans_held,
             orphan_brakes,
+            queue_messages,
+            queue_failures,
+            queue_up,
         }
+    }
+
+    /// Counts one message taken from `provider`'s interruption queue:
+    /// `kind` is the event's kind (or `malformed`), `outcome` what became of it.
+    pub fn queue_message(&self, provider: &str, kind: &'static str, outcome: &'static str) {
+        self.queue_messages
+            .get_or_create(&QueueMessageLabels {
+                provider: provider.to_string(),
+                kind,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts a failed receive or delete on `provider`'s interruption queue.
+    pub fn queue_failure(&self, provider: &str) {
+        self.queue_failures
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc();
+    }
+
+    /// Whether `provider`'s interruption queue answers right now.
+    pub fn queue_up(&self, provider: &str, up: bool) {
+        self.queue_up
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::from(up));
     }
 
     /// Records one batched describe by the poller.

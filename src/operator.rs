@@ -12,13 +12,16 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::api::{MachineRequest, MachineTemplate};
-use crate::config::{ConfigError, OperatorConfig};
+use crate::config::{ConfigError, OperatorConfig, ProviderKind};
+use crate::controller::cloud::interruption_queue::QueueHealth;
 use crate::controller::cloud::poller::Tracker;
 use crate::controller::{self, Context, Watches};
 use crate::http::{self, HttpError, Readiness};
 use crate::image::ImageResolver;
 use crate::leader::{Elector, LeaderError, LeaseSettings};
 use crate::metrics::Metrics;
+use crate::provider::aws::{AwsClients, SqsQueue};
+use crate::provider::queue::EventQueue;
 use crate::provider::registry::ProviderRegistry;
 
 /// The elector sends one request at a time; a second slot is slack.
@@ -201,6 +204,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         }
     };
 
+    // The interruption queues (providers[].interruptionQueue): while one
+    // answers, its provider's spot notices are read from it, not polled.
+    let queues = interruption_queues(&config, metrics.clone()).await;
+    let queue_health = Arc::new(QueueHealth::new(
+        queues.iter().map(|q| q.provider().to_string()),
+    ));
     let mut tasks = vec![
         tokio::spawn(controller::template::run(
             ctx.clone(),
@@ -224,6 +233,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tokio::spawn(controller::cloud::sweep::run(ctx.clone(), stopped())),
         tokio::spawn(controller::cloud::interruptions::run(
             ctx.clone(),
+            queue_health.clone(),
+            stopped(),
+        )),
+        tokio::spawn(controller::cloud::interruption_queue::run(
+            ctx.clone(),
+            queues,
+            queue_health,
             stopped(),
         )),
         tokio::spawn(controller::cloud::template_collector::run(
@@ -295,6 +311,31 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// One queue per provider with an `interruptionQueue`, with clients of its
+/// own built like the provider's (region, endpoint override, role).
+async fn interruption_queues(
+    config: &OperatorConfig,
+    metrics: Arc<Metrics>,
+) -> Vec<Arc<dyn EventQueue>> {
+    let mut out: Vec<Arc<dyn EventQueue>> = Vec::new();
+    for p in &config.providers {
+        let Some(queue) = config.interruption_queue(&p.name) else {
+            continue;
+        };
+        let clients = match p.kind {
+            ProviderKind::Aws => AwsClients::connect(p).await,
+        };
+        info!(provider = %p.name, queue = %queue, "reading the interruption queue");
+        out.push(Arc::new(SqsQueue::new(
+            &p.name,
+            clients.sqs,
+            queue.clone(),
+            metrics.clone(),
+        )));
+    }
+    out
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -72,6 +72,8 @@ impl Machine {
             image_id: None,
             termination_reason: None,
             interruption_notice_time: None,
+            rebalance_recommendation_time: None,
+            scheduled_event: None,
             message: None,
         }
     }

@@ -444,6 +444,8 @@ fn status_round_trips_through_json() {
             image_id: Some("ami-0123456789abcdef0".into()),
             termination_reason: None,
             interruption_notice_time: None,
+            rebalance_recommendation_time: None,
+            scheduled_event: None,
             message: None,
         }],
         launches: vec![LaunchBatch {

@@ -9,6 +9,7 @@
 mod checks;
 pub mod duration;
 pub mod policy;
+mod queue;
 pub mod rate_limits;
 mod raw;
 
@@ -99,6 +100,9 @@ pub struct OperatorConfig {
     /// provider without one admits every namespace and value (the
     /// single-tenant default).
     pub tenant_policies: BTreeMap<String, TenantPolicy>,
+    /// The interruption queues (`providers[].interruptionQueue`) by provider
+    /// name; a provider without one learns of interruptions by polling.
+    pub interruption_queues: BTreeMap<String, QueueRef>,
     /// How long a resolved image stays valid before it is looked up again.
     pub image_cache_ttl: Duration,
     /// Minimum age of an instance before garbage collection may terminate it.
@@ -174,6 +178,32 @@ pub struct ProviderConfig {
     /// buckets unless scaled, overridden or disabled), so the operator waits
     /// for tokens instead of being throttled.
     pub rate_limits: RateLimitConfig,
+}
+
+/// Where a provider's interruption queue is (`interruptionQueue`): the
+/// queue's URL, or its name in the provider's account and region (looked up
+/// once at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueRef {
+    /// `https://sqs.<region>.amazonaws.com/<account>/<name>` or an endpoint's.
+    Url(String),
+    /// The queue's name.
+    Name(String),
+}
+
+impl fmt::Display for QueueRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueRef::Url(s) | QueueRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+impl OperatorConfig {
+    /// The interruption queue of the provider called `name`, if it has one.
+    pub fn interruption_queue(&self, name: &str) -> Option<&QueueRef> {
+        self.interruption_queues.get(name)
+    }
 }
 
 /// The clouds hostforge has an adapter for: adding one is a variant here, an

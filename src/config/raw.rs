@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::checks::{check_dns_label, check_region, check_role_arn, check_url};
 use super::duration::{format_duration, parse_duration};
 use super::policy::RawPolicy;
+use super::queue::check_queue;
 use super::rate_limits::{RateLimitConfig, RawRateLimits};
 use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
@@ -107,6 +108,8 @@ struct RawProvider {
     rate_limits: Option<RawRateLimits>,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    interruption_queue: Option<String>,
 }
 
 impl RawConfig {
@@ -153,6 +156,7 @@ impl RawConfig {
         let mut seen = BTreeSet::new();
         let mut rate_limits = Vec::with_capacity(self.providers.len());
         let mut tenant_policies = BTreeMap::new();
+        let mut interruption_queues = BTreeMap::new();
         for (i, p) in self.providers.iter_mut().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
             if let Err(msg) = check_dns_label(&p.name) {
@@ -189,6 +193,14 @@ impl RawConfig {
                 }),
             };
             rate_limits.push(limits);
+            if let Some(raw) = &p.interruption_queue {
+                match check_queue(raw) {
+                    Ok(queue) => {
+                        interruption_queues.insert(p.name.clone(), queue);
+                    }
+                    Err(msg) => problem(key("interruptionQueue"), msg),
+                }
+            }
             if let Some(raw) = p.policy.take() {
                 match raw.validate(&key("policy")) {
                     Ok(policy) => {
@@ -328,6 +340,7 @@ impl RawConfig {
                 .collect(),
             default_provider,
             tenant_policies,
+            interruption_queues,
             image_cache_ttl,
             gc_grace_period,
             poll_interval,

@@ -116,6 +116,11 @@ pub enum Reason {
     MachineLost,
     /// The cloud announced it takes a spot machine back.
     SpotInterruption,
+    /// The cloud recommends moving work off a spot machine (elevated risk of
+    /// interruption).
+    RebalanceRecommendation,
+    /// The cloud scheduled a retirement or maintenance of a machine.
+    ScheduledChange,
     /// A machine carries this request's name and this cluster's name but
     /// another cluster's identity: two clusters share a `clusterName`; it is
     /// left alone.
@@ -161,6 +166,8 @@ impl Reason {
             Reason::Launched => "Launched",
             Reason::MachineLost => "MachineLost",
             Reason::SpotInterruption => "SpotInterruption",
+            Reason::RebalanceRecommendation => "RebalanceRecommendation",
+            Reason::ScheduledChange => "ScheduledChange",
             Reason::ForeignMachine => "ForeignMachine",
         }
     }

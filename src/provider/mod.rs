@@ -5,6 +5,7 @@
 //! match arm in [`registry`]. The AWS adapter lives in [`aws`].
 
 pub mod aws;
+mod cloud_event;
 mod error;
 #[cfg(test)]
 pub mod fake;
@@ -13,6 +14,7 @@ mod launch_answer;
 mod launch_spec;
 mod machine;
 mod observer;
+pub mod queue;
 pub mod registry;
 mod terminate;
 
@@ -20,6 +22,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+pub use cloud_event::{CloudEvent, ScheduledKind};
 pub use error::{ErrorDetail, ProviderError};
 pub use image::{ImageSource, ResolvedImage};
 pub use launch_answer::{LaunchAnswer, Shortfall};

@@ -129,7 +129,11 @@ fn the_iam_policy_allows_exactly_the_aws_calls_the_operator_makes() {
             other => panic!("Action {other}"),
         };
         for a in actions {
-            if let Some(op) = a.strip_prefix("ec2:").or_else(|| a.strip_prefix("ssm:")) {
+            if let Some(op) = a
+                .strip_prefix("ec2:")
+                .or_else(|| a.strip_prefix("ssm:"))
+                .or_else(|| a.strip_prefix("sqs:"))
+            {
                 allowed.insert(op.to_string());
             }
         }
@@ -161,7 +165,7 @@ fn the_iam_policy_allows_exactly_the_aws_calls_the_operator_makes() {
     called.insert("CreateTags".into());
     assert_eq!(
         allowed, called,
-        "docs/iam-policy.json must list exactly the EC2/SSM calls in src/provider/aws"
+        "docs/iam-policy.json must list exactly the EC2/SSM/SQS calls in src/provider/aws"
     );
 }
 
@@ -251,6 +255,8 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
             "serviceMonitor.enabled=true",
             "--set",
             "config.maxKubeRequestsInFlight=8",
+            "--set-json",
+            r#"config.providers=[{"name":"aws-default","type":"aws","region":"us-east-1","interruptionQueue":"hf-demo"}]"#,
         ],
     );
     let docs = documents(&out);
@@ -259,6 +265,11 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let parsed =
         hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
     assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
+    assert_eq!(
+        parsed.interruption_queue("aws-default"),
+        Some(&hostforge::config::QueueRef::Name("hf-demo".into())),
+        "{config}"
+    );
     // Namespace mode: cluster-wide, only `get` on namespaces/kube-system
     // (this cluster's identity)...
     let cluster_roles = find(&docs, "ClusterRole");

@@ -72,6 +72,9 @@ providers:
     {{- with .assumeRoleArn }}
     assumeRoleArn: {{ . | quote }}
     {{- end }}
+    {{- with .interruptionQueue }}
+    interruptionQueue: {{ . | quote }}
+    {{- end }}
     {{- with .policy }}
     policy: {{ toJson . }}
     {{- end }}

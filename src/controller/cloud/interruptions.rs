@@ -9,6 +9,10 @@
 //! publishes a `SpotInterruption` Event. Machines whose status already
 //! carries a notice are not asked about again, so a restarted operator does
 //! not announce them twice.
+//!
+//! A provider whose interruption queue answers is not checked: the queue
+//! brings the same notices within seconds ([`super::interruption_queue`]). The check
+//! covers it again as soon as a receive fails, until the queue answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -17,13 +21,15 @@ use std::sync::Arc;
 use kube::runtime::reflector::ObjectRef;
 use tracing::warn;
 
+use super::interruption_queue::QueueHealth;
 use super::ticker::every;
 use crate::api::{MachineLifecycle, MachineRequest};
 use crate::controller::Context;
 
 /// Checks every `spotNoticeInterval` (never, when it is zero) until
 /// `shutdown` resolves; the first check waits for the request watch's list.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+/// Providers whose queue `queues` reports answering are skipped.
+pub async fn run(ctx: Arc<Context>, queues: Arc<QueueHealth>, shutdown: impl Future<Output = ()>) {
     let interval = ctx.config.spot_notice_interval;
     if interval.is_zero() {
         return;
@@ -33,7 +39,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
             return;
         }
         every(interval, std::future::pending::<()>(), || async {
-            check_once(&ctx).await;
+            check_polled(&ctx, &queues).await;
         })
         .await;
     };
@@ -45,9 +51,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
 
 /// One check over every provider; returns the number of new notices.
 pub async fn check_once(ctx: &Context) -> usize {
+    check_polled(ctx, &QueueHealth::default()).await
+}
+
+/// One check over every provider whose queue `queues` does not report
+/// answering; returns the number of new notices.
+pub async fn check_polled(ctx: &Context, queues: &QueueHealth) -> usize {
     let (by_provider, holders) = spot_machines(ctx);
     let mut new = 0;
     for (provider_name, ids) in by_provider {
+        if queues.is_up(&provider_name) {
+            continue;
+        }
         let Some(provider) = ctx.providers.get(&provider_name) else {
             continue;
         };

@@ -5,6 +5,7 @@
 
 pub mod batch_lookups;
 pub mod capacity;
+pub mod interruption_queue;
 pub mod interruptions;
 pub mod launch_groups;
 pub mod ownership;

@@ -43,6 +43,9 @@ pub struct Tracker {
     wake: mpsc::UnboundedSender<ObjectRef<MachineRequest>>,
     /// Signalled when a request watches an id it did not watch before.
     fresh: Notify,
+    /// Rebalance recommendations and scheduled changes from the
+    /// interruption queue, until reconciles copy them into status.
+    queue_events: super::interruption_queue::EventBook,
 }
 
 #[derive(Default)]
@@ -73,6 +76,7 @@ impl Tracker {
                 state: Mutex::new(State::default()),
                 wake: tx,
                 fresh: Notify::new(),
+                queue_events: super::interruption_queue::EventBook::default(),
             }),
             rx,
         )
@@ -80,6 +84,12 @@ impl Tracker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the interruption queue reported about machines beyond notices
+    /// and states (see [`super::interruption_queue`]).
+    pub fn queue_events(&self) -> &super::interruption_queue::EventBook {
+        &self.queue_events
     }
 
     /// The latest observation of `id`, if any.
@@ -162,6 +172,8 @@ impl Tracker {
             state.observed.remove(id);
             state.notices.remove(id);
         }
+        drop(state);
+        self.queue_events.forget(ids);
     }
 
     /// Drops observations of machines no request lists any more.
@@ -171,6 +183,8 @@ impl Tracker {
             state.observed.remove(id);
             state.notices.remove(id);
         }
+        drop(state);
+        self.queue_events.forget(ids);
     }
 
     /// Stores an interruption notice; true when it is new for that machine.

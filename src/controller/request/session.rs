@@ -15,6 +15,7 @@ use super::plan;
 use super::CONTROLLER;
 use crate::api::{CapacityType, MachineRequest, MachineRequestStatus, MachineState};
 use crate::controller::cloud::capacity::{self, DeathVerdict};
+use crate::controller::cloud::interruption_queue::fold as queue_fold;
 use crate::controller::cloud::ownership::{Owner, BATCH_TAG};
 use crate::controller::cloud::sweep::VANISHED_REASON;
 use crate::controller::cloud::translate;
@@ -131,6 +132,7 @@ impl<'a> Session<'a> {
     pub async fn observe(&mut self) {
         let tracker = &self.ctx.tracker;
         let mut noticed = Vec::new();
+        let mut announced = Vec::new();
         let mut died: Vec<(usize, provider::Machine)> = Vec::new();
         let mut came_back: Vec<usize> = Vec::new();
         for (i, m) in self.status.machines.iter_mut().enumerate() {
@@ -159,11 +161,19 @@ impl<'a> Session<'a> {
                     noticed.push(notice);
                 }
             }
+            // Rebalance recommendations and scheduled changes from the
+            // interruption queue (src/controller/cloud/interruption_queue).
+            announced.extend(queue_fold::fold(m, &tracker.queue_events().get(&m.id)));
         }
         let unlisted = tracker.take_unlisted(&self.owner.uid);
         self.adopt(unlisted);
         self.take_back(&came_back).await;
         self.count_deaths(&died).await;
+        for (reason, note) in &announced {
+            warn!(request = %self.key(), reason = reason.as_str(), "{note}");
+            self.event(EventType::Warning, *reason, "Observe", note)
+                .await;
+        }
         for n in &noticed {
             warn!(request = %self.key(), instance = %n.id, action = %n.action,
                 noticed_at = %n.noticed_at, "spot interruption notice");

@@ -1,6 +1,8 @@
 //! One set of AWS SDK clients per provider instance, configured the same way
-//! for EC2 and SSM: region, optional endpoint override, optional role to
+//! for EC2, SSM and SQS: region, optional endpoint override, optional role to
 //! assume, bounded timeouts and the SDK's standard (jittered exponential) retry.
+//! SQS alone gets a longer attempt timeout: a long-polling receive holds its
+//! connection open for up to 20 s by design.
 
 use std::time::Duration;
 
@@ -22,6 +24,12 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per operation (the first included); throttling and 5xx answers are
 /// retried by the SDK with jittered exponential backoff.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// One HTTP attempt of an SQS operation fails after this long: a
+/// long-polling receive waits up to 20 s for a message before SQS answers,
+/// and that wait must not read as a timeout.
+pub const SQS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// An SQS operation, all attempts included, fails after this long.
+pub const SQS_OPERATION_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// The clients one provider instance uses.
 #[derive(Debug, Clone)]
@@ -30,6 +38,9 @@ pub struct AwsClients {
     pub ec2: aws_sdk_ec2::Client,
     /// SSM: image parameters.
     pub ssm: aws_sdk_ssm::Client,
+    /// SQS: the interruption queue (same region, endpoint override and
+    /// credentials as EC2, so a simulator or VPC endpoint serves both).
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl AwsClients {
@@ -54,6 +65,7 @@ impl AwsClients {
         AwsClients {
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
+            sqs: sqs_client(sdk),
         }
     }
 }
@@ -88,6 +100,21 @@ pub async fn sdk_config(
     base.into_builder()
         .credentials_provider(SharedCredentialsProvider::new(assumed))
         .build()
+}
+
+/// The SQS client of `sdk`: everything as for EC2 but the timeouts, which
+/// leave room for a long poll.
+fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(SQS_ATTEMPT_TIMEOUT)
+                .operation_timeout(SQS_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 fn timeouts() -> TimeoutConfig {

@@ -6,12 +6,14 @@ mod calls;
 pub mod clients;
 mod describe;
 pub mod errors;
+pub mod event_message;
 mod images;
 mod instance_types;
 mod launch;
 pub mod launch_templates;
 pub mod limits;
 mod pages;
+pub mod queue;
 mod spot;
 mod tags;
 mod terminate;
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 use aws_sdk_ec2::config::SharedCredentialsProvider;
 
 pub use clients::AwsClients;
+pub use queue::SqsQueue;
 
 use calls::Calls;
 use limits::Limiter;

@@ -1,0 +1,475 @@
+//! The interruption queue end to end, on real components: EC2's events are
+//! put on moto's default EventBridge bus in EC2's documented JSON (source
+//! `aws.ec2` / `aws.health`, AWS's `detail-type`s), a rule routes them to an
+//! SQS queue, and the operator reads that queue through the forwarder. The
+//! machines' status shows each event, the request publishes an Event for it,
+//! and every message is deleted, including one about an instance no request
+//! holds and one that is no event at all. While the queue answers, no
+//! DescribeSpotInstanceRequests call is made; when it does not, the polling
+//! takes over. With the `failpoints` feature (`make test`), an operator killed
+//! between the status write and the delete leaves the message to come back,
+//! and the restarted one handles it again with the same result.
+//!
+//! moto delivers EventBridge → SQS for every shape used here (the message
+//! body is the event itself, as on AWS), so only the malformed message is
+//! sent to the queue directly: EventBridge cannot carry a body that is not
+//! an event.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use aws_sdk_sqs::types::QueueAttributeName;
+use hostforge::api::request::ScheduledEventKind;
+use hostforge::api::{MachineRequest, MachineState, TerminationReason};
+use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::machines::{create_request, create_template, is_ready, wait_request};
+use hostforge_testbed::operator::config_via;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM, REGION};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// How long a message left undeleted takes to be handled again, with room
+/// for a loaded machine: the visibility timeout (60 s), a long poll (20 s).
+#[cfg(feature = "failpoints")]
+const REDELIVERY_WAIT: Duration = Duration::from_secs(300);
+
+/// An instance id no request holds (another cluster's machine).
+const FOREIGN: &str = "i-0fffffffffffffff0";
+
+fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
+        ))
+        .build()
+}
+
+/// The cloud's side of the wiring, straight on moto (not through the
+/// forwarder, which stands for the operator's network path).
+struct Cloud {
+    sqs: aws_sdk_sqs::Client,
+    events: aws_sdk_eventbridge::Client,
+    queue_url: String,
+}
+
+impl Cloud {
+    /// A queue called `name` and a rule on the default bus sending EC2's and
+    /// AWS Health's events to it, as docs/interruptions.md sets them up.
+    async fn wire(env: &TestEnv, name: &str) -> Cloud {
+        let config = sdk_config(&env.bed.moto_url);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let events = aws_sdk_eventbridge::Client::new(&config);
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url
+            .expect("queue url");
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("queue arn");
+        let pattern = json!({
+            "source": ["aws.ec2", "aws.health"],
+            "detail-type": [
+                "EC2 Spot Instance Interruption Warning",
+                "EC2 Instance Rebalance Recommendation",
+                "EC2 Instance State-change Notification",
+                "AWS Health Event"
+            ]
+        });
+        events
+            .put_rule()
+            .name(name)
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .expect("PutRule");
+        events
+            .put_targets()
+            .rule(name)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("queue")
+                    .arn(arn)
+                    .build()
+                    .expect("target"),
+            )
+            .send()
+            .await
+            .expect("PutTargets");
+        Cloud {
+            sqs,
+            events,
+            queue_url,
+        }
+    }
+
+    /// Puts one event on the default bus.
+    async fn put(&self, source: &str, detail_type: &str, resources: &[&str], detail: Value) {
+        let mut entry = PutEventsRequestEntry::builder()
+            .source(source)
+            .detail_type(detail_type)
+            .detail(detail.to_string());
+        for r in resources {
+            entry = entry.resources(*r);
+        }
+        let out = self
+            .events
+            .put_events()
+            .entries(entry.build())
+            .send()
+            .await
+            .expect("PutEvents");
+        assert_eq!(out.failed_entry_count, 0, "{out:?}");
+    }
+
+    /// An EC2 event about instance `id`.
+    async fn ec2(&self, detail_type: &str, id: &str, detail: Value) {
+        let arn = format!("arn:aws:ec2:{REGION}:123456789012:instance/{id}");
+        self.put("aws.ec2", detail_type, &[&arn], detail).await;
+    }
+
+    /// Messages in the queue, visible or received and not deleted.
+    async fn messages_left(&self) -> u64 {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes
+            .unwrap_or_default();
+        attrs.values().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
+    }
+}
+
+/// The operator's config (loops quick, the sweep slow so only the queue can
+/// tell it a machine went, spot notices polled every second unless the queue
+/// answers) with `queue` as the provider's interruption queue.
+fn config_with_queue(env: &TestEnv, fwd: &Forwarder, queue: &str) -> String {
+    let cfg = config_via(env, fwd, "10m", "spotNoticeInterval: 1s\n");
+    let endpoint = format!("    endpointUrl: {}\n", fwd.endpoint());
+    assert!(cfg.contains(&endpoint), "{cfg}");
+    cfg.replace(
+        &endpoint,
+        &format!("{endpoint}    interruptionQueue: {queue}\n"),
+    )
+}
+
+/// Polls `check` every 200 ms until it holds, for at most `WAIT`.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(what, WAIT, check).await
+}
+
+/// Polls `check` every 200 ms until it holds, for at most `timeout`.
+async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn spot_request(env: &TestEnv, name: &str, count: i32) -> MachineRequest {
+    create_template(
+        env,
+        "spot",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "capacityType": "spot",
+        }),
+    )
+    .await;
+    create_request(env, name, "spot", count, true).await;
+    wait_request(env, name, "Ready", WAIT, is_ready).await
+}
+
+fn machine<'a>(mr: &'a MachineRequest, id: &str) -> Option<&'a hostforge::api::Machine> {
+    mr.status.as_ref()?.machines.iter().find(|m| m.id == id)
+}
+
+#[tokio::test]
+async fn queue_events_reach_status_and_every_message_is_deleted() {
+    let env = TestEnv::new("queue-events").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let name = format!("hf-{}", env.namespace);
+    let cloud = Cloud::wire(&env, &name).await;
+    let op = OperatorProcess::start(&env, &config_with_queue(&env, &fwd, &name)).await;
+
+    let mr = spot_request(&env, "held", 3).await;
+    let ids: Vec<String> = mr
+        .status
+        .as_ref()
+        .expect("status")
+        .machines
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    let [warned, rebalanced, lost] = [&ids[0], &ids[1], &ids[2]];
+
+    // EC2 takes `lost` back (outside the operator), then says so.
+    env.ec2()
+        .terminate_instances()
+        .instance_ids(lost)
+        .send()
+        .await
+        .expect("terminate in moto");
+    cloud
+        .ec2(
+            "EC2 Spot Instance Interruption Warning",
+            warned,
+            json!({"instance-id": warned, "instance-action": "terminate"}),
+        )
+        .await;
+    cloud
+        .ec2(
+            "EC2 Instance Rebalance Recommendation",
+            rebalanced,
+            json!({"instance-id": rebalanced}),
+        )
+        .await;
+    cloud
+        .put(
+            "aws.health",
+            "AWS Health Event",
+            &[rebalanced],
+            json!({
+                "eventArn": "arn:aws:health:us-east-1::event/EC2/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED_1",
+                "service": "EC2",
+                "eventTypeCode": "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED",
+                "eventTypeCategory": "scheduledChange",
+                "startTime": "Wed, 06 Jan 2027 08:00:00 GMT",
+                "endTime": "Wed, 06 Jan 2027 10:00:00 GMT",
+                "eventDescription": [{"language": "en_US", "latestDescription": "retirement"}],
+                "affectedEntities": [{"entityValue": rebalanced}]
+            }),
+        )
+        .await;
+    cloud
+        .ec2(
+            "EC2 Instance State-change Notification",
+            lost,
+            json!({"instance-id": lost, "state": "terminated"}),
+        )
+        .await;
+    // Another cluster's machine, and a body that is no event (sent to the
+    // queue directly: EventBridge only carries events).
+    cloud
+        .ec2(
+            "EC2 Instance State-change Notification",
+            FOREIGN,
+            json!({"instance-id": FOREIGN, "state": "stopped"}),
+        )
+        .await;
+    cloud
+        .sqs
+        .send_message()
+        .queue_url(&cloud.queue_url)
+        .message_body("this is not an event")
+        .send()
+        .await
+        .expect("SendMessage");
+
+    // Each event is in the machine's status.
+    let mr = wait_request(&env, "held", "every event in status", WAIT, |mr| {
+        let noticed = machine(mr, warned).is_some_and(|m| m.interruption_notice_time.is_some());
+        let rebalance = machine(mr, rebalanced).is_some_and(|m| {
+            m.rebalance_recommendation_time.is_some()
+                && m.scheduled_event
+                    .as_ref()
+                    .is_some_and(|s| s.kind == ScheduledEventKind::Retirement)
+        });
+        let gone = machine(mr, lost).is_some_and(|m| {
+            m.state == MachineState::Terminated
+                && m.termination_reason == Some(TerminationReason::Lost)
+        });
+        noticed && rebalance && gone
+    })
+    .await;
+    let scheduled = machine(&mr, rebalanced)
+        .and_then(|m| m.scheduled_event.clone())
+        .expect("scheduled event");
+    assert_eq!(
+        scheduled.time.map(|t| t.0.to_string()).as_deref(),
+        Some("2027-01-06T08:00:00Z")
+    );
+
+    // replaceLost: the lost machine is replaced without waiting for a sweep
+    // (the sweep runs every 10 minutes here).
+    let mr = wait_request(&env, "held", "Ready with a replacement", WAIT, |mr| {
+        let live: BTreeSet<&str> = mr
+            .status
+            .iter()
+            .flat_map(|s| &s.machines)
+            .filter(|m| m.is_live())
+            .map(|m| m.id.as_str())
+            .collect();
+        is_ready(mr) && live.len() == 3 && !live.contains(lost.as_str())
+    })
+    .await;
+    assert!(machine(&mr, warned).is_some_and(|m| m.interruption_notice_time.is_some()));
+
+    // An Event for each.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let wanted = [
+        "SpotInterruption",
+        "RebalanceRecommendation",
+        "ScheduledChange",
+        "MachineLost",
+    ];
+    eventually("an Event per event kind", || {
+        let events = events.clone();
+        async move {
+            let reasons: BTreeSet<String> = events
+                .list(&ListParams::default().fields("involvedObject.name=held"))
+                .await
+                .expect("list events")
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect();
+            wanted.iter().all(|r| reasons.contains(*r))
+        }
+    })
+    .await;
+
+    // Every message is gone: applied, unknown and malformed alike.
+    eventually("an empty queue", || async {
+        cloud.messages_left().await == 0
+    })
+    .await;
+    eventually("the messages counted", || async {
+        let count = |outcome: &str| {
+            op.metric(
+                "hostforge_interruption_queue_messages_total",
+                &[&format!("outcome=\"{outcome}\"")],
+            )
+        };
+        count("applied") >= 4.0 && count("unknown_instance") >= 1.0 && count("malformed") >= 1.0
+    })
+    .await;
+
+    // The queue went through the forwarder, and spot notices were not polled
+    // although spot machines were held and the interval is 1 s.
+    assert!(fwd.calls("ReceiveMessage") >= 1);
+    assert!(fwd.calls("DeleteMessage") >= 1);
+    assert_eq!(fwd.calls("DescribeSpotInstanceRequests"), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_queue_falls_back_to_polling() {
+    let env = TestEnv::new("queue-missing").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    // No such queue: GetQueueUrl fails on every try.
+    let missing = format!("hf-missing-{}", env.namespace);
+    let op = OperatorProcess::start(&env, &config_with_queue(&env, &fwd, &missing)).await;
+    spot_request(&env, "held", 1).await;
+    eventually("spot notices polled again", || async {
+        fwd.calls("DescribeSpotInstanceRequests") >= 1
+    })
+    .await;
+    assert!(fwd.calls("GetQueueUrl") >= 1);
+    assert!(op.metric("hostforge_interruption_queue_failures_total", &[]) >= 1.0);
+    assert_eq!(op.metric("hostforge_interruption_queue_up", &[]), 0.0);
+}
+
+/// The operator dies after the status write and before the delete (failpoint
+/// `queue-before-delete`): the message stays in the queue, comes back after
+/// its visibility timeout (60 s) to the restarted operator, and is handled
+/// again with the same result: deleted, the notice time unchanged, one
+/// SpotInterruption Event.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_kill_between_status_write_and_delete_handles_the_message_again() {
+    let env = TestEnv::new("queue-crash").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let name = format!("hf-{}", env.namespace);
+    let cloud = Cloud::wire(&env, &name).await;
+    let cfg = config_with_queue(&env, &fwd, &name);
+    let op = OperatorProcess::start(&env, &cfg).await;
+    let mr = spot_request(&env, "held", 1).await;
+    drop(op);
+    let id = mr.status.as_ref().expect("status").machines[0].id.clone();
+    cloud
+        .ec2(
+            "EC2 Spot Instance Interruption Warning",
+            &id,
+            json!({"instance-id": id, "instance-action": "stop"}),
+        )
+        .await;
+    OperatorProcess::crash_at(&env, &cfg, "queue-before-delete", WAIT).await;
+
+    let crashed = hostforge_testbed::machines::requests(&env)
+        .get("held")
+        .await
+        .expect("get");
+    let noticed = machine(&crashed, &id)
+        .and_then(|m| m.interruption_notice_time.clone())
+        .expect("the status write came first");
+    assert_eq!(
+        cloud.messages_left().await,
+        1,
+        "not deleted before the crash"
+    );
+
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    // The queue's visibility timeout (60 s) and a long poll (20 s) first.
+    eventually_within(
+        "the message handled again and deleted",
+        REDELIVERY_WAIT,
+        || async { cloud.messages_left().await == 0 },
+    )
+    .await;
+    let mr = hostforge_testbed::machines::requests(&env)
+        .get("held")
+        .await
+        .expect("get");
+    assert_eq!(
+        machine(&mr, &id).and_then(|m| m.interruption_notice_time.clone()),
+        Some(noticed),
+        "the same notice"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let notices: Vec<Event> = events
+        .list(&ListParams::default().fields("involvedObject.name=held"))
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SpotInterruption"))
+        .collect();
+    assert_eq!(notices.len(), 1, "announced once: {notices:?}");
+    assert_eq!(notices[0].count.unwrap_or(1), 1, "{notices:?}");
+}
