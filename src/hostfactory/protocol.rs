@@ -117,6 +117,10 @@ pub struct TemplateOut {
     /// Image new machines start from, for the administrator's information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The template's HostFactory `priority` (higher is preferred), from the
+    /// `hostforge.io/hf-priority` annotation; absent when the template has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 // ---- requestMachines ----
