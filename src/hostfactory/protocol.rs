@@ -132,6 +132,11 @@ pub struct TemplateOut {
 pub struct RequestMachinesIn {
     /// What to launch.
     pub template: TemplateRequest,
+    /// The LSF resource connector's account for the machines (`rc_account`),
+    /// put on them as the `RC_ACCOUNT` tag as IBM's AWS plugin does, so cost
+    /// reports can split the bill by account.
+    #[serde(default)]
+    pub rc_account: Option<String>,
 }
 
 /// The template and number of machines asked for.
