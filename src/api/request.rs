@@ -2,6 +2,8 @@
 //! `count` live machines for it and records every launch in status before making it,
 //! so that a crash at any moment neither loses nor duplicates machines.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -97,6 +99,28 @@ pub struct MachineRequestSpec {
     /// reclaim, manual termination, hardware failure) are replaced. Default true.
     #[serde(default = "default_true")]
     pub replace_lost: bool,
+
+    /// Extra tags put on this request's machines and volumes, over the template's tags
+    /// (a key in both takes this value), e.g. the HostFactory account (RC_ACCOUNT). At
+    /// most 40; keys up to 128 and values up to 256 characters. Keys starting with
+    /// "hostforge.io/" or "aws:", in any mix of upper and lower case, are reserved, and a
+    /// key must not be empty. A change applies to machines launched afterwards.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 40,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.size() <= 128)")
+            .message("tags: keys are at most 128 characters"),
+        validation = Rule::new("self.all(k, k.size() >= 1)")
+            .message("tags: a key must not be empty"),
+        validation = Rule::new(
+            "self.all(k, !k.lowerAscii().startsWith('hostforge.io/') && !k.lowerAscii().startsWith('aws:'))"
+        )
+        .message("tags: keys starting with hostforge.io/ or aws: (in any case) are reserved"),
+    )]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {

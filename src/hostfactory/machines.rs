@@ -108,9 +108,34 @@ pub fn build_request(
             count: count as i32,
             return_machines: vec![],
             replace_lost: false,
+            tags: request_tags(input)?,
         },
         status: None,
     })
+}
+
+/// The tag IBM's AWS plugin puts requestMachines' `rc_account` in.
+pub const RC_ACCOUNT_TAG: &str = "RC_ACCOUNT";
+
+/// The request's own tags: `rc_account` as [`RC_ACCOUNT_TAG`] (none when it
+/// is absent or blank). A value EC2 would refuse as a tag value (over 256
+/// characters) is refused here, before anything is created.
+pub fn request_tags(
+    input: &RequestMachinesIn,
+) -> Result<std::collections::BTreeMap<String, String>, HfError> {
+    let Some(account) = input.rc_account.as_deref().map(str::trim) else {
+        return Ok(Default::default());
+    };
+    if account.is_empty() {
+        return Ok(Default::default());
+    }
+    if account.chars().count() > 256 {
+        return Err(HfError::InvalidInput(format!(
+            "rc_account is {} characters long; a tag value holds at most 256",
+            account.chars().count()
+        )));
+    }
+    Ok([(RC_ACCOUNT_TAG.to_string(), account.to_string())].into())
 }
 
 /// `hf-<template>-`: the prefix of request names (the key follows). Always
@@ -263,6 +288,7 @@ mod tests {
                 template_id: id.into(),
                 machine_count: count,
             },
+            rc_account: None,
         }
     }
 
@@ -347,6 +373,26 @@ mod tests {
         assert_eq!(mr.spec.count, 3);
         assert_eq!(mr.spec.template_ref.name, "compute");
         assert!(!mr.spec.replace_lost);
+        assert!(mr.spec.tags.is_empty(), "no rc_account, no tag");
+    }
+
+    #[test]
+    fn rc_account_becomes_the_rc_account_tag() {
+        let with = |account: &str| RequestMachinesIn {
+            rc_account: Some(account.into()),
+            ..input("compute", 1)
+        };
+        let mr = build_request(&with(" proj-a "), &offered(None), None, "k").expect("valid");
+        assert_eq!(
+            mr.spec.tags,
+            [(RC_ACCOUNT_TAG.to_string(), "proj-a".to_string())].into()
+        );
+        let blank = build_request(&with("  "), &offered(None), None, "k").expect("valid");
+        assert!(blank.spec.tags.is_empty());
+        let err = build_request(&with(&"x".repeat(257)), &offered(None), None, "k")
+            .expect_err("too long")
+            .to_string();
+        assert!(err.contains("rc_account") && err.contains("256"), "{err}");
     }
 
     #[test]

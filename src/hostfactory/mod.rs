@@ -44,6 +44,10 @@ pub const PROVIDER_LABEL: &str = "hostforge.io/hf-provider";
 /// Annotation holding a template's HostFactory templateId when it is not the
 /// object's name (imported ids may contain characters Kubernetes names cannot).
 pub const TEMPLATE_ID_ANNOTATION: &str = "hostforge.io/hf-template-id";
+/// Annotation holding a template's HostFactory `priority` (an integer), kept
+/// by import-templates and passed through by getAvailableTemplates, so the
+/// scheduler still prefers the templates the administrator ranked higher.
+pub const PRIORITY_ANNOTATION: &str = "hostforge.io/hf-priority";
 /// Prefix of return request ids; create request ids are MachineRequest names,
 /// which the plugin always starts with `hf-`, so the two never collide.
 pub const RETURN_PREFIX: &str = "ret-";

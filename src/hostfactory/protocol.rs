@@ -117,6 +117,10 @@ pub struct TemplateOut {
     /// Image new machines start from, for the administrator's information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The template's HostFactory `priority` (higher is preferred), from the
+    /// `hostforge.io/hf-priority` annotation; absent when the template has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 // ---- requestMachines ----
@@ -128,6 +132,11 @@ pub struct TemplateOut {
 pub struct RequestMachinesIn {
     /// What to launch.
     pub template: TemplateRequest,
+    /// The LSF resource connector's account for the machines (`rc_account`),
+    /// put on them as the `RC_ACCOUNT` tag as IBM's AWS plugin does, so cost
+    /// reports can split the bill by account.
+    #[serde(default)]
+    pub rc_account: Option<String>,
 }
 
 /// The template and number of machines asked for.

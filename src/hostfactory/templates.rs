@@ -9,7 +9,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::protocol::{TemplateOut, TemplatesOut};
-use super::{HfConfig, HfError, TEMPLATE_ID_ANNOTATION};
+use super::{HfConfig, HfError, PRIORITY_ANNOTATION, TEMPLATE_ID_ANNOTATION};
 use crate::api::conditions::{self, READY};
 use crate::api::MachineTemplate;
 
@@ -70,7 +70,30 @@ pub fn offer(mt: &MachineTemplate) -> TemplateOut {
             .first()
             .map(|t| t.instance_type.clone()),
         image_id: status.resolved_image.map(|i| i.id),
+        priority: priority(mt),
     }
+}
+
+/// The template's HostFactory priority from its `hostforge.io/hf-priority`
+/// annotation. A value that is not an integer is left out rather than
+/// guessed at (getAvailableTemplates must still answer for the other
+/// templates) and named in the answer's message ([`bad_priority_message`]).
+pub fn priority(mt: &MachineTemplate) -> Option<i64> {
+    mt.annotations()
+        .get(PRIORITY_ANNOTATION)
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The note for a template whose priority annotation is not an integer: it
+/// is offered without a priority, and the administrator is told why.
+pub fn bad_priority_message(mt: &MachineTemplate) -> Option<String> {
+    let value = mt.annotations().get(PRIORITY_ANNOTATION)?;
+    priority(mt).is_none().then(|| {
+        format!(
+            "{}: annotation {PRIORITY_ANNOTATION} {value:?} is not an integer; offered without a priority",
+            template_id(mt)
+        )
+    })
 }
 
 /// The `type` attribute value for an EC2 architecture, as IBM's own AWS
@@ -192,6 +215,7 @@ pub fn answer(templates: &[MachineTemplate]) -> TemplatesOut {
         .iter()
         .map(|(id, names)| ambiguous_message(id, names))
         .collect();
+    notes.extend(templates.iter().filter_map(bad_priority_message));
     let not_ready = not_ready_message(templates);
     if !not_ready.is_empty() {
         notes.push(not_ready);
@@ -266,6 +290,26 @@ mod tests {
         assert_eq!(
             not_ready_message(&[unready]),
             "compute is not ready (SubnetNotFound: subnet-1 not found)"
+        );
+    }
+
+    #[test]
+    fn the_priority_annotation_is_passed_through_and_a_bad_one_is_named() {
+        let with = |value: &str| {
+            let mut mt = template(json!({}), Some(10));
+            mt.metadata.annotations =
+                Some([(PRIORITY_ANNOTATION.to_string(), value.to_string())].into());
+            mt
+        };
+        let v = serde_json::to_value(offer(&with("7"))).expect("json");
+        assert_eq!(v["priority"], 7);
+        let none = serde_json::to_value(offer(&template(json!({}), Some(10)))).expect("json");
+        assert!(none.get("priority").is_none(), "{none}");
+        let bad = answer(&[with("high")]);
+        assert_eq!(bad.templates[0].priority, None);
+        assert_eq!(
+            bad.message,
+            "compute: annotation hostforge.io/hf-priority \"high\" is not an integer; offered without a priority"
         );
     }
 

@@ -62,11 +62,27 @@ async fn the_five_operations_drive_machines_through_the_operator() {
         },
     )
     .await;
+    // The template's HostFactory priority (kept by import-templates in an
+    // annotation) is passed through.
+    Api::<MachineTemplate>::namespaced(env.client.clone(), &env.namespace)
+        .patch(
+            "compute",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"hostforge.io/hf-priority": "5"}}}),
+            ),
+        )
+        .await
+        .expect("annotate the priority");
     let shim = Shim::new(&env, "");
 
     // getAvailableTemplates: attributes are strings in [type, value] pairs,
     // from DescribeInstanceTypes of t3.micro (2 vCPUs, 1 core, 1024 MiB).
-    let templates = shim.ok("getAvailableTemplates", &json!({}));
+    let templates = eventually("the priority", || {
+        let a = shim.ok("getAvailableTemplates", &json!({}));
+        (a["templates"][0]["priority"] == 5).then_some(a)
+    })
+    .await;
     assert!(templates["message"].is_string());
     let t = &templates["templates"][0];
     assert_eq!(templates["templates"].as_array().map(Vec::len), Some(1));
@@ -78,10 +94,10 @@ async fn the_five_operations_drive_machines_through_the_operator() {
     assert_eq!(t["attributes"]["ncores"], json!(["Numeric", "1"]));
     assert_eq!(t["attributes"]["nram"], json!(["Numeric", "1024"]));
 
-    // requestMachines 3.
+    // requestMachines 3, for LSF account proj-a.
     let created = shim.ok(
         "requestMachines",
-        &json!({"template": {"templateId": "compute", "machineCount": 3}}),
+        &json!({"template": {"templateId": "compute", "machineCount": 3}, "rc_account": "proj-a"}),
     );
     let req_id = created["requestId"]
         .as_str()
@@ -96,6 +112,10 @@ async fn the_five_operations_drive_machines_through_the_operator() {
     assert_eq!(mr.labels()["hostforge.io/owner"], "hostfactory");
     assert_eq!(mr.labels()["hostforge.io/hf-provider"], "hostforge");
     assert_eq!((mr.spec.count, mr.spec.replace_lost), (3, false));
+    assert_eq!(
+        mr.spec.tags,
+        BTreeMap::from([("RC_ACCOUNT".to_string(), "proj-a".to_string())])
+    );
     let mr_uid = uid(&mr);
 
     // running with executing machines first, then complete with 3 × succeed.
@@ -131,6 +151,16 @@ async fn the_five_operations_drive_machines_through_the_operator() {
     assert_eq!(done["status"], "complete", "{done}");
     let machines = done["machines"].as_array().cloned().expect("machines");
     assert_eq!(machines.len(), 3);
+    // The account is on every machine in EC2, as IBM's plugin tags it.
+    let tagged = moto_instances(&env, &mr_uid).await;
+    assert_eq!(tagged.len(), 3);
+    for (id, (_, tags)) in &tagged {
+        assert_eq!(
+            tags.get("RC_ACCOUNT").map(String::as_str),
+            Some("proj-a"),
+            "{id}"
+        );
+    }
     for m in &machines {
         assert_eq!(m["result"], "succeed");
         assert_eq!(m["status"], "running");
@@ -548,4 +578,43 @@ async fn imported_ibm_and_plugin_templates_apply_and_become_ready() {
         .await
         .expect("request");
     assert_eq!(mr.spec.template_ref.name, "template-ondemand-1");
+}
+
+/// A request's own tags (where rc_account goes) follow the template's tag
+/// rules at admission: reserved prefixes in any case and empty keys refused.
+#[tokio::test]
+async fn request_tags_with_reserved_keys_are_refused_at_admission() {
+    let env = TestEnv::new("hf-reqtags").await;
+    env.install_crds().await;
+    let create = |tags: Value| {
+        let mr: MachineRequest = serde_json::from_value(json!({
+            "apiVersion": "hostforge.io/v1alpha1", "kind": "MachineRequest",
+            "metadata": {"name": "tagged"},
+            "spec": {"templateRef": {"name": "compute"}, "count": 1, "tags": tags},
+        }))
+        .expect("request");
+        let api = requests(&env);
+        async move { api.create(&kube::api::PostParams::default(), &mr).await }
+    };
+    for (tags, words) in [
+        (
+            json!({"HostForge.io/request": "x"}),
+            "tags: keys starting with hostforge.io/ or aws: (in any case) are reserved",
+        ),
+        (
+            json!({"aws:cost": "x"}),
+            "tags: keys starting with hostforge.io/ or aws: (in any case) are reserved",
+        ),
+        (json!({"": "x"}), "tags: a key must not be empty"),
+    ] {
+        let err = create(tags.clone())
+            .await
+            .expect_err("refused at admission")
+            .to_string();
+        assert!(err.contains(words), "{tags}: {err}");
+    }
+    let ok = create(json!({"RC_ACCOUNT": "proj-a"}))
+        .await
+        .expect("a plain tag is accepted");
+    assert_eq!(ok.spec.tags["RC_ACCOUNT"], "proj-a");
 }

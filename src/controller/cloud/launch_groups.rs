@@ -119,6 +119,7 @@ mod tests {
                 count: 1,
                 return_machines: Vec::new(),
                 replace_lost: false,
+                tags: Default::default(),
             },
         );
         r.metadata.uid = Some(uid.into());

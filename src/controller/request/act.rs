@@ -226,6 +226,7 @@ pub async fn launch_spec(
         &template.spec,
         &Extras {
             owner: &s.owner,
+            request_tags: &s.mr.spec.tags,
             root_device_name,
             user_data,
         },

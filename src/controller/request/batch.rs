@@ -4,6 +4,7 @@
 //! digest that guards re-sending that token, and the backoff new batches wait
 //! after launches the cloud refused.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -273,6 +274,11 @@ pub fn new_batch(
 pub struct Extras<'a> {
     /// Who owns the machines (tags).
     pub owner: &'a Owner,
+    /// The request's own `spec.tags`, put over the template's. They are part
+    /// of what batches must share to go out in one call
+    /// ([`super::group::shared_part`] keeps them), so a coalesced call only
+    /// ever carries tags every one of its requests asked for.
+    pub request_tags: &'a BTreeMap<String, String>,
     /// The image's root device, where rootVolume applies.
     pub root_device_name: Option<String>,
     /// User data read from the template's Secret.
@@ -375,9 +381,17 @@ pub fn spec_for(
             http_tokens_required: template.metadata_options.http_tokens == HttpTokens::Required,
             hop_limit: template.metadata_options.hop_limit,
         },
-        tags: extras.owner.tags(&batch.id, &template.tags),
+        tags: extras.owner.tags(&batch.id, &merged_tags(template, extras)),
         options: LaunchOptions::of_template(template),
     }
+}
+
+/// The template's tags with the request's over them (a key in both takes the
+/// request's value); ownership tags are added after both by [`Owner::tags`].
+fn merged_tags(template: &MachineTemplateSpec, extras: &Extras) -> BTreeMap<String, String> {
+    let mut tags = template.tags.clone();
+    tags.extend(extras.request_tags.clone());
+    tags
 }
 
 fn allocation_strategy(template: &MachineTemplateSpec) -> Option<String> {
@@ -451,6 +465,8 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static NO_TAGS: BTreeMap<String, String> = BTreeMap::new();
     use crate::api::{ImageSource, InstanceTypeOption, MetadataOptions};
     use k8s_openapi::jiff::Timestamp;
     use std::collections::BTreeMap;
@@ -672,6 +688,7 @@ mod tests {
         };
         let extras = Extras {
             owner: &owner,
+            request_tags: &NO_TAGS,
             root_device_name: None,
             user_data: Some(UserData {
                 bytes: b"#!/bin/sh".to_vec(),
@@ -701,6 +718,7 @@ mod tests {
         // user data, or the same bytes from a recreated Secret all differ.
         let with = |bytes: &[u8], uid: &str| Extras {
             owner: &owner,
+            request_tags: &NO_TAGS,
             root_device_name: None,
             user_data: Some(UserData {
                 bytes: bytes.to_vec(),
@@ -712,6 +730,7 @@ mod tests {
         assert_ne!(d, build(&b, &t, &with(b"#!/bin/sh", "other-uid")).digest);
         let none = Extras {
             owner: &owner,
+            request_tags: &NO_TAGS,
             root_device_name: None,
             user_data: None,
         };
@@ -768,6 +787,7 @@ mod tests {
         let secret = b"#!/bin/sh\nexport DB_PASSWORD=hunter2\n".to_vec();
         let extras = Extras {
             owner: &owner,
+            request_tags: &NO_TAGS,
             root_device_name: None,
             user_data: Some(UserData {
                 bytes: secret.clone(),
@@ -787,5 +807,51 @@ mod tests {
         for key in ["", "u", "t", "bootstrap"] {
             assert_ne!(recorded, digest(&guess, key), "confirmed with key {key:?}");
         }
+    }
+
+    #[test]
+    fn request_tags_go_over_the_template_tags_and_part_the_shared_digest() {
+        let mut t = template(ProviderApi::RunInstances, &["a"], &["s1"]);
+        t.tags = [
+            ("team".to_string(), "hpc".to_string()),
+            ("RC_ACCOUNT".to_string(), "t".to_string()),
+        ]
+        .into();
+        let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
+        let b = new_batch("u", 1, 2, &choice, &t, "ami-1", now);
+        let owner = Owner {
+            cluster: "c".into(),
+            cluster_id: "id".into(),
+            namespace: "ns".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            template: "t".into(),
+        };
+        let tags = |account: &str| -> BTreeMap<String, String> {
+            [("RC_ACCOUNT".to_string(), account.to_string())].into()
+        };
+        let (a, a2, other) = (tags("proj-a"), tags("proj-a"), tags("proj-b"));
+        let with = |request_tags| Extras {
+            owner: &owner,
+            request_tags,
+            root_device_name: None,
+            user_data: None,
+        };
+        let built = build(&b, &t, &with(&a));
+        assert_eq!(built.spec.tags["RC_ACCOUNT"], "proj-a");
+        assert_eq!(built.spec.tags["team"], "hpc");
+        assert_eq!(built.spec.tags["hostforge.io/request"], "ns/r");
+        assert_eq!(build(&b, &t, &with(&NO_TAGS)).spec.tags["RC_ACCOUNT"], "t");
+        // Batches share a call only with batches asking for the same tags.
+        assert_eq!(built.shared_digest, build(&b, &t, &with(&a2)).shared_digest);
+        assert_ne!(
+            built.shared_digest,
+            build(&b, &t, &with(&other)).shared_digest
+        );
+        assert_ne!(
+            built.shared_digest,
+            build(&b, &t, &with(&NO_TAGS)).shared_digest
+        );
     }
 }

@@ -33,7 +33,9 @@ use crate::provider::{
 pub const MAX_MEMBERS: usize = 50;
 
 /// The tags a member's own spec has and the group's does not: one call's
-/// tags are the same for every instance.
+/// tags are the same for every instance. A request's `spec.tags` are not
+/// among them: they stay in the shared part, so only batches asking for the
+/// same request tags share a call, and the call carries exactly those.
 const OWN_TAGS: [&str; 4] = [REQUEST_TAG, REQUEST_UID_TAG, BATCH_TAG, NAME_TAG];
 
 /// A member's spec with everything that is its own cleared: what two batches

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use cursor::Cursor;
 
 use crate::api::MachineTemplate;
-use crate::hostfactory::TEMPLATE_ID_ANNOTATION;
+use crate::hostfactory::{PRIORITY_ANNOTATION, TEMPLATE_ID_ANNOTATION};
 
 /// Label the import puts on every template so a `templateSelector` can offer
 /// exactly the imported ones.
@@ -94,6 +94,7 @@ pub fn convert_with(
         spec.insert("tags".into(), json!(tags));
     }
     max_machines(&mut c, &mut spec);
+    let hf_priority = priority(&mut c);
     let secret = host::user_data(&mut c, &mut spec, &name, dir, namespace, allow_outside);
     unmapped::note_the_rest(&mut c);
 
@@ -102,6 +103,9 @@ pub fn convert_with(
         "labels": {OFFERED_LABEL: "true"},
         "annotations": {TEMPLATE_ID_ANNOTATION: template_id},
     });
+    if let Some(p) = hf_priority {
+        metadata["annotations"][PRIORITY_ANNOTATION] = json!(p.to_string());
+    }
     if let Some(ns) = namespace {
         metadata["namespace"] = json!(ns);
     }
@@ -120,6 +124,21 @@ pub fn convert_with(
         secret,
         notes: c.notes,
     })
+}
+
+/// priority → the `hostforge.io/hf-priority` annotation, which
+/// getAvailableTemplates passes through; an integer or its text only.
+fn priority(c: &mut Cursor) -> Option<i64> {
+    let value = c.take("priority")?;
+    let parsed = match &value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    if parsed.is_none() {
+        c.note("priority", format!("{value} is not an integer; not mapped"));
+    }
+    parsed
 }
 
 /// maxNumber → maxMachines; a negative number means no limit.
@@ -234,9 +253,14 @@ mod tests {
             "iops": 3000,
             "instanceTags": "team=hpc;cost=42;aws:x=y",
             "fleetRole": "arn:aws:iam::123456789012:role/fleet",
-            "pgrpName": "pg-1"
+            "pgrpName": "pg-1",
+            "priority": 5
         }));
         assert_eq!(c.name, "template-vm-1");
+        assert_eq!(
+            c.template["metadata"]["annotations"][PRIORITY_ANNOTATION],
+            "5"
+        );
         assert_eq!(c.template_id, "Template-VM-1");
         let t = &c.template;
         assert_eq!(
