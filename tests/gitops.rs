@@ -92,16 +92,11 @@ fn expected(kind: Kind, object: &Value) -> String {
     if st.is_null() {
         return "Progressing".into();
     }
-    // The request controller records a launch (status.launches) before its
-    // first full status: such a status has neither observedGeneration nor
-    // conditions, is not reconciled yet, and is Progressing.
-    let Some(observed) = st["observedGeneration"].as_i64() else {
-        assert!(
-            st["conditions"].is_null() && st["phase"].is_null(),
-            "conditions without observedGeneration: {object}"
-        );
-        return "Progressing".into();
-    };
+    // Every status says the generation it acts on, the request's first
+    // launch record included (it carries Ready=False, Provisioning).
+    let observed = st["observedGeneration"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("a status without observedGeneration: {object}"));
     // kstatus: a reconciled object always says Ready, and observedGeneration
     // never runs ahead of the spec.
     let ready = cond(object, "Ready")

@@ -6,10 +6,42 @@
 //! (for a batch already in the written status), and
 //! [`super::act::launch`] takes one.
 
-use super::session::Session;
+use super::session::{now, Session};
+use crate::api::conditions::{find_condition, new_condition, set_condition, READY};
 use crate::api::{LaunchBatch, LaunchState};
+use crate::controller::reason::Reason;
 use crate::controller::Error;
 use crate::provider::LaunchSpec;
+
+/// A request's first status write can be this record, before any summary:
+/// it says `Ready=False` (Provisioning) and the generation it acts on, so
+/// a GitOps tool reading `Ready` and `observedGeneration` (Flux's kstatus)
+/// never takes a status without conditions for a finished request.
+fn not_ready_yet(s: &mut Session<'_>) {
+    if find_condition(&s.status.conditions, READY).is_some() {
+        return;
+    }
+    let generation = s.mr.metadata.generation;
+    let asked: i32 = s
+        .status
+        .launches
+        .iter()
+        .filter(|b| b.state == LaunchState::Pending)
+        .map(|b| b.count)
+        .sum();
+    set_condition(
+        &mut s.status.conditions,
+        new_condition(
+            READY,
+            false,
+            Reason::Provisioning.as_str(),
+            format!("launching {asked} machines"),
+            generation,
+            now(),
+        ),
+    );
+    s.status.observed_generation = generation;
+}
 
 /// A batch chosen by this reconcile, not written yet.
 pub struct NewBatch {
@@ -68,6 +100,7 @@ impl Recorded {
 /// with optimistic concurrency; if the write fails nothing may be sent.
 pub async fn record(s: &mut Session<'_>, new: Option<NewBatch>) -> Result<Option<Recorded>, Error> {
     let new = new.inspect(|n| s.status.launches.push(n.batch.clone()));
+    not_ready_yet(s);
     s.write().await?;
     Ok(new.and_then(|n| Recorded::pending(s, &n.batch.id, n.spec, n.shared_digest)))
 }
