@@ -312,8 +312,9 @@ fn template_volume(
 }
 
 /// CreateFleet of type `instant` over the template `template_id`, with
-/// every tag of the spec on the instances. The spend cap (`MaxTotalPrice`) goes on the options of each part the fleet
-/// launches, on-demand and spot: EC2 caps each part by its own options
+/// every tag of the spec on the instances. The spend cap (`MaxTotalPrice`)
+/// goes on the options of each part the fleet launches, on-demand and spot:
+/// EC2 caps each part by its own options
 /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_OnDemandOptionsRequest.html>,
 /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_SpotOptionsRequest.html>).
 pub(super) fn fleet_request(
