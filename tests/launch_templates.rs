@@ -490,3 +490,50 @@ async fn deleting_a_request_with_a_pending_batch_leaves_no_instance() {
     );
     assert!(fwd.calls("TerminateInstances") >= 1);
 }
+
+/// A restart between CreateFleet and the status write, with the EC2
+/// fidelity model on (ClientToken registry, tag and id lag, the
+/// launch-template lag): the new process has no kept template, so a re-send
+/// of the batch would name another one under the same token (EC2 would
+/// answer IdempotentParameterMismatch and the batch be settled by its tag).
+/// Whichever way the batch settles, the request ends with exactly its
+/// machines: one launch for the token, none twice, and the first process's
+/// template collected.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_restart_after_a_fleet_launch_settles_it_once_under_ec2s_rules() {
+    use hostforge_testbed::forwarder::{Fidelity, Visibility};
+    use hostforge_testbed::machines::{moto_live, requests, uid};
+
+    let (env, fwd) = bed("lt-restart").await;
+    fwd.enable_fidelity(Fidelity {
+        visibility: Visibility {
+            by_id: Duration::from_secs(2),
+            by_tag: Duration::from_secs(5),
+            stale_after_terminate: Duration::from_secs(3),
+        },
+        launch_template_lag: Duration::from_secs(2),
+        ..Fidelity::seeded(19)
+    });
+    let cfg = config(&env, &fwd, "fullSweepInterval: 2s\ngcGracePeriod: 2s\n");
+    fleet_template(&env, "fleet").await;
+    let mr = create_request(&env, "restart", "fleet", 3, true).await;
+    OperatorProcess::crash_at(&env, &cfg, "request-after-launch", WAIT).await;
+    let crashed = requests(&env).get("restart").await.expect("get");
+    let launches = &crashed.status.as_ref().expect("status").launches;
+    assert_eq!(launches.len(), 1);
+    assert_eq!(launches[0].state, LaunchState::Pending);
+    let token = launches[0].token.clone();
+
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    let done = wait_request(&env, "restart", "Ready", WAIT, is_ready).await;
+    assert_moto_matches_status(&env, &done).await;
+    assert_eq!(
+        moto_live(&env, &uid(&mr)).await.len(),
+        3,
+        "one set, not two"
+    );
+    let counters = fwd.fidelity_counters();
+    assert_eq!(counters.launches_for(&token), 1, "{counters:?}");
+    wait_no_templates(&env, &env.namespace).await;
+}
