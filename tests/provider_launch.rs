@@ -185,8 +185,8 @@ async fn two_subnets(env: &TestEnv) -> Vec<String> {
     ids
 }
 
-/// The ids of the launch templates moto holds.
-async fn template_ids(env: &TestEnv) -> Vec<String> {
+/// The (id, name) of every launch template moto holds.
+async fn templates(env: &TestEnv) -> Vec<(String, String)> {
     env.ec2()
         .describe_launch_templates()
         .send()
@@ -194,22 +194,12 @@ async fn template_ids(env: &TestEnv) -> Vec<String> {
         .expect("DescribeLaunchTemplates")
         .launch_templates()
         .iter()
-        .filter_map(|t| t.launch_template_id())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The names of the launch templates moto holds.
-async fn template_names(env: &TestEnv) -> Vec<String> {
-    env.ec2()
-        .describe_launch_templates()
-        .send()
-        .await
-        .expect("DescribeLaunchTemplates")
-        .launch_templates()
-        .iter()
-        .filter_map(|t| t.launch_template_name())
-        .map(str::to_string)
+        .filter_map(|t| {
+            Some((
+                t.launch_template_id()?.into(),
+                t.launch_template_name()?.into(),
+            ))
+        })
         .collect()
 }
 
@@ -446,10 +436,10 @@ async fn mixed_fleet_launches_both_capacity_types_in_one_call() {
     let kept = provider.launch_templates_in_use(Duration::from_secs(600));
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(
-        template_ids(&env)
+        templates(&env)
             .await
             .iter()
-            .filter(|t| kept.contains(*t))
+            .filter(|(id, _)| kept.contains(id))
             .count(),
         1
     );
@@ -595,7 +585,7 @@ async fn fleet_never_launches_from_a_template_it_did_not_create() {
     assert_eq!(instances.len(), 1);
     assert_eq!(tag_map(instances[0].tags()).get("leftover"), None);
     assert!(
-        template_names(&env).await.contains(&name),
+        templates(&env).await.iter().any(|(_, n)| *n == name),
         "another owner's template is not ours to delete"
     );
     env.ec2()
