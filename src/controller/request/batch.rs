@@ -671,6 +671,18 @@ mod tests {
         assert!(!refusal_hold(&[undated], &now).expect("hold").is_holding());
     }
 
+    /// The owner of request `ns/r` (uid `u`) of template `t`.
+    fn owner() -> Owner {
+        Owner {
+            cluster: "c".into(),
+            cluster_id: "id".into(),
+            namespace: "ns".into(),
+            name: "r".into(),
+            uid: "u".into(),
+            template: "t".into(),
+        }
+    }
+
     #[test]
     fn the_digest_changes_with_any_parameter() {
         let uid = "u";
@@ -678,14 +690,7 @@ mod tests {
         let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
         let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
         let b = new_batch(uid, 1, 2, &choice, &t, "ami-1", now);
-        let owner = Owner {
-            cluster: "c".into(),
-            cluster_id: "id".into(),
-            namespace: "ns".into(),
-            name: "r".into(),
-            uid: uid.into(),
-            template: "t".into(),
-        };
+        let owner = owner();
         let extras = Extras {
             owner: &owner,
             request_tags: &NO_TAGS,
@@ -776,14 +781,7 @@ mod tests {
         let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
         let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
         let b = new_batch("u", 1, 2, &choice, &t, "ami-1", now);
-        let owner = Owner {
-            cluster: "c".into(),
-            cluster_id: "id".into(),
-            namespace: "ns".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            template: "t".into(),
-        };
+        let owner = owner();
         let secret = b"#!/bin/sh\nexport DB_PASSWORD=hunter2\n".to_vec();
         let extras = Extras {
             owner: &owner,
@@ -820,14 +818,7 @@ mod tests {
         let now = Time(Timestamp::from_second(1_700_000_000).expect("time"));
         let choice = choose(&t, "p", &CapacityCache::new(Duration::ZERO)).expect("choice");
         let b = new_batch("u", 1, 2, &choice, &t, "ami-1", now);
-        let owner = Owner {
-            cluster: "c".into(),
-            cluster_id: "id".into(),
-            namespace: "ns".into(),
-            name: "r".into(),
-            uid: "u".into(),
-            template: "t".into(),
-        };
+        let owner = owner();
         let tags = |account: &str| -> BTreeMap<String, String> {
             [("RC_ACCOUNT".to_string(), account.to_string())].into()
         };
