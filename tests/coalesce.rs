@@ -54,7 +54,9 @@ async fn bed_with(name: &str, fields: serde_json::Value) -> (TestEnv, Forwarder,
         &env,
         &fwd,
         "2s",
-        "fullSweepInterval: 2s\ngcGracePeriod: 2s\n",
+        // The grace outlasts the 2 s by-id lag one test models: it is the
+        // operator's allowance for EC2's eventual consistency.
+        "fullSweepInterval: 2s\ngcGracePeriod: 3s\n",
     );
     let (subnet, _) = env.default_subnet_and_group().await;
     let mut spec = json!({

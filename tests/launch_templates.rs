@@ -515,7 +515,9 @@ async fn a_restart_after_a_fleet_launch_settles_it_once_under_ec2s_rules() {
         launch_template_lag: Duration::from_secs(2),
         ..Fidelity::seeded(19)
     });
-    let cfg = config(&env, &fwd, "fullSweepInterval: 2s\ngcGracePeriod: 2s\n");
+    // gcGracePeriod is the operator's allowance for EC2's read lag: it
+    // outlasts the 2 s by-id lag, or a young machine could be taken for gone.
+    let cfg = config(&env, &fwd, "fullSweepInterval: 2s\ngcGracePeriod: 4s\n");
     fleet_template(&env, "fleet").await;
     let mr = create_request(&env, "restart", "fleet", 3, true).await;
     OperatorProcess::crash_at(&env, &cfg, "request-after-launch", WAIT).await;

@@ -431,9 +431,9 @@ pub async fn sweep_once(ctx: &Context, full: bool) -> SweepReport {
                 if seen.contains(id) || *state == MachineState::Terminated {
                     continue;
                 }
-                let grace = ctx.config.gc_grace_period.as_secs() as i64;
-                let old_enough =
-                    launched.is_some_and(|t| Timestamp::now().as_second() - t >= grace);
+                let old_enough = launched.is_some_and(|t| {
+                    aged_past(t, Timestamp::now().as_second(), ctx.config.gc_grace_period)
+                });
                 if old_enough && owner_provider_is(ctx, &owner.request, name) {
                     suspects.push((id.clone(), owner.request.clone()));
                 }
@@ -604,7 +604,17 @@ fn older_than(m: &Machine, grace: Duration) -> bool {
         // No launch time: not something we can date; leave it to the next sweep.
         return false;
     };
-    Timestamp::now().as_second() - launched.as_second() >= grace.as_secs() as i64
+    aged_past(launched.as_second(), Timestamp::now().as_second(), grace)
+}
+
+/// Whether a machine launched at second `launched` has surely had `grace`
+/// by second `now`. EC2 reports launch times in whole seconds, cut down: a
+/// machine launched at 12:00:00.9 says 12:00:00. `>=` would give it up to a
+/// second less than the grace, so a read-after-write lag as long as the grace
+/// could take a new machine for gone; strictly more than the grace cannot.
+fn aged_past(launched: i64, now: i64, grace: Duration) -> bool {
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    now.saturating_sub(launched) > grace
 }
 
 /// Splits suspects missing from the tag listing into those the by-id read
@@ -714,6 +724,18 @@ async fn collect_orphans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_is_old_only_once_a_whole_grace_surely_passed() {
+        let grace = Duration::from_secs(2);
+        // Launched at 100.x s, reported as 100: at 102 only 1.x s may have
+        // passed.
+        assert!(!aged_past(100, 101, grace));
+        assert!(!aged_past(100, 102, grace));
+        assert!(aged_past(100, 103, grace));
+        assert!(!aged_past(100, 99, grace), "a clock behind the launch");
+        assert!(!aged_past(i64::MIN, 0, Duration::MAX));
+    }
 
     #[test]
     fn only_this_clusters_identity_is_ours() {
