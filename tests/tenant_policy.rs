@@ -49,8 +49,10 @@ fn config(
         fwd.endpoint(),
         policy(open_policy)
     );
+    // The instance profiles these templates name exist in no IAM: a launch
+    // dry run would (rightly) refuse them. This file is about the policy.
     format!(
-        "{}pollInterval: 500ms\nsweepInterval: 2s\ndefaultProvider: aws-default\n",
+        "{}pollInterval: 500ms\nsweepInterval: 2s\ndefaultProvider: aws-default\nvalidateLaunches: false\n",
         base.replacen(
             "imageCacheTtl:",
             &format!("{}{open}imageCacheTtl:", policy(default_policy)),

@@ -15,6 +15,10 @@ pub const PROGRESSING: &str = "Progressing";
 /// Condition type: the operator cannot make progress without outside help.
 pub const DEGRADED: &str = "Degraded";
 
+/// Condition type (templates): a dry run of the template's launch, made when
+/// its spec or image changed, says EC2 would launch it.
+pub const LAUNCH_VALIDATED: &str = "LaunchValidated";
+
 /// Condition status value "True".
 pub const TRUE: &str = "True";
 /// Condition status value "False".
@@ -81,6 +85,21 @@ pub fn set_conditions(
 /// The condition of the given type, if present.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A condition with status Unknown: the operator could not tell (e.g. the
+/// cloud did not answer the check); see [`new_condition`].
+pub fn unknown_condition(
+    type_: &str,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        status: UNKNOWN.to_string(),
+        ..new_condition(type_, false, reason, message, observed_generation, now)
+    }
 }
 
 /// Whether the condition of the given type is present with status True.

@@ -30,9 +30,9 @@ pub use request::{
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
-    ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, MachineTemplate, MachineTemplateSpec,
-    MachineTemplateStatus, MetadataOptions, ProviderApi, ResolvedImage, RootVolume,
-    SecretKeySelector, UserDataSource, VolumeType,
+    ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, LaunchValidation, MachineTemplate,
+    MachineTemplateSpec, MachineTemplateStatus, MetadataOptions, ProviderApi, ResolvedImage,
+    RootVolume, SecretKeySelector, UserDataSource, VolumeType,
 };
 
 /// The API group of every hostforge resource; also the prefix of its tags and finalizers.

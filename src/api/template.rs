@@ -661,6 +661,23 @@ pub struct MachineTemplateStatus {
     /// the template's CPUs and memory without a lookup table of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type_info: Option<InstanceTypeInfo>,
+
+    /// The last dry run of the template's launch (see the `LaunchValidated`
+    /// condition): which image it was made with and when, so the next one is
+    /// made when the image changes, or after `launchValidationRetry` while
+    /// it did not pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_validation: Option<LaunchValidation>,
+}
+
+/// One dry run of a template's launch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchValidation {
+    /// The image the dry run launched.
+    pub image_id: String,
+    /// When it was made.
+    pub checked_at: Time,
 }
 
 /// The hardware of one instance type.

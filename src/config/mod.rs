@@ -71,6 +71,11 @@ pub const DEFAULT_CAPACITY_COOLDOWN: Duration = Duration::from_secs(3 * 60);
 /// 110 s to drain, for one call per interval while spot machines are held.
 pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How soon a template whose launch dry run EC2 refused is checked again,
+/// unless `launchValidationRetry` says otherwise: a fixed permission shows
+/// within this long, for one dry run per template per interval while refused.
+pub const DEFAULT_LAUNCH_VALIDATION_RETRY: Duration = Duration::from_secs(5 * 60);
+
 /// Requests in flight to the apiserver unless `maxKubeRequestsInFlight` says
 /// otherwise: well above what the controllers need to keep the apiserver busy
 /// (a status write takes a few milliseconds there), far below a connection
@@ -125,6 +130,13 @@ pub struct OperatorConfig {
     /// (a LaunchGroup records it first), so a burst is bound by EC2's
     /// instance bucket rather than its call bucket.
     pub coalesce_launches: bool,
+    /// `validateLaunches` (default on): the template controller dry-runs a
+    /// template's launch when its spec or image changes, and a template EC2
+    /// would refuse is not Ready (`LaunchValidated=False`).
+    pub validate_launches: bool,
+    /// How soon a dry run that did not pass is made again: an IAM or tag
+    /// policy fix changes nothing the operator watches.
+    pub launch_validation_retry: Duration,
 }
 
 /// How the sweep collects orphans (machines of this cluster whose request no

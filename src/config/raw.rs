@@ -15,8 +15,8 @@ use super::rate_limits::{RateLimitConfig, RawRateLimits};
 use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
     DEFAULT_CAPACITY_COOLDOWN, DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD,
-    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT, DEFAULT_POLL_INTERVAL,
-    DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_LAUNCH_VALIDATION_RETRY, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
+    DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_SWEEP_INTERVAL,
 };
 
 /// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
@@ -57,6 +57,10 @@ pub(super) struct RawConfig {
     max_kube_requests_in_flight: Option<i64>,
     #[serde(default)]
     coalesce_launches: Option<bool>,
+    #[serde(default)]
+    validate_launches: Option<bool>,
+    #[serde(default)]
+    launch_validation_retry: Option<String>,
 }
 
 /// `orphanCollection` as written.
@@ -306,6 +310,12 @@ impl RawConfig {
             DEFAULT_SPOT_NOTICE_INTERVAL,
             Duration::ZERO,
         );
+        let launch_validation_retry = duration(
+            "launchValidationRetry",
+            &self.launch_validation_retry,
+            DEFAULT_LAUNCH_VALIDATION_RETRY,
+            Duration::from_secs(1),
+        );
         let max_kube_requests_in_flight = match self.max_kube_requests_in_flight {
             None => DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
             Some(n) if (1..=MAX_KUBE_REQUESTS_IN_FLIGHT).contains(&n) => n as usize,
@@ -350,6 +360,8 @@ impl RawConfig {
             spot_notice_interval,
             max_kube_requests_in_flight,
             coalesce_launches: self.coalesce_launches.unwrap_or(true),
+            validate_launches: self.validate_launches.unwrap_or(true),
+            launch_validation_retry,
         })
     }
 }

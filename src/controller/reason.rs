@@ -85,6 +85,9 @@ pub enum Reason {
     InstanceTypeUnknown,
     /// The placement group the template names does not exist.
     PlacementGroupNotFound,
+    /// A dry run of the template's launch was refused by the cloud (a
+    /// permission, a tag policy, a parameter): every launch would be.
+    LaunchRefused,
     /// The provider failed in a way hostforge does not classify.
     ProviderError,
     /// The template is outside the operator's tenant policy for its
@@ -152,6 +155,7 @@ impl Reason {
             Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
             Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
             Reason::PlacementGroupNotFound => "PlacementGroupNotFound",
+            Reason::LaunchRefused => "LaunchRefused",
             Reason::ProviderError => "ProviderError",
             Reason::PolicyDenied => "PolicyDenied",
             Reason::AllRunning => "AllRunning",

@@ -29,14 +29,19 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 mod evaluate;
+pub mod launch_check;
 pub mod namespaces;
 mod usage;
 
 use super::reason::Reason;
 use super::{events, Context, Error};
-use crate::api::conditions::{self, READY};
-use crate::api::{ImageSourceKind, MachineRequest, MachineTemplate, ResolvedImage};
-use evaluate::{evaluate, NotReady, Ready};
+use crate::api::conditions::{self, FALSE, LAUNCH_VALIDATED, READY};
+use crate::api::{
+    ImageSourceKind, LaunchValidation, MachineRequest, MachineTemplate, MachineTemplateStatus,
+    ResolvedImage,
+};
+use evaluate::{evaluate, NotReady, Ready, RETRY_TRANSIENT};
+use launch_check::Check;
 
 /// Label value for this controller in metrics.
 const CONTROLLER: &str = "template";
@@ -130,6 +135,7 @@ async fn reconcile_template(
     let outcome = evaluate(mt, &old_status, generation, ctx).await;
 
     let mut status = old_status.clone();
+    let outcome = check_launch(mt, &mut status, generation, outcome, ctx).await;
     status.observed_generation = generation;
     status.machines_in_use = Some(usage::machines_in_use(&requests.state(), &namespace, &name));
     let now = Time(Timestamp::now());
@@ -211,6 +217,70 @@ async fn reconcile_template(
         publish_event(mt, ctx, &outcome).await;
     }
     Ok(requeue)
+}
+
+/// The launch dry run's part of a reconcile (see [`launch_check`]): makes
+/// the dry run when one is due and records it in `status`; a refusal, new or
+/// standing, makes the template not Ready. Without `validateLaunches` the
+/// condition and record are dropped (they would name a check no longer made).
+async fn check_launch(
+    mt: &MachineTemplate,
+    status: &mut MachineTemplateStatus,
+    generation: Option<i64>,
+    outcome: Result<Ready, NotReady>,
+    ctx: &Context,
+) -> Result<Ready, NotReady> {
+    if !ctx.config.validate_launches {
+        status.conditions.retain(|c| c.type_ != LAUNCH_VALIDATED);
+        status.launch_validation = None;
+        return outcome;
+    }
+    let mut ready = outcome?;
+    let retry = ctx.config.launch_validation_retry;
+    let now = Timestamp::now();
+    if !launch_check::due(status, generation, &ready.image.id, retry, now) {
+        return match conditions::find_condition(&status.conditions, LAUNCH_VALIDATED) {
+            Some(c) if c.status == FALSE => Err(NotReady::new(
+                Reason::LaunchRefused,
+                c.message.clone(),
+                Some(launch_check::retry_in(status, retry, now)),
+            )),
+            _ => Ok(ready),
+        };
+    }
+    let spec = launch_check::spec(
+        mt,
+        &ready.image.id,
+        ready.root_device_name.clone(),
+        &ctx.config.cluster_name,
+        &ctx.cluster_id,
+    );
+    let check = launch_check::run(ready.provider.as_ref(), &spec).await;
+    if let Some(c) = launch_check::condition(&check, &spec, generation, Time(now)) {
+        conditions::set_condition(&mut status.conditions, c);
+    }
+    if !matches!(check, Check::Inconclusive(_)) {
+        status.launch_validation = Some(LaunchValidation {
+            image_id: ready.image.id.clone(),
+            checked_at: Time(now),
+        });
+    }
+    match check {
+        Check::Refused(e) => {
+            warn!(template = %mt.name_any(), error = %e, "the launch dry run was refused");
+            Err(NotReady::new(
+                Reason::LaunchRefused,
+                launch_check::refusal_message(&e),
+                Some(retry),
+            ))
+        }
+        Check::Inconclusive(e) => {
+            info!(template = %mt.name_any(), error = %e, "the launch dry run got no verdict; trying again");
+            ready.refresh_in = ready.refresh_in.min(RETRY_TRANSIENT);
+            Ok(ready)
+        }
+        Check::Passed | Check::Standing => Ok(ready),
+    }
 }
 
 async fn publish_event(mt: &MachineTemplate, ctx: &Context, outcome: &Result<Ready, NotReady>) {

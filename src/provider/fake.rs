@@ -261,6 +261,11 @@ impl MachineProvider for FakeProvider {
         Ok(())
     }
 
+    async fn validate_launch(&self, _: &LaunchSpec) -> Result<(), ProviderError> {
+        self.call("validate_launch").await;
+        Ok(())
+    }
+
     async fn launch(&self, _: &LaunchSpec) -> Result<LaunchAnswer, ProviderError> {
         self.call("launch").await;
         Ok(LaunchAnswer::default())

@@ -140,6 +140,14 @@ pub trait MachineProvider: Send + Sync {
     /// accepted; the machines go through `shutting-down` first.
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError>;
 
+    /// Asks the cloud whether `spec` would launch, without launching
+    /// anything (EC2's `DryRun`): `Ok` when it would, else the cloud's
+    /// refusal (a missing permission, a tag policy, a parameter it does not
+    /// take). A retryable error says nothing either way. The template
+    /// controller calls it when a template or its image changes, so what
+    /// would refuse every launch shows on the template first.
+    async fn validate_launch(&self, spec: &LaunchSpec) -> Result<(), ProviderError>;
+
     /// Launches one batch: exactly one launch call (RunInstances or CreateFleet)
     /// carrying `spec.client_token`, so re-sending an identical spec after a crash
     /// returns the first launch's machines instead of new ones (on real EC2).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use hostforge::api::conditions::{new_condition, READY};
 use hostforge::api::{
-    ImageSourceKind, MachineCounts, MachineRequest, MachineRequestStatus, MachineTemplate,
-    MachineTemplateStatus, RequestPhase, ResolvedImage,
+    ImageSourceKind, LaunchValidation, MachineCounts, MachineRequest, MachineRequestStatus,
+    MachineTemplate, MachineTemplateStatus, RequestPhase, ResolvedImage,
 };
 use hostforge_testbed::TestEnv;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -352,6 +352,10 @@ async fn kubectl_shows_columns_categories_and_docs() {
         }),
         machines_in_use: Some(2),
         instance_type_info: None,
+        launch_validation: Some(LaunchValidation {
+            image_id: "ami-0123456789abcdef0".into(),
+            checked_at: now.clone(),
+        }),
     };
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     templates

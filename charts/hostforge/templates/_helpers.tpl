@@ -79,10 +79,13 @@ providers:
     policy: {{ toJson . }}
     {{- end }}
 {{- end }}
-{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" }}
+{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" "launchValidationRetry" }}
 {{- with index $c $key }}
 {{ $key }}: {{ . | quote }}
 {{- end }}
+{{- end }}
+{{- if eq (toString $c.validateLaunches) "false" }}
+validateLaunches: false
 {{- end }}
 {{- with $c.maxKubeRequestsInFlight }}
 maxKubeRequestsInFlight: {{ . | int }}

@@ -3,6 +3,7 @@
 //! through the shared cache, and the first instance type's size. Its answer is
 //! [`Ready`] or [`NotReady`] with a typed reason and when to look again.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,7 +26,7 @@ use super::namespaces;
 /// way that may change on its own (an image published later, a subnet created).
 const RETRY_MISSING: Duration = Duration::from_secs(60);
 /// Retry delay after a transient provider failure (throttling, 5xx, timeouts).
-const RETRY_TRANSIENT: Duration = Duration::from_secs(15);
+pub(super) const RETRY_TRANSIENT: Duration = Duration::from_secs(15);
 
 /// Why a template is not Ready: the condition's reason and message.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +40,7 @@ pub struct NotReady {
 }
 
 impl NotReady {
-    fn new(reason: Reason, message: impl Into<String>, retry: Option<Duration>) -> Self {
+    pub(super) fn new(reason: Reason, message: impl Into<String>, retry: Option<Duration>) -> Self {
         NotReady {
             reason,
             message: message.into(),
@@ -89,8 +90,12 @@ fn policy_denied(mt: &MachineTemplate, denied: Denied, retry: Option<Duration>) 
 /// A template that is Ready: its image, the first instance type's size (when
 /// the provider could tell) and when to look at it again.
 pub struct Ready {
+    /// The provider the template names.
+    pub provider: Arc<dyn MachineProvider>,
     /// The resolved image.
     pub image: ResolvedImage,
+    /// The image's root device, where `rootVolume` applies.
+    pub root_device_name: Option<String>,
     /// The first instance type's size, when the provider could tell.
     pub type_info: Option<InstanceTypeInfo>,
     /// When the image's cache entry expires.
@@ -190,6 +195,8 @@ pub async fn evaluate(
     let type_info = first_type_info(provider.as_ref(), spec).await;
     Ok(Ready {
         type_info,
+        root_device_name: image.root_device_name.clone(),
+        provider: provider.clone(),
         image: ResolvedImage {
             id: image.id,
             name: image.name,

@@ -86,6 +86,7 @@ impl Calls {
         let seconds = start.elapsed().as_secs_f64();
         let outcome = match &result {
             Ok(_) => "ok",
+            Err(e) if is_dry_run_ok(e) => "dry-run",
             Err(e) => e.category(),
         };
         self.observer
@@ -97,5 +98,40 @@ impl Calls {
             }
         }
         result
+    }
+}
+
+/// EC2's answer to a dry run that would have succeeded.
+const DRY_RUN_OPERATION: &str = "DryRunOperation";
+
+fn is_dry_run_ok(e: &ProviderError) -> bool {
+    e.detail().code == DRY_RUN_OPERATION
+}
+
+impl Calls {
+    /// [`Calls::run`] of a call sent with `DryRun=true`: `Ok` when EC2
+    /// answers `DryRunOperation` (the call would have succeeded; counted in
+    /// metrics with outcome `dry-run`), else EC2's refusal. An answer that
+    /// is a success is an error too: the cloud did not honour the dry run,
+    /// and may have done the call.
+    pub(super) async fn dry_run<T, E, C, F>(
+        &self,
+        operation: &'static str,
+        call: C,
+    ) -> Result<(), ProviderError>
+    where
+        C: FnOnce() -> F,
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        match self.run(operation, call).await {
+            Err(e) if is_dry_run_ok(&e) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(ProviderError::Unknown(errors::detail(
+                operation,
+                "DryRunIgnored",
+                format!("{operation} with DryRun=true answered as if it was made"),
+            ))),
+        }
     }
 }

@@ -177,6 +177,10 @@ impl MachineProvider for AwsProvider {
         terminate::terminate(&self.clients, &self.calls, ids).await
     }
 
+    async fn validate_launch(&self, spec: &LaunchSpec) -> Result<(), ProviderError> {
+        launch::validate(&self.clients, &self.calls, spec).await
+    }
+
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchAnswer, ProviderError> {
         // RunInstances takes MaxCount (= count) tokens from the launched
         // instances bucket; an instant fleet has no instance bucket.

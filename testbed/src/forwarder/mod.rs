@@ -72,6 +72,7 @@ pub use fidelity::{
 pub use placement::PlacementGroup;
 pub use rules::{InjectedError, Rule, RuleId};
 pub use throttle::{Bucket, RateLimits};
+pub use wire::DRY_RUN_SUFFIX;
 
 use server::accept_loop;
 use throttle::Buckets;
@@ -514,6 +515,13 @@ impl State {
         }
         if let Some(body) = self.replies.get(action) {
             return Decision::Reply(body.clone());
+        }
+        // moto does the call even with DryRun=true: EC2 only checks it and
+        // answers DryRunOperation
+        // (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateLaunchTemplate.html>,
+        // `DryRun`). moto honours it for RunInstances and CreateFleet.
+        if action == "CreateLaunchTemplate:DryRun" && call.is_ec2() {
+            return Decision::Answer(InjectedError::dry_run_operation());
         }
         if action == "DescribePlacementGroups" && call.is_ec2() {
             return match placement::describe(&self.placement_groups, &call.params) {

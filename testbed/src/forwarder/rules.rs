@@ -44,6 +44,29 @@ impl InjectedError {
         InjectedError::new(503, "RequestLimitExceeded", "Request limit exceeded.")
     }
 
+    /// EC2's answer to a dry run that would have succeeded: HTTP 412,
+    /// `DryRunOperation`
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+    pub fn dry_run_operation() -> InjectedError {
+        InjectedError::new(
+            412,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        )
+    }
+
+    /// EC2's answer to a call (or dry run) the caller's IAM policies do not
+    /// allow: HTTP 403, `UnauthorizedOperation`, with an encoded
+    /// authorization message.
+    pub fn unauthorized_operation() -> InjectedError {
+        InjectedError::new(
+            403,
+            "UnauthorizedOperation",
+            "You are not authorized to perform this operation. Encoded authorization failure \
+             message: AQoDYXdzEJr",
+        )
+    }
+
     /// An EC2-side fault: HTTP 500, `InternalError`.
     pub fn internal_error() -> InjectedError {
         InjectedError::new(

@@ -49,7 +49,7 @@ impl Call {
             params.extend(form_urlencoded::parse(body).into_owned());
         }
         Call {
-            action: params.get("Action").cloned(),
+            action: params.get("Action").map(|a| dry_run_name(a, &params)),
             params,
             json: false,
             service,
@@ -63,6 +63,22 @@ impl Call {
         }
     }
 }
+
+/// The name a call is counted, matched and recorded under: its action, with
+/// [`DRY_RUN_SUFFIX`] when it is sent with `DryRun=true` (EC2 checks such a
+/// call without doing it), so a dry run never counts as, or takes a fault
+/// meant for, the call itself.
+fn dry_run_name(action: &str, params: &BTreeMap<String, String>) -> String {
+    if params.get("DryRun").is_some_and(|v| v == "true") {
+        format!("{action}{DRY_RUN_SUFFIX}")
+    } else {
+        action.to_string()
+    }
+}
+
+/// Appended to the action of a call made with `DryRun=true`: a dry run of
+/// RunInstances is counted and matched as `RunInstances:DryRun`.
+pub const DRY_RUN_SUFFIX: &str = ":DryRun";
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

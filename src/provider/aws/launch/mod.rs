@@ -7,6 +7,7 @@
 //! share (spec checks, token, user data, root device, instance profile); the
 //! children use these helpers and never each other.
 
+mod dry_run;
 mod fleet;
 mod run_instances;
 mod template_cache;
@@ -38,6 +39,15 @@ pub(super) async fn launch(
             .map(LaunchAnswer::of),
         LaunchApi::Fleet => fleet::launch(clients, calls, templates, spec).await,
     }
+}
+
+/// Dry-runs `spec`'s launch (see [`crate::provider::MachineProvider::validate_launch`]).
+pub(super) async fn validate(
+    clients: &AwsClients,
+    calls: &Calls,
+    spec: &LaunchSpec,
+) -> Result<(), ProviderError> {
+    dry_run::validate(clients, calls, spec).await
 }
 
 /// Refuses specs that cannot launch anything, before any call: both APIs need

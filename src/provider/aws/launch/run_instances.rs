@@ -47,7 +47,7 @@ pub(super) async fn launch(
 
 /// The RunInstances request for `spec`: the first instance type and subnet,
 /// MinCount 1 and MaxCount `count`, spot when the spec is all spot.
-fn run_instances_request(
+pub(super) fn run_instances_request(
     ec2: &aws_sdk_ec2::Client,
     spec: &LaunchSpec,
 ) -> Result<RunInstancesFluentBuilder, ProviderError> {
