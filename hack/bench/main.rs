@@ -13,9 +13,12 @@
 //! durations; the default, 5, runs a burst of 100 requests × 10 machines and
 //! a steady state of 10,000 machines in 1,000 requests (about 18 minutes on
 //! 2 cores), and 1 is a quick run (burst 20 × 10, steady 2,000 machines; about
-//! 10 minutes). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,hostfactory,churn,hostile,steady`
+//! 10 minutes). `HOSTFORGE_BENCH_SCENARIOS=burst,limits,hostfactory,churn,hostile,interruptions,steady`
 //! picks scenarios (hostfactory: R requestMachines × 10 through `hf/scripts`
-//! with EC2's default buckets, then the operations' latency at 2,000 machines); `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s) and
+//! with EC2's default buckets, then the operations' latency at 2,000 machines;
+//! interruptions: the time from EC2's events to the machines' status, through
+//! the interruption queue and on the polling path, the same at every scale);
+//! `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s) and
 //! `HOSTFORGE_BENCH_LIMITS_SCALE` the bucket scale of the limits scenario.
 
 use std::collections::BTreeSet;
@@ -41,11 +44,13 @@ macro_rules! progress {
 }
 
 mod baseline;
+mod cloud_events;
 mod operator;
 mod report;
 mod requests;
 mod sample;
 mod scenarios;
+mod seen;
 mod sizes;
 
 #[tokio::main]
@@ -53,7 +58,7 @@ async fn main() {
     let start = Instant::now();
     let sizes = Sizes::from_env();
     let wanted: BTreeSet<String> = std::env::var("HOSTFORGE_BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "burst,limits,hostfactory,churn,hostile,steady".into())
+        .unwrap_or_else(|_| "burst,limits,hostfactory,churn,hostile,interruptions,steady".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
@@ -106,6 +111,10 @@ async fn main() {
     }
     if wanted.contains("hostile") {
         scenarios::hostile::run(start, &sizes, &fwd, &mut report).await;
+        save(&mut report);
+    }
+    if wanted.contains("interruptions") {
+        scenarios::interruptions::run(start, &sizes, &fwd, &mut report).await;
         save(&mut report);
     }
     if wanted.contains("steady") {

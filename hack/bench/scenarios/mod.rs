@@ -6,5 +6,6 @@ pub(crate) mod burst;
 pub(crate) mod churn;
 pub(crate) mod hostfactory;
 pub(crate) mod hostile;
+pub(crate) mod interruptions;
 pub(crate) mod limits;
 pub(crate) mod steady;
