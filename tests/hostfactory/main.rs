@@ -21,6 +21,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
 mod answers;
+mod at_risk;
 mod hostile;
 mod spot;
 
