@@ -205,16 +205,20 @@ impl FleetMetrics {
     /// Records one placeholder sample in every family (see
     /// [`super::Metrics::names`]); the gauge is left as it was.
     pub(super) fn touch_every_family(&self) {
-        self.machines.get_or_create(&MachineLabels {
-            namespace: String::new(),
-            template: String::new(),
-            state: "probe",
-            capacity_type: "probe",
-        });
-        self.request_ready.get_or_create(&TemplateLabels {
-            namespace: String::new(),
-            template: String::new(),
-        });
+        self.machines
+            .get_or_create(&MachineLabels {
+                namespace: String::new(),
+                template: String::new(),
+                state: "probe",
+                capacity_type: "probe",
+            })
+            .set(0);
+        self.request_ready
+            .get_or_create(&TemplateLabels {
+                namespace: String::new(),
+                template: String::new(),
+            })
+            .observe(0.0);
         self.rate_limit_wait("probe", "probe", 0.0);
     }
 
