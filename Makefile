@@ -107,7 +107,7 @@ chart-lint: ## helm lint + helm template of charts/hostforge (and its crds/ is c
 	$(HELM) lint --strict charts/hostforge --set config.clusterName=lint
 	$(HELM) template hostforge charts/hostforge --set config.clusterName=lint >/dev/null
 	$(HELM) template hostforge charts/hostforge --set config.clusterName=lint --set watchNamespace=team-a \
-	  --set networkPolicy.enabled=true --set serviceMonitor.enabled=true >/dev/null
+	  --set networkPolicy.enabled=true --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true >/dev/null
 
 .PHONY: docker-build
 docker-build: ## Build the container image $(IMAGE) from the Dockerfile (buildah, podman or docker).

@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 use crate::image::CacheObserver;
 use crate::provider::CallObserver;
 
+pub mod fleet;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
     controller: &'static str,
@@ -77,6 +79,9 @@ pub struct Metrics {
     queue_messages: Family<QueueMessageLabels, Counter>,
     queue_failures: Family<ProviderLabels, Counter>,
     queue_up: Family<ProviderLabels, Gauge>,
+    /// Machines by template and state, request-to-Ready time, rate-limit
+    /// waits: the dashboard's figures about the fleet.
+    pub fleet: fleet::FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -202,6 +207,7 @@ impl Metrics {
             "Image resolutions served from the cache (hit) or the provider (miss)",
             image_cache.clone(),
         );
+        let fleet = fleet::FleetMetrics::register(&mut registry);
         Metrics {
             registry,
             reconciles,
@@ -222,6 +228,7 @@ impl Metrics {
             queue_messages,
             queue_failures,
             queue_up,
+            fleet,
         }
     }
 
@@ -361,6 +368,49 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+
+    /// Every sample name `/metrics` can carry, whether or not a family has
+    /// samples yet (the text format leaves out a labelled family until it is
+    /// first used): a throwaway registry with every family touched once is
+    /// encoded and its `# TYPE` lines read, with the suffixes the format adds
+    /// (`_total` for counters, `_bucket`, `_sum`, `_count` for histograms).
+    /// Dashboards and alerts are checked against this list.
+    pub fn names() -> Result<std::collections::BTreeSet<String>, std::fmt::Error> {
+        let probe = Metrics::new();
+        probe.touch_every_family();
+        Ok(sample_names(&probe.encode()?))
+    }
+
+    /// Records one placeholder sample in every family, so each is encoded.
+    /// A family added to [`Metrics::new`] needs its line here (a test counts
+    /// the registry's descriptors against the encoded families).
+    fn touch_every_family(&self) {
+        let p = "probe";
+        self.reconcile(p, Duration::ZERO, Some(p));
+        self.status_write(p);
+        self.aws_call(p, p, p, 0.0);
+        self.image_cache(true);
+        self.poll(p);
+        self.sweep(p);
+        self.launched(p, 0);
+        self.terminated(p, p, 0);
+        self.launch_templates_collected(p, 0);
+        self.foreign_machines(p, 0);
+        self.orphans_held(p, 0);
+        self.orphan_brake_engaged(p);
+        self.queue_message(p, p, p);
+        self.queue_failure(p);
+        self.queue_up(p, true);
+        self.fleet.touch_every_family();
+    }
+
+    /// How many families are registered (from the registry's descriptors).
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        format!("{:?}", self.registry)
+            .matches("Descriptor {")
+            .count()
+    }
 }
 
 impl CallObserver for Metrics {
@@ -392,9 +442,68 @@ impl CacheObserver for Metrics {
     }
 }
 
+/// The sample names of a text exposition, from its `# TYPE` lines.
+fn sample_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "summary" => &["", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_registered_family_is_touched_for_names() {
+        let m = Metrics::new();
+        m.touch_every_family();
+        let text = m.encode().expect("encode");
+        let encoded = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert!(encoded > 20, "{text}");
+        assert_eq!(
+            encoded,
+            m.registered(),
+            "a family registered in Metrics::new has no line in touch_every_family:\n{text}"
+        );
+    }
+
+    #[test]
+    fn names_cover_every_family_before_it_has_samples() {
+        let names = Metrics::names().expect("names");
+        for name in [
+            "hostforge_reconciles_total",
+            "hostforge_reconcile_errors_total",
+            "hostforge_reconcile_duration_seconds_bucket",
+            "hostforge_reconcile_duration_seconds_sum",
+            "hostforge_reconcile_duration_seconds_count",
+            "hostforge_interruption_queue_up",
+            "hostforge_machines",
+            "hostforge_request_ready_seconds_bucket",
+            "hostforge_aws_rate_limit_wait_seconds_count",
+        ] {
+            assert!(names.contains(name), "{name} not in {names:?}");
+        }
+        assert!(
+            !names.contains("hostforge_reconciles"),
+            "a counter's samples end in _total"
+        );
+        assert!(!names.contains("hostforge_machines_total"));
+    }
 
     #[test]
     fn text_format_carries_prefix_and_bounded_labels() {

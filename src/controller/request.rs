@@ -135,7 +135,15 @@ pub async fn reconcile(mr: Arc<MachineRequest>, ctx: Arc<Context>) -> Result<Act
     let result = finalizer(&api, FINALIZER, mr, |event| async {
         match event {
             Finalize::Apply(mr) => apply(&mr, &ctx).await,
-            Finalize::Cleanup(mr) => cleanup::cleanup(&mr, &ctx).await,
+            Finalize::Cleanup(mr) => {
+                let done = cleanup::cleanup(&mr, &ctx).await;
+                if done.is_ok() {
+                    // The finalizer goes next: the request and its
+                    // machines leave the machines gauge.
+                    ctx.metrics.fleet.forget_request(&k);
+                }
+                done
+            }
         }
     })
     .await;
@@ -173,6 +181,7 @@ async fn apply(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error> {
     if let Err(err) = &result {
         report::failure(&mut s, err).await;
     }
+    s.count_machines();
     result
 }
 

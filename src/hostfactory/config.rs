@@ -12,6 +12,8 @@
 //! templateSelector: hostforge.io/hf-offered=true   # optional; default every template in the namespace
 //! timeout: 30s                                     # optional; each operation's deadline
 //! finishedRetention: 1h                            # optional; "off" keeps finished requests
+//! rebalanceGracePeriod: 10m                        # optional; "off": rebalance recommendations not reported
+//! scheduledEventMargin: 5m                         # optional; kept before a scheduled retirement/maintenance
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::Deserialize;
 
+use super::reclaim::GraceRules;
 use super::HfError;
 
 /// The configuration file's name inside the configuration directory.
@@ -46,6 +49,9 @@ pub struct HfConfig {
     /// How long a finished scheduler-owned request is kept before it is
     /// deleted (see [`super::expire`]); `None`: never.
     pub finished_retention: Option<Duration>,
+    /// How getReturnRequests computes the grace of hosts at risk (see
+    /// [`super::reclaim`]).
+    pub grace: GraceRules,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +68,10 @@ struct RawConfig {
     timeout: Option<String>,
     #[serde(default)]
     finished_retention: Option<String>,
+    #[serde(default)]
+    rebalance_grace_period: Option<String>,
+    #[serde(default)]
+    scheduled_event_margin: Option<String>,
 }
 
 impl HfConfig {
@@ -106,6 +116,24 @@ impl HfConfig {
                 ))
             })?),
         };
+        let defaults = GraceRules::default();
+        let rebalance = match raw.rebalance_grace_period.as_deref().map(str::trim) {
+            None => defaults.rebalance,
+            Some("off") => None,
+            Some(t) => Some(crate::config::duration::parse_duration(t).ok_or_else(|| {
+                invalid(format!(
+                    "rebalanceGracePeriod: {t:?} is not a duration like 10m (or off)"
+                ))
+            })?),
+        };
+        let scheduled_margin = match raw.scheduled_event_margin.as_deref() {
+            None => defaults.scheduled_margin,
+            Some(t) => crate::config::duration::parse_duration(t).ok_or_else(|| {
+                invalid(format!(
+                    "scheduledEventMargin: {t:?} is not a duration like 5m"
+                ))
+            })?,
+        };
         // A relative kubeconfig is relative to the configuration file, so the
         // plugin folder can be moved as a whole.
         let kubeconfig = raw.kubeconfig.map(|k| match path.parent() {
@@ -119,6 +147,10 @@ impl HfConfig {
             template_selector: raw.template_selector.filter(|s| !s.trim().is_empty()),
             timeout,
             finished_retention,
+            grace: GraceRules {
+                rebalance,
+                scheduled_margin,
+            },
         })
     }
 
@@ -213,6 +245,30 @@ mod tests {
     }
 
     #[test]
+    fn grace_rules_are_read_with_defaults_and_off() {
+        let read = |y: &str| {
+            HfConfig::from_yaml(Path::new("h.yaml"), y)
+                .expect("valid")
+                .grace
+        };
+        assert_eq!(read("namespace: a\n"), GraceRules::default());
+        assert_eq!(
+            GraceRules::default(),
+            GraceRules {
+                rebalance: Some(Duration::from_secs(600)),
+                scheduled_margin: Duration::from_secs(300),
+            }
+        );
+        let set = read("namespace: a\nrebalanceGracePeriod: 2m\nscheduledEventMargin: 0s\n");
+        assert_eq!(set.rebalance, Some(Duration::from_secs(120)));
+        assert_eq!(set.scheduled_margin, Duration::ZERO);
+        assert_eq!(
+            read("namespace: a\nrebalanceGracePeriod: off\n").rebalance,
+            None
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = HfConfig::from_yaml(Path::new("h.yaml"), "namespace: hpc\n").expect("valid");
         assert_eq!((c.kubeconfig, c.template_selector), (None, None));
@@ -231,6 +287,8 @@ mod tests {
         assert!(err("namespace: ''\n").contains("namespace"));
         assert!(err("namespace: a\ntimeout: soon\n").contains("timeout"));
         assert!(err("namespace: a\nfinishedRetention: never\n").contains("finishedRetention"));
+        assert!(err("namespace: a\nrebalanceGracePeriod: soon\n").contains("rebalanceGracePeriod"));
+        assert!(err("namespace: a\nscheduledEventMargin: off\n").contains("scheduledEventMargin"));
     }
 
     #[test]

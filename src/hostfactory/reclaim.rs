@@ -1,5 +1,5 @@
 //! getReturnRequests: of the hosts HostFactory holds from this provider, the
-//! ones the cloud is taking back, read from machine states in status.
+//! ones the cloud is taking back or has put at risk, read from machine status.
 //!
 //! Listed with `gracePeriod` 0: a machine the operator marked Lost (stopped or
 //! terminated outside hostforge), any other machine stopping, stopped,
@@ -17,10 +17,27 @@
 //! The call also expires finished scheduler-owned requests ([`super::expire`]):
 //! HostFactory makes it every few seconds and it lists them anyway.
 //!
-//! A spot machine with an interruption notice (the operator records EC2's
-//! two-minute warning in `interruptionNoticeTime`) is listed while it still
-//! runs, with the rest of the warning as `gracePeriod`: 120 s minus the time
-//! since the notice, never below 0.
+//! # Hosts at risk, and their `gracePeriod`
+//!
+//! IBM defines `gracePeriod` as the time remaining, in seconds, before the
+//! provider reclaims the host: the scheduler drains the host within it and then
+//! returns it. Besides the hosts already going (above, grace 0), a host still
+//! running is listed when the cloud has said it is at risk:
+//!
+//! | reason | in status | `gracePeriod` |
+//! |---|---|---|
+//! | spot interruption notice | `interruptionNoticeTime` | 120 s minus the time since the notice |
+//! | rebalance recommendation | `rebalanceRecommendationTime` | `rebalanceGracePeriod` (10 min by default; `off`: not listed) minus the time since the recommendation |
+//! | scheduled retirement or maintenance | `scheduledEvent.time` | seconds until the event starts, minus `scheduledEventMargin` (5 min by default); 0 when the cloud gave no time |
+//! | failed status check | (hook: [`status_check_grace`]) | not reported yet |
+//!
+//! Every figure is clamped to `0..=` its own window (a clock behind the notice
+//! never gives more than the window) except the scheduled one, whose window is
+//! the time to the event. A host with several reasons gets the smallest
+//! grace: the first deadline is the one that matters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
@@ -32,6 +49,65 @@ use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
 
 /// How long EC2 warns before it takes a spot machine back, in seconds.
 pub const SPOT_WARNING_SECONDS: i64 = 120;
+
+/// Default grace of a host with a rebalance recommendation. EC2 gives no
+/// deadline with it (the two-minute notice may follow at any time, or never);
+/// ten minutes lets short jobs finish and checkpoints be written while the
+/// replacement HostFactory asks for starts, without holding a host at
+/// elevated risk for an hour.
+pub const DEFAULT_REBALANCE_GRACE: Duration = Duration::from_secs(600);
+
+/// Default margin kept before a scheduled retirement or maintenance starts:
+/// EC2 may begin at its not-before time, and draining a host and returning it
+/// takes HostFactory a few polling rounds.
+pub const DEFAULT_SCHEDULED_MARGIN: Duration = Duration::from_secs(300);
+
+/// How the grace of a host at risk is computed; from hostforge.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraceRules {
+    /// Grace of a host with a rebalance recommendation, counted from the
+    /// recommendation; `None`: such hosts are not listed.
+    pub rebalance: Option<Duration>,
+    /// Kept before the start of a scheduled retirement or maintenance.
+    pub scheduled_margin: Duration,
+}
+
+impl Default for GraceRules {
+    fn default() -> Self {
+        GraceRules {
+            rebalance: Some(DEFAULT_REBALANCE_GRACE),
+            scheduled_margin: DEFAULT_SCHEDULED_MARGIN,
+        }
+    }
+}
+
+/// Why a host is listed; the answer's message counts hosts by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AtRisk {
+    /// Lost, stopping or gone, or its request is being deleted.
+    Gone,
+    /// A spot interruption notice.
+    Interruption,
+    /// A rebalance recommendation.
+    Rebalance,
+    /// A scheduled retirement or maintenance.
+    Scheduled,
+    /// A failed status check (see [`status_check_grace`]).
+    Impaired,
+}
+
+impl AtRisk {
+    /// The reason as the message names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AtRisk::Gone => "gone or going",
+            AtRisk::Interruption => "spot interruption notice",
+            AtRisk::Rebalance => "rebalance recommendation",
+            AtRisk::Scheduled => "scheduled retirement or maintenance",
+            AtRisk::Impaired => "failed status check",
+        }
+    }
+}
 
 /// Whether the cloud (or someone other than the scheduler) is taking `m` away.
 pub fn is_reclaimed(m: &Machine) -> bool {
@@ -48,18 +124,68 @@ pub fn is_reclaimed(m: &Machine) -> bool {
     }
 }
 
-/// The seconds the scheduler has left to drain `m` when it is being taken
-/// back at `now`; `None` when it is not.
-pub fn grace_period(m: &Machine, now: Timestamp) -> Option<i64> {
+/// `window` seconds counted down from `since` at `now`, within `0..=window`.
+fn countdown(window: i64, since: Timestamp, now: Timestamp) -> i64 {
+    let elapsed = now.as_second() - since.as_second();
+    window.saturating_sub(elapsed).clamp(0, window.max(0))
+}
+
+fn seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The grace of a spot machine with an interruption notice.
+fn interruption_grace(m: &Machine, now: Timestamp) -> Option<i64> {
+    let noticed = m.interruption_notice_time.as_ref()?.0;
+    Some(countdown(SPOT_WARNING_SECONDS, noticed, now))
+}
+
+/// The grace of a machine with a rebalance recommendation.
+fn rebalance_grace(m: &Machine, now: Timestamp, rules: &GraceRules) -> Option<i64> {
+    let window = seconds(rules.rebalance?);
+    let recommended = m.rebalance_recommendation_time.as_ref()?.0;
+    Some(countdown(window, recommended, now))
+}
+
+/// The grace of a machine with a scheduled retirement or maintenance: the
+/// seconds until it starts less the margin; 0 when the cloud gave no time.
+fn scheduled_grace(m: &Machine, now: Timestamp, rules: &GraceRules) -> Option<i64> {
+    let event = m.scheduled_event.as_ref()?;
+    let Some(starts) = &event.time else {
+        return Some(0);
+    };
+    let left = starts.0.as_second() - now.as_second();
+    Some(left.saturating_sub(seconds(rules.scheduled_margin)).max(0))
+}
+
+/// HOOK (status checks): the grace of a machine whose EC2 status check says
+/// `impaired`. The machine field for it is being added to the operator
+/// separately (probably `statusCheck`); until then nothing is reported here.
+/// Once it exists, return `Some(0)` (or a configured grace) for an impaired
+/// machine: an impaired host runs no jobs well, and the scheduler should
+/// drain it and ask for another.
+fn status_check_grace(_m: &Machine, _now: Timestamp, _rules: &GraceRules) -> Option<i64> {
+    None
+}
+
+/// The seconds the scheduler has left to drain `m` at `now`, and the reason
+/// with the smallest grace; `None` when it is not at risk.
+pub fn grace_period(m: &Machine, now: Timestamp, rules: &GraceRules) -> Option<(i64, AtRisk)> {
     if m.termination_reason == Some(TerminationReason::Returned) {
         return None;
     }
     if is_reclaimed(m) {
-        return Some(0);
+        return Some((0, AtRisk::Gone));
     }
-    let noticed = m.interruption_notice_time.as_ref()?.0;
-    let since = now.as_second() - noticed.as_second();
-    Some((SPOT_WARNING_SECONDS - since).clamp(0, SPOT_WARNING_SECONDS))
+    [
+        interruption_grace(m, now).map(|g| (g, AtRisk::Interruption)),
+        rebalance_grace(m, now, rules).map(|g| (g, AtRisk::Rebalance)),
+        scheduled_grace(m, now, rules).map(|g| (g, AtRisk::Scheduled)),
+        status_check_grace(m, now, rules).map(|g| (g, AtRisk::Impaired)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// What getReturnRequests found for the hosts HostFactory holds.
@@ -71,11 +197,19 @@ pub struct Reclaim {
     pub unknown: Vec<MachineKey>,
     /// Host names several live machines carry: not reported.
     pub ambiguous: Vec<MachineKey>,
+    /// How many listed hosts each reason (the one with the smallest grace)
+    /// accounts for.
+    pub reasons: BTreeMap<AtRisk, usize>,
 }
 
-/// The hosts of `held` to give back at `now`, in input order, and the hosts
-/// that could not be judged.
-pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestamp) -> Reclaim {
+/// The hosts of `held` to give back at `now` under `rules`, in input order,
+/// and the hosts that could not be judged.
+pub fn reclaimed(
+    held: &[MachineKey],
+    requests: &[MachineRequest],
+    now: Timestamp,
+    rules: &GraceRules,
+) -> Reclaim {
     // Each machine with whether its request is being deleted: the operator is
     // terminating those, so they are taken back even while still running.
     let machines: Vec<(bool, &Machine)> = requests
@@ -98,11 +232,15 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestam
         ) else {
             continue;
         };
-        let grace = match grace_period(m, now) {
-            Some(grace) => grace,
-            None if deleting && m.termination_reason != Some(TerminationReason::Returned) => 0,
+        // The operator terminates the machines of a deleting request now,
+        // whatever warning the cloud gave.
+        let doomed = deleting && m.termination_reason != Some(TerminationReason::Returned);
+        let (grace, reason) = match grace_period(m, now, rules) {
+            _ if doomed => (0, AtRisk::Gone),
+            Some(found) => found,
             None => continue,
         };
+        *out.reasons.entry(reason).or_default() += 1;
         out.hosts.push(ReclaimedHost {
             machine: key
                 .name
@@ -120,6 +258,14 @@ pub fn reclaimed(held: &[MachineKey], requests: &[MachineRequest], now: Timestam
 /// be judged.
 pub fn message(held: usize, r: &Reclaim) -> String {
     let mut text = format!("{} of {held} hosts are being taken back", r.hosts.len());
+    if !r.reasons.is_empty() {
+        let counts: Vec<String> = r
+            .reasons
+            .iter()
+            .map(|(reason, n)| format!("{n} {}", reason.as_str()))
+            .collect();
+        text.push_str(&format!(" ({})", counts.join(", ")));
+    }
     let names = |keys: &[MachineKey]| {
         keys.iter()
             .map(MachineKey::describe)
@@ -158,7 +304,7 @@ pub async fn get_return_requests(
         .collect();
     let api: Api<MachineRequest> = Api::namespaced(client.clone(), &config.namespace);
     let requests = owned_requests(&api, &config.namespace).await?;
-    let found = reclaimed(&held, &requests, Timestamp::now());
+    let found = reclaimed(&held, &requests, Timestamp::now(), &config.grace);
     if let Some(retention) = config.finished_retention {
         super::expire::expire(&api, &requests, retention).await;
     }
@@ -178,6 +324,7 @@ pub async fn get_return_requests(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::request::{ScheduledEvent, ScheduledEventKind};
     use crate::hostfactory::{OWNER_LABEL, OWNER_VALUE};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff;
@@ -204,6 +351,11 @@ mod tests {
         .expect("request")]
     }
 
+    /// [`reclaimed`] with the default rules.
+    fn reclaim_at(held: &[MachineKey], mrs: &[MachineRequest], now: Timestamp) -> Reclaim {
+        reclaimed(held, mrs, now, &GraceRules::default())
+    }
+
     fn key(id: &str) -> MachineKey {
         MachineKey {
             id: Some(id.into()),
@@ -217,7 +369,7 @@ mod tests {
             .into_iter()
             .map(key)
             .collect();
-        let found = reclaimed(&held, &requests(), Timestamp::now());
+        let found = reclaim_at(&held, &requests(), Timestamp::now());
         let out = &found.hosts;
         let names: Vec<_> = out.iter().map(|h| h.machine.as_str()).collect();
         assert_eq!(names, ["host-i-lost", "host-i-down"]);
@@ -229,7 +381,7 @@ mod tests {
 
     #[test]
     fn a_host_named_only_by_id_gets_its_name_from_status() {
-        let out = reclaimed(
+        let out = reclaim_at(
             &[MachineKey {
                 id: Some("i-lost".into()),
                 name: None,
@@ -249,24 +401,24 @@ mod tests {
         machines[0].interruption_notice_time = Some(Time(noticed));
         let at = |secs: i64| noticed + jiff::SignedDuration::from_secs(secs);
         let held = [key("i-ok"), key("i-new")];
-        let out = reclaimed(&held, &mrs, at(30)).hosts;
+        let out = reclaim_at(&held, &mrs, at(30)).hosts;
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].machine_id, "i-ok");
         assert_eq!(out[0].grace_period, 90);
-        assert_eq!(reclaimed(&held, &mrs, at(500)).hosts[0].grace_period, 0);
+        assert_eq!(reclaim_at(&held, &mrs, at(500)).hosts[0].grace_period, 0);
         assert_eq!(
-            reclaimed(&held, &mrs, at(-5)).hosts[0].grace_period,
+            reclaim_at(&held, &mrs, at(-5)).hosts[0].grace_period,
             120,
             "a clock behind the notice never gives more than the warning"
         );
         // Once the scheduler returned it, it is no longer announced.
         machines_returned(&mut mrs, "i-ok");
-        assert!(reclaimed(&held, &mrs, at(30)).hosts.is_empty());
+        assert!(reclaim_at(&held, &mrs, at(30)).hosts.is_empty());
     }
 
     #[test]
     fn a_host_no_request_lists_is_not_reported_as_reclaimed() {
-        let out = reclaimed(&[key("i-gone")], &requests(), Timestamp::now());
+        let out = reclaim_at(&[key("i-gone")], &requests(), Timestamp::now());
         assert!(out.hosts.is_empty(), "unknown is not reclaimed: {out:?}");
     }
 
@@ -283,7 +435,7 @@ mod tests {
             id: None,
             name: Some("host-i-lost".into()),
         };
-        let out = reclaimed(&[by_name], &mrs, Timestamp::now());
+        let out = reclaim_at(&[by_name], &mrs, Timestamp::now());
         assert!(
             out.hosts.is_empty(),
             "the healthy holder is not drained: {out:?}"
@@ -296,10 +448,155 @@ mod tests {
         mrs[0].metadata.deletion_timestamp =
             Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
         let held = [key("i-ok"), key("i-ret")];
-        let out = reclaimed(&held, &mrs, Timestamp::now()).hosts;
+        let out = reclaim_at(&held, &mrs, Timestamp::now()).hosts;
         let ids: Vec<_> = out.iter().map(|h| h.machine_id.as_str()).collect();
         assert_eq!(ids, ["i-ok"], "running, but its request is going");
         assert_eq!(out[0].grace_period, 0);
+    }
+
+    fn at(base: &str, secs: i64) -> Timestamp {
+        let t: Timestamp = base.parse().expect("time");
+        t + jiff::SignedDuration::from_secs(secs)
+    }
+
+    fn running() -> Machine {
+        let mut m = Machine::unknown("i-risk");
+        m.state = MachineState::Running;
+        m
+    }
+
+    const T0: &str = "2026-11-25T10:00:00Z";
+
+    #[test]
+    fn a_rebalance_recommendation_counts_down_the_configured_grace() {
+        let mut m = running();
+        m.rebalance_recommendation_time = Some(Time(at(T0, 0)));
+        let rules = GraceRules::default();
+        let g = |secs| grace_period(&m, at(T0, secs), &rules);
+        assert_eq!(g(0), Some((600, AtRisk::Rebalance)));
+        assert_eq!(g(45), Some((555, AtRisk::Rebalance)));
+        assert_eq!(g(600), Some((0, AtRisk::Rebalance)));
+        assert_eq!(g(86_400), Some((0, AtRisk::Rebalance)), "never below 0");
+        assert_eq!(
+            g(-30),
+            Some((600, AtRisk::Rebalance)),
+            "a clock behind never gives more than the grace"
+        );
+        let short = GraceRules {
+            rebalance: Some(Duration::from_secs(60)),
+            ..rules
+        };
+        assert_eq!(
+            grace_period(&m, at(T0, 15), &short),
+            Some((45, AtRisk::Rebalance))
+        );
+        let off = GraceRules {
+            rebalance: None,
+            ..rules
+        };
+        assert_eq!(grace_period(&m, at(T0, 15), &off), None, "off: not listed");
+    }
+
+    #[test]
+    fn a_scheduled_event_leaves_the_time_to_its_start_less_the_margin() {
+        let mut m = running();
+        m.scheduled_event = Some(ScheduledEvent {
+            kind: ScheduledEventKind::Retirement,
+            time: Some(Time(at(T0, 3600))),
+        });
+        let rules = GraceRules::default();
+        let g = |secs| grace_period(&m, at(T0, secs), &rules);
+        assert_eq!(g(0), Some((3300, AtRisk::Scheduled)));
+        assert_eq!(g(3000), Some((300, AtRisk::Scheduled)));
+        assert_eq!(g(3300), Some((0, AtRisk::Scheduled)));
+        assert_eq!(g(3500), Some((0, AtRisk::Scheduled)), "inside the margin");
+        assert_eq!(g(7200), Some((0, AtRisk::Scheduled)), "past the start");
+        let no_margin = GraceRules {
+            scheduled_margin: Duration::ZERO,
+            ..rules
+        };
+        assert_eq!(
+            grace_period(&m, at(T0, 0), &no_margin),
+            Some((3600, AtRisk::Scheduled))
+        );
+        // A maintenance (a reboot) ends jobs too.
+        m.scheduled_event = Some(ScheduledEvent {
+            kind: ScheduledEventKind::Maintenance,
+            time: Some(Time(at(T0, 900))),
+        });
+        assert_eq!(
+            grace_period(&m, at(T0, 0), &rules),
+            Some((600, AtRisk::Scheduled))
+        );
+        // The cloud did not say when: due now.
+        m.scheduled_event = Some(ScheduledEvent {
+            kind: ScheduledEventKind::Retirement,
+            time: None,
+        });
+        assert_eq!(
+            grace_period(&m, at(T0, 0), &rules),
+            Some((0, AtRisk::Scheduled))
+        );
+    }
+
+    #[test]
+    fn several_reasons_give_the_smallest_grace() {
+        let mut m = running();
+        m.rebalance_recommendation_time = Some(Time(at(T0, 0)));
+        m.scheduled_event = Some(ScheduledEvent {
+            kind: ScheduledEventKind::Retirement,
+            time: Some(Time(at(T0, 1000))),
+        });
+        let rules = GraceRules::default();
+        // rebalance 600 - 100 = 500, scheduled 1000 - 100 - 300 = 600.
+        assert_eq!(
+            grace_period(&m, at(T0, 100), &rules),
+            Some((500, AtRisk::Rebalance))
+        );
+        // The notice comes: 120 s at most.
+        m.interruption_notice_time = Some(Time(at(T0, 100)));
+        assert_eq!(
+            grace_period(&m, at(T0, 110), &rules),
+            Some((110, AtRisk::Interruption))
+        );
+        // The machine goes down: 0, whatever else was said.
+        m.state = MachineState::ShuttingDown;
+        assert_eq!(
+            grace_period(&m, at(T0, 110), &rules),
+            Some((0, AtRisk::Gone))
+        );
+        // Returned by the scheduler: never listed.
+        m.termination_reason = Some(TerminationReason::Returned);
+        assert_eq!(grace_period(&m, at(T0, 110), &rules), None);
+    }
+
+    #[test]
+    fn hosts_at_risk_are_listed_and_counted_by_reason() {
+        let mut mrs = requests();
+        let machines = &mut mrs[0].status.as_mut().expect("status").machines;
+        machines[0].rebalance_recommendation_time = Some(Time(at(T0, 0)));
+        machines[4].state = MachineState::Running;
+        machines[4].scheduled_event = Some(ScheduledEvent {
+            kind: ScheduledEventKind::Maintenance,
+            time: Some(Time(at(T0, 86_400))),
+        });
+        let held: Vec<MachineKey> = ["i-ok", "i-lost", "i-new"].into_iter().map(key).collect();
+        let found = reclaim_at(&held, &mrs, at(T0, 60));
+        let got: Vec<(&str, i64)> = found
+            .hosts
+            .iter()
+            .map(|h| (h.machine_id.as_str(), h.grace_period))
+            .collect();
+        assert_eq!(got, [("i-ok", 540), ("i-lost", 0), ("i-new", 86_040)]);
+        assert_eq!(
+            message(held.len(), &found),
+            "3 of 3 hosts are being taken back (1 gone or going, 1 rebalance recommendation, \
+             1 scheduled retirement or maintenance)"
+        );
+        // A request being deleted takes them all now.
+        mrs[0].metadata.deletion_timestamp = Some(Time(at(T0, 0)));
+        let found = reclaim_at(&held, &mrs, at(T0, 60));
+        assert!(found.hosts.iter().all(|h| h.grace_period == 0), "{found:?}");
     }
 
     fn machines_returned(mrs: &mut [MachineRequest], id: &str) {

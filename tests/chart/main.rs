@@ -23,6 +23,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
 
+mod dashboard;
 mod rbac;
 
 const CHART: &str = "charts/hostforge";

@@ -21,6 +21,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
 
 mod answers;
+mod at_risk;
 mod hostile;
 mod spot;
 
@@ -37,7 +38,7 @@ fn config(env: &TestEnv) -> String {
 async fn the_five_operations_drive_machines_through_the_operator() {
     let env = TestEnv::new("hf-life").await;
     env.install_crds().await;
-    let _op = OperatorProcess::start(&env, &config(&env)).await;
+    let op = OperatorProcess::start(&env, &config(&env)).await;
     create_template(
         &env,
         "compute",
@@ -151,6 +152,29 @@ async fn the_five_operations_drive_machines_through_the_operator() {
     assert_eq!(done["status"], "complete", "{done}");
     let machines = done["machines"].as_array().cloned().expect("machines");
     assert_eq!(machines.len(), 3);
+    // The dashboard's figures: three running on-demand machines of the
+    // template, and one request that became Ready.
+    let ns = format!("namespace=\"{}\"", env.namespace);
+    let fleet = [ns.as_str(), "template=\"compute\""];
+    eventually("the machines gauge", || {
+        let running = op.metric(
+            "hostforge_machines",
+            &[
+                fleet[0],
+                fleet[1],
+                "state=\"running\"",
+                "capacity_type=\"on-demand\"",
+            ],
+        );
+        (running == 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        op.metric("hostforge_request_ready_seconds_count", &fleet),
+        1.0,
+        "one request turned Ready once"
+    );
+
     // The account is on every machine in EC2, as IBM's plugin tags it.
     let tagged = moto_instances(&env, &mr_uid).await;
     assert_eq!(tagged.len(), 3);
@@ -218,6 +242,15 @@ async fn the_five_operations_drive_machines_through_the_operator() {
         let (.., state) = moto_facts(&env, m["machineId"].as_str().expect("id")).await;
         assert_eq!(state, "terminated");
     }
+    // The gauge follows: one running, two terminated (kept in status).
+    eventually("the machines gauge after the return", || {
+        let m = |state: &str| {
+            let state = format!("state=\"{state}\"");
+            op.metric("hostforge_machines", &[fleet[0], fleet[1], state.as_str()])
+        };
+        (m("running") == 1.0 && m("terminated") == 2.0).then_some(())
+    })
+    .await;
     // Not replaced: after several sweeps only the third machine lives.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let live = moto_live(&env, &mr_uid).await;

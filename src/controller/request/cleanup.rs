@@ -125,6 +125,7 @@ pub async fn cleanup(mr: &MachineRequest, ctx: &Context) -> Result<Action, Error
     if let Err(err) = s.write().await {
         debug!(request = %s.key(), error = %err, "status write while deleting failed");
     }
+    s.count_machines();
     if hold.releases() {
         let ids: Vec<String> = s.status.machines.iter().map(|m| m.id.clone()).collect();
         ctx.tracker

@@ -95,6 +95,13 @@ impl<'a> Session<'a> {
                 source,
             })?;
         self.ctx.metrics.status_write(CONTROLLER);
+        self.ctx.metrics.fleet.request_status_written(
+            &self.owner.namespace,
+            &self.owner.template,
+            self.mr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            &self.written.conditions,
+            &self.status.conditions,
+        );
         // A write the apiserver found identical to what it holds (e.g. a
         // value that differs only below what the wire format keeps) is a
         // no-op that keeps the resourceVersion: that version is current, not
@@ -108,6 +115,18 @@ impl<'a> Session<'a> {
         self.resource_version = new;
         self.written = self.status.clone();
         Ok(())
+    }
+
+    /// Hands the machines status holds (as written) to the machines gauge:
+    /// this request's share of it, so the gauge costs no walk over every
+    /// request.
+    pub fn count_machines(&self) {
+        self.ctx.metrics.fleet.request_machines(
+            &self.key(),
+            &self.owner.namespace,
+            &self.owner.template,
+            &self.written.machines,
+        );
     }
 
     /// Publishes an Event on the request.
