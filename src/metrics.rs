@@ -431,6 +431,10 @@ impl CallObserver for Metrics {
             .get_or_create(&labels)
             .observe(seconds);
     }
+
+    fn rate_limit_wait(&self, provider: &str, operation: &'static str, seconds: f64) {
+        self.fleet.rate_limit_wait(provider, operation, seconds);
+    }
 }
 
 impl CacheObserver for Metrics {

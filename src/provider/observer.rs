@@ -13,6 +13,11 @@ pub trait CallObserver: Send + Sync {
         outcome: &'static str,
         seconds: f64,
     );
+
+    /// A call of `operation` waited `seconds` for the operator's own
+    /// client-side token bucket (`rateLimits`) before it was made: how much
+    /// of a burst's time is the bucket's, not EC2's.
+    fn rate_limit_wait(&self, _provider: &str, _operation: &'static str, _seconds: f64) {}
 }
 
 /// An observer that ignores everything, for tools and tests that need no metrics.

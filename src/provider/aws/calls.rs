@@ -46,6 +46,8 @@ impl Calls {
         let n = u32::try_from(instances).unwrap_or(u32::MAX);
         let waited = self.limiter.acquire_instances(operation, n).await;
         if !waited.is_zero() {
+            self.observer
+                .rate_limit_wait(&self.provider, operation, waited.as_secs_f64());
             debug!(provider = %self.provider, operation, instances, waited = waited.as_secs_f64(),
                 "waited for the instance rate limit");
         }
@@ -76,6 +78,8 @@ impl Calls {
     {
         let waited = self.limiter.acquire(operation).await;
         if !waited.is_zero() {
+            self.observer
+                .rate_limit_wait(&self.provider, operation, waited.as_secs_f64());
             debug!(provider = %self.provider, operation, waited = waited.as_secs_f64(),
                 "waited for the request rate limit");
         }
@@ -133,5 +137,49 @@ impl Calls {
                 format!("{operation} with DryRun=true answered as if it was made"),
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::rate_limits::RateLimitConfig;
+
+    /// Records every rate-limit wait it is told about.
+    #[derive(Default)]
+    struct Waits(Mutex<Vec<(String, &'static str, f64)>>);
+
+    impl CallObserver for Waits {
+        fn aws_call(&self, _: &str, _: &'static str, _: &'static str, _: f64) {}
+
+        fn rate_limit_wait(&self, provider: &str, operation: &'static str, seconds: f64) {
+            if let Ok(mut w) = self.0.lock() {
+                w.push((provider.to_string(), operation, seconds));
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_instance_bucket_is_reported() {
+        let waits = Arc::new(Waits::default());
+        let calls = Calls::new(
+            "aws-default",
+            waits.clone(),
+            Arc::new(Limiter::new(RateLimitConfig::default())),
+        );
+        // EC2's launched-instances bucket holds 1,000: the first takes it all.
+        calls.limit_instances("RunInstances", 1000).await;
+        assert!(waits.0.lock().expect("lock").is_empty());
+        calls.limit_instances("RunInstances", 10).await;
+        let seen = waits.0.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let (provider, operation, seconds) = &seen[0];
+        assert_eq!(
+            (provider.as_str(), *operation),
+            ("aws-default", "RunInstances")
+        );
+        assert!(*seconds > 0.0, "{seconds}");
     }
 }
