@@ -77,6 +77,8 @@ pub struct Metrics {
     queue_messages: Family<QueueMessageLabels, Counter>,
     queue_failures: Family<ProviderLabels, Counter>,
     queue_up: Family<ProviderLabels, Gauge>,
+    status_check_failures: Family<ProviderLabels, Counter>,
+    impaired_machines: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -202,6 +204,18 @@ impl Metrics {
             "Image resolutions served from the cache (hit) or the provider (miss)",
             image_cache.clone(),
         );
+        let status_check_failures = Family::<ProviderLabels, Counter>::default();
+        let impaired_machines = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "status_check_failures",
+            "Machines newly found failing the cloud's instance or system status check (impaired), by provider instance",
+            status_check_failures.clone(),
+        );
+        registry.register(
+            "impaired_machines",
+            "Machines held by requests that fail a status check as of the provider's last status-check listing",
+            impaired_machines.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -222,6 +236,8 @@ impl Metrics {
             queue_messages,
             queue_failures,
             queue_up,
+            status_check_failures,
+            impaired_machines,
         }
     }
 
@@ -353,6 +369,24 @@ impl Metrics {
         self.status_writes
             .get_or_create(&ControllerLabels { controller })
             .inc();
+    }
+
+    /// Counts `n` machines of `provider` newly found failing a status check.
+    pub fn status_check_failures(&self, provider: &str, n: usize) {
+        self.status_check_failures
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Sets how many held machines of `provider` fail a status check.
+    pub fn impaired_machines(&self, provider: &str, n: usize) {
+        self.impaired_machines
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The registry in Prometheus text format.

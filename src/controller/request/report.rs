@@ -30,6 +30,7 @@ pub async fn finish(
         count: s.mr.spec.count,
         replace_lost: s.mr.spec.replace_lost,
         generation: s.mr.metadata.generation,
+        status_checks: !s.ctx.config.status_check_interval.is_zero(),
     };
     let summary = status::summarize(want, &mut s.status, blocked, held_back, now());
     s.write().await?;

@@ -67,6 +67,7 @@ fn run(case: Case) -> (MachineRequestStatus, Summary) {
         count: case.count,
         replace_lost: case.replace_lost,
         generation: Some(3),
+        status_checks: false,
     };
     let now = Time(Timestamp::from_second(1_700_000_000).expect("a time"));
     let summary = summarize(want, &mut st, case.blocked, case.held_back, now);
@@ -298,6 +299,7 @@ fn degraded_is_announced_once_per_change_and_cleared_when_the_cause_is_gone() {
         count: 1,
         replace_lost: true,
         generation: Some(1),
+        status_checks: false,
     };
     let now = || Time(Timestamp::from_second(1_700_000_000).expect("a time"));
     let first = summarize(want, &mut st, Some(blocked.clone()), 0, now());
