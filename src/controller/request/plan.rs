@@ -633,6 +633,7 @@ mod tests {
         let p = plan(&replacing(4, REBALANCE), &mut ms, None);
         assert_eq!(p.terminate, ["i-0"], "the oldest goes first");
         assert_eq!(p.launch, 0);
+        ms[0].state = MachineState::ShuttingDown;
         ms[5].state = MachineState::Running;
         let p = plan(&replacing(4, REBALANCE), &mut ms, None);
         assert_eq!(p.terminate, ["i-1"]);

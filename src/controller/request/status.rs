@@ -13,9 +13,9 @@ use super::batch;
 use super::gate::Blocked;
 use super::plan;
 use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
-use crate::api::Machine;
 use crate::api::{
-    LaunchState, MachineCounts, MachineRequestStatus, MachineState, RequestPhase, TerminationReason,
+    LaunchState, Machine, MachineCounts, MachineRequestStatus, MachineState, RequestPhase,
+    TerminationReason,
 };
 use crate::controller::reason::{Reason, RETRY_REFUSED};
 
