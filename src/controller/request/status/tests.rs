@@ -503,11 +503,17 @@ fn machines_healthy_names_the_impaired_and_is_absent_when_checks_are_off() {
     });
     let now = || Time(Timestamp::from_second(1_700_000_000).expect("a time"));
     let c = healthy_condition(&machines, Some(1), now());
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "MachineImpaired"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "MachineImpaired")
+    );
     assert!(c.message.contains("i-1 (instance+system)"), "{}", c.message);
     machines[1].termination_reason = Some(TerminationReason::Replaced);
     let c = healthy_condition(&machines, Some(1), now());
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "AllHealthy"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "AllHealthy")
+    );
 
     let mut st = MachineRequestStatus {
         machines: running(1),
