@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Machines by template and state, request-to-Ready time, rate-limit
     /// waits: the dashboard's figures about the fleet.
     pub fleet: fleet::FleetMetrics,
+    status_check_failures: Family<ProviderLabels, Counter>,
+    impaired_machines: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -208,6 +210,18 @@ impl Metrics {
             image_cache.clone(),
         );
         let fleet = fleet::FleetMetrics::register(&mut registry);
+        let status_check_failures = Family::<ProviderLabels, Counter>::default();
+        let impaired_machines = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "status_check_failures",
+            "Machines newly found failing the cloud's instance or system status check (impaired), by provider instance",
+            status_check_failures.clone(),
+        );
+        registry.register(
+            "impaired_machines",
+            "Machines held by requests that fail a status check as of the provider's last status-check listing",
+            impaired_machines.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -229,6 +243,8 @@ impl Metrics {
             queue_failures,
             queue_up,
             fleet,
+            status_check_failures,
+            impaired_machines,
         }
     }
 
@@ -362,6 +378,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `n` machines of `provider` newly found failing a status check.
+    pub fn status_check_failures(&self, provider: &str, n: usize) {
+        self.status_check_failures
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Sets how many held machines of `provider` fail a status check.
+    pub fn impaired_machines(&self, provider: &str, n: usize) {
+        self.impaired_machines
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -401,6 +435,8 @@ impl Metrics {
         self.queue_message(p, p, p);
         self.queue_failure(p);
         self.queue_up(p, true);
+        self.status_check_failures(p, 0);
+        self.impaired_machines(p, 0);
         self.fleet.touch_every_family();
     }
 
@@ -499,6 +535,8 @@ mod tests {
             "hostforge_machines",
             "hostforge_request_ready_seconds_bucket",
             "hostforge_aws_rate_limit_wait_seconds_count",
+            "hostforge_status_check_failures_total",
+            "hostforge_impaired_machines",
         ] {
             assert!(names.contains(name), "{name} not in {names:?}");
         }

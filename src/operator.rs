@@ -246,6 +246,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             ctx.clone(),
             stopped(),
         )),
+        tokio::spawn(controller::cloud::status_checks::run(
+            ctx.clone(),
+            stopped(),
+        )),
     ];
     // Ready once both watches have listed everything: before that a reconcile
     // could miss a template, or the sweep take a live request for gone.

@@ -4,9 +4,10 @@
 //! beside them and nobody has to reach into a controller for them.
 
 use super::request::{
-    LaunchBatch, LaunchState, Machine, MachineRequestStatus, MachineResult, MachineState,
-    TerminationReason,
+    LaunchBatch, LaunchState, Machine, MachineRequest, MachineRequestStatus, MachineResult,
+    MachineState, TerminationReason,
 };
+use super::{HOSTFACTORY_OWNER, OWNER_LABEL};
 
 impl MachineState {
     /// Whether the machine is terminated or on its way there.
@@ -49,6 +50,7 @@ impl TerminationReason {
             TerminationReason::ScaledDown => "ScaledDown",
             TerminationReason::Lost => "Lost",
             TerminationReason::RequestDeleted => "RequestDeleted",
+            TerminationReason::Replaced => "Replaced",
         }
     }
 }
@@ -74,6 +76,8 @@ impl Machine {
             interruption_notice_time: None,
             rebalance_recommendation_time: None,
             scheduled_event: None,
+            replace_reason: None,
+            status_check: None,
             message: None,
         }
     }
@@ -87,6 +91,20 @@ impl Machine {
     pub fn is_leaving(&self) -> bool {
         self.termination_reason.is_some()
             && !matches!(self.state, MachineState::Terminated | MachineState::Stopped)
+    }
+}
+
+impl MachineRequest {
+    /// Whether HostFactory owns the request (label `hostforge.io/owner:
+    /// hostfactory`): the scheduler decides which of its hosts go, so the
+    /// operator never replaces one of them on its own (rebalance, status
+    /// checks), whatever the spec says.
+    pub fn is_hostfactory_owned(&self) -> bool {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .is_some_and(|v| v == HOSTFACTORY_OWNER)
     }
 }
 

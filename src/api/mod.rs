@@ -25,8 +25,9 @@ use kube::CustomResourceExt;
 pub use launch_group::{LaunchGroup, LaunchGroupMember, LaunchGroupSpec};
 pub use request::{
     LaunchBatch, LaunchState, Machine, MachineCounts, MachineLifecycle, MachineRequest,
-    MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState, RequestPhase,
-    TemplateRef, TerminationReason,
+    MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState, RebalancePolicy,
+    ReplaceReason, RequestPhase, StatusCheck, StatusCheckKind, StatusCheckStatus, TemplateRef,
+    TerminationReason,
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
@@ -39,6 +40,14 @@ pub use template::{
 pub const GROUP: &str = "hostforge.io";
 /// The only served and stored version so far.
 pub const VERSION: &str = "v1alpha1";
+
+/// Label naming who drives a MachineRequest. Here, in the api layer, because
+/// both the HostFactory plugin (which sets it) and the request controller
+/// (which never replaces machines behind the scheduler's back) read it, and
+/// neither may import the other.
+pub const OWNER_LABEL: &str = "hostforge.io/owner";
+/// Value of [`OWNER_LABEL`] on requests HostFactory created and owns.
+pub const HOSTFACTORY_OWNER: &str = "hostfactory";
 
 /// Pattern of an AMI id as EC2 issues them (8 or 17 lowercase hex digits).
 pub const AMI_ID_PATTERN: &str = r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$";

@@ -100,6 +100,25 @@ pub struct MachineRequestSpec {
     #[serde(default = "default_true")]
     pub replace_lost: bool,
 
+    /// What a rebalance recommendation (the cloud's warning that a spot
+    /// machine's risk of interruption went up) does: Ignore (default: it is
+    /// only reported, in the machine's rebalanceRecommendationTime and an
+    /// Event) or Replace (a replacement is launched at once, and the machine
+    /// is terminated, terminationReason Replaced, once the replacement runs).
+    /// Requests owned by HostFactory (label hostforge.io/owner=hostfactory)
+    /// never replace: the scheduler decides.
+    #[serde(default, skip_serializing_if = "RebalancePolicy::is_ignore")]
+    pub rebalance_policy: RebalancePolicy,
+
+    /// Whether a machine that fails the cloud's instance or system status
+    /// check (status.machines[].statusCheck) is replaced the same way as a
+    /// rebalance Replace: its replacement first, the machine terminated
+    /// (terminationReason Replaced) once the replacement runs. Default false:
+    /// impaired machines are only reported. Never for requests owned by
+    /// HostFactory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_unhealthy: bool,
+
     /// Extra tags put on this request's machines and volumes, over the template's tags
     /// (a key in both takes this value), e.g. the HostFactory account (RC_ACCOUNT). At
     /// most 40; keys up to 128 and values up to 256 characters. Keys starting with
@@ -125,6 +144,26 @@ pub struct MachineRequestSpec {
 
 fn default_true() -> bool {
     true
+}
+
+/// What a rebalance recommendation does to a machine of the request.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum RebalancePolicy {
+    /// Report it (rebalanceRecommendationTime, an Event); nothing else.
+    #[default]
+    Ignore,
+    /// Launch a replacement at once; terminate the machine once the
+    /// replacement runs.
+    Replace,
+}
+
+impl RebalancePolicy {
+    /// Whether this is the default, Ignore (left out when serialized, so
+    /// requests written before the field existed read back the same).
+    pub fn is_ignore(&self) -> bool {
+        *self == RebalancePolicy::Ignore
+    }
 }
 
 /// Reference to a MachineTemplate in the same namespace.
@@ -266,8 +305,9 @@ pub struct Machine {
 
     /// Why the operator let the machine go or stopped counting it: Returned (listed
     /// in spec.returnMachines), ScaledDown (surplus after count was lowered), Lost
-    /// (stopped or terminated outside the operator) or RequestDeleted. Empty for a
-    /// machine the request still counts.
+    /// (stopped or terminated outside the operator), Replaced (its replacement
+    /// runs, see replaceReason) or RequestDeleted. Empty for a machine the
+    /// request still counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_reason: Option<TerminationReason>,
 
@@ -289,9 +329,73 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_event: Option<ScheduledEvent>,
 
+    /// Why the operator is replacing this machine: Rebalance (a rebalance
+    /// recommendation under rebalancePolicy Replace) or Unhealthy (an
+    /// impaired status check under replaceUnhealthy). Its replacement is
+    /// launched first; the machine is terminated (terminationReason
+    /// Replaced) once the replacement runs. Empty when not being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_reason: Option<ReplaceReason>,
+
+    /// The cloud's status checks when one of them fails (EC2's instance or
+    /// system status check is impaired), with since when. Empty while the
+    /// checks pass, are not read (statusCheckInterval 0), or the machine is
+    /// not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_check: Option<StatusCheck>,
+
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Why a machine is being replaced.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum ReplaceReason {
+    /// The cloud recommended moving off it (rebalancePolicy Replace).
+    Rebalance,
+    /// One of its status checks failed (replaceUnhealthy).
+    Unhealthy,
+}
+
+/// A failing status check of a machine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCheck {
+    /// Impaired: the cloud reports a check failing.
+    pub status: StatusCheckStatus,
+
+    /// Which checks fail: Instance (the machine's own software or network
+    /// configuration) and/or System (the cloud's hardware, power or network
+    /// under it).
+    #[schemars(length(max = 2))]
+    pub failing: Vec<StatusCheckKind>,
+
+    /// When the check started failing, as the cloud says (or when the
+    /// operator first saw it failing, when the cloud does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// What a failing status check reports.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum StatusCheckStatus {
+    /// At least one check fails.
+    Impaired,
+}
+
+/// One of the cloud's status checks.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[schemars(transform = super::field_doc_only)]
+pub enum StatusCheckKind {
+    /// The instance status check (the machine itself).
+    Instance,
+    /// The system status check (the cloud's infrastructure under it).
+    System,
 }
 
 /// A change the cloud scheduled for a machine.
@@ -331,6 +435,10 @@ pub enum TerminationReason {
     Lost,
     /// The request is being deleted.
     RequestDeleted,
+    /// Replaced on purpose (replaceReason: a rebalance recommendation, a
+    /// failing status check) by a machine that already runs. Not a failure
+    /// (not counted as Lost) and never replaced again.
+    Replaced,
 }
 
 /// EC2 instance states, plus unknown for an instance the cloud does not show yet.

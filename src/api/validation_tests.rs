@@ -446,6 +446,8 @@ fn status_round_trips_through_json() {
             interruption_notice_time: None,
             rebalance_recommendation_time: None,
             scheduled_event: None,
+            replace_reason: None,
+            status_check: None,
             message: None,
         }],
         launches: vec![LaunchBatch {

@@ -76,6 +76,13 @@ pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 /// within this long, for one dry run per template per interval while refused.
 pub const DEFAULT_LAUNCH_VALIDATION_RETRY: Duration = Duration::from_secs(5 * 60);
 
+/// How often the cloud's status checks of running machines are read, unless
+/// `statusCheckInterval` says otherwise (`0s` or `off` turns them off). EC2
+/// runs its checks every minute and an impaired machine stays impaired for
+/// minutes; one paginated listing per provider every 5 minutes finds it at
+/// the cost of a handful of calls an hour, whatever the fleet.
+pub const DEFAULT_STATUS_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 /// Requests in flight to the apiserver unless `maxKubeRequestsInFlight` says
 /// otherwise: well above what the controllers need to keep the apiserver busy
 /// (a status write takes a few milliseconds there), far below a connection
@@ -122,6 +129,9 @@ pub struct OperatorConfig {
     pub capacity_cooldown: Duration,
     /// Interval of the check for spot interruption notices; zero turns it off.
     pub spot_notice_interval: Duration,
+    /// Interval of the listing of the cloud's status checks
+    /// (`statusCheckInterval`); zero turns it off.
+    pub status_check_interval: Duration,
     /// Most requests to the apiserver awaiting their answer at once (each is
     /// an HTTP/1.1 connection of its own).
     pub max_kube_requests_in_flight: usize,

@@ -16,7 +16,8 @@ use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
     DEFAULT_CAPACITY_COOLDOWN, DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD,
     DEFAULT_IMAGE_CACHE_TTL, DEFAULT_LAUNCH_VALIDATION_RETRY, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
-    DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_STATUS_CHECK_INTERVAL,
+    DEFAULT_SWEEP_INTERVAL,
 };
 
 /// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
@@ -53,6 +54,8 @@ pub(super) struct RawConfig {
     capacity_cooldown: Option<String>,
     #[serde(default)]
     spot_notice_interval: Option<String>,
+    #[serde(default)]
+    status_check_interval: Option<String>,
     #[serde(default)]
     max_kube_requests_in_flight: Option<i64>,
     #[serde(default)]
@@ -316,6 +319,27 @@ impl RawConfig {
             DEFAULT_LAUNCH_VALIDATION_RETRY,
             Duration::from_secs(1),
         );
+        // `off` and a bare `0` turn the check off too: the brief spelling an
+        // operator reaches for first.
+        let status_check_text = self.status_check_interval.as_ref().map(|t| match t.trim() {
+            "off" | "0" => "0s".to_string(),
+            other => other.to_string(),
+        });
+        let status_check_interval = match duration(
+            "statusCheckInterval",
+            &status_check_text,
+            DEFAULT_STATUS_CHECK_INTERVAL,
+            Duration::ZERO,
+        ) {
+            d if !d.is_zero() && d < Duration::from_secs(1) => {
+                problem(
+                    "statusCheckInterval".into(),
+                    format!("{d:?} is too short (at least 1s, or 0s/off to turn it off)"),
+                );
+                DEFAULT_STATUS_CHECK_INTERVAL
+            }
+            d => d,
+        };
         let max_kube_requests_in_flight = match self.max_kube_requests_in_flight {
             None => DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
             Some(n) if (1..=MAX_KUBE_REQUESTS_IN_FLIGHT).contains(&n) => n as usize,
@@ -358,6 +382,7 @@ impl RawConfig {
             full_sweep_interval,
             capacity_cooldown,
             spot_notice_interval,
+            status_check_interval,
             max_kube_requests_in_flight,
             coalesce_launches: self.coalesce_launches.unwrap_or(true),
             validate_launches: self.validate_launches.unwrap_or(true),

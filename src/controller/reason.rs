@@ -124,6 +124,20 @@ pub enum Reason {
     RebalanceRecommendation,
     /// The cloud scheduled a retirement or maintenance of a machine.
     ScheduledChange,
+    /// A machine is being replaced (rebalance recommendation, failing status
+    /// check): its replacement launches first (Event; Progressing).
+    Replacing,
+    /// A machine's replacement runs and the machine is terminated (Event).
+    Replaced,
+    /// A machine's status check fails (Event; MachinesHealthy=False).
+    MachineImpaired,
+    /// A machine's status checks pass again (Event).
+    MachineHealthy,
+    /// No live machine fails a status check (MachinesHealthy=True).
+    AllHealthy,
+    /// The cloud's status checks were not read yet since the operator
+    /// started (MachinesHealthy=Unknown).
+    NotCheckedYet,
     /// A machine carries this request's name and this cluster's name but
     /// another cluster's identity: two clusters share a `clusterName`; it is
     /// left alone.
@@ -173,6 +187,12 @@ impl Reason {
             Reason::RebalanceRecommendation => "RebalanceRecommendation",
             Reason::ScheduledChange => "ScheduledChange",
             Reason::ForeignMachine => "ForeignMachine",
+            Reason::Replacing => "Replacing",
+            Reason::Replaced => "Replaced",
+            Reason::MachineImpaired => "MachineImpaired",
+            Reason::MachineHealthy => "MachineHealthy",
+            Reason::AllHealthy => "AllHealthy",
+            Reason::NotCheckedYet => "NotCheckedYet",
         }
     }
 

@@ -46,12 +46,12 @@ use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Fina
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Resource, ResourceExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::session::Session;
 use super::reason::Reason;
 use super::{Context, Error};
-use crate::api::{MachineRequest, MachineTemplate};
+use crate::api::{MachineRequest, MachineTemplate, ReplaceReason};
 use crate::failpoint;
 
 /// Label value for this controller in metrics.
@@ -201,7 +201,7 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         None => gate::headroom(s.ctx, s.mr, &open.template),
     };
     let plan = plan::plan(
-        &plan::Desired::of_request(&s.mr.spec, &s.status),
+        &plan::Desired::of_request(s.mr, &s.status),
         &mut s.status.machines,
         headroom,
     );
@@ -212,6 +212,7 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         s.event(EventType::Warning, Reason::MachineLost, "Observe", &note)
             .await;
     }
+    announce_replacements(s, &plan).await;
     let (new, mut refusal) = match plan.launch {
         0 => (None, open.pinned.clone()),
         n => match act::next_batch(s, &open, n).await {
@@ -245,6 +246,30 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         failpoint!("group-after-member-written");
     }
     action
+}
+
+/// One Event per machine the plan started replacing, and per machine it
+/// let go because its replacement runs.
+async fn announce_replacements(s: &Session<'_>, plan: &plan::Plan) {
+    for (id, why) in &plan.newly_marked {
+        let cause = match why {
+            ReplaceReason::Rebalance => {
+                "the cloud recommended moving off it (rebalancePolicy Replace)"
+            }
+            ReplaceReason::Unhealthy => "its status check fails (replaceUnhealthy)",
+        };
+        let note =
+            format!("replacing machine {id}: {cause}; it is terminated once its replacement runs");
+        info!(request = %s.key(), instance = %id, reason = ?why, "replacing machine");
+        s.event(EventType::Normal, Reason::Replacing, "Replace", &note)
+            .await;
+    }
+    for id in &plan.replaced {
+        let note = format!("machine {id} is replaced: its replacement runs; terminating it");
+        info!(request = %s.key(), instance = %id, "machine replaced");
+        s.event(EventType::Normal, Reason::Replaced, "Replace", &note)
+            .await;
+    }
 }
 
 #[cfg(test)]

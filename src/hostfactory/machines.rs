@@ -108,6 +108,8 @@ pub fn build_request(
             count: count as i32,
             return_machines: vec![],
             replace_lost: false,
+            rebalance_policy: Default::default(),
+            replace_unhealthy: false,
             tags: request_tags(input)?,
         },
         status: None,

@@ -29,7 +29,7 @@
 //! | spot interruption notice | `interruptionNoticeTime` | 120 s minus the time since the notice |
 //! | rebalance recommendation | `rebalanceRecommendationTime` | `rebalanceGracePeriod` (10 min by default; `off`: not listed) minus the time since the recommendation |
 //! | scheduled retirement or maintenance | `scheduledEvent.time` | seconds until the event starts, minus `scheduledEventMargin` (5 min by default); 0 when the cloud gave no time |
-//! | failed status check | (hook: [`status_check_grace`]) | not reported yet |
+//! | failed status check | `statusCheck.status: Impaired` | 0: drain it now (hostforge never replaces a scheduler's host itself) |
 //!
 //! Every figure is clamped to `0..=` its own window (a clock behind the notice
 //! never gives more than the window) except the scheduled one, whose window is
@@ -45,7 +45,7 @@ use kube::{Api, Client};
 use super::protocol::{MachinesIn, ReclaimedHost, ReturnRequestsOut};
 use super::returns::owned_requests;
 use super::{HfConfig, HfError, MachineKey};
-use crate::api::{Machine, MachineRequest, MachineState, TerminationReason};
+use crate::api::{Machine, MachineRequest, MachineState, StatusCheckStatus, TerminationReason};
 
 /// How long EC2 warns before it takes a spot machine back, in seconds.
 pub const SPOT_WARNING_SECONDS: i64 = 120;
@@ -158,14 +158,16 @@ fn scheduled_grace(m: &Machine, now: Timestamp, rules: &GraceRules) -> Option<i6
     Some(left.saturating_sub(seconds(rules.scheduled_margin)).max(0))
 }
 
-/// HOOK (status checks): the grace of a machine whose EC2 status check says
-/// `impaired`. The machine field for it is being added to the operator
-/// separately (probably `statusCheck`); until then nothing is reported here.
-/// Once it exists, return `Some(0)` (or a configured grace) for an impaired
-/// machine: an impaired host runs no jobs well, and the scheduler should
-/// drain it and ask for another.
-fn status_check_grace(_m: &Machine, _now: Timestamp, _rules: &GraceRules) -> Option<i64> {
-    None
+/// The grace of a machine whose cloud status check says impaired
+/// (`statusCheck`, read every `statusCheckInterval`): 0. An impaired host runs
+/// jobs badly or not at all, and hostforge never replaces a scheduler's host
+/// behind its back, so the scheduler is asked to drain it now and request
+/// another.
+fn status_check_grace(m: &Machine, _now: Timestamp, _rules: &GraceRules) -> Option<i64> {
+    m.status_check
+        .as_ref()
+        .filter(|c| c.status == StatusCheckStatus::Impaired)
+        .map(|_| 0)
 }
 
 /// The seconds the scheduler has left to drain `m` at `now`, and the reason
@@ -495,6 +497,23 @@ mod tests {
             ..rules
         };
         assert_eq!(grace_period(&m, at(T0, 15), &off), None, "off: not listed");
+    }
+
+    #[test]
+    fn an_impaired_host_is_to_be_drained_now() {
+        use crate::api::{StatusCheck, StatusCheckKind};
+        let mut m = running();
+        let rules = GraceRules::default();
+        assert_eq!(grace_period(&m, at(T0, 0), &rules), None);
+        m.status_check = Some(StatusCheck {
+            status: StatusCheckStatus::Impaired,
+            failing: vec![StatusCheckKind::System],
+            since: Some(Time(at(T0, 0))),
+        });
+        assert_eq!(
+            grace_period(&m, at(T0, 30), &rules),
+            Some((0, AtRisk::Impaired))
+        );
     }
 
     #[test]

@@ -218,6 +218,11 @@ impl MachineProvider for FakeProvider {
         Ok(vec![])
     }
 
+    async fn impaired_machines(&self) -> Result<Vec<crate::provider::Impairment>, ProviderError> {
+        self.call("impaired_machines").await;
+        Ok(vec![])
+    }
+
     async fn list_owned(
         &self,
         _: &[(String, String)],

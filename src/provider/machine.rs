@@ -16,6 +16,23 @@ pub struct InterruptionNotice {
     pub action: String,
 }
 
+/// A running machine whose status checks the cloud reports failing (EC2:
+/// its instance or system status is `impaired`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impairment {
+    /// Instance id.
+    pub id: String,
+    /// The instance status check fails (the machine's own software or
+    /// network configuration).
+    pub instance: bool,
+    /// The system status check fails (the cloud's hardware, power or
+    /// network under the machine).
+    pub system: bool,
+    /// When the earliest failing check started failing (RFC 3339), when the
+    /// cloud says.
+    pub since: Option<String>,
+}
+
 /// The hardware of one instance type, as the cloud describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceTypeInfo {

@@ -30,7 +30,9 @@ pub use launch_spec::{
     CpuSpec, DataVolumeSpec, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions,
     LaunchSpec, MetadataSpec, VolumeSpec,
 };
-pub use machine::{CapacityType, InstanceTypeInfo, InterruptionNotice, Machine, MachineState};
+pub use machine::{
+    CapacityType, Impairment, InstanceTypeInfo, InterruptionNotice, Machine, MachineState,
+};
 pub use observer::{CallObserver, NoopObserver};
 pub use terminate::terminate_each_known;
 
@@ -112,6 +114,13 @@ pub trait MachineProvider: Send + Sync {
         &self,
         ids: &[String],
     ) -> Result<Vec<InterruptionNotice>, ProviderError>;
+
+    /// Every running machine of the account and region whose status checks
+    /// fail, from one listing of every running machine's status (paginated
+    /// internally, the largest pages the cloud allows; never per id): the
+    /// status-check loop makes one such listing per interval however many
+    /// machines the requests hold. Machines that pass are absent.
+    async fn impaired_machines(&self) -> Result<Vec<Impairment>, ProviderError>;
 
     /// Every machine carrying all of `tags` (in any state, or with `down_only`
     /// only those stopping, stopped, shutting down or terminated: what changes

@@ -79,7 +79,7 @@ providers:
     policy: {{ toJson . }}
     {{- end }}
 {{- end }}
-{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" "launchValidationRetry" }}
+{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" "launchValidationRetry" "statusCheckInterval" }}
 {{- with index $c $key }}
 {{ $key }}: {{ . | quote }}
 {{- end }}

@@ -119,6 +119,8 @@ mod tests {
                 count: 1,
                 return_machines: Vec::new(),
                 replace_lost: false,
+                rebalance_policy: Default::default(),
+                replace_unhealthy: false,
                 tags: Default::default(),
             },
         );

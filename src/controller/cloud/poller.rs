@@ -46,6 +46,8 @@ pub struct Tracker {
     /// Rebalance recommendations and scheduled changes from the
     /// interruption queue, until reconciles copy them into status.
     queue_events: super::interruption_queue::EventBook,
+    /// What the last status-check listings found (see [`super::status_checks`]).
+    status_checks: super::status_checks::StatusBook,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Tracker {
                 wake: tx,
                 fresh: Notify::new(),
                 queue_events: super::interruption_queue::EventBook::default(),
+                status_checks: super::status_checks::StatusBook::default(),
             }),
             rx,
         )
@@ -90,6 +93,11 @@ impl Tracker {
     /// and states (see [`super::interruption_queue`]).
     pub fn queue_events(&self) -> &super::interruption_queue::EventBook {
         &self.queue_events
+    }
+
+    /// What the status-check listings found (see [`super::status_checks`]).
+    pub fn status_checks(&self) -> &super::status_checks::StatusBook {
+        &self.status_checks
     }
 
     /// The latest observation of `id`, if any.

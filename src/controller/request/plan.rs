@@ -12,14 +12,68 @@
 //! - the deficit is launched, within the template's `maxMachines` headroom,
 //!   less the machines of launches still unsettled (a batch settled by its
 //!   tag that saw only part of itself: the rest may only be invisible, and
-//!   launching them again would duplicate them).
+//!   launching them again would duplicate them);
+//! - a live machine at risk is marked to replace (`replaceReason`): a
+//!   rebalance recommendation under `rebalancePolicy: Replace`, a failing
+//!   status check under `replaceUnhealthy`, never in a HostFactory-owned
+//!   request. Each marked machine raises the target by one, so its
+//!   replacement launches at once; once enough unmarked machines run to fill
+//!   the target, marked machines are marked Replaced and terminated (new
+//!   first, old last). The one mechanism for every cause of replacement.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use crate::api::{
-    Machine, MachineRequestSpec, MachineRequestStatus, MachineResult, TerminationReason,
+    Machine, MachineRequest, MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState,
+    RebalancePolicy, ReplaceReason, TerminationReason,
 };
+
+/// Which causes make the request replace a machine (new first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplaceOn {
+    /// A rebalance recommendation (`rebalancePolicy: Replace`).
+    pub rebalance: bool,
+    /// A failing status check (`replaceUnhealthy: true`).
+    pub unhealthy: bool,
+}
+
+impl ReplaceOn {
+    /// What `mr` asks for; nothing for a HostFactory-owned request, whose
+    /// scheduler decides which hosts go.
+    pub fn of(mr: &MachineRequest) -> ReplaceOn {
+        if mr.is_hostfactory_owned() {
+            return ReplaceOn::default();
+        }
+        ReplaceOn {
+            rebalance: mr.spec.rebalance_policy == RebalancePolicy::Replace,
+            unhealthy: mr.spec.replace_unhealthy,
+        }
+    }
+
+    /// Whether a machine marked for `reason` is still to be replaced.
+    pub fn allows(self, reason: ReplaceReason) -> bool {
+        match reason {
+            ReplaceReason::Rebalance => self.rebalance,
+            ReplaceReason::Unhealthy => self.unhealthy,
+        }
+    }
+
+    /// Why `m` should be replaced now, if it should: a mark it carries while
+    /// its cause is still wanted, else a cause it shows.
+    pub fn reason(self, m: &Machine) -> Option<ReplaceReason> {
+        if let Some(r) = m.replace_reason.filter(|r| self.allows(*r)) {
+            return Some(r);
+        }
+        if self.rebalance && m.rebalance_recommendation_time.is_some() {
+            Some(ReplaceReason::Rebalance)
+        } else if self.unhealthy && m.status_check.is_some() {
+            Some(ReplaceReason::Unhealthy)
+        } else {
+            None
+        }
+    }
+}
 
 /// What the request's spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +87,8 @@ pub struct Desired {
     /// Machines launches still Pending may have launched that status does
     /// not list yet: counted as coming, never launched again.
     pub reserved: i32,
+    /// Which causes replace a machine.
+    pub replace: ReplaceOn,
 }
 
 impl Desired {
@@ -43,14 +99,16 @@ impl Desired {
             return_machines: spec.return_machines.iter().cloned().collect(),
             replace_lost: spec.replace_lost,
             reserved: 0,
+            replace: ReplaceOn::default(),
         }
     }
 
-    /// What `spec` asks for, with what `status`'s unsettled launches hold.
-    pub fn of_request(spec: &MachineRequestSpec, status: &MachineRequestStatus) -> Desired {
+    /// What `mr` asks for, with what `status`'s unsettled launches hold.
+    pub fn of_request(mr: &MachineRequest, status: &MachineRequestStatus) -> Desired {
         Desired {
             reserved: status.unconfirmed_launches(),
-            ..Desired::of(spec)
+            replace: ReplaceOn::of(mr),
+            ..Desired::of(&mr.spec)
         }
     }
 }
@@ -66,20 +124,52 @@ pub struct Plan {
     pub held_back: i32,
     /// Machines newly marked Lost by this plan, for Events.
     pub newly_lost: Vec<String>,
+    /// Machines newly marked to replace, for Events: their replacements
+    /// are part of `launch`.
+    pub newly_marked: Vec<(String, ReplaceReason)>,
+    /// Machines marked Replaced by this plan (their replacements run), for
+    /// Events: they are in `terminate`.
+    pub replaced: Vec<String>,
 }
 
 /// How many live machines the request should have: `count`, less the lost
-/// machines it keeps in their place when it does not replace them.
+/// machines it keeps in their place when it does not replace them. A
+/// machine that was being replaced when it was lost keeps no slot: its
+/// replacement already holds it.
 pub fn target(count: i32, replace_lost: bool, machines: &[Machine]) -> i32 {
     let kept_lost = if replace_lost {
         0
     } else {
         machines
             .iter()
-            .filter(|m| m.termination_reason == Some(TerminationReason::Lost))
+            .filter(|m| {
+                m.termination_reason == Some(TerminationReason::Lost) && m.replace_reason.is_none()
+            })
             .count() as i32
     };
     (count - kept_lost).max(0)
+}
+
+/// Whether `m` is live and marked to be replaced: it holds an extra slot
+/// until its replacement runs.
+pub fn is_being_replaced(m: &Machine) -> bool {
+    m.is_live() && m.replace_reason.is_some()
+}
+
+/// [`target`] plus one slot per live machine being replaced: how many live
+/// machines the request holds while replacements are in flight (running
+/// machines may exceed `count` until the old ones go).
+pub fn target_with_replacements(count: i32, replace_lost: bool, machines: &[Machine]) -> i32 {
+    let marked = machines.iter().filter(|m| is_being_replaced(m)).count() as i32;
+    target(count, replace_lost, machines) + marked
+}
+
+/// How many marked machines may go now: those whose slots unmarked running
+/// machines fill. `base` is [`target`], `unmarked_running` the live
+/// unmarked machines that run, `marked` the live marked ones.
+pub fn releasable(base: i32, unmarked_running: i32, marked: i32) -> i32 {
+    let keep = (base - unmarked_running).clamp(0, marked.max(0));
+    marked.max(0) - keep
 }
 
 /// Takes back machine `i`, which status had as terminated (lost or vanished)
@@ -92,7 +182,8 @@ pub fn take_back(desired: &Desired, machines: &mut [Machine], i: usize) -> bool 
     };
     m.termination_reason = None;
     let live = machines.iter().filter(|m| m.is_live()).count() as i32;
-    let needed = target(desired.count, desired.replace_lost, machines) - desired.reserved.max(0);
+    let needed = target_with_replacements(desired.count, desired.replace_lost, machines)
+        - desired.reserved.max(0);
     let revived = live <= needed;
     let m = &mut machines[i];
     if !revived {
@@ -121,9 +212,12 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
             _ => {}
         }
     }
+    mark_replacements(desired, machines, &mut out);
 
+    // Marked machines hold their slots until unmarked ones fill them; they
+    // are left out of the scale-down below (they go as Replaced).
     let live: Vec<usize> = (0..machines.len())
-        .filter(|i| machines[*i].is_live())
+        .filter(|i| machines[*i].is_live() && machines[*i].replace_reason.is_none())
         .collect();
     // Lost machines a request does not replace keep their slots, so the
     // live machines are trimmed to the target, not to `count`: trimming to
@@ -148,7 +242,7 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     }
 
     let live_now = machines.iter().filter(|m| m.is_live()).count() as i32;
-    let deficit = (target(desired.count, desired.replace_lost, machines)
+    let deficit = (target_with_replacements(desired.count, desired.replace_lost, machines)
         - live_now
         - desired.reserved.max(0))
     .max(0);
@@ -174,6 +268,41 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
     out
 }
 
+/// Marks the live machines `desired` replaces (and unmarks those whose
+/// cause is no longer wanted: the policy changed), then marks Replaced the
+/// oldest marked machines whose slots running unmarked machines fill.
+fn mark_replacements(desired: &Desired, machines: &mut [Machine], out: &mut Plan) {
+    for m in machines.iter_mut().filter(|m| m.is_live()) {
+        let reason = desired.replace.reason(m);
+        if let (Some(r), None) = (reason, m.replace_reason) {
+            out.newly_marked.push((m.id.clone(), r));
+        }
+        m.replace_reason = reason;
+    }
+    let base = target(desired.count, desired.replace_lost, machines);
+    let unmarked_running = machines
+        .iter()
+        .filter(|m| m.is_live() && m.replace_reason.is_none() && m.state == MachineState::Running)
+        .count() as i32;
+    let mut marked: Vec<usize> = (0..machines.len())
+        .filter(|i| is_being_replaced(&machines[*i]))
+        .collect();
+    let release = releasable(base, unmarked_running, marked.len() as i32) as usize;
+    // Oldest first (unknown launch times last): the longest at risk goes first.
+    marked.sort_by_key(|i| {
+        let m = &machines[*i];
+        (
+            m.launch_time.is_none(),
+            m.launch_time.as_ref().map(|t| t.0),
+            m.id.clone(),
+        )
+    });
+    for i in marked.into_iter().take(release) {
+        machines[i].termination_reason = Some(TerminationReason::Replaced);
+        out.replaced.push(machines[i].id.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +322,7 @@ mod tests {
             return_machines: returns.iter().map(|s| s.to_string()).collect(),
             replace_lost,
             reserved: 0,
+            replace: ReplaceOn::default(),
         }
     }
 
@@ -376,5 +506,204 @@ mod tests {
         assert_eq!((p.launch, p.held_back), (4, 5));
         let p = plan(&desired(10, &[], true), &mut ms, Some(-3));
         assert_eq!((p.launch, p.held_back), (0, 9));
+    }
+
+    fn replacing(count: i32, replace: ReplaceOn) -> Desired {
+        Desired {
+            replace,
+            ..desired(count, &[], true)
+        }
+    }
+
+    const REBALANCE: ReplaceOn = ReplaceOn {
+        rebalance: true,
+        unhealthy: false,
+    };
+
+    fn recommend(m: &mut Machine) {
+        m.rebalance_recommendation_time = Some(m.launch_time.clone().expect("launched"));
+    }
+
+    #[test]
+    fn releasable_marked_machines_are_those_running_unmarked_ones_cover() {
+        // (base, unmarked running, marked, releasable)
+        for (base, running_now, marked, want) in [
+            (3, 2, 1, 0), // replacement not running yet: keep the old one
+            (3, 3, 1, 1), // replacement runs: the old one goes
+            (3, 1, 2, 0), // two replacements on their way
+            (3, 2, 2, 1), // one of two runs
+            (3, 4, 1, 1), // more than enough (count lowered meanwhile)
+            (0, 0, 1, 1), // count 0: nothing to wait for
+            (3, 3, 0, 0),
+        ] {
+            assert_eq!(
+                releasable(base, running_now, marked),
+                want,
+                "base {base}, running {running_now}, marked {marked}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_recommended_machine_is_replaced_new_first() {
+        let mut ms = running(3);
+        recommend(&mut ms[1]);
+        // Ignore: nothing happens.
+        let p = plan(&replacing(3, ReplaceOn::default()), &mut ms.clone(), None);
+        assert_eq!(p, Plan::default());
+        // Replace: one more launched; nobody terminated yet.
+        let p = plan(&replacing(3, REBALANCE), &mut ms, None);
+        assert_eq!((p.launch, p.terminate.len()), (1, 0));
+        assert_eq!(
+            p.newly_marked,
+            [("i-1".to_string(), ReplaceReason::Rebalance)]
+        );
+        assert_eq!(ms[1].replace_reason, Some(ReplaceReason::Rebalance));
+        assert_eq!(target_with_replacements(3, true, &ms), 4);
+        // The replacement is launching: nothing more, nothing marked again.
+        ms.push(m("i-9", MachineState::Pending, 9));
+        let p = plan(&replacing(3, REBALANCE), &mut ms, None);
+        assert_eq!(p, Plan::default());
+        // It runs: the old machine goes, as Replaced (not Lost).
+        ms[3].state = MachineState::Running;
+        let p = plan(&replacing(3, REBALANCE), &mut ms, None);
+        assert_eq!(
+            (p.launch, p.terminate.clone()),
+            (0, vec!["i-1".to_string()])
+        );
+        assert_eq!(p.replaced, ["i-1"]);
+        assert_eq!(ms[1].termination_reason, Some(TerminationReason::Replaced));
+        assert_eq!(target_with_replacements(3, true, &ms), 3);
+        // Terminated: never replaced again, never counted as lost.
+        ms[1].state = MachineState::Terminated;
+        let p = plan(&replacing(3, REBALANCE), &mut ms, None);
+        assert_eq!(p, Plan::default());
+        assert_eq!(ms[1].result, MachineResult::Succeed);
+    }
+
+    #[test]
+    fn an_unhealthy_machine_is_replaced_only_when_asked() {
+        let impaired = |ms: &mut Vec<Machine>| {
+            ms[0].status_check = Some(crate::api::StatusCheck {
+                status: crate::api::StatusCheckStatus::Impaired,
+                failing: vec![crate::api::StatusCheckKind::System],
+                since: None,
+            });
+        };
+        let mut ms = running(2);
+        impaired(&mut ms);
+        assert_eq!(
+            plan(&replacing(2, REBALANCE), &mut ms.clone(), None).launch,
+            0
+        );
+        let unhealthy = ReplaceOn {
+            rebalance: false,
+            unhealthy: true,
+        };
+        let p = plan(&replacing(2, unhealthy), &mut ms, None);
+        assert_eq!(p.launch, 1);
+        assert_eq!(ms[0].replace_reason, Some(ReplaceReason::Unhealthy));
+    }
+
+    #[test]
+    fn turning_the_policy_off_unmarks_and_the_spare_goes_as_surplus() {
+        let mut ms = running(2);
+        recommend(&mut ms[0]);
+        plan(&replacing(2, REBALANCE), &mut ms, None);
+        ms.push(m("i-9", MachineState::Pending, 9));
+        let p = plan(&replacing(2, ReplaceOn::default()), &mut ms, None);
+        assert_eq!(ms[0].replace_reason, None);
+        assert_eq!(
+            p.terminate,
+            ["i-9"],
+            "the newest, the replacement, is surplus"
+        );
+        assert_eq!(ms[0].termination_reason, None);
+    }
+
+    #[test]
+    fn several_marked_machines_go_as_their_replacements_run() {
+        let mut ms = running(4);
+        recommend(&mut ms[0]);
+        recommend(&mut ms[1]);
+        let p = plan(&replacing(4, REBALANCE), &mut ms, None);
+        assert_eq!(p.launch, 2);
+        ms.push(m("i-8", MachineState::Running, 8));
+        ms.push(m("i-9", MachineState::Pending, 9));
+        let p = plan(&replacing(4, REBALANCE), &mut ms, None);
+        assert_eq!(p.terminate, ["i-0"], "the oldest goes first");
+        assert_eq!(p.launch, 0);
+        ms[0].state = MachineState::ShuttingDown;
+        ms[5].state = MachineState::Running;
+        let p = plan(&replacing(4, REBALANCE), &mut ms, None);
+        assert_eq!(p.terminate, ["i-1"]);
+        assert_eq!(ms.iter().filter(|m| m.is_live()).count(), 4);
+    }
+
+    #[test]
+    fn a_count_lowered_during_a_replacement_lets_the_marked_machine_go_first() {
+        let mut ms = running(3);
+        recommend(&mut ms[0]);
+        plan(&replacing(3, REBALANCE), &mut ms, None);
+        ms.push(m("i-9", MachineState::Pending, 9));
+        let p = plan(&replacing(2, REBALANCE), &mut ms, None);
+        let mut t = p.terminate.clone();
+        t.sort();
+        assert_eq!(t, ["i-0", "i-9"]);
+        assert_eq!(ms[0].termination_reason, Some(TerminationReason::Replaced));
+        assert_eq!(
+            ms[3].termination_reason,
+            Some(TerminationReason::ScaledDown)
+        );
+    }
+
+    #[test]
+    fn a_marked_machine_lost_before_its_replacement_runs_is_not_replaced_twice() {
+        for replace_lost in [true, false] {
+            let mut ms = running(2);
+            recommend(&mut ms[0]);
+            let d = Desired {
+                replace: REBALANCE,
+                ..desired(2, &[], replace_lost)
+            };
+            plan(&d, &mut ms, None);
+            ms.push(m("i-9", MachineState::Pending, 9));
+            ms[0].state = MachineState::Terminated;
+            let p = plan(&d, &mut ms, None);
+            assert_eq!(p.launch, 0, "replace_lost {replace_lost}");
+            assert_eq!(ms[0].termination_reason, Some(TerminationReason::Lost));
+            assert!(p.terminate.is_empty(), "replace_lost {replace_lost}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_hostfactory_request_never_replaces() {
+        let mut mr = MachineRequest::new(
+            "r",
+            MachineRequestSpec {
+                template_ref: crate::api::TemplateRef { name: "t".into() },
+                count: 1,
+                return_machines: vec![],
+                replace_lost: true,
+                rebalance_policy: RebalancePolicy::Replace,
+                replace_unhealthy: true,
+                tags: Default::default(),
+            },
+        );
+        assert_eq!(
+            ReplaceOn::of(&mr),
+            ReplaceOn {
+                rebalance: true,
+                unhealthy: true
+            }
+        );
+        mr.metadata.labels = Some(
+            [(
+                crate::api::OWNER_LABEL.to_string(),
+                crate::api::HOSTFACTORY_OWNER.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(ReplaceOn::of(&mr), ReplaceOn::default());
     }
 }

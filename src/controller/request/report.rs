@@ -30,6 +30,9 @@ pub async fn finish(
         count: s.mr.spec.count,
         replace_lost: s.mr.spec.replace_lost,
         generation: s.mr.metadata.generation,
+        status_checks: !s.ctx.config.status_check_interval.is_zero(),
+        status_checks_listed: provider
+            .is_some_and(|p| s.ctx.tracker.status_checks().listed(p.name())),
     };
     let summary = status::summarize(want, &mut s.status, blocked, held_back, now());
     s.write().await?;

@@ -17,6 +17,7 @@ use crate::api::{CapacityType, MachineRequest, MachineRequestStatus, MachineStat
 use crate::controller::cloud::capacity::{self, DeathVerdict};
 use crate::controller::cloud::interruption_queue::fold as queue_fold;
 use crate::controller::cloud::ownership::{Owner, BATCH_TAG};
+use crate::controller::cloud::status_checks;
 use crate::controller::cloud::sweep::VANISHED_REASON;
 use crate::controller::cloud::translate;
 use crate::controller::events;
@@ -154,6 +155,10 @@ impl<'a> Session<'a> {
         let mut announced = Vec::new();
         let mut died: Vec<(usize, provider::Machine)> = Vec::new();
         let mut came_back: Vec<usize> = Vec::new();
+        let mut checks: Vec<(Reason, String)> = Vec::new();
+        let checks_on = !self.ctx.config.status_check_interval.is_zero();
+        let provider_name = self.status.provider.clone().unwrap_or_default();
+        let stamp = now();
         for (i, m) in self.status.machines.iter_mut().enumerate() {
             if let Some(seen) = tracker.observed(&m.id) {
                 match translate::change(m, &seen, VANISHED_REASON) {
@@ -183,6 +188,18 @@ impl<'a> Session<'a> {
             // Rebalance recommendations and scheduled changes from the
             // interruption queue (src/controller/cloud/interruption_queue).
             announced.extend(queue_fold::fold(m, &tracker.queue_events().get(&m.id)));
+            // The cloud's status checks (src/controller/cloud/status_checks.rs);
+            // none are shown while they are not read.
+            let checked = if checks_on {
+                tracker.status_checks().lookup(&provider_name, &m.id)
+            } else {
+                status_checks::Checked::Passing
+            };
+            if let Some(change) = status_checks::fold(m, checked, &stamp) {
+                if checks_on {
+                    checks.push(change);
+                }
+            }
         }
         let unlisted = tracker.take_unlisted(&self.owner.uid);
         self.adopt(unlisted);
@@ -192,6 +209,16 @@ impl<'a> Session<'a> {
             warn!(request = %self.key(), reason = reason.as_str(), "{note}");
             self.event(EventType::Warning, *reason, "Observe", note)
                 .await;
+        }
+        for (reason, note) in &checks {
+            let type_ = if *reason == Reason::MachineImpaired {
+                warn!(request = %self.key(), "{note}");
+                EventType::Warning
+            } else {
+                info!(request = %self.key(), "{note}");
+                EventType::Normal
+            };
+            self.event(type_, *reason, "Observe", note).await;
         }
         for n in &noticed {
             warn!(request = %self.key(), instance = %n.id, action = %n.action,
@@ -213,7 +240,7 @@ impl<'a> Session<'a> {
     /// Revives or marks for termination machines taken for gone that the
     /// cloud reports live again (see [`plan::take_back`]).
     async fn take_back(&mut self, indices: &[usize]) {
-        let desired = plan::Desired::of_request(&self.mr.spec, &self.status);
+        let desired = plan::Desired::of_request(self.mr, &self.status);
         for &i in indices {
             let revived = plan::take_back(&desired, &mut self.status.machines, i);
             let m = &mut self.status.machines[i];

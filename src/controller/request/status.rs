@@ -7,14 +7,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::batch;
 use super::gate::Blocked;
 use super::plan;
 use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
 use crate::api::{
-    LaunchState, MachineCounts, MachineRequestStatus, MachineState, RequestPhase, TerminationReason,
+    LaunchState, Machine, MachineCounts, MachineRequestStatus, MachineState, RequestPhase,
+    TerminationReason,
 };
 use crate::controller::reason::{Reason, RETRY_REFUSED};
 
@@ -47,6 +48,13 @@ pub struct Wanted {
     pub replace_lost: bool,
     /// metadata.generation.
     pub generation: Option<i64>,
+    /// Whether the operator reads the cloud's status checks
+    /// (`statusCheckInterval` not 0): only then does the request carry a
+    /// MachinesHealthy condition.
+    pub status_checks: bool,
+    /// Whether the request's provider was listed for status checks since
+    /// the operator started: until then MachinesHealthy is Unknown.
+    pub status_checks_listed: bool,
 }
 
 /// What the status step decided besides status itself.
@@ -122,8 +130,21 @@ pub fn summarize(
         failed: with_reason(TerminationReason::Lost),
     };
     st.observed_generation = generation;
+    // While machines are being replaced the request holds one more live
+    // machine per replacement (`with_spares`) and running may exceed count;
+    // it stays Ready as long as count machines run and nothing is missing.
     let target = plan::target(count, want.replace_lost, &st.machines);
-    let ready = running == target && live == target && !pending_batches;
+    let with_spares = plan::target_with_replacements(count, want.replace_lost, &st.machines);
+    let replacing = st
+        .machines
+        .iter()
+        .filter(|m| plan::is_being_replaced(m))
+        .count();
+    let ready = running >= target
+        && live >= target
+        && running <= live
+        && live <= with_spares
+        && !pending_batches;
     let degraded = blocked.or_else(|| {
         (held_back > 0).then(|| {
             Blocked::new(
@@ -159,14 +180,24 @@ pub fn summarize(
             format!("{running}/{count} machines running"),
         )
     };
-    let progressing =
-        !ready && (live != target || running != live || pending_batches) || leaving > 0;
+    let progressing = !ready && (live != target || running != live || pending_batches)
+        || leaving > 0
+        || replacing > 0;
     let progressing_cond = if !progressing {
         condition(
             PROGRESSING,
             false,
             Reason::Stable,
             "nothing in flight".into(),
+        )
+    } else if replacing > 0 {
+        condition(
+            PROGRESSING,
+            true,
+            Reason::Replacing,
+            format!(
+                "replacing {replacing} machines (each terminated once its replacement runs); {running} running"
+            ),
         )
     } else if leaving > 0 && live <= target {
         condition(
@@ -191,6 +222,17 @@ pub fn summarize(
     conditions::set_condition(&mut st.conditions, ready_cond);
     conditions::set_condition(&mut st.conditions, progressing_cond);
     conditions::set_condition(&mut st.conditions, degraded_cond);
+    if want.status_checks {
+        let healthy = healthy_condition(
+            &st.machines,
+            want.status_checks_listed,
+            generation,
+            now.clone(),
+        );
+        conditions::set_condition(&mut st.conditions, healthy);
+    } else {
+        st.conditions.retain(|c| c.type_ != MACHINES_HEALTHY);
+    }
     st.phase = Some(if ready {
         RequestPhase::Ready
     } else if degraded.is_some() {
@@ -217,7 +259,7 @@ pub fn summarize(
             (Some(after), Some(hold)) => Next::After(after.min(hold.remaining + HOLD_MARGIN)),
         },
         // More to launch (batch cap, partial capacity): go on at once.
-        None if live < target && !pending_batches => Next::After(RETRY_MORE),
+        None if live < with_spares && !pending_batches => Next::After(RETRY_MORE),
         None if pending_batches => Next::After(RETRY_SETTLING),
         None if !watch.is_empty() => Next::After(RETRY_BUSY),
         None => Next::After(RESYNC),
@@ -228,6 +270,86 @@ pub fn summarize(
         watch,
         next,
     }
+}
+
+/// Condition type: whether the request's live machines pass the cloud's
+/// status checks (True: none fails; False names those that do). Present
+/// only while the operator reads status checks.
+pub const MACHINES_HEALTHY: &str = "MachinesHealthy";
+
+/// How many impaired machines a MachinesHealthy message names before it
+/// only counts the rest (a condition message stays short).
+const NAMED_IMPAIRED: usize = 10;
+
+/// The MachinesHealthy condition for `machines`: False naming the live
+/// machines whose status check fails (and which checks), True when none,
+/// Unknown when none is known to fail but the provider was not `listed` yet.
+pub fn healthy_condition(
+    machines: &[Machine],
+    listed: bool,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let impaired: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.is_live() && m.status_check.is_some())
+        .collect();
+    if impaired.is_empty() && !listed {
+        return conditions::unknown_condition(
+            MACHINES_HEALTHY,
+            Reason::NotCheckedYet.as_str(),
+            "the cloud's status checks were not read yet (every statusCheckInterval)",
+            generation,
+            now,
+        );
+    }
+    let (status, reason, message) = if impaired.is_empty() {
+        (
+            true,
+            Reason::AllHealthy,
+            "no machine fails a status check".to_string(),
+        )
+    } else {
+        let named: Vec<String> = impaired
+            .iter()
+            .take(NAMED_IMPAIRED)
+            .map(|m| {
+                let checks: Vec<&str> = m
+                    .status_check
+                    .iter()
+                    .flat_map(|c| c.failing.iter())
+                    .map(|k| match k {
+                        crate::api::StatusCheckKind::Instance => "instance",
+                        crate::api::StatusCheckKind::System => "system",
+                    })
+                    .collect();
+                format!("{} ({})", m.id, checks.join("+"))
+            })
+            .collect();
+        let more = impaired.len().saturating_sub(NAMED_IMPAIRED);
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        (
+            false,
+            Reason::MachineImpaired,
+            format!(
+                "{} machines fail a status check: {}{tail}",
+                impaired.len(),
+                named.join(", ")
+            ),
+        )
+    };
+    conditions::new_condition(
+        MACHINES_HEALTHY,
+        status,
+        reason.as_str(),
+        message,
+        generation,
+        now,
+    )
 }
 
 fn degraded_key(st: &MachineRequestStatus) -> Option<(String, String)> {

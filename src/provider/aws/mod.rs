@@ -15,6 +15,7 @@ pub mod limits;
 mod pages;
 pub mod queue;
 mod spot;
+mod status_checks;
 mod tags;
 mod terminate;
 mod validate;
@@ -36,8 +37,9 @@ use limits::Limiter;
 use crate::config::rate_limits::RateLimitConfig;
 use crate::config::ProviderConfig;
 use crate::provider::{
-    CallObserver, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchAnswer, LaunchApi,
-    LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError, ResolvedImage,
+    CallObserver, ImageSource, Impairment, InstanceTypeInfo, InterruptionNotice, LaunchAnswer,
+    LaunchApi, LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError,
+    ResolvedImage,
 };
 
 /// One configured AWS account and region.
@@ -166,6 +168,10 @@ impl MachineProvider for AwsProvider {
         ids: &[String],
     ) -> Result<Vec<InterruptionNotice>, ProviderError> {
         spot::notices(&self.clients, &self.calls, ids).await
+    }
+
+    async fn impaired_machines(&self) -> Result<Vec<Impairment>, ProviderError> {
+        status_checks::impaired(&self.clients, &self.calls).await
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {

@@ -47,9 +47,11 @@
 //! and lag; see that module's docs for its API.
 
 mod fidelity;
+mod pending;
 mod placement;
 mod rules;
 mod server;
+mod status_checks;
 mod throttle;
 mod wire;
 
@@ -71,6 +73,7 @@ pub use fidelity::{
 };
 pub use placement::PlacementGroup;
 pub use rules::{InjectedError, Rule, RuleId};
+pub use status_checks::Impaired;
 pub use throttle::{Bucket, RateLimits};
 pub use wire::DRY_RUN_SUFFIX;
 
@@ -208,6 +211,38 @@ impl Forwarder {
     /// groups added here; see `placement`).
     pub fn add_placement_group(&self, group: PlacementGroup) {
         self.shared.lock().placement_groups.push(group);
+    }
+
+    /// Reports instance `id`'s status checks `checks` as failing (impaired
+    /// since now) in every DescribeInstanceStatus answer that lists it,
+    /// until [`Forwarder::heal`]; moto reports every running instance `ok`
+    /// (see `status_checks`).
+    pub fn impair(&self, id: impl Into<String>, checks: Impaired) {
+        let since = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            .to_string();
+        self.shared
+            .lock()
+            .impaired
+            .insert(id.into(), status_checks::Marked { checks, since });
+    }
+
+    /// Reports instance `id`'s status checks as moto does again (passing).
+    pub fn heal(&self, id: &str) {
+        self.shared.lock().impaired.remove(id);
+    }
+
+    /// Reports every running instance but `known` as `pending` in
+    /// DescribeInstances answers, until [`Forwarder::release_pending`]:
+    /// EC2 keeps a new instance pending for a while, moto runs it at once
+    /// (see `pending`).
+    pub fn hold_pending<I: IntoIterator<Item = S>, S: Into<String>>(&self, known: I) {
+        self.shared.lock().held_pending = Some(known.into_iter().map(Into::into).collect());
+    }
+
+    /// Reports instances as moto does again.
+    pub fn release_pending(&self) {
+        self.shared.lock().held_pending = None;
     }
 
     /// Forwards `action` to moto again.
@@ -455,6 +490,11 @@ struct State {
     requests: VecDeque<(String, BTreeMap<String, String>)>,
     replies: HashMap<String, String>,
     placement_groups: Vec<PlacementGroup>,
+    /// Instances whose status checks are reported failing.
+    impaired: BTreeMap<String, status_checks::Marked>,
+    /// While set: the instances DescribeInstances reports as moto does;
+    /// every other running one reads pending.
+    held_pending: Option<std::collections::BTreeSet<String>>,
     model: fidelity::Model,
 }
 

@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::fidelity::{serve, Dropped};
+use super::status_checks::rewrite;
 use super::wire::{error_response, plain, xml_response, Call};
 use super::{Decision, Shared};
 
@@ -87,6 +88,12 @@ async fn handle(
             serve(&shared, &parts.headers, &action, &call.params).await
         }
         Decision::Forward => match forward(&shared, parts, body).await {
+            Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
+                Ok(impair(&shared, response).await)
+            }
+            Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
+                Ok(hold_pending(&shared, response).await)
+            }
             Ok(response) => Ok(response),
             Err(message) => {
                 if let Some(action) = &call.action {
@@ -103,6 +110,49 @@ async fn handle(
             }
         },
     }
+}
+
+/// moto's DescribeInstances answer with the instances a test holds shown
+/// pending (see `pending`); unchanged otherwise.
+async fn hold_pending(shared: &Shared, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let Some(known) = shared.lock().held_pending.clone() else {
+        return response;
+    };
+    rewrite_body(response, |text| super::pending::rewrite(text, &known)).await
+}
+
+/// `response` with its body rewritten by `rewrite` (when it answers
+/// `Some`); only successful answers are touched.
+async fn rewrite_body(
+    response: Response<Full<Bytes>>,
+    rewrite: impl FnOnce(&str) -> Option<String>,
+) -> Response<Full<Bytes>> {
+    if !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    match rewrite(&String::from_utf8_lossy(&bytes)) {
+        Some(new) => {
+            // The length changed: hyper sets it again from the new body.
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            Response::from_parts(parts, Full::new(Bytes::from(new)))
+        }
+        None => Response::from_parts(parts, Full::new(bytes)),
+    }
+}
+
+/// moto's DescribeInstanceStatus answer with the instances a test marked
+/// impaired rewritten (see `status_checks`); unchanged otherwise.
+async fn impair(shared: &Shared, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let marked = shared.lock().impaired.clone();
+    if marked.is_empty() {
+        return response;
+    }
+    rewrite_body(response, |text| rewrite(text, &marked)).await
 }
 
 /// Sends the request on unchanged (same method, path, query, headers but the

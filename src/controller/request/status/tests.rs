@@ -67,6 +67,8 @@ fn run(case: Case) -> (MachineRequestStatus, Summary) {
         count: case.count,
         replace_lost: case.replace_lost,
         generation: Some(3),
+        status_checks: false,
+        status_checks_listed: false,
     };
     let now = Time(Timestamp::from_second(1_700_000_000).expect("a time"));
     let summary = summarize(want, &mut st, case.blocked, case.held_back, now);
@@ -298,6 +300,8 @@ fn degraded_is_announced_once_per_change_and_cleared_when_the_cause_is_gone() {
         count: 1,
         replace_lost: true,
         generation: Some(1),
+        status_checks: false,
+        status_checks_listed: false,
     };
     let now = || Time(Timestamp::from_second(1_700_000_000).expect("a time"));
     let first = summarize(want, &mut st, Some(blocked.clone()), 0, now());
@@ -458,4 +462,81 @@ fn pruning_keeps_the_newest_batch_even_when_pending_and_settled_mix() {
     assert_eq!(ids.first(), Some(&"b-0"));
     assert_eq!(ids.get(1), Some(&"b-4"));
     assert_eq!(ids.last(), Some(&"b-24"));
+}
+
+#[test]
+fn a_replacement_in_flight_keeps_ready_and_says_replacing() {
+    let mut machines = running(3);
+    machines[0].replace_reason = Some(crate::api::ReplaceReason::Rebalance);
+    // The replacement is launched, not running yet: count machines run.
+    machines.push(Machine {
+        state: MachineState::Pending,
+        ..Machine::test("i-9")
+    });
+    let (st, summary) = run(Case::new("replacing", 3, machines.clone()));
+    assert_eq!(st.phase, Some(RequestPhase::Ready));
+    assert_eq!(
+        reasons(&st),
+        ["AllRunning", "Replacing", "AsExpected"].map(String::from)
+    );
+    assert_eq!(summary.watch, ["i-9"]);
+    // Both run for a moment: running exceeds count, still Ready.
+    machines[3].state = MachineState::Running;
+    let (st, _) = run(Case::new("both run", 3, machines));
+    assert_eq!(st.counts.running, 4);
+    assert_eq!(st.phase, Some(RequestPhase::Ready));
+    // Not launched yet: one machine short of the target with its spare.
+    let mut short = running(3);
+    short[0].replace_reason = Some(crate::api::ReplaceReason::Unhealthy);
+    let (_, summary) = run(Case::new("spare missing", 3, short));
+    assert_eq!(summary.next, Next::After(RETRY_MORE));
+}
+
+#[test]
+fn machines_healthy_names_the_impaired_and_is_absent_when_checks_are_off() {
+    let mut machines = running(2);
+    machines[1].status_check = Some(crate::api::StatusCheck {
+        status: crate::api::StatusCheckStatus::Impaired,
+        failing: vec![
+            crate::api::StatusCheckKind::Instance,
+            crate::api::StatusCheckKind::System,
+        ],
+        since: None,
+    });
+    let now = || Time(Timestamp::from_second(1_700_000_000).expect("a time"));
+    let c = healthy_condition(&machines, true, Some(1), now());
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "MachineImpaired")
+    );
+    assert!(c.message.contains("i-1 (instance+system)"), "{}", c.message);
+    machines[1].termination_reason = Some(TerminationReason::Replaced);
+    let c = healthy_condition(&machines, true, Some(1), now());
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "AllHealthy")
+    );
+    // Before the first listing nothing is known to pass.
+    let c = healthy_condition(&machines, false, Some(1), now());
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", "NotCheckedYet")
+    );
+
+    let mut st = MachineRequestStatus {
+        machines: running(1),
+        ..Default::default()
+    };
+    let mut want = Wanted {
+        count: 1,
+        replace_lost: true,
+        generation: Some(1),
+        status_checks: true,
+        status_checks_listed: true,
+    };
+    summarize(want, &mut st, None, 0, now());
+    assert!(find_condition(&st.conditions, MACHINES_HEALTHY).is_some());
+    want.status_checks = false;
+    summarize(want, &mut st, None, 0, now());
+    assert!(find_condition(&st.conditions, MACHINES_HEALTHY).is_none());
 }
