@@ -9,6 +9,7 @@ use hostforge_testbed::machines::{
     condition, create_request, create_template, is_ready, moto_live, patch_spec, requests, uid,
     wait_request,
 };
+use hostforge_testbed::operator::sum_metric;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM, REGION};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -44,14 +45,19 @@ async fn set_template_provider(env: &TestEnv, name: &str, provider: &str) {
         .unwrap_or_else(|e| panic!("patching template {name}: {e}"));
 }
 
+/// Calls of `operation` made through `provider`. A template's launch dry
+/// run (outcome `dry-run`, made when the template moves to a provider) is
+/// not a launch: it is left out.
 fn calls(op: &OperatorProcess, provider: &str, operation: &str) -> f64 {
-    op.metric(
-        CALLS,
-        &[
-            &format!("provider=\"{provider}\""),
-            &format!("operation=\"{operation}\""),
-        ],
-    )
+    let provider = format!("provider=\"{provider}\"");
+    let operation = format!("operation=\"{operation}\"");
+    let text = op.metrics();
+    sum_metric(&text, CALLS, &[&provider, &operation])
+        - sum_metric(
+            &text,
+            CALLS,
+            &[&provider, &operation, "outcome=\"dry-run\""],
+        )
 }
 
 /// Polls until the request is gone (its finalizer released).
