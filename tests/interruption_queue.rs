@@ -16,8 +16,7 @@
 //! an event.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostforge::api::request::ScheduledEventKind;
 use hostforge::api::{MachineRequest, MachineState, TerminationReason};
@@ -25,6 +24,7 @@ use hostforge_testbed::cloud_events::{Ec2Event, EventQueue};
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{create_request, create_template, is_ready, wait_request};
 use hostforge_testbed::operator::config_via;
+use hostforge_testbed::wait::eventually;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
@@ -68,28 +68,6 @@ fn config_with_queue(env: &TestEnv, fwd: &Forwarder, queue: &str) -> String {
         &endpoint,
         &format!("{endpoint}    interruptionQueue: {queue}\n"),
     )
-}
-
-/// Polls `check` every 200 ms until it holds, for at most `WAIT`.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(what, WAIT, check).await
-}
-
-/// Polls `check` every 200 ms until it holds, for at most `timeout`.
-async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn spot_request(env: &TestEnv, name: &str, count: i32) -> MachineRequest {
@@ -234,7 +212,7 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
         "ScheduledChange",
         "MachineLost",
     ];
-    eventually("an Event per event kind", || {
+    eventually("an Event per event kind", WAIT, || {
         let events = events.clone();
         async move {
             let reasons: BTreeSet<String> = events
@@ -251,11 +229,11 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
     .await;
 
     // Every message is gone: applied, unknown and malformed alike.
-    eventually("an empty queue", || async {
+    eventually("an empty queue", WAIT, || async {
         cloud.messages_left().await.expect("queue attributes") == 0
     })
     .await;
-    eventually("the messages counted", || async {
+    eventually("the messages counted", WAIT, || async {
         let count = |outcome: &str| {
             op.metric(
                 "hostforge_interruption_queue_messages_total",
@@ -282,7 +260,7 @@ async fn an_unreachable_queue_falls_back_to_polling() {
     let missing = format!("hf-missing-{}", env.namespace);
     let op = OperatorProcess::start(&env, &config_with_queue(&env, &fwd, &missing)).await;
     spot_request(&env, "held", 1).await;
-    eventually("spot notices polled again", || async {
+    eventually("spot notices polled again", WAIT, || async {
         fwd.calls("DescribeSpotInstanceRequests") >= 1
     })
     .await;
@@ -334,7 +312,7 @@ async fn a_kill_between_status_write_and_delete_handles_the_message_again() {
 
     let _op = OperatorProcess::start(&env, &cfg).await;
     // The queue's visibility timeout (60 s) and a long poll (20 s) first.
-    eventually_within(
+    eventually(
         "the message handled again and deleted",
         REDELIVERY_WAIT,
         || async { cloud.messages_left().await.expect("queue attributes") == 0 },

@@ -17,7 +17,6 @@
 //!   none when it is off.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use hostforge::api::{
@@ -29,6 +28,7 @@ use hostforge_testbed::machines::{
     create_template, is_ready, moto_live, requests, uid, wait_request, wait_with_moto,
 };
 use hostforge_testbed::operator::config_via;
+use hostforge_testbed::wait::eventually;
 use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
@@ -69,19 +69,6 @@ async fn recommend_rebalance(queue: &EventQueue, id: &str) {
         .put_event(Ec2Event::Rebalance, id)
         .await
         .expect("PutEvents");
-}
-
-/// Polls `check` every 200 ms until it holds, for at most [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Creates request `name` for `count` machines of template `template` with
@@ -238,9 +225,11 @@ async fn a_rebalance_recommendation_replaces_new_first_only_under_replace() {
     // While the replacement is pending (several polls of it), the old
     // machine is neither marked to go nor terminated in moto.
     let polls = fwd.calls("DescribeInstances");
-    eventually("the pending replacement polled a few times", || async {
-        fwd.calls("DescribeInstances") >= polls + 4
-    })
+    eventually(
+        "the pending replacement polled a few times",
+        WAIT,
+        || async { fwd.calls("DescribeInstances") >= polls + 4 },
+    )
     .await;
     let mr = requests(&env).get("replace").await.expect("get");
     let old_now = machine(&mr, &old).expect("old listed");
@@ -356,7 +345,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
         before[0],
         "not replaced without replaceUnhealthy"
     );
-    eventually("a MachineImpaired Event", || async {
+    eventually("a MachineImpaired Event", WAIT, || async {
         event_reasons(&env, "report")
             .await
             .iter()
@@ -392,7 +381,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
     })
     .await;
     let listings = fwd.calls("DescribeInstanceStatus");
-    eventually("three more listings", || async {
+    eventually("three more listings", WAIT, || async {
         fwd.calls("DescribeInstanceStatus") >= listings + 3
     })
     .await;
@@ -413,7 +402,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
     })
     .await;
     assert!(machine(&mr, &sick).is_some_and(|m| m.status_check.is_none()));
-    eventually("a MachineHealthy Event", || async {
+    eventually("a MachineHealthy Event", WAIT, || async {
         event_reasons(&env, "report")
             .await
             .iter()
@@ -439,7 +428,7 @@ async fn the_status_check_loop_lists_once_per_interval_and_never_when_off() {
     template(&env, "on-demand").await;
     create(&env, "paced", "t", 2, json!({}), json!({})).await;
     wait_request(&env, "paced", "Ready", WAIT, is_ready).await;
-    eventually("five listings", || async {
+    eventually("five listings", WAIT, || async {
         fwd.calls("DescribeInstanceStatus") >= 5
     })
     .await;
@@ -481,7 +470,7 @@ async fn the_status_check_loop_lists_once_per_interval_and_never_when_off() {
     wait_request(&off, "quiet", "Ready", WAIT, is_ready).await;
     // The sweep (every second) lists several times meanwhile.
     let sweeps = fwd_off.calls("DescribeInstances");
-    eventually("several sweeps", || async {
+    eventually("several sweeps", WAIT, || async {
         fwd_off.calls("DescribeInstances") >= sweeps + 5
     })
     .await;
