@@ -16,20 +16,19 @@
 //! an event.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use aws_sdk_sqs::types::QueueAttributeName;
 use hostforge::api::request::ScheduledEventKind;
 use hostforge::api::{MachineRequest, MachineState, TerminationReason};
+use hostforge_testbed::cloud_events::{Ec2Event, EventQueue};
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{create_request, create_template, is_ready, wait_request};
 use hostforge_testbed::operator::config_via;
-use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM, REGION};
+use hostforge_testbed::wait::eventually;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -41,126 +40,21 @@ const REDELIVERY_WAIT: Duration = Duration::from_secs(300);
 /// An instance id no request holds (another cluster's machine).
 const FOREIGN: &str = "i-0fffffffffffffff0";
 
-fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
-        ))
-        .build()
-}
-
 /// The cloud's side of the wiring, straight on moto (not through the
-/// forwarder, which stands for the operator's network path).
-struct Cloud {
-    sqs: aws_sdk_sqs::Client,
-    events: aws_sdk_eventbridge::Client,
-    queue_url: String,
-}
-
-impl Cloud {
-    /// A queue called `name` and a rule on the default bus sending EC2's and
-    /// AWS Health's events to it, as docs/interruptions.md sets them up.
-    async fn wire(env: &TestEnv, name: &str) -> Cloud {
-        let config = sdk_config(&env.bed.moto_url);
-        let sqs = aws_sdk_sqs::Client::new(&config);
-        let events = aws_sdk_eventbridge::Client::new(&config);
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .expect("CreateQueue")
-            .queue_url
-            .expect("queue url");
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("GetQueueAttributes")
-            .attributes
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-            .expect("queue arn");
-        let pattern = json!({
-            "source": ["aws.ec2", "aws.health"],
-            "detail-type": [
-                "EC2 Spot Instance Interruption Warning",
-                "EC2 Instance Rebalance Recommendation",
-                "EC2 Instance State-change Notification",
-                "AWS Health Event"
-            ]
-        });
-        events
-            .put_rule()
-            .name(name)
-            .event_pattern(pattern.to_string())
-            .send()
-            .await
-            .expect("PutRule");
-        events
-            .put_targets()
-            .rule(name)
-            .targets(
-                aws_sdk_eventbridge::types::Target::builder()
-                    .id("queue")
-                    .arn(arn)
-                    .build()
-                    .expect("target"),
-            )
-            .send()
-            .await
-            .expect("PutTargets");
-        Cloud {
-            sqs,
-            events,
-            queue_url,
-        }
-    }
-
-    /// Puts one event on the default bus.
-    async fn put(&self, source: &str, detail_type: &str, resources: &[&str], detail: Value) {
-        let mut entry = PutEventsRequestEntry::builder()
-            .source(source)
-            .detail_type(detail_type)
-            .detail(detail.to_string());
-        for r in resources {
-            entry = entry.resources(*r);
-        }
-        let out = self
-            .events
-            .put_events()
-            .entries(entry.build())
-            .send()
-            .await
-            .expect("PutEvents");
-        assert_eq!(out.failed_entry_count, 0, "{out:?}");
-    }
-
-    /// An EC2 event about instance `id`.
-    async fn ec2(&self, detail_type: &str, id: &str, detail: Value) {
-        let arn = format!("arn:aws:ec2:{REGION}:123456789012:instance/{id}");
-        self.put("aws.ec2", detail_type, &[&arn], detail).await;
-    }
-
-    /// Messages in the queue, visible or received and not deleted.
-    async fn messages_left(&self) -> u64 {
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .expect("GetQueueAttributes")
-            .attributes
-            .unwrap_or_default();
-        attrs.values().map(|v| v.parse::<u64>().unwrap_or(0)).sum()
-    }
+/// forwarder, which stands for the operator's network path): a queue called
+/// `name` and a rule on the default bus sending EC2's and AWS Health's
+/// events to it, as docs/interruptions.md sets them up.
+async fn wire(env: &TestEnv, name: &str) -> EventQueue {
+    let mut detail_types = Ec2Event::ALL.map(Ec2Event::detail_type).to_vec();
+    detail_types.push("AWS Health Event");
+    EventQueue::wire(
+        &env.bed.moto_url,
+        name,
+        &["aws.ec2", "aws.health"],
+        &detail_types,
+    )
+    .await
+    .expect("wiring the queue")
 }
 
 /// The operator's config (loops quick, the sweep slow so only the queue can
@@ -174,28 +68,6 @@ fn config_with_queue(env: &TestEnv, fwd: &Forwarder, queue: &str) -> String {
         &endpoint,
         &format!("{endpoint}    interruptionQueue: {queue}\n"),
     )
-}
-
-/// Polls `check` every 200 ms until it holds, for at most `WAIT`.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(what, WAIT, check).await
-}
-
-/// Polls `check` every 200 ms until it holds, for at most `timeout`.
-async fn eventually_within<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn spot_request(env: &TestEnv, name: &str, count: i32) -> MachineRequest {
@@ -223,7 +95,7 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     let name = format!("hf-{}", env.namespace);
-    let cloud = Cloud::wire(&env, &name).await;
+    let cloud = wire(&env, &name).await;
     let op = OperatorProcess::start(&env, &config_with_queue(&env, &fwd, &name)).await;
 
     let mr = spot_request(&env, "held", 3).await;
@@ -245,19 +117,13 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
         .await
         .expect("terminate in moto");
     cloud
-        .ec2(
-            "EC2 Spot Instance Interruption Warning",
-            warned,
-            json!({"instance-id": warned, "instance-action": "terminate"}),
-        )
-        .await;
+        .put_event(Ec2Event::SpotWarning, warned)
+        .await
+        .expect("PutEvents");
     cloud
-        .ec2(
-            "EC2 Instance Rebalance Recommendation",
-            rebalanced,
-            json!({"instance-id": rebalanced}),
-        )
-        .await;
+        .put_event(Ec2Event::Rebalance, rebalanced)
+        .await
+        .expect("PutEvents");
     cloud
         .put(
             "aws.health",
@@ -274,23 +140,22 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
                 "affectedEntities": [{"entityValue": rebalanced}]
             }),
         )
-        .await;
+        .await
+        .expect("PutEvents");
     cloud
-        .ec2(
-            "EC2 Instance State-change Notification",
-            lost,
-            json!({"instance-id": lost, "state": "terminated"}),
-        )
-        .await;
+        .put_event(Ec2Event::Terminated, lost)
+        .await
+        .expect("PutEvents");
     // Another cluster's machine, and a body that is no event (sent to the
     // queue directly: EventBridge only carries events).
     cloud
-        .ec2(
+        .put_ec2(
             "EC2 Instance State-change Notification",
             FOREIGN,
             json!({"instance-id": FOREIGN, "state": "stopped"}),
         )
-        .await;
+        .await
+        .expect("PutEvents");
     cloud
         .sqs
         .send_message()
@@ -347,7 +212,7 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
         "ScheduledChange",
         "MachineLost",
     ];
-    eventually("an Event per event kind", || {
+    eventually("an Event per event kind", WAIT, || {
         let events = events.clone();
         async move {
             let reasons: BTreeSet<String> = events
@@ -364,11 +229,11 @@ async fn queue_events_reach_status_and_every_message_is_deleted() {
     .await;
 
     // Every message is gone: applied, unknown and malformed alike.
-    eventually("an empty queue", || async {
-        cloud.messages_left().await == 0
+    eventually("an empty queue", WAIT, || async {
+        cloud.messages_left().await.expect("queue attributes") == 0
     })
     .await;
-    eventually("the messages counted", || async {
+    eventually("the messages counted", WAIT, || async {
         let count = |outcome: &str| {
             op.metric(
                 "hostforge_interruption_queue_messages_total",
@@ -395,7 +260,7 @@ async fn an_unreachable_queue_falls_back_to_polling() {
     let missing = format!("hf-missing-{}", env.namespace);
     let op = OperatorProcess::start(&env, &config_with_queue(&env, &fwd, &missing)).await;
     spot_request(&env, "held", 1).await;
-    eventually("spot notices polled again", || async {
+    eventually("spot notices polled again", WAIT, || async {
         fwd.calls("DescribeSpotInstanceRequests") >= 1
     })
     .await;
@@ -416,19 +281,20 @@ async fn a_kill_between_status_write_and_delete_handles_the_message_again() {
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     let name = format!("hf-{}", env.namespace);
-    let cloud = Cloud::wire(&env, &name).await;
+    let cloud = wire(&env, &name).await;
     let cfg = config_with_queue(&env, &fwd, &name);
     let op = OperatorProcess::start(&env, &cfg).await;
     let mr = spot_request(&env, "held", 1).await;
     drop(op);
     let id = mr.status.as_ref().expect("status").machines[0].id.clone();
     cloud
-        .ec2(
+        .put_ec2(
             "EC2 Spot Instance Interruption Warning",
             &id,
             json!({"instance-id": id, "instance-action": "stop"}),
         )
-        .await;
+        .await
+        .expect("PutEvents");
     OperatorProcess::crash_at(&env, &cfg, "queue-before-delete", WAIT).await;
 
     let crashed = hostforge_testbed::machines::requests(&env)
@@ -439,17 +305,17 @@ async fn a_kill_between_status_write_and_delete_handles_the_message_again() {
         .and_then(|m| m.interruption_notice_time.clone())
         .expect("the status write came first");
     assert_eq!(
-        cloud.messages_left().await,
+        cloud.messages_left().await.expect("queue attributes"),
         1,
         "not deleted before the crash"
     );
 
     let _op = OperatorProcess::start(&env, &cfg).await;
     // The queue's visibility timeout (60 s) and a long poll (20 s) first.
-    eventually_within(
+    eventually(
         "the message handled again and deleted",
         REDELIVERY_WAIT,
-        || async { cloud.messages_left().await == 0 },
+        || async { cloud.messages_left().await.expect("queue attributes") == 0 },
     )
     .await;
     let mr = hostforge_testbed::machines::requests(&env)

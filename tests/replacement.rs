@@ -17,20 +17,19 @@
 //!   none when it is off.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use aws_sdk_sqs::types::QueueAttributeName;
 use hostforge::api::{
     MachineRequest, MachineState, ReplaceReason, StatusCheckKind, TerminationReason,
 };
+use hostforge_testbed::cloud_events::{Ec2Event, EventQueue};
 use hostforge_testbed::forwarder::{Forwarder, Impaired};
 use hostforge_testbed::machines::{
     create_template, is_ready, moto_live, requests, uid, wait_request, wait_with_moto,
 };
 use hostforge_testbed::operator::config_via;
-use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM, REGION};
+use hostforge_testbed::wait::eventually;
+use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
@@ -51,96 +50,25 @@ fn the_owner_label_is_the_plugins() {
     );
 }
 
-fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
-        ))
-        .build()
-}
-
 /// A queue and an EventBridge rule sending EC2's rebalance recommendations
 /// to it, straight on moto (docs/interruptions.md).
-async fn wire_queue(env: &TestEnv, name: &str) -> aws_sdk_eventbridge::Client {
-    let config = sdk_config(&env.bed.moto_url);
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let events = aws_sdk_eventbridge::Client::new(&config);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("queue url");
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes")
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("queue arn");
-    let pattern = json!({
-        "source": ["aws.ec2"],
-        "detail-type": ["EC2 Instance Rebalance Recommendation"]
-    });
-    events
-        .put_rule()
-        .name(name)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .expect("PutRule");
-    events
-        .put_targets()
-        .rule(name)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("queue")
-                .arn(arn)
-                .build()
-                .expect("target"),
-        )
-        .send()
-        .await
-        .expect("PutTargets");
-    events
+async fn wire_queue(env: &TestEnv, name: &str) -> EventQueue {
+    EventQueue::wire(
+        &env.bed.moto_url,
+        name,
+        &["aws.ec2"],
+        &[Ec2Event::Rebalance.detail_type()],
+    )
+    .await
+    .expect("wiring the queue")
 }
 
 /// Puts EC2's rebalance recommendation for instance `id` on the default bus.
-async fn recommend_rebalance(events: &aws_sdk_eventbridge::Client, id: &str) {
-    let entry = PutEventsRequestEntry::builder()
-        .source("aws.ec2")
-        .detail_type("EC2 Instance Rebalance Recommendation")
-        .resources(format!("arn:aws:ec2:{REGION}:123456789012:instance/{id}"))
-        .detail(json!({ "instance-id": id }).to_string())
-        .build();
-    let out = events
-        .put_events()
-        .entries(entry)
-        .send()
+async fn recommend_rebalance(queue: &EventQueue, id: &str) {
+    queue
+        .put_event(Ec2Event::Rebalance, id)
         .await
         .expect("PutEvents");
-    assert_eq!(out.failed_entry_count, 0, "{out:?}");
-}
-
-/// Polls `check` every 200 ms until it holds, for at most [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Creates request `name` for `count` machines of template `template` with
@@ -225,13 +153,28 @@ fn hf_labels() -> Value {
     serde_json::from_str(HF_LABELS).expect("labels")
 }
 
+/// Creates request `hf`: one machine of template `t`, owned by the
+/// HostFactory plugin, asking for every replacement (which the operator
+/// must leave to the plugin).
+async fn create_hf(env: &TestEnv) {
+    create(
+        env,
+        "hf",
+        "t",
+        1,
+        json!({"rebalancePolicy": "Replace", "replaceUnhealthy": true}),
+        hf_labels(),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_rebalance_recommendation_replaces_new_first_only_under_replace() {
     let env = TestEnv::new("replace-rebalance").await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     let queue = format!("rb-{}", env.namespace);
-    let events = wire_queue(&env, &queue).await;
+    let cloud = wire_queue(&env, &queue).await;
     let cfg = config_via(&env, &fwd, "10m", "statusCheckInterval: off\n");
     let endpoint = format!("    endpointUrl: {}\n", fwd.endpoint());
     let cfg = cfg.replace(
@@ -250,15 +193,7 @@ async fn a_rebalance_recommendation_replaces_new_first_only_under_replace() {
     )
     .await;
     create(&env, "ignore", "t", 2, json!({}), json!({})).await;
-    create(
-        &env,
-        "hf",
-        "t",
-        1,
-        json!({"rebalancePolicy": "Replace", "replaceUnhealthy": true}),
-        hf_labels(),
-    )
-    .await;
+    create_hf(&env).await;
     let mut before = Vec::new();
     for name in ["replace", "ignore", "hf"] {
         let mr = wait_request(&env, name, "Ready", WAIT, is_ready).await;
@@ -269,12 +204,12 @@ async fn a_rebalance_recommendation_replaces_new_first_only_under_replace() {
 
     // New instances stay pending (as on EC2) until the test lets them run.
     fwd.hold_pending(before.iter().flatten().cloned());
-    recommend_rebalance(&events, &old).await;
+    recommend_rebalance(&cloud, &old).await;
     for id in [ignore_before.iter().next(), hf_before.iter().next()]
         .into_iter()
         .flatten()
     {
-        recommend_rebalance(&events, id).await;
+        recommend_rebalance(&cloud, id).await;
     }
 
     // The replacement is launched at once, the old machine stays.
@@ -290,9 +225,11 @@ async fn a_rebalance_recommendation_replaces_new_first_only_under_replace() {
     // While the replacement is pending (several polls of it), the old
     // machine is neither marked to go nor terminated in moto.
     let polls = fwd.calls("DescribeInstances");
-    eventually("the pending replacement polled a few times", || async {
-        fwd.calls("DescribeInstances") >= polls + 4
-    })
+    eventually(
+        "the pending replacement polled a few times",
+        WAIT,
+        || async { fwd.calls("DescribeInstances") >= polls + 4 },
+    )
     .await;
     let mr = requests(&env).get("replace").await.expect("get");
     let old_now = machine(&mr, &old).expect("old listed");
@@ -375,15 +312,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
         json!({}),
     )
     .await;
-    create(
-        &env,
-        "hf",
-        "t",
-        1,
-        json!({"rebalancePolicy": "Replace", "replaceUnhealthy": true}),
-        hf_labels(),
-    )
-    .await;
+    create_hf(&env).await;
     let mut before = Vec::new();
     for name in ["report", "fix", "hf"] {
         let mr = wait_request(&env, name, "Ready and healthy", WAIT, |mr| {
@@ -416,7 +345,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
         before[0],
         "not replaced without replaceUnhealthy"
     );
-    eventually("a MachineImpaired Event", || async {
+    eventually("a MachineImpaired Event", WAIT, || async {
         event_reasons(&env, "report")
             .await
             .iter()
@@ -452,7 +381,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
     })
     .await;
     let listings = fwd.calls("DescribeInstanceStatus");
-    eventually("three more listings", || async {
+    eventually("three more listings", WAIT, || async {
         fwd.calls("DescribeInstanceStatus") >= listings + 3
     })
     .await;
@@ -473,7 +402,7 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
     })
     .await;
     assert!(machine(&mr, &sick).is_some_and(|m| m.status_check.is_none()));
-    eventually("a MachineHealthy Event", || async {
+    eventually("a MachineHealthy Event", WAIT, || async {
         event_reasons(&env, "report")
             .await
             .iter()
@@ -499,7 +428,7 @@ async fn the_status_check_loop_lists_once_per_interval_and_never_when_off() {
     template(&env, "on-demand").await;
     create(&env, "paced", "t", 2, json!({}), json!({})).await;
     wait_request(&env, "paced", "Ready", WAIT, is_ready).await;
-    eventually("five listings", || async {
+    eventually("five listings", WAIT, || async {
         fwd.calls("DescribeInstanceStatus") >= 5
     })
     .await;
@@ -541,7 +470,7 @@ async fn the_status_check_loop_lists_once_per_interval_and_never_when_off() {
     wait_request(&off, "quiet", "Ready", WAIT, is_ready).await;
     // The sweep (every second) lists several times meanwhile.
     let sweeps = fwd_off.calls("DescribeInstances");
-    eventually("several sweeps", || async {
+    eventually("several sweeps", WAIT, || async {
         fwd_off.calls("DescribeInstances") >= sweeps + 5
     })
     .await;

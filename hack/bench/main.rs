@@ -44,7 +44,6 @@ macro_rules! progress {
 }
 
 mod baseline;
-mod cloud_events;
 mod operator;
 mod report;
 mod requests;

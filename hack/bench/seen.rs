@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostforge::api::{MachineRequest, MachineState};
+use hostforge_testbed::cloud_events::Ec2Event;
 use hostforge_testbed::machines;
 use hostforge_testbed::TestEnv;
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-
-use crate::cloud_events::Ec2Event;
 
 type Firsts = HashMap<(String, Ec2Event), Instant>;
 

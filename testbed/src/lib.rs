@@ -11,6 +11,7 @@
 mod bed;
 mod certs;
 pub mod cli;
+pub mod cloud_events;
 pub mod fixtures;
 pub mod forwarder;
 pub mod hf;

@@ -51,3 +51,22 @@ fn status_of<K: Serialize>(obj: &K) -> String {
         .and_then(|v| serde_json::to_string_pretty(&v["status"]).ok())
         .unwrap_or_default()
 }
+
+/// How often [`eventually`] checks.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Awaits `check` every 200 ms until it holds; panics with "timed out
+/// waiting for <what>" after `timeout`. For outcomes that are not one
+/// object's status (counters, queues, Events), so tests wait on them with
+/// the same bounded loop instead of each writing its own.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}

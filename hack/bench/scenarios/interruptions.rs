@@ -25,13 +25,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use hostforge_testbed::cloud_events::{Ec2Event, EventQueue};
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{self, status_live, template_is_ready};
 use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
-use crate::cloud_events::{Ec2Event, EventQueue};
 use crate::operator::{operator_config, start_operator, SWEEP};
 use crate::report::{Report, Verdict};
 use crate::requests::{apply_requests, calls_by_action, fmt_calls, wait_all_ready};
@@ -124,7 +124,14 @@ pub(crate) async fn run(start: Instant, _sizes: &Sizes, fwd: &Forwarder, report:
     fwd.disable_fidelity();
     fwd.clear_reply(DSIR);
     let queue_name = format!("hf-{}", env.namespace);
-    let queue = match EventQueue::wire(&env.bed.moto_url, &queue_name).await {
+    let queue = match EventQueue::wire(
+        &env.bed.moto_url,
+        &queue_name,
+        &["aws.ec2"],
+        &Ec2Event::ALL.map(Ec2Event::detail_type),
+    )
+    .await
+    {
         Ok(q) => q,
         Err(e) => {
             report.add(
@@ -212,7 +219,7 @@ pub(crate) async fn run(start: Instant, _sizes: &Sizes, fwd: &Forwarder, report:
                 progress!(start, "interruptions: terminating {id} in moto: {e}");
             }
         }
-        if let Err(e) = queue.put(*event, id).await {
+        if let Err(e) = queue.put_event(*event, id).await {
             progress!(start, "interruptions: {e}");
             queued.entry(*event).or_default().missed += 1;
             continue;

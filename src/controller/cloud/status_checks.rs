@@ -136,9 +136,10 @@ pub async fn check_once(ctx: &Context) -> usize {
             .filter(|i| held.contains_key(&i.id))
             .map(|i| (i.id.clone(), i))
             .collect();
+        let first_listing = !ctx.tracker.status_checks().listed(&provider_name);
         let mut wake = Vec::new();
         for (id, h) in &held {
-            if h.shown != impaired.contains_key(id) {
+            if needs_wake(first_listing, h.shown, impaired.contains_key(id)) {
                 wake.push(h.request.clone());
             }
         }
@@ -164,6 +165,14 @@ pub async fn check_once(ctx: &Context) -> usize {
         }
     }
     listed
+}
+
+/// Whether a request holding a machine must be reconciled after a listing:
+/// when its status disagrees with the listing, and on the provider's first
+/// listing for every holder, since a request reconciled before it says
+/// `NotCheckedYet` and nothing else would wake it to say the machines pass.
+fn needs_wake(first_listing: bool, shown: bool, impaired: bool) -> bool {
+    first_listing || shown != impaired
 }
 
 /// Per provider, the live machines the requests hold.
@@ -325,5 +334,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hostforge_impaired_machines{provider=\"aws-default\"} 1"));
+    }
+
+    #[test]
+    fn the_first_listing_wakes_every_holder_later_ones_only_changes() {
+        assert!(
+            needs_wake(true, false, false),
+            "NotCheckedYet must turn True"
+        );
+        assert!(needs_wake(true, true, true));
+        assert!(!needs_wake(false, false, false));
+        assert!(!needs_wake(false, true, true));
+        assert!(needs_wake(false, false, true));
+        assert!(needs_wake(false, true, false));
     }
 }
