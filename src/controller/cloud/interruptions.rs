@@ -22,7 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::warn;
 
 use super::interruption_queue::QueueHealth;
-use super::ticker::every;
+use super::ticker::every_once_synced;
 use crate::api::{MachineLifecycle, MachineRequest};
 use crate::controller::Context;
 
@@ -30,23 +30,15 @@ use crate::controller::Context;
 /// `shutdown` resolves; the first check waits for the request watch's list.
 /// Providers whose queue `queues` reports answering are skipped.
 pub async fn run(ctx: Arc<Context>, queues: Arc<QueueHealth>, shutdown: impl Future<Output = ()>) {
-    let interval = ctx.config.spot_notice_interval;
-    if interval.is_zero() {
-        return;
-    }
-    let checks = async {
-        if !ctx.requests_synced.wait().await {
-            return;
-        }
-        every(interval, std::future::pending::<()>(), || async {
+    every_once_synced(
+        ctx.config.spot_notice_interval,
+        ctx.requests_synced.wait(),
+        shutdown,
+        || async {
             check_polled(&ctx, &queues).await;
-        })
-        .await;
-    };
-    tokio::select! {
-        _ = checks => {}
-        _ = shutdown => {}
-    }
+        },
+    )
+    .await;
 }
 
 /// One check over every provider; returns the number of new notices.

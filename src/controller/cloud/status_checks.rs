@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, warn};
 
-use super::ticker::every;
+use super::ticker::every_once_synced;
 use super::translate::parse_time;
 use crate::api::{Machine, MachineRequest, StatusCheck, StatusCheckKind, StatusCheckStatus};
 use crate::controller::reason::Reason;
@@ -89,23 +89,15 @@ impl StatusBook {
 /// Lists every `statusCheckInterval` (never, when it is zero) until
 /// `shutdown` resolves; the first listing waits for the request watch's list.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
-    let interval = ctx.config.status_check_interval;
-    if interval.is_zero() {
-        return;
-    }
-    let checks = async {
-        if !ctx.requests_synced.wait().await {
-            return;
-        }
-        every(interval, std::future::pending::<()>(), || async {
+    every_once_synced(
+        ctx.config.status_check_interval,
+        ctx.requests_synced.wait(),
+        shutdown,
+        || async {
             check_once(&ctx).await;
-        })
-        .await;
-    };
-    tokio::select! {
-        _ = checks => {}
-        _ = shutdown => {}
-    }
+        },
+    )
+    .await;
 }
 
 /// One held machine: the request listing it and whether its status shows a
