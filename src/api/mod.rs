@@ -12,6 +12,7 @@ mod facts;
 mod fixtures;
 pub mod launch_group;
 pub mod request;
+mod selection;
 pub mod template;
 
 #[cfg(test)]
@@ -33,7 +34,8 @@ pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
     ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, LaunchValidation, MachineTemplate,
     MachineTemplateSpec, MachineTemplateStatus, MetadataOptions, ProviderApi, ResolvedImage,
-    RootVolume, SecretKeySelector, UserDataSource, VolumeType,
+    RootVolume, SecretKeySelector, SelectedSecurityGroup, SelectedSubnet, TagSelector,
+    UserDataSource, VolumeType,
 };
 
 /// The API group of every hostforge resource; also the prefix of its tags and finalizers.
