@@ -8,6 +8,7 @@
 //! it as ids ([`crate::api::MachineTemplate::with_selections`]).
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,52 +75,50 @@ impl Selections {
             return Ok(None);
         }
         let mut refresh_in = Duration::MAX;
-        let mut subnets = Vec::new();
-        if let Some(selector) = &mt.spec.subnet_selector {
-            let key = (provider.name().to_string(), selector.tags.clone());
-            let p = provider.clone();
-            let tags = selector.tags.clone();
-            let (found, _) = self
-                .subnets
-                .get_or_fetch(&key, move || async move {
-                    let found = p.select_subnets(&tags).await?;
-                    non_empty(found, "DescribeSubnets", "subnet", &tags)
-                })
-                .await;
-            subnets = found.map_err(|e| {
-                not_ready(
-                    "spec.subnetSelector",
-                    Reason::SubnetNotFound,
-                    provider,
-                    &e,
-                    self.ttl,
-                )
-            })?;
-            refresh_in = refresh_in.min(self.subnets.expires_in(&key).unwrap_or(RETRY_MISSING));
-        }
-        let mut groups = Vec::new();
-        if let Some(selector) = &mt.spec.security_group_selector {
-            let key = (provider.name().to_string(), selector.tags.clone());
-            let p = provider.clone();
-            let tags = selector.tags.clone();
-            let (found, _) = self
-                .groups
-                .get_or_fetch(&key, move || async move {
-                    let found = p.select_security_groups(&tags).await?;
-                    non_empty(found, "DescribeSecurityGroups", "security group", &tags)
-                })
-                .await;
-            groups = found.map_err(|e| {
-                not_ready(
-                    "spec.securityGroupSelector",
-                    Reason::SecurityGroupNotFound,
-                    provider,
-                    &e,
-                    self.ttl,
-                )
-            })?;
-            refresh_in = refresh_in.min(self.groups.expires_in(&key).unwrap_or(RETRY_MISSING));
-        }
+        let subnets = match &mt.spec.subnet_selector {
+            None => Vec::new(),
+            Some(selector) => {
+                let kind = Kind {
+                    field: "spec.subnetSelector",
+                    operation: "DescribeSubnets",
+                    what: "subnet",
+                    reason: Reason::SubnetNotFound,
+                };
+                let (found, expires) = self
+                    .pick(
+                        &self.subnets,
+                        provider,
+                        selector,
+                        kind,
+                        |p, tags| async move { p.select_subnets(&tags).await },
+                    )
+                    .await?;
+                refresh_in = refresh_in.min(expires);
+                found
+            }
+        };
+        let groups = match &mt.spec.security_group_selector {
+            None => Vec::new(),
+            Some(selector) => {
+                let kind = Kind {
+                    field: "spec.securityGroupSelector",
+                    operation: "DescribeSecurityGroups",
+                    what: "security group",
+                    reason: Reason::SecurityGroupNotFound,
+                };
+                let (found, expires) = self
+                    .pick(
+                        &self.groups,
+                        provider,
+                        selector,
+                        kind,
+                        |p, tags| async move { p.select_security_groups(&tags).await },
+                    )
+                    .await?;
+                refresh_in = refresh_in.min(expires);
+                found
+            }
+        };
         one_vpc(&subnets, &groups, mt.spec.subnet_selector.is_some())?;
         Ok(Some(Selected {
             subnets: subnets
@@ -141,6 +140,43 @@ impl Selections {
             refresh_in: refresh_in + Duration::from_secs(1),
         }))
     }
+
+    /// One selector's answer, from `cache` or `list`ed now, and how long it
+    /// stays fresh.
+    async fn pick<T, F, Fut>(
+        &self,
+        cache: &Arc<TtlCache<Key, Vec<T>, ProviderError>>,
+        provider: &Arc<dyn MachineProvider>,
+        selector: &TagSelector,
+        kind: Kind,
+        list: F,
+    ) -> Result<(Vec<T>, Duration), NotReady>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce(Arc<dyn MachineProvider>, TagQuery) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, ProviderError>> + Send + 'static,
+    {
+        let key = (provider.name().to_string(), selector.tags.clone());
+        let tags = selector.tags.clone();
+        let fetch = list(provider.clone(), tags.clone());
+        let (found, _) = cache
+            .get_or_fetch(&key, move || async move {
+                non_empty(fetch.await?, kind.operation, kind.what, &tags)
+            })
+            .await;
+        let found =
+            found.map_err(|e| not_ready(kind.field, kind.reason, provider, &e, self.ttl))?;
+        Ok((found, cache.expires_in(&key).unwrap_or(RETRY_MISSING)))
+    }
+}
+
+/// What one selector selects, for its messages.
+#[derive(Clone, Copy)]
+struct Kind {
+    field: &'static str,
+    operation: &'static str,
+    what: &'static str,
+    reason: Reason,
 }
 
 /// `found`, or a not-found error naming the tags when it is empty (an error,
