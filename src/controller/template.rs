@@ -28,6 +28,7 @@ use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+mod base_template;
 mod evaluate;
 pub mod launch_check;
 pub mod namespaces;
@@ -150,6 +151,10 @@ async fn reconcile_template(
                 }
                 None => {}
             }
+            match &ready.launch_template {
+                Some(lt) if base_template::same(status.launch_template.as_ref(), lt) => {}
+                lt => status.launch_template = lt.clone(),
+            }
             if !same_image(status.resolved_image.as_ref(), &ready.image) {
                 status.resolved_image = Some(ready.image.clone());
             }
@@ -170,20 +175,32 @@ async fn reconcile_template(
                 Action::requeue(ready.refresh_in),
             )
         }
-        Err(not_ready) => (
-            conditions::new_condition(
-                READY,
-                false,
-                not_ready.reason.as_str(),
-                not_ready.message.clone(),
-                generation,
-                now,
-            ),
-            not_ready
-                .retry
-                .map(Action::requeue)
-                .unwrap_or_else(Action::await_change),
-        ),
+        Err(not_ready) => {
+            // A template that is gone or refused is no longer resolved; any
+            // other cause says nothing about it.
+            if mt.spec.launch_template.is_none()
+                || matches!(
+                    not_ready.reason,
+                    Reason::LaunchTemplateNotFound | Reason::LaunchTemplateRefused
+                )
+            {
+                status.launch_template = None;
+            }
+            (
+                conditions::new_condition(
+                    READY,
+                    false,
+                    not_ready.reason.as_str(),
+                    not_ready.message.clone(),
+                    generation,
+                    now,
+                ),
+                not_ready
+                    .retry
+                    .map(Action::requeue)
+                    .unwrap_or_else(Action::await_change),
+            )
+        }
     };
     let old_ready = conditions::find_condition(&old_status.conditions, READY).cloned();
     conditions::set_condition(&mut status.conditions, condition);
@@ -254,6 +271,7 @@ async fn check_launch(
         ready.root_device_name.clone(),
         &ctx.config.cluster_name,
         &ctx.cluster_id,
+        ready.launch_template.as_ref(),
     );
     let check = launch_check::run(ready.provider.as_ref(), &spec).await;
     if let Some(c) = launch_check::condition(&check, &spec, generation, Time(now)) {

@@ -222,6 +222,12 @@ pub fn usable(
             format!("MachineTemplate {name} changed; waiting for its image to be resolved"),
         ));
     }
+    if mt.spec.launch_template.is_some() && status.launch_template.is_none() {
+        return Err(Blocked::new(
+            Reason::TemplateNotReady,
+            format!("MachineTemplate {name}: waiting for its launchTemplate to be resolved"),
+        ));
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ impl NotReady {
     }
 
     /// Maps a provider error met while doing `what` to a condition reason.
-    fn from_provider(what: &str, not_found_reason: Reason, err: &ProviderError) -> Self {
+    pub(super) fn from_provider(what: &str, not_found_reason: Reason, err: &ProviderError) -> Self {
         let retry = if err.is_retryable() {
             Some(RETRY_TRANSIENT)
         } else {
@@ -100,6 +100,8 @@ pub struct Ready {
     pub type_info: Option<InstanceTypeInfo>,
     /// When the image's cache entry expires.
     pub refresh_in: Duration,
+    /// spec.launchTemplate resolved (`None` without one).
+    pub launch_template: Option<crate::api::ResolvedLaunchTemplate>,
 }
 
 /// Evaluates `mt` (see the module doc).
@@ -168,6 +170,10 @@ pub async fn evaluate(
         validate_in_provider(provider.as_ref(), spec).await?;
     }
 
+    // Every reconcile: someone may make a new $Latest or $Default version,
+    // or delete the template, at any time.
+    let launch_template = super::base_template::resolve(provider.as_ref(), spec).await?;
+
     let (image, resolved_at) =
         ctx.images.resolve(&provider, &source).await.map_err(|e| {
             NotReady::from_provider("resolving the image", Reason::ImageNotFound, &e)
@@ -194,6 +200,7 @@ pub async fn evaluate(
     }
     let type_info = first_type_info(provider.as_ref(), spec).await;
     Ok(Ready {
+        launch_template,
         type_info,
         root_device_name: image.root_device_name.clone(),
         provider: provider.clone(),
