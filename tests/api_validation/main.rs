@@ -356,6 +356,13 @@ async fn kubectl_shows_columns_categories_and_docs() {
             image_id: "ami-0123456789abcdef0".into(),
             checked_at: now.clone(),
         }),
+        launch_template: Some(hostforge::api::ResolvedLaunchTemplate {
+            id: "lt-0123456789abcdef0".into(),
+            name: Some("hpc-base".into()),
+            version: 3,
+            image_id: None,
+            resolved_at: now.clone(),
+        }),
     };
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     templates

@@ -433,6 +433,20 @@ mod tests {
                 Some("aws"),
                 Err(Reason::TemplateNotReady),
             ),
+            (
+                "launch template not resolved yet",
+                {
+                    let mut mt = (*template(2, Some(true), 2, true, None)).clone();
+                    mt.spec.launch_template = Some(crate::api::LaunchTemplateRef {
+                        id: Some("lt-0123456789abcdef0".into()),
+                        name: None,
+                        version: "$Default".into(),
+                    });
+                    Some(Arc::new(mt))
+                },
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
         ];
         for (what, template, provider, want) in cases {
             let got = decide(template, "ns", "t", provider, "aws".into());
