@@ -146,6 +146,16 @@ async fn run_instances_launches_from_the_users_template_at_its_resolved_version(
         ],
         &["LaunchTemplate.LaunchTemplateName"],
     );
+    // The template controller's dry run names the same template and version.
+    assert_params(
+        &last(&fwd, "RunInstances:DryRun"),
+        &[
+            ("LaunchTemplate.LaunchTemplateId", &lt),
+            ("LaunchTemplate.Version", "1"),
+            ("ImageId", &ami),
+        ],
+        &[],
+    );
     let batch = &mr.status.as_ref().expect("status").launches[0];
     let pinned = serde_json::to_value(&batch.launch_template).expect("json");
     assert_eq!(pinned, json!({"id": lt, "version": 1}));
@@ -231,6 +241,17 @@ async fn a_fleet_launches_from_the_users_template_with_hostforges_overrides() {
         fwd.calls("CreateLaunchTemplate"),
         0,
         "the user's template is the fleet's"
+    );
+    assert_eq!(fwd.calls("CreateLaunchTemplate:DryRun"), 0);
+    assert_params(
+        &last(&fwd, "RunInstances:DryRun"),
+        &[
+            ("LaunchTemplate.LaunchTemplateId", &lt),
+            ("LaunchTemplate.Version", "1"),
+            ("InstanceType", "t3.micro"),
+            ("KeyName", "ops"),
+        ],
+        &[],
     );
 }
 
@@ -333,6 +354,10 @@ async fn a_fleet_by_instance_requirements_launches_matching_types() {
             "LaunchTemplateConfigs.1.Overrides.2.SubnetId",
         ],
     );
+    // No single type exists before EC2 picks one: the dry run is the
+    // fleet template's alone.
+    assert!(fwd.calls("CreateLaunchTemplate:DryRun") >= 1);
+    assert_eq!(fwd.calls("RunInstances:DryRun"), 0);
     let status = mr.status.as_ref().expect("status");
     assert_eq!(status.machines.len(), 2, "{status:?}");
     for m in &status.machines {

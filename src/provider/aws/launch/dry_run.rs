@@ -111,4 +111,24 @@ mod tests {
         fleet.capacity.on_demand_percent = 0;
         assert_eq!(as_run_instances(&fleet).capacity.on_demand_percent, 0);
     }
+
+    #[test]
+    fn a_fleet_on_a_users_template_dry_runs_run_instances_on_that_template() {
+        let mut fleet = spec();
+        fleet.api = LaunchApi::Fleet;
+        fleet.options.base_template = Some(crate::provider::BaseTemplate {
+            id: "lt-0aaaaaaaaaaaaaaaa".into(),
+            version: 5,
+        });
+        let request = run_instances_request(&offline_client(), &as_run_instances(&fleet))
+            .expect("a launchable spec")
+            .dry_run(true);
+        let lt = request
+            .as_input()
+            .get_launch_template()
+            .clone()
+            .expect("the user's template");
+        assert_eq!(lt.launch_template_id(), Some("lt-0aaaaaaaaaaaaaaaa"));
+        assert_eq!(lt.version(), Some("5"));
+    }
 }
