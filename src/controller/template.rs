@@ -255,7 +255,14 @@ async fn check_launch(
     let mut ready = outcome?;
     let retry = ctx.config.launch_validation_retry;
     let now = Timestamp::now();
-    if !launch_check::due(status, generation, &ready.image.id, retry, now) {
+    // A new version of the user's launch template ($Latest, $Default moved)
+    // is a new launch: dry-run it too. `status` still holds the version the
+    // last reconcile resolved.
+    let pinned =
+        |lt: Option<&crate::api::ResolvedLaunchTemplate>| lt.map(|l| (l.id.clone(), l.version));
+    let template_moved =
+        pinned(ready.launch_template.as_ref()) != pinned(status.launch_template.as_ref());
+    if !template_moved && !launch_check::due(status, generation, &ready.image.id, retry, now) {
         return match conditions::find_condition(&status.conditions, LAUNCH_VALIDATED) {
             Some(c) if c.status == FALSE => Err(NotReady::new(
                 Reason::LaunchRefused,
@@ -282,6 +289,11 @@ async fn check_launch(
             image_id: ready.image.id.clone(),
             checked_at: Time(now),
         });
+        // The version this dry run was of, even when it is refused (then the
+        // template is not Ready and the Ready path does not record it).
+        if template_moved {
+            status.launch_template = ready.launch_template.clone();
+        }
     }
     match check {
         Check::Refused(e) => {
