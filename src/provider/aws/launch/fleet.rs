@@ -20,6 +20,10 @@
 //! if the first send had reached it, and the batch is settled by its tag.
 //! Templates no longer kept (idle past the grace period, or made by an
 //! earlier process) are deleted by the controller's collector.
+//!
+//! A spec with a user's own launch template (`launchTemplate`) launches from
+//! that template at its pinned version instead: no template is created or
+//! cached, and hostforge's settings go on the overrides ([`layered`]).
 
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;

@@ -115,8 +115,9 @@ pub(super) fn on_demand_strategy(spec: &LaunchSpec) -> FleetOnDemandAllocationSt
     }
 }
 
-/// Whether the override list is built from requirements (one override per
-/// subnet) rather than named types (type × subnet).
+/// The spec's `InstanceRequirements`, when the override list is built from
+/// them (one override per subnet) rather than from named types (type ×
+/// subnet).
 pub(super) fn by_requirements(spec: &LaunchSpec) -> Option<InstanceRequirementsRequest> {
     spec.options
         .instance_requirements
