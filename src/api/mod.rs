@@ -10,6 +10,7 @@ pub mod conditions;
 mod facts;
 #[cfg(test)]
 mod fixtures;
+pub mod launch_base;
 pub mod launch_group;
 pub mod request;
 mod selection;
@@ -23,6 +24,10 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use launch_base::{
+    BatchLaunchTemplate, Burstable, CountRange, CpuManufacturer, InstanceGeneration,
+    InstanceRequirements, LaunchTemplateRef, ResolvedLaunchTemplate,
+};
 pub use launch_group::{LaunchGroup, LaunchGroupMember, LaunchGroupSpec};
 pub use request::{
     LaunchBatch, LaunchState, Machine, MachineCounts, MachineLifecycle, MachineRequest,

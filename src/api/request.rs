@@ -563,6 +563,12 @@ pub struct LaunchBatch {
     /// token, never its own). Absent for a batch sent alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+
+    /// The user's launch template (spec.launchTemplate) and the version number
+    /// the batch is sent with, pinned when it is recorded so every re-send
+    /// names the same version. Absent without spec.launchTemplate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<super::launch_base::BatchLaunchTemplate>,
 }
 
 /// How the cloud refused a launch; decides when the next batch may go.

@@ -69,7 +69,7 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
     validation = Rule::new("!has(self.maxPrice) || self.capacityType != 'on-demand'")
         .message("maxPrice is the most to pay for spot capacity: it needs capacityType spot or mixed")
         .field_path(".maxPrice"),
-    validation = Rule::new("self.providerApi == 'EC2Fleet' || self.instanceTypes.all(t, !has(t.weight))")
+    validation = Rule::new("self.providerApi == 'EC2Fleet' || !has(self.instanceTypes) || self.instanceTypes.all(t, !has(t.weight))")
         .message("instanceTypes[].weight is only used with providerApi EC2Fleet")
         .field_path(".instanceTypes"),
     validation = Rule::new("!has(self.subnetSelector) || !has(self.subnetIds) || size(self.subnetIds) == 0")
@@ -81,6 +81,16 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
     validation = Rule::new("!has(self.maxTotalPrice) || self.providerApi == 'EC2Fleet'")
         .message("maxTotalPrice caps the hourly price of one EC2 Fleet launch: it needs providerApi EC2Fleet")
         .field_path(".maxTotalPrice"),
+    // spec.launchTemplate and spec.instanceRequirements (launch_base.rs):
+    validation = Rule::new("(has(self.instanceTypes) && self.instanceTypes.size() > 0) != has(self.instanceRequirements)")
+        .message("set exactly one of instanceTypes or instanceRequirements: EC2 does not take both in one launch")
+        .field_path(".instanceRequirements"),
+    validation = Rule::new("!has(self.instanceRequirements) || self.providerApi == 'EC2Fleet'")
+        .message("instanceRequirements needs providerApi EC2Fleet: RunInstances launches one named instance type")
+        .field_path(".instanceRequirements"),
+    validation = Rule::new("!has(self.launchTemplate) || self.providerApi != 'EC2Fleet' || !(has(self.securityGroupIds) || has(self.userData) || has(self.rootVolume) || has(self.dataVolumes) || has(self.cpuOptions) || has(self.ebsOptimized) || has(self.associatePublicIpAddress))")
+        .message("with launchTemplate and providerApi EC2Fleet, set securityGroupIds, userData, rootVolume, dataVolumes, cpuOptions, ebsOptimized and associatePublicIpAddress in the launch template: an EC2 Fleet override cannot carry them")
+        .field_path(".launchTemplate"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineTemplateSpec {
@@ -106,7 +116,9 @@ pub struct MachineTemplateSpec {
 
     /// Instance types in order of preference (at most 20, no duplicates). The first type
     /// with capacity is used; with providerApi EC2Fleet the order is the on-demand
-    /// priority and the spot candidates.
+    /// priority and the spot candidates. Required unless instanceRequirements is set
+    /// (exactly one of the two).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1, max = 20))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub instance_types: Vec<InstanceTypeOption>,
@@ -260,6 +272,22 @@ pub struct MachineTemplateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,6}(\.[0-9]{1,8})?$"))]
     pub max_total_price: Option<String>,
+
+    /// A user's own EC2 launch template as the base of every launch (id or name,
+    /// and a version). hostforge's image, instance types, subnets, ownership tags
+    /// and every field set here go on top of it; spec.image stays required (the
+    /// operator resolves, polices and reports the image). The template must not
+    /// tag anything with hostforge.io/ keys. With providerApi EC2Fleet, settings
+    /// an EC2 Fleet override cannot carry (security groups, user data, volumes,
+    /// CPU options, EBS optimization, public IP) must be in the launch template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<super::launch_base::LaunchTemplateRef>,
+
+    /// Instance types chosen by EC2 from their attributes instead of
+    /// instanceTypes (providerApi EC2Fleet only; exactly one of the two). The
+    /// type EC2 picked shows in each machine's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_requirements: Option<super::launch_base::InstanceRequirements>,
 }
 
 /// Cloud resources chosen by their tags (subnets, security groups).
@@ -718,6 +746,11 @@ pub struct MachineTemplateStatus {
     /// a selector.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub selected_security_groups: Vec<SelectedSecurityGroup>,
+
+    /// spec.launchTemplate as last resolved: its id, name and the version number
+    /// launches name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<super::launch_base::ResolvedLaunchTemplate>,
 }
 
 /// A subnet a template's subnetSelector chose.

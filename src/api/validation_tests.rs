@@ -483,6 +483,7 @@ fn status_round_trips_through_json() {
             availability_zone: None,
             failure: None,
             group: None,
+            launch_template: None,
         }],
     };
     let value = serde_json::to_value(&status).expect("serializes");
@@ -495,4 +496,100 @@ fn status_round_trips_through_json() {
     );
     let back: MachineRequestStatus = serde_json::from_value(value).expect("deserializes");
     assert_eq!(back, status);
+}
+
+/// `valid_template_spec()` with `fields` over it and without instanceTypes.
+fn template_without_types(fields: Value) -> Value {
+    let mut t = template_with(fields);
+    t["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("instanceTypes");
+    t
+}
+
+fn requirements() -> Value {
+    json!({"vcpuCount": {"min": 2, "max": 8}, "memoryMiB": {"min": 4096},
+           "cpuManufacturers": ["intel", "amazon-web-services"],
+           "instanceGenerations": ["current"], "burstablePerformance": "excluded",
+           "excludedInstanceTypes": ["t2.*", "m5a.large"]})
+}
+
+#[test]
+fn launch_template_and_instance_requirements_rules() {
+    let good = [
+        template_with(json!({"launchTemplate": {"id": "lt-0123456789abcdef0"}})),
+        template_with(json!({"launchTemplate": {"name": "hpc-base", "version": "$Latest"}})),
+        template_with(
+            json!({"providerApi": "EC2Fleet", "launchTemplate": {"name": "b", "version": "12"},
+                   "keyName": "k", "placement": {"groupName": "pg"}}),
+        ),
+        template_without_types(
+            json!({"providerApi": "EC2Fleet", "instanceRequirements": requirements()}),
+        ),
+        template_without_types(json!({"providerApi": "EC2Fleet",
+            "launchTemplate": {"id": "lt-0123456789abcdef0"},
+            "instanceRequirements": {"vcpuCount": {"min": 1}, "memoryMiB": {"min": 0},
+                                     "allowedInstanceTypes": ["c6i.*"]}})),
+    ];
+    for t in &good {
+        let errors = cel_errors::<MachineTemplate>(t, None);
+        assert!(errors.is_empty(), "{t}: {errors:?}");
+    }
+    let bad: Vec<(&str, Value, &str)> = vec![
+        (
+            "id and name",
+            template_with(json!({"launchTemplate": {"id": "lt-0123456789abcdef0", "name": "x"}})),
+            "launchTemplate: set exactly one of id or name",
+        ),
+        (
+            "neither id nor name",
+            template_with(json!({"launchTemplate": {"version": "3"}})),
+            "launchTemplate: set exactly one of id or name",
+        ),
+        (
+            "a fleet override cannot carry security groups",
+            template_with(json!({"providerApi": "EC2Fleet",
+                "launchTemplate": {"id": "lt-0123456789abcdef0"},
+                "securityGroupIds": ["sg-12345678"]})),
+            "set securityGroupIds, userData",
+        ),
+        (
+            "requirements with RunInstances",
+            template_without_types(json!({"instanceRequirements": requirements()})),
+            "instanceRequirements needs providerApi EC2Fleet",
+        ),
+        (
+            "requirements beside types",
+            template_with(
+                json!({"providerApi": "EC2Fleet", "instanceRequirements": requirements()}),
+            ),
+            "set exactly one of instanceTypes or instanceRequirements",
+        ),
+        (
+            "neither types nor requirements",
+            template_without_types(json!({})),
+            "set exactly one of instanceTypes or instanceRequirements",
+        ),
+        (
+            "allowed and excluded",
+            template_without_types(json!({"providerApi": "EC2Fleet",
+                "instanceRequirements": {"vcpuCount": {"min": 1}, "memoryMiB": {"min": 1},
+                    "allowedInstanceTypes": ["c6i.*"], "excludedInstanceTypes": ["t2.*"]}})),
+            "allowedInstanceTypes or excludedInstanceTypes, not both",
+        ),
+        (
+            "max below min",
+            template_without_types(json!({"providerApi": "EC2Fleet",
+                "instanceRequirements": {"vcpuCount": {"min": 8, "max": 4}, "memoryMiB": {"min": 1}}})),
+            "max must be at least min",
+        ),
+    ];
+    for (what, t, want) in bad {
+        let errors = cel_errors::<MachineTemplate>(&t, None);
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{what}: {errors:?}"
+        );
+    }
 }

@@ -85,6 +85,12 @@ pub enum Reason {
     InstanceTypeUnknown,
     /// The placement group the template names does not exist.
     PlacementGroupNotFound,
+    /// The user's launch template (or the version) the template names does
+    /// not exist.
+    LaunchTemplateNotFound,
+    /// The user's launch template carries what hostforge may not take from
+    /// it (its ownership tags).
+    LaunchTemplateRefused,
     /// A dry run of the template's launch was refused by the cloud (a
     /// permission, a tag policy, a parameter): every launch would be.
     LaunchRefused,
@@ -169,6 +175,8 @@ impl Reason {
             Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
             Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
             Reason::PlacementGroupNotFound => "PlacementGroupNotFound",
+            Reason::LaunchTemplateNotFound => "LaunchTemplateNotFound",
+            Reason::LaunchTemplateRefused => "LaunchTemplateRefused",
             Reason::LaunchRefused => "LaunchRefused",
             Reason::ProviderError => "ProviderError",
             Reason::PolicyDenied => "PolicyDenied",

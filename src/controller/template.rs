@@ -28,6 +28,7 @@ use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+mod base_template;
 mod evaluate;
 pub mod launch_check;
 pub mod namespaces;
@@ -167,6 +168,10 @@ async fn reconcile_template(
                 }
                 None => {}
             }
+            match &ready.launch_template {
+                Some(lt) if base_template::same(status.launch_template.as_ref(), lt) => {}
+                lt => status.launch_template = lt.clone(),
+            }
             if !same_image(status.resolved_image.as_ref(), &ready.image) {
                 status.resolved_image = Some(ready.image.clone());
             }
@@ -187,20 +192,32 @@ async fn reconcile_template(
                 Action::requeue(ready.refresh_in),
             )
         }
-        Err(not_ready) => (
-            conditions::new_condition(
-                READY,
-                false,
-                not_ready.reason.as_str(),
-                not_ready.message.clone(),
-                generation,
-                now,
-            ),
-            not_ready
-                .retry
-                .map(Action::requeue)
-                .unwrap_or_else(Action::await_change),
-        ),
+        Err(not_ready) => {
+            // A template that is gone or refused is no longer resolved; any
+            // other cause says nothing about it.
+            if mt.spec.launch_template.is_none()
+                || matches!(
+                    not_ready.reason,
+                    Reason::LaunchTemplateNotFound | Reason::LaunchTemplateRefused
+                )
+            {
+                status.launch_template = None;
+            }
+            (
+                conditions::new_condition(
+                    READY,
+                    false,
+                    not_ready.reason.as_str(),
+                    not_ready.message.clone(),
+                    generation,
+                    now,
+                ),
+                not_ready
+                    .retry
+                    .map(Action::requeue)
+                    .unwrap_or_else(Action::await_change),
+            )
+        }
     };
     let old_ready = conditions::find_condition(&old_status.conditions, READY).cloned();
     conditions::set_condition(&mut status.conditions, condition);
@@ -255,7 +272,14 @@ async fn check_launch(
     let mut ready = outcome?;
     let retry = ctx.config.launch_validation_retry;
     let now = Timestamp::now();
-    if !launch_check::due(status, generation, &ready.image.id, retry, now) {
+    // A new version of the user's launch template ($Latest, $Default moved)
+    // is a new launch: dry-run it too. `status` still holds the version the
+    // last reconcile resolved.
+    let pinned =
+        |lt: Option<&crate::api::ResolvedLaunchTemplate>| lt.map(|l| (l.id.clone(), l.version));
+    let template_moved =
+        pinned(ready.launch_template.as_ref()) != pinned(status.launch_template.as_ref());
+    if !template_moved && !launch_check::due(status, generation, &ready.image.id, retry, now) {
         return match conditions::find_condition(&status.conditions, LAUNCH_VALIDATED) {
             Some(c) if c.status == FALSE => Err(NotReady::new(
                 Reason::LaunchRefused,
@@ -271,6 +295,7 @@ async fn check_launch(
         ready.root_device_name.clone(),
         &ctx.config.cluster_name,
         &ctx.cluster_id,
+        ready.launch_template.as_ref(),
     );
     let check = launch_check::run(ready.provider.as_ref(), &spec).await;
     if let Some(c) = launch_check::condition(&check, &spec, generation, Time(now)) {
@@ -281,6 +306,11 @@ async fn check_launch(
             image_id: ready.image.id.clone(),
             checked_at: Time(now),
         });
+        // The version this dry run was of, even when it is refused (then the
+        // template is not Ready and the Ready path does not record it).
+        if template_moved {
+            status.launch_template = ready.launch_template.clone();
+        }
     }
     match check {
         Check::Refused(e) => {

@@ -58,6 +58,17 @@ pub fn offer(mt: &MachineTemplate) -> TemplateOut {
             "nram".into(),
             ["Numeric".into(), info.memory_mib.to_string()],
         );
+    } else if let Some(r) = &mt.spec.instance_requirements {
+        // EC2 picks the types at launch: the least any machine will have is
+        // what a scheduler can count on.
+        attributes.insert(
+            "ncpus".into(),
+            ["Numeric".into(), r.vcpu_count.min.max(1).to_string()],
+        );
+        attributes.insert(
+            "nram".into(),
+            ["Numeric".into(), r.memory_mib.min.to_string()],
+        );
     }
     TemplateOut {
         template_id: template_id(mt),
@@ -229,7 +240,7 @@ pub fn answer(templates: &[MachineTemplate]) -> TemplatesOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     pub(crate) fn template(extra_status: serde_json::Value, max: Option<i32>) -> MachineTemplate {
         let mut status = json!({
@@ -268,6 +279,23 @@ mod tests {
         assert_eq!(v["attributes"]["nram"], json!(["Numeric", "8192"]));
         assert_eq!(v["vmType"], "c6i.xlarge");
         assert_eq!(v["imageId"], "ami-12345678");
+    }
+
+    #[test]
+    fn instance_requirements_advertise_their_minimums() {
+        let mut mt = template(json!({"instanceTypeInfo": null}), Some(10));
+        mt.spec.instance_types.clear();
+        mt.spec.instance_requirements = Some(
+            serde_json::from_value(
+                json!({"vcpuCount": {"min": 8, "max": 16}, "memoryMiB": {"min": 32768}}),
+            )
+            .expect("requirements"),
+        );
+        let v = serde_json::to_value(offer(&mt)).expect("json");
+        assert_eq!(v["attributes"]["ncpus"], json!(["Numeric", "8"]));
+        assert_eq!(v["attributes"]["nram"], json!(["Numeric", "32768"]));
+        assert!(v["attributes"].get("ncores").is_none(), "{v}");
+        assert!(v.get("vmType").is_none_or(Value::is_null), "{v}");
     }
 
     #[test]

@@ -121,6 +121,12 @@ pub struct LaunchOptions {
     /// Most one fleet launch may cost per hour (USD), for its on-demand and
     /// spot parts; fleets only.
     pub max_total_price: Option<String>,
+    /// The user's launch template every launch starts from (with the
+    /// version the batch pinned); `None`: no base template.
+    pub base_template: Option<super::BaseTemplate>,
+    /// Instance types chosen by EC2 from attributes instead of
+    /// `instance_types` (fleets only).
+    pub instance_requirements: Option<super::RequirementsSpec>,
 }
 
 impl LaunchOptions {
@@ -154,6 +160,10 @@ impl LaunchOptions {
                 })
                 .collect(),
             max_total_price: template.max_total_price.clone(),
+            // Pinned per batch by the controller, never taken from the spec's
+            // moving version.
+            base_template: None,
+            instance_requirements: super::RequirementsSpec::of_template(template),
         }
     }
 

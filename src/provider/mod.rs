@@ -11,6 +11,7 @@ mod error;
 pub mod fake;
 mod image;
 mod launch_answer;
+mod launch_base;
 mod launch_spec;
 mod machine;
 mod network;
@@ -27,6 +28,7 @@ pub use cloud_event::{CloudEvent, ScheduledKind};
 pub use error::{ErrorDetail, ProviderError};
 pub use image::{ImageSource, ResolvedImage};
 pub use launch_answer::{LaunchAnswer, Shortfall};
+pub use launch_base::{BaseTemplate, LaunchTemplateQuery, LaunchTemplateVersion, RequirementsSpec};
 pub use launch_spec::{
     CpuSpec, DataVolumeSpec, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions,
     LaunchSpec, MetadataSpec, VolumeSpec,
@@ -180,6 +182,26 @@ pub trait MachineProvider: Send + Sync {
     /// means nothing was launched; a [`ProviderError::Capacity`] tells the caller to
     /// try another instance type, subnet or capacity type as a new batch.
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchAnswer, ProviderError>;
+
+    /// The version of a user's launch template that `query` names (a
+    /// MachineTemplate's `launchTemplate`), resolved to its id and version
+    /// number so launches name a version that cannot move; `Ok(None)` when
+    /// the template or the version does not exist. Adapters without launch
+    /// templates keep this default, which refuses.
+    async fn launch_template_version(
+        &self,
+        query: &LaunchTemplateQuery,
+    ) -> Result<Option<LaunchTemplateVersion>, ProviderError> {
+        Err(ProviderError::InvalidParameter(ErrorDetail {
+            operation: "DescribeLaunchTemplateVersions",
+            code: "Unsupported".into(),
+            message: format!(
+                "provider {} has no launch templates (asked for {:?})",
+                self.name(),
+                query.id.as_ref().or(query.name.as_ref())
+            ),
+        }))
+    }
 
     /// The zones a launch without subnets may be pinned to (those with a
     /// default subnet), sorted. A launch token is zonal on EC2, so a batch

@@ -246,6 +246,64 @@ pub(super) fn malformed_cases() -> Vec<Case> {
             &["spec.cpuOptions.threadsPerCore", "less than or equal to 2"],
         ),
         case(
+            "launch template by id and name",
+            template_with(
+                "t",
+                json!({"launchTemplate": {"id": "lt-0123456789abcdef0", "name": "base"}}),
+            ),
+            &["spec.launchTemplate", "set exactly one of id or name"],
+        ),
+        case(
+            "launch template version latest",
+            template_with(
+                "t",
+                json!({"launchTemplate": {"name": "base", "version": "latest"}}),
+            ),
+            &["spec.launchTemplate.version", "should match"],
+        ),
+        case(
+            "security groups beside a fleet's launch template",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet", "launchTemplate": {"name": "base"},
+                       "securityGroupIds": ["sg-0123456789abcdef0"]}),
+            ),
+            &[
+                "spec.launchTemplate",
+                "an EC2 Fleet override cannot carry them",
+            ],
+        ),
+        case(
+            "instance requirements on RunInstances",
+            template_with(
+                "t",
+                json!({"instanceTypes": null,
+                       "instanceRequirements": {"vcpuCount": {"min": 2}, "memoryMiB": {"min": 1024}}}),
+            ),
+            &["spec.instanceRequirements", "needs providerApi EC2Fleet"],
+        ),
+        case(
+            "instance requirements beside instance types",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet",
+                       "instanceRequirements": {"vcpuCount": {"min": 2}, "memoryMiB": {"min": 1024}}}),
+            ),
+            &[
+                "spec.instanceRequirements",
+                "set exactly one of instanceTypes or instanceRequirements",
+            ],
+        ),
+        case(
+            "instance requirements without a memory range",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet", "instanceTypes": null,
+                       "instanceRequirements": {"vcpuCount": {"min": 2}}}),
+            ),
+            &["spec.instanceRequirements.memoryMiB", "Required value"],
+        ),
+        case(
             "spend cap on RunInstances",
             template_with("t", json!({"maxTotalPrice": "10"})),
             &["spec.maxTotalPrice", "needs providerApi EC2Fleet"],

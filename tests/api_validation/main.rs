@@ -367,6 +367,13 @@ async fn kubectl_shows_columns_categories_and_docs() {
             name: Some("hpc".into()),
             vpc_id: Some("vpc-0a1b2c3d".into()),
         }],
+        launch_template: Some(hostforge::api::ResolvedLaunchTemplate {
+            id: "lt-0123456789abcdef0".into(),
+            name: Some("hpc-base".into()),
+            version: 3,
+            image_id: None,
+            resolved_at: now.clone(),
+        }),
     };
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     templates

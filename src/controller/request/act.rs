@@ -104,6 +104,19 @@ pub async fn next_batch(
         now(),
     );
     new.availability_zone = batch::pinned_zone(template.spec.provider_api, &choice, &zones, seq);
+    // The user's template at the version the template controller resolved,
+    // pinned with the batch (the gate admits a template with a launchTemplate
+    // only once its status names one).
+    new.launch_template = template
+        .spec
+        .launch_template
+        .as_ref()
+        .and(template.status.as_ref())
+        .and_then(|st| st.launch_template.as_ref())
+        .map(|lt| crate::api::BatchLaunchTemplate {
+            id: lt.id.clone(),
+            version: lt.version,
+        });
     let built = launch_spec(s, &open.provider, template, &new).await?;
     new.params_digest = built.digest;
     Ok(NewBatch {

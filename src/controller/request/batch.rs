@@ -18,8 +18,8 @@ use crate::controller::cloud::capacity::{CapacityCache, Offering};
 use crate::controller::cloud::ownership::Owner;
 use crate::controller::reason::refused_backoff;
 use crate::provider::{
-    InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions, LaunchSpec, MetadataSpec,
-    VolumeSpec,
+    BaseTemplate, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchOptions, LaunchSpec,
+    MetadataSpec, VolumeSpec,
 };
 
 /// Most machines one launch call asks for: EC2 refills its launched-instances
@@ -56,6 +56,20 @@ fn subnets_or_default(spec: &MachineTemplateSpec) -> Vec<String> {
     }
 }
 
+/// The instance type of an offering whose types EC2 picks from the
+/// template's instance requirements: every type of that subnet at once.
+pub const ANY_TYPE: &str = "*";
+
+/// The instance types of `names` as offerings: `names`, or [`ANY_TYPE`]
+/// when there are none (EC2 picks them from instance requirements).
+fn offered_types(names: Vec<String>) -> Vec<String> {
+    if names.is_empty() {
+        vec![ANY_TYPE.to_string()]
+    } else {
+        names
+    }
+}
+
 /// The first offerings with capacity, in the template's order of preference;
 /// `None` when every one is cooling down after a capacity error.
 pub fn choose(spec: &MachineTemplateSpec, provider: &str, cache: &CapacityCache) -> Option<Choice> {
@@ -76,6 +90,22 @@ pub fn choose(spec: &MachineTemplateSpec, provider: &str, cache: &CapacityCache)
                 }
             }
             None
+        }
+        ProviderApi::Ec2Fleet if spec.instance_requirements.is_some() => {
+            // EC2 picks the types: the subnets are the offerings, each
+            // cooled down as a whole (type ANY_TYPE) after a capacity verdict.
+            let subnet_ids: Vec<String> = subnets
+                .iter()
+                .filter(|s| available(ANY_TYPE, s))
+                .cloned()
+                .collect();
+            if subnet_ids.is_empty() {
+                return None;
+            }
+            Some(Choice {
+                instance_types: Vec::new(),
+                subnet_ids: subnet_ids.into_iter().filter(non_default).collect(),
+            })
         }
         ProviderApi::Ec2Fleet => {
             let types: Vec<String> = spec
@@ -190,13 +220,15 @@ pub fn refusal_hold(launches: &[LaunchBatch], now: &Time) -> Option<RefusalHold>
 pub fn offerings_of_template(spec: &MachineTemplateSpec, provider: &str) -> Vec<Offering> {
     let spot = is_spot(spec);
     let subnets = subnets_or_default(spec);
-    spec.instance_types
+    let types = offered_types(
+        spec.instance_types
+            .iter()
+            .map(|t| t.instance_type.clone())
+            .collect(),
+    );
+    types
         .iter()
-        .flat_map(|t| {
-            subnets
-                .iter()
-                .map(move |s| offering(provider, &t.instance_type, s, spot))
-        })
+        .flat_map(|t| subnets.iter().map(move |s| offering(provider, t, s, spot)))
         .collect()
 }
 
@@ -208,8 +240,7 @@ pub fn offerings_of(batch: &LaunchBatch, provider: &str) -> Vec<Offering> {
     } else {
         batch.subnet_ids.clone()
     };
-    batch
-        .instance_types
+    offered_types(batch.instance_types.clone())
         .iter()
         .flat_map(|t| subnets.iter().map(move |s| offering(provider, t, s, spot)))
         .collect()
@@ -267,6 +298,7 @@ pub fn new_batch(
         availability_zone: None,
         failure: None,
         group: None,
+        launch_template: None,
     }
 }
 
@@ -382,7 +414,13 @@ pub fn spec_for(
             hop_limit: template.metadata_options.hop_limit,
         },
         tags: extras.owner.tags(&batch.id, &merged_tags(template, extras)),
-        options: LaunchOptions::of_template(template),
+        options: LaunchOptions {
+            base_template: batch.launch_template.as_ref().map(|b| BaseTemplate {
+                id: b.id.clone(),
+                version: b.version,
+            }),
+            ..LaunchOptions::of_template(template)
+        },
     }
 }
 

@@ -236,6 +236,12 @@ pub fn usable(
             format!("MachineTemplate {name} has no subnets or security groups selected yet; waiting for them"),
         ));
     }
+    if mt.spec.launch_template.is_some() && status.launch_template.is_none() {
+        return Err(Blocked::new(
+            Reason::TemplateNotReady,
+            format!("MachineTemplate {name}: waiting for its launchTemplate to be resolved"),
+        ));
+    }
     Ok(())
 }
 
@@ -438,6 +444,20 @@ mod tests {
             (
                 "no image yet",
                 Some(template(2, Some(true), 2, false, None)),
+                Some("aws"),
+                Err(Reason::TemplateNotReady),
+            ),
+            (
+                "launch template not resolved yet",
+                {
+                    let mut mt = (*template(2, Some(true), 2, true, None)).clone();
+                    mt.spec.launch_template = Some(crate::api::LaunchTemplateRef {
+                        id: Some("lt-0123456789abcdef0".into()),
+                        name: None,
+                        version: "$Default".into(),
+                    });
+                    Some(Arc::new(mt))
+                },
                 Some("aws"),
                 Err(Reason::TemplateNotReady),
             ),

@@ -106,6 +106,8 @@ pub struct Ready {
     /// The template as launches see it when it selects by tags (see
     /// [`MachineTemplate::with_selections`]); `None`: the template itself.
     pub view: Option<MachineTemplate>,
+    /// spec.launchTemplate resolved (`None` without one).
+    pub launch_template: Option<crate::api::ResolvedLaunchTemplate>,
 }
 
 /// Evaluates `mt` (see the module doc).
@@ -190,6 +192,10 @@ pub async fn evaluate(
         validate_in_provider(provider.as_ref(), spec).await?;
     }
 
+    // Every reconcile: someone may make a new $Latest or $Default version,
+    // or delete the template, at any time.
+    let launch_template = super::base_template::resolve(provider.as_ref(), spec).await?;
+
     let (image, resolved_at) =
         ctx.images.resolve(&provider, &source).await.map_err(|e| {
             NotReady::from_provider("resolving the image", Reason::ImageNotFound, &e)
@@ -221,6 +227,7 @@ pub async fn evaluate(
     Ok(Ready {
         selected,
         view,
+        launch_template,
         type_info,
         root_device_name: image.root_device_name.clone(),
         provider: provider.clone(),

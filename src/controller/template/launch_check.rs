@@ -23,7 +23,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::conditions::{self, LAUNCH_VALIDATED, TRUE, UNKNOWN};
-use crate::api::{LaunchBatch, LaunchState, MachineTemplate, MachineTemplateStatus, ProviderApi};
+use crate::api::{
+    BatchLaunchTemplate, LaunchBatch, LaunchState, MachineTemplate, MachineTemplateStatus,
+    ProviderApi, ResolvedLaunchTemplate,
+};
 use crate::controller::cloud::ownership::Owner;
 use crate::controller::request::batch::{spec_for, Extras};
 use crate::provider::{LaunchSpec, MachineProvider, ProviderError};
@@ -94,6 +97,7 @@ pub fn spec(
     root_device_name: Option<String>,
     cluster: &str,
     cluster_id: &str,
+    launch_template: Option<&ResolvedLaunchTemplate>,
 ) -> LaunchSpec {
     let template = &mt.spec;
     let types: Vec<String> = template
@@ -126,6 +130,10 @@ pub fn spec(
         message: None,
         failure: None,
         group: None,
+        launch_template: launch_template.map(|lt| BatchLaunchTemplate {
+            id: lt.id.clone(),
+            version: lt.version,
+        }),
     };
     let owner = Owner {
         cluster: cluster.to_string(),

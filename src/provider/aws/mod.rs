@@ -19,6 +19,7 @@ mod spot;
 mod status_checks;
 mod tags;
 mod terminate;
+mod user_templates;
 mod validate;
 mod zones;
 
@@ -137,6 +138,13 @@ impl MachineProvider for AwsProvider {
         names: &[String],
     ) -> Result<Vec<String>, ProviderError> {
         validate::missing_placement_groups(&self.clients, &self.calls, names).await
+    }
+
+    async fn launch_template_version(
+        &self,
+        query: &crate::provider::LaunchTemplateQuery,
+    ) -> Result<Option<crate::provider::LaunchTemplateVersion>, ProviderError> {
+        user_templates::resolve(&self.clients, &self.calls, query).await
     }
 
     async fn instance_type_info(

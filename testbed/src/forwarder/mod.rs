@@ -49,6 +49,7 @@
 mod fidelity;
 mod pending;
 mod placement;
+mod requirements;
 mod rules;
 mod server;
 mod status_checks;
@@ -211,6 +212,13 @@ impl Forwarder {
     /// groups added here; see `placement`).
     pub fn add_placement_group(&self, group: PlacementGroup) {
         self.shared.lock().placement_groups.push(group);
+    }
+
+    /// Models attribute-based instance type selection for CreateFleet,
+    /// which moto lacks: overrides with `InstanceRequirements` reach moto as
+    /// one override per matching type (see `requirements`).
+    pub fn model_instance_requirements(&self) {
+        self.shared.lock().model_requirements = true;
     }
 
     /// Reports instance `id`'s status checks `checks` as failing (impaired
@@ -490,6 +498,9 @@ struct State {
     requests: VecDeque<(String, BTreeMap<String, String>)>,
     replies: HashMap<String, String>,
     placement_groups: Vec<PlacementGroup>,
+    /// Whether CreateFleet overrides with InstanceRequirements are rewritten
+    /// into matching types before moto sees them (see `requirements`).
+    model_requirements: bool,
     /// Instances whose status checks are reported failing.
     impaired: BTreeMap<String, status_checks::Marked>,
     /// While set: the instances DescribeInstances reports as moto does;

@@ -87,29 +87,56 @@ async fn handle(
             let action = call.action.clone().unwrap_or_default();
             serve(&shared, &parts.headers, &action, &call.params).await
         }
-        Decision::Forward => match forward(&shared, parts, body).await {
-            Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
-                Ok(impair(&shared, response).await)
-            }
-            Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
-                Ok(hold_pending(&shared, response).await)
-            }
-            Ok(response) => Ok(response),
-            Err(message) => {
-                if let Some(action) = &call.action {
-                    *shared
-                        .lock()
-                        .upstream_errors
-                        .entry(action.clone())
-                        .or_default() += 1;
+        Decision::Forward => {
+            let (parts, body) = requirements_rewritten(&shared, &call, parts, body);
+            match forward(&shared, parts, body).await {
+                Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
+                    Ok(impair(&shared, response).await)
                 }
-                Ok(plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!("forwarder: upstream {}: {message}", shared.upstream),
-                ))
+                Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
+                    Ok(hold_pending(&shared, response).await)
+                }
+                Ok(response) => Ok(response),
+                Err(message) => {
+                    if let Some(action) = &call.action {
+                        *shared
+                            .lock()
+                            .upstream_errors
+                            .entry(action.clone())
+                            .or_default() += 1;
+                    }
+                    Ok(plain(
+                        StatusCode::BAD_GATEWAY,
+                        format!("forwarder: upstream {}: {message}", shared.upstream),
+                    ))
+                }
             }
-        },
+        }
     }
+}
+
+/// A CreateFleet with `InstanceRequirements` rewritten into matching
+/// instance types when the test turned that model on (see `requirements`);
+/// any other request unchanged. The body changes length, so the length
+/// header is dropped (hyper sets it from the new body).
+fn requirements_rewritten(
+    shared: &Shared,
+    call: &super::wire::Call,
+    mut parts: Parts,
+    body: Bytes,
+) -> (Parts, Bytes) {
+    let on = shared.lock().model_requirements;
+    if !on || call.action.as_deref() != Some("CreateFleet") || call.json {
+        return (parts, body);
+    }
+    let Some(params) = super::requirements::rewrite(&call.params) else {
+        return (parts, body);
+    };
+    let encoded = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    (parts, Bytes::from(encoded))
 }
 
 /// moto's DescribeInstances answer with the instances a test holds shown

@@ -8,12 +8,14 @@
 //! [`convert`] reads the fields by group, in a fixed order (the notes come
 //! out in that order): the launch group (`launch.rs`), the host group
 //! (`host.rs`, with placement, tenancy and EBS optimization from
-//! `placement.rs`), the machine limit, then the fields with no equivalent
+//! `placement.rs`), the machine limit, the user's launch template
+//! (`launch_template.rs`), then the fields with no equivalent
 //! (`unmapped.rs`).
 
 mod cursor;
 mod host;
 mod launch;
+mod launch_template;
 mod placement;
 mod unmapped;
 
@@ -96,6 +98,7 @@ pub fn convert_with(
     max_machines(&mut c, &mut spec);
     let hf_priority = priority(&mut c);
     let secret = host::user_data(&mut c, &mut spec, &name, dir, namespace, allow_outside);
+    launch_template::read(&mut c, &mut spec);
     unmapped::note_the_rest(&mut c);
 
     let mut metadata = json!({

@@ -9,8 +9,6 @@ const UNMAPPED: &[(&str, &str)] = &[
     ("attributes", "not needed: the operator reads the size of the first instance type from the cloud (status.instanceTypeInfo)"),
     ("fleetRole", "not needed: EC2 Fleet instant fleets use the service-linked role"),
     ("fleetType", "not needed: fleets are always of type instant"),
-    ("launchTemplateId", "not supported: hostforge launches without launch templates; copy its settings into this template"),
-    ("launchTemplateVersion", "not supported: hostforge launches without launch templates"),
     ("userData", "not mapped: these variables fed IBM's own user_data.sh; put them into the user data script"),
 ];
 

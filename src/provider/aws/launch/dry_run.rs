@@ -16,6 +16,13 @@
 //!   instant fleet launches with the caller's `ec2:RunInstances` and
 //!   `ec2:CreateTags` permissions. CreateFleet itself is not dry-run: it
 //!   names a launch template by id, which a dry run does not create.
+//! - A user's own launch template (`launchTemplate`): no hostforge template
+//!   is made, so no CreateLaunchTemplate; RunInstances names the user's
+//!   template at the pinned version, with hostforge's parameters on top.
+//! - Instance requirements: EC2 picks the types only when the fleet
+//!   launches, so there is no type a RunInstances dry run could name; the
+//!   dry run is the CreateLaunchTemplate one alone (with a user's template,
+//!   none: its version was resolved by the template controller already).
 
 use super::fleet::template_request;
 use super::run_instances::run_instances_request;
@@ -35,11 +42,17 @@ pub(super) async fn validate(
     match spec.api {
         LaunchApi::RunInstances => run_instances(clients, calls, spec).await,
         LaunchApi::Fleet => {
-            let key = Key::of(spec);
-            let request = template_request(&clients.ec2, &key, &new_name(&spec.tags)).dry_run(true);
-            calls
-                .dry_run("CreateLaunchTemplate", || request.send())
-                .await?;
+            if spec.options.base_template.is_none() {
+                let key = Key::of(spec);
+                let request =
+                    template_request(&clients.ec2, &key, &new_name(&spec.tags)).dry_run(true);
+                calls
+                    .dry_run("CreateLaunchTemplate", || request.send())
+                    .await?;
+            }
+            if spec.options.instance_requirements.is_some() {
+                return Ok(());
+            }
             run_instances(clients, calls, &as_run_instances(spec)).await
         }
     }
@@ -97,5 +110,25 @@ mod tests {
 
         fleet.capacity.on_demand_percent = 0;
         assert_eq!(as_run_instances(&fleet).capacity.on_demand_percent, 0);
+    }
+
+    #[test]
+    fn a_fleet_on_a_users_template_dry_runs_run_instances_on_that_template() {
+        let mut fleet = spec();
+        fleet.api = LaunchApi::Fleet;
+        fleet.options.base_template = Some(crate::provider::BaseTemplate {
+            id: "lt-0aaaaaaaaaaaaaaaa".into(),
+            version: 5,
+        });
+        let request = run_instances_request(&offline_client(), &as_run_instances(&fleet))
+            .expect("a launchable spec")
+            .dry_run(true);
+        let lt = request
+            .as_input()
+            .get_launch_template()
+            .clone()
+            .expect("the user's template");
+        assert_eq!(lt.launch_template_id(), Some("lt-0aaaaaaaaaaaaaaaa"));
+        assert_eq!(lt.version(), Some("5"));
     }
 }

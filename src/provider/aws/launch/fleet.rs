@@ -20,6 +20,10 @@
 //! if the first send had reached it, and the batch is settled by its tag.
 //! Templates no longer kept (idle past the grace period, or made by an
 //! earlier process) are deleted by the controller's collector.
+//!
+//! A spec with a user's own launch template (`launchTemplate`) launches from
+//! that template at its pinned version instead: no template is created or
+//! cached, and hostforge's settings go on the overrides ([`layered`]).
 
 use aws_sdk_ec2::operation::create_fleet::builders::CreateFleetFluentBuilder;
 use aws_sdk_ec2::operation::create_fleet::CreateFleetOutput;
@@ -27,11 +31,10 @@ use aws_sdk_ec2::operation::create_launch_template::builders::CreateLaunchTempla
 use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::{
     DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest,
-    FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
-    FleetOnDemandAllocationStrategy, FleetType, InstanceLifecycle, InstanceType,
-    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateCpuOptionsRequest,
-    LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
-    LaunchTemplateIamInstanceProfileSpecificationRequest,
+    FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest, FleetType,
+    InstanceLifecycle, InstanceType, LaunchTemplateBlockDeviceMappingRequest,
+    LaunchTemplateCpuOptionsRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
     LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplatePlacementRequest,
     OnDemandOptionsRequest, RequestLaunchTemplateData, ResourceType, SpotAllocationStrategy,
@@ -39,7 +42,7 @@ use aws_sdk_ec2::types::{
 };
 use tracing::{info, warn};
 
-use super::{check_common, client_token, is_arn, non_empty, root_device, user_data};
+use super::{check_common, client_token, is_arn, layered, non_empty, root_device, user_data};
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::{classify, detail};
@@ -83,6 +86,16 @@ pub(super) async fn launch(
     spec: &LaunchSpec,
 ) -> Result<LaunchAnswer, ProviderError> {
     check_common("CreateFleet", spec)?;
+    if spec.options.base_template.is_some() {
+        // The user's template is the fleet's: nothing of hostforge's to
+        // create, lease or lose.
+        let answer = calls
+            .run("CreateFleet", || {
+                fleet_request(&clients.ec2, spec, "").send()
+            })
+            .await;
+        return answer_of(spec, answer);
+    }
     let key = Key::of(spec);
     let template = cache
         .lease_or_create(&key, || create_template(clients, calls, &key))
@@ -99,7 +112,14 @@ pub(super) async fn launch(
         }
     }
     drop(template);
-    let answer = answer.map_err(template_lag);
+    answer_of(spec, answer.map_err(template_lag))
+}
+
+/// The launch answer of a CreateFleet call's outcome.
+fn answer_of(
+    spec: &LaunchSpec,
+    answer: Result<CreateFleetOutput, ProviderError>,
+) -> Result<LaunchAnswer, ProviderError> {
     // Stamped when the answer came: no machine of it launched later, so ages
     // counted from here are never too old (the grace periods of deletion and
     // the sweep stay on the safe side) until the first describe has EC2's own.
@@ -311,7 +331,8 @@ fn template_volume(
         .build()
 }
 
-/// CreateFleet of type `instant` over the template `template_id`, with
+/// CreateFleet of type `instant` over the template `template_id` (or, when
+/// the spec has one, the user's base template at its pinned version), with
 /// every tag of the spec on the instances. The spend cap (`MaxTotalPrice`)
 /// goes on the options of each part the fleet launches, on-demand and spot:
 /// EC2 caps each part by its own options
@@ -323,11 +344,15 @@ pub(super) fn fleet_request(
     template_id: &str,
 ) -> CreateFleetFluentBuilder {
     let (on_demand, spot) = split(spec);
+    let (template_id, version) = match &spec.options.base_template {
+        Some(base) => (base.id.clone(), base.version.to_string()),
+        None => (template_id.to_string(), TEMPLATE_VERSION.to_string()),
+    };
     let config = FleetLaunchTemplateConfigRequest::builder()
         .launch_template_specification(
             FleetLaunchTemplateSpecificationRequest::builder()
                 .launch_template_id(template_id)
-                .version(TEMPLATE_VERSION)
+                .version(version)
                 .build(),
         )
         .set_overrides(Some(overrides(spec)))
@@ -337,7 +362,7 @@ pub(super) fn fleet_request(
     let cap = spec.options.max_total_price.clone();
     let on_demand_options = (on_demand > 0).then(|| {
         OnDemandOptionsRequest::builder()
-            .allocation_strategy(FleetOnDemandAllocationStrategy::Prioritized)
+            .allocation_strategy(layered::on_demand_strategy(spec))
             .set_max_total_price(cap.clone())
             .build()
     });
@@ -393,19 +418,32 @@ pub(super) fn overrides(spec: &LaunchSpec) -> Vec<FleetLaunchTemplateOverridesRe
         .availability_zone
         .clone()
         .filter(|z| !z.is_empty() && spec.subnet_ids.is_empty());
+    if let Some(requirements) = layered::by_requirements(spec) {
+        // One override per subnet, EC2 choosing the types; no priority: the
+        // on-demand strategy is lowest-price (see [`layered`]).
+        return subnets
+            .iter()
+            .map(|subnet| {
+                let o = FleetLaunchTemplateOverridesRequest::builder()
+                    .instance_requirements(requirements.clone())
+                    .set_subnet_id(subnet.cloned())
+                    .set_availability_zone(zone.clone())
+                    .set_max_price(max_price.clone());
+                layered::on_base(spec, o).build()
+            })
+            .collect();
+    }
     let mut out = Vec::with_capacity(spec.instance_types.len() * subnets.len());
     for t in &spec.instance_types {
         for subnet in &subnets {
-            out.push(
-                FleetLaunchTemplateOverridesRequest::builder()
-                    .instance_type(InstanceType::from(t.name.as_str()))
-                    .set_subnet_id(subnet.cloned())
-                    .set_availability_zone(zone.clone())
-                    .set_weighted_capacity(t.weight.map(f64::from))
-                    .priority(out.len() as f64)
-                    .set_max_price(max_price.clone())
-                    .build(),
-            );
+            let o = FleetLaunchTemplateOverridesRequest::builder()
+                .instance_type(InstanceType::from(t.name.as_str()))
+                .set_subnet_id(subnet.cloned())
+                .set_availability_zone(zone.clone())
+                .set_weighted_capacity(t.weight.map(f64::from))
+                .priority(out.len() as f64)
+                .set_max_price(max_price.clone());
+            out.push(layered::on_base(spec, o).build());
         }
     }
     out

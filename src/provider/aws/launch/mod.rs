@@ -9,6 +9,7 @@
 
 mod dry_run;
 mod fleet;
+mod layered;
 mod run_instances;
 mod template_cache;
 
@@ -51,7 +52,8 @@ pub(super) async fn validate(
 }
 
 /// Refuses specs that cannot launch anything, before any call: both APIs need
-/// a positive count and at least one instance type.
+/// a positive count and at least one instance type (or, for a fleet,
+/// instance requirements).
 fn check_common(operation: &'static str, spec: &LaunchSpec) -> Result<(), ProviderError> {
     if spec.count < 1 {
         return Err(invalid(
@@ -59,7 +61,7 @@ fn check_common(operation: &'static str, spec: &LaunchSpec) -> Result<(), Provid
             format!("batch {} asks for {} machines", spec.batch_id, spec.count),
         ));
     }
-    if spec.instance_types.is_empty() {
+    if spec.instance_types.is_empty() && spec.options.instance_requirements.is_none() {
         return Err(invalid(
             operation,
             format!("batch {} names no instance type", spec.batch_id),

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, CpuOptionsRequest, EbsBlockDevice, HttpTokensState,
     IamInstanceProfileSpecification, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
-    MarketType, Placement, SpotMarketOptions, Tenancy, VolumeType,
+    LaunchTemplateSpecification, MarketType, Placement, SpotMarketOptions, Tenancy, VolumeType,
 };
 
 use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
@@ -53,6 +53,12 @@ pub(super) fn run_instances_request(
 ) -> Result<RunInstancesFluentBuilder, ProviderError> {
     const OP: &str = "RunInstances";
     check_common(OP, spec)?;
+    if spec.options.instance_requirements.is_some() {
+        return Err(invalid(
+            OP,
+            "RunInstances launches one named instance type, not instance requirements".into(),
+        ));
+    }
     let market = match spec.capacity.on_demand_percent {
         100 => None,
         0 => Some(
@@ -113,8 +119,18 @@ pub(super) fn run_instances_request(
         .http_endpoint(InstanceMetadataEndpointState::Enabled)
         .set_http_put_response_hop_limit(spec.metadata.hop_limit)
         .build();
+    // The user's template is the base; every parameter below goes on top of it
+    // (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-launch-templates.html>:
+    // parameters given in the call override the template's).
+    let base = spec.options.base_template.as_ref().map(|b| {
+        LaunchTemplateSpecification::builder()
+            .launch_template_id(&b.id)
+            .version(b.version.to_string())
+            .build()
+    });
     Ok(ec2
         .run_instances()
+        .set_launch_template(base)
         .image_id(&spec.image_id)
         .set_instance_type(instance_type)
         .min_count(1)
@@ -373,6 +389,7 @@ mod tests {
                 delete_on_termination: false,
             }],
             max_total_price: None,
+            ..Default::default()
         };
         s
     }
@@ -447,6 +464,39 @@ mod tests {
         assert_eq!(i.get_ebs_optimized(), &None);
         assert_eq!(i.get_cpu_options(), &None);
         assert_eq!(i.get_placement(), &None);
+    }
+
+    #[test]
+    fn a_user_template_is_the_base_at_its_pinned_version() {
+        let client = offline_client();
+        let mut s = spec();
+        s.options.base_template = Some(crate::provider::BaseTemplate {
+            id: "lt-0aaaaaaaaaaaaaaaa".into(),
+            version: 12,
+        });
+        let req = run_instances_request(&client, &s).expect("valid");
+        let i = req.as_input();
+        let lt = i.get_launch_template().as_ref().expect("launch template");
+        assert_eq!(lt.launch_template_id(), Some("lt-0aaaaaaaaaaaaaaaa"));
+        assert_eq!(lt.version(), Some("12"));
+        // hostforge's parameters on top, as without a template.
+        assert_eq!(i.get_image_id().as_deref(), Some("ami-1"));
+        assert_eq!(i.get_instance_type(), &Some(InstanceType::C6iXlarge));
+        assert_eq!(i.get_subnet_id().as_deref(), Some("subnet-a"));
+        assert!(i.get_tag_specifications().is_some());
+
+        let req = run_instances_request(&client, &spec()).expect("valid");
+        assert_eq!(req.as_input().get_launch_template(), &None);
+    }
+
+    #[test]
+    fn instance_requirements_are_refused_by_run_instances() {
+        let client = offline_client();
+        let mut s = spec();
+        s.instance_types.clear();
+        s.options.instance_requirements = Some(Default::default());
+        let err = run_instances_request(&client, &s).expect_err("requirements");
+        assert!(matches!(err, ProviderError::InvalidParameter(_)), "{err}");
     }
 
     #[test]

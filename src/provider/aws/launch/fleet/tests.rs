@@ -8,7 +8,7 @@ use super::*;
 use crate::provider::{LaunchApi, LaunchCapacity};
 use aws_sdk_ec2::types::{
     CreateFleetError, CreateFleetInstance, FleetLaunchTemplateOverrides,
-    LaunchTemplateAndOverridesResponse,
+    FleetOnDemandAllocationStrategy, LaunchTemplateAndOverridesResponse,
 };
 
 fn fleet_spec(on_demand_percent: i32, count: i32) -> LaunchSpec {
@@ -476,6 +476,7 @@ fn fleet_spec_with_options(on_demand_percent: i32) -> LaunchSpec {
             delete_on_termination: true,
         }],
         max_total_price: Some("12.5".into()),
+        ..Default::default()
     };
     s
 }
@@ -556,4 +557,113 @@ fn without_options_the_template_data_is_as_before() {
     let req = fleet_request(&client, &fleet_spec(50, 4), "t");
     let od = req.as_input().get_on_demand_options().clone().expect("od");
     assert_eq!(od.max_total_price(), None);
+}
+
+/// A fleet spec launching from a user's template at a pinned version.
+fn on_base(mut s: LaunchSpec) -> LaunchSpec {
+    s.options.base_template = Some(crate::provider::BaseTemplate {
+        id: "lt-0aaaaaaaaaaaaaaaa".into(),
+        version: 7,
+    });
+    s
+}
+
+#[test]
+fn a_user_template_is_the_fleets_with_hostforges_settings_on_each_override() {
+    let client = offline_client();
+    let mut s = on_base(fleet_spec(100, 2));
+    s.options.placement_group = Some("pg".into());
+    let req = fleet_request(&client, &s, "lt-ignored");
+    let i = req.as_input();
+    let configs = i.get_launch_template_configs().as_ref().expect("configs");
+    let lt = configs[0]
+        .launch_template_specification()
+        .expect("specification");
+    assert_eq!(lt.launch_template_id(), Some("lt-0aaaaaaaaaaaaaaaa"));
+    assert_eq!(lt.version(), Some("7"), "the pinned number, never $Latest");
+    let o = configs[0].overrides();
+    assert_eq!(o.len(), 4, "types × subnets as before");
+    for o in o {
+        assert_eq!(o.image_id(), Some("ami-1"));
+        assert_eq!(o.key_name(), Some("key"));
+        assert_eq!(
+            o.iam_instance_profile().and_then(|p| p.arn()),
+            Some("arn:aws:iam::1:instance-profile/p")
+        );
+        let md = o.metadata_options().expect("metadata");
+        assert_eq!(md.http_put_response_hop_limit(), Some(2));
+        assert_eq!(o.placement().and_then(|p| p.group_name()), Some("pg"));
+    }
+    let tags = i.get_tag_specifications().as_ref().expect("instance tags");
+    assert_eq!(tags[0].resource_type(), Some(&ResourceType::Instance));
+    assert!(tags[0]
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("hostforge.io/batch")));
+}
+
+#[test]
+fn without_a_user_template_overrides_carry_no_layered_settings() {
+    let o = overrides(&fleet_spec(100, 2));
+    assert!(o.iter().all(|o| o.image_id().is_none()
+        && o.key_name().is_none()
+        && o.metadata_options().is_none()));
+}
+
+#[test]
+fn instance_requirements_give_one_override_per_subnet_and_lowest_price() {
+    let client = offline_client();
+    let mut s = fleet_spec(100, 3);
+    s.instance_types.clear();
+    s.options.instance_requirements = Some(crate::provider::RequirementsSpec {
+        vcpu: (2, Some(4)),
+        memory_mib: (4096, None),
+        cpu_manufacturers: vec!["intel".into(), "amd".into()],
+        instance_generations: vec!["current".into()],
+        burstable_performance: Some("excluded".into()),
+        excluded_instance_types: vec!["t2.*".into()],
+        allowed_instance_types: vec![],
+    });
+    let req = fleet_request(&client, &s, "lt-x");
+    let i = req.as_input();
+    let configs = i.get_launch_template_configs().as_ref().expect("configs");
+    let o = configs[0].overrides();
+    assert_eq!(o.len(), 2, "one per subnet");
+    assert_eq!(o[0].subnet_id(), Some("subnet-a"));
+    assert_eq!(o[1].subnet_id(), Some("subnet-b"));
+    for o in o {
+        assert_eq!(o.instance_type(), None, "EC2 takes one or the other");
+        assert_eq!(o.priority(), None);
+        let r = o.instance_requirements().expect("requirements");
+        let v = r.v_cpu_count().expect("vcpu");
+        assert_eq!((v.min(), v.max()), (Some(2), Some(4)));
+        let m = r.memory_mib().expect("memory");
+        assert_eq!((m.min(), m.max()), (Some(4096), None));
+        assert_eq!(
+            r.cpu_manufacturers(),
+            [
+                aws_sdk_ec2::types::CpuManufacturer::Intel,
+                aws_sdk_ec2::types::CpuManufacturer::Amd
+            ]
+        );
+        assert_eq!(
+            r.instance_generations(),
+            [aws_sdk_ec2::types::InstanceGeneration::Current]
+        );
+        assert_eq!(
+            r.burstable_performance(),
+            Some(&aws_sdk_ec2::types::BurstablePerformance::Excluded)
+        );
+        assert_eq!(r.excluded_instance_types(), ["t2.*".to_string()]);
+        assert!(r.allowed_instance_types().is_empty());
+    }
+    let od = i.get_on_demand_options().as_ref().expect("on-demand");
+    assert_eq!(
+        od.allocation_strategy(),
+        Some(&FleetOnDemandAllocationStrategy::LowestPrice)
+    );
+    assert!(
+        check_common("CreateFleet", &s).is_ok(),
+        "no named type needed"
+    );
 }
