@@ -12,6 +12,7 @@ mod facts;
 mod fixtures;
 pub mod launch_group;
 pub mod request;
+pub mod reservation;
 pub mod template;
 
 #[cfg(test)]
@@ -28,6 +29,9 @@ pub use request::{
     MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState, RebalancePolicy,
     ReplaceReason, RequestPhase, StatusCheck, StatusCheckKind, StatusCheckStatus, TemplateRef,
     TerminationReason,
+};
+pub use reservation::{
+    CapacityReservation, InterfaceType, NetworkInterface, ReservationPreference,
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,

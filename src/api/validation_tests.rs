@@ -448,6 +448,7 @@ fn status_round_trips_through_json() {
             scheduled_event: None,
             replace_reason: None,
             status_check: None,
+            capacity_reservation_id: Some("cr-0123456789abcdef0".into()),
             message: None,
         }],
         launches: vec![LaunchBatch {

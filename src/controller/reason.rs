@@ -85,6 +85,12 @@ pub enum Reason {
     InstanceTypeUnknown,
     /// The placement group the template names does not exist.
     PlacementGroupNotFound,
+    /// An instance type of the template does not support the Elastic Fabric
+    /// Adapters its networkInterfaces ask for.
+    EfaNotSupported,
+    /// A networkInterfaces card index is beyond an instance type's network
+    /// cards.
+    NetworkCardOutOfRange,
     /// A dry run of the template's launch was refused by the cloud (a
     /// permission, a tag policy, a parameter): every launch would be.
     LaunchRefused,
@@ -169,6 +175,8 @@ impl Reason {
             Reason::SecurityGroupNotFound => "SecurityGroupNotFound",
             Reason::InstanceTypeUnknown => "InstanceTypeUnknown",
             Reason::PlacementGroupNotFound => "PlacementGroupNotFound",
+            Reason::EfaNotSupported => "EfaNotSupported",
+            Reason::NetworkCardOutOfRange => "NetworkCardOutOfRange",
             Reason::LaunchRefused => "LaunchRefused",
             Reason::ProviderError => "ProviderError",
             Reason::PolicyDenied => "PolicyDenied",

@@ -29,6 +29,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 mod evaluate;
+mod interfaces;
 pub mod launch_check;
 pub mod namespaces;
 mod usage;

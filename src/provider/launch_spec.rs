@@ -121,6 +121,11 @@ pub struct LaunchOptions {
     /// Most one fleet launch may cost per hour (USD), for its on-demand and
     /// spot parts; fleets only.
     pub max_total_price: Option<String>,
+    /// Capacity reservation preference and target, Capacity Block market.
+    pub capacity_reservation: Option<super::ReservationSpec>,
+    /// Network interfaces (EFA); when set, the subnet, security groups and
+    /// public IP choice travel on them.
+    pub network_interfaces: Vec<super::InterfaceSpec>,
 }
 
 impl LaunchOptions {
@@ -154,6 +159,11 @@ impl LaunchOptions {
                 })
                 .collect(),
             max_total_price: template.max_total_price.clone(),
+            capacity_reservation: template
+                .capacity_reservation
+                .as_ref()
+                .map(super::ReservationSpec::of),
+            network_interfaces: super::InterfaceSpec::all(&template.network_interfaces),
         }
     }
 

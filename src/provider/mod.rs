@@ -16,6 +16,7 @@ mod machine;
 mod observer;
 pub mod queue;
 pub mod registry;
+mod reservation;
 mod terminate;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ pub use machine::{
     CapacityType, Impairment, InstanceTypeInfo, InterruptionNotice, Machine, MachineState,
 };
 pub use observer::{CallObserver, NoopObserver};
+pub use reservation::{InterfaceSpec, ReservationSpec};
 pub use terminate::terminate_each_known;
 
 /// A launch template hostforge created (for an instant-fleet batch), as a

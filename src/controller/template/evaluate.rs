@@ -49,7 +49,7 @@ impl NotReady {
     }
 
     /// Maps a provider error met while doing `what` to a condition reason.
-    fn from_provider(what: &str, not_found_reason: Reason, err: &ProviderError) -> Self {
+    pub(super) fn from_provider(what: &str, not_found_reason: Reason, err: &ProviderError) -> Self {
         let retry = if err.is_retryable() {
             Some(RETRY_TRANSIENT)
         } else {
@@ -166,6 +166,7 @@ pub async fn evaluate(
         && conditions::is_true(&old_status.conditions, READY);
     if !spec_seen {
         validate_in_provider(provider.as_ref(), spec).await?;
+        super::interfaces::check(provider.as_ref(), spec).await?;
     }
 
     let (image, resolved_at) =

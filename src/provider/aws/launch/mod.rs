@@ -9,6 +9,7 @@
 
 mod dry_run;
 mod fleet;
+mod reserve;
 mod run_instances;
 mod template_cache;
 

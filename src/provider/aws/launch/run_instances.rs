@@ -10,7 +10,9 @@ use aws_sdk_ec2::types::{
     MarketType, Placement, SpotMarketOptions, Tenancy, VolumeType,
 };
 
-use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use super::{
+    check_common, client_token, invalid, is_arn, non_empty, reserve, root_device, user_data,
+};
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::describe::to_machine;
@@ -54,7 +56,7 @@ pub(super) fn run_instances_request(
     const OP: &str = "RunInstances";
     check_common(OP, spec)?;
     let market = match spec.capacity.on_demand_percent {
-        100 => None,
+        100 => reserve::market(spec),
         0 => Some(
             InstanceMarketOptionsRequest::builder()
                 .market_type(MarketType::Spot)
@@ -123,7 +125,7 @@ pub(super) fn run_instances_request(
         .set_subnet_id(subnet)
         .set_placement(placement(spec))
         .set_security_group_ids(groups)
-        .set_network_interfaces(interface.map(|i| vec![i]))
+        .set_network_interfaces(reserve::interfaces(spec).or(interface.map(|i| vec![i])))
         .set_ebs_optimized(spec.options.ebs_optimized)
         .set_cpu_options(cpu)
         .set_key_name(spec.key_name.clone())
@@ -132,6 +134,7 @@ pub(super) fn run_instances_request(
         .set_block_device_mappings(non_empty(&volumes))
         .metadata_options(metadata)
         .set_instance_market_options(market)
+        .set_capacity_reservation_specification(reserve::reservation(spec))
         .set_tag_specifications(non_empty(&tags::tag_specifications(
             &spec.tags,
             &tags::LAUNCHED,
@@ -171,6 +174,9 @@ fn network(
 ) {
     let subnet = spec.subnet_ids.first().cloned();
     let groups = non_empty(&spec.security_group_ids);
+    if !spec.options.network_interfaces.is_empty() {
+        return (None, None, None);
+    }
     match spec.options.associate_public_ip {
         None => (subnet, groups, None),
         Some(public) => (
@@ -373,6 +379,8 @@ mod tests {
                 delete_on_termination: false,
             }],
             max_total_price: None,
+            capacity_reservation: None,
+            network_interfaces: Vec::new(),
         };
         s
     }

@@ -476,6 +476,8 @@ fn fleet_spec_with_options(on_demand_percent: i32) -> LaunchSpec {
             delete_on_termination: true,
         }],
         max_total_price: Some("12.5".into()),
+        capacity_reservation: None,
+        network_interfaces: Vec::new(),
     };
     s
 }
