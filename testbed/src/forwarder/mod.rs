@@ -49,6 +49,7 @@
 mod fidelity;
 mod pending;
 mod placement;
+mod reservations;
 mod rules;
 mod server;
 mod status_checks;
@@ -495,6 +496,8 @@ struct State {
     /// While set: the instances DescribeInstances reports as moto does;
     /// every other running one reads pending.
     held_pending: Option<std::collections::BTreeSet<String>>,
+    /// Instances launched into a targeted capacity reservation.
+    reserved: reservations::Reserved,
     model: fidelity::Model,
 }
 
