@@ -41,6 +41,12 @@
 //! on `CreateFleet` models a failed call, not that partial answer (the
 //! fidelity model's `FaultRule::partial_fleet` / `zero_fleet` do).
 //!
+//! Capacity reservations (`reservations`): moto never reports an instance's
+//! `CapacityReservationId` and knows no `capacity-block` market; the
+//! forwarder reports the targeted reservation in DescribeInstances and asks
+//! moto for on-demand instances in place of a Capacity Block (the recorded
+//! parameters stay as sent).
+//!
 //! The EC2 fidelity model (`fidelity/`, off by default) adds what moto
 //! lacks: ClientToken idempotency, faults after moto acted, partial
 //! launches, eventual consistency, deaths at launch, launch-template quota
