@@ -215,7 +215,8 @@ async fn fleet_launches_a_capacity_block_with_efa_on_every_card() {
         let nic = |k: &str| lt(&format!("NetworkInterface.{n}.{k}"));
         wanted.push((nic("InterfaceType"), kind.to_string()));
         wanted.push((nic("NetworkCardIndex"), i.to_string()));
-        wanted.push((nic("DeviceIndex"), if i == 0 { "0" } else { "1" }.into()));
+        // EC2's layout: EFA-only at device 0 of each further card.
+        wanted.push((nic("DeviceIndex"), "0".into()));
         wanted.push((nic("SecurityGroupId.1"), sg.clone()));
     }
     let refs: Vec<(&str, &str)> = wanted

@@ -111,8 +111,10 @@ pub struct NetworkInterface {
     #[schemars(range(min = 0, max = 63))]
     pub network_card_index: Option<i32>,
 
-    /// Device index on its card. Default: 0 for the first interface, 1 for
-    /// the others (EC2's layout for EFA on multi-card types).
+    /// Device index on its card. Default: 0 for the first interface; for
+    /// the others 0 when efa-only and 1 otherwise (EC2's recommended layout
+    /// for EFA on multi-card types: an EFA-only interface at device 0 of each
+    /// further card, an ENA interface at device 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 63))]
     pub device_index: Option<i32>,
@@ -157,7 +159,12 @@ impl NetworkInterface {
 
     /// The device index of the interface at `position` of the list.
     pub fn device(&self, position: usize) -> i32 {
-        self.device_index
-            .unwrap_or(if position == 0 { 0 } else { 1 })
+        self.device_index.unwrap_or(
+            if position == 0 || self.interface_type == InterfaceType::EfaOnly {
+                0
+            } else {
+                1
+            },
+        )
     }
 }

@@ -73,7 +73,9 @@ impl InterfaceSpec {
     }
 
     /// Whether this is the primary interface (card 0, device 0), the only
-    /// one a public IP may be associated with.
+    /// one a public IP may be associated with. Card 0 is where an instance's
+    /// primary interface is
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html>).
     pub fn is_primary(&self) -> bool {
         self.network_card_index == 0 && self.device_index == 0
     }
@@ -112,6 +114,23 @@ mod tests {
     }
 
     #[test]
+    fn a_template_maps_into_the_launch_options() {
+        let t: crate::api::MachineTemplateSpec = serde_json::from_value(serde_json::json!({
+            "image": {"id": "ami-0123456789abcdef0"},
+            "instanceTypes": [{"type": "p4d.24xlarge"}],
+            "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true},
+            "networkInterfaces": [{"interfaceType": "efa"}, {"interfaceType": "efa-only"}],
+        }))
+        .expect("spec");
+        let o = super::super::LaunchOptions::of_template(&t);
+        let r = o.capacity_reservation.expect("reservation");
+        assert_eq!(r.reservation_id.as_deref(), Some("cr-0123456789abcdef0"));
+        assert!(r.capacity_block);
+        assert_eq!(o.network_interfaces.len(), 2);
+        assert_eq!(o.network_interfaces[1].network_card_index, 1);
+    }
+
+    #[test]
     fn interfaces_default_to_one_card_each_primary_first() {
         let efa = |t| NetworkInterface {
             interface_type: t,
@@ -138,7 +157,12 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("efa", 0, 0), ("efa-only", 1, 1), ("interface", 0, 2)]
+            [("efa", 0, 0), ("efa-only", 1, 0), ("interface", 0, 2)]
+        );
+        let second = InterfaceSpec::all(&[efa(InterfaceType::Efa), efa(InterfaceType::Efa)]);
+        assert_eq!(
+            (second[1].network_card_index, second[1].device_index),
+            (1, 1)
         );
         assert!(all[0].is_primary());
         assert!(!all[2].is_primary());

@@ -22,9 +22,9 @@
 //!   groups and public IP choice on them and refuses them at the instance
 //!   level; a public IP only on the primary interface
 //!   (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html>).
-//!   EFA on multi-card types: one interface per card, device index 0 on
-//!   card 0 and 1 on the others
-//!   (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html>).
+//!   The card and device indexes come resolved from the template (EC2's
+//!   layout for EFA on multi-card types,
+//!   <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html>).
 
 use aws_sdk_ec2::types::{
     CapacityReservationOptionsRequest, CapacityReservationPreference,
