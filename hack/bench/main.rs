@@ -18,8 +18,10 @@
 //! with EC2's default buckets, then the operations' latency at 2,000 machines;
 //! interruptions: the time from EC2's events to the machines' status, through
 //! the interruption queue and on the polling path, the same at every scale);
-//! `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s) and
-//! `HOSTFORGE_BENCH_LIMITS_SCALE` the bucket scale of the limits scenario.
+//! `HOSTFORGE_BENCH_HOLD_S` sets the steady hold (330 s),
+//! `HOSTFORGE_BENCH_LIMITS_SCALE` the bucket scale of the limits scenario and
+//! `HOSTFORGE_BENCH_OPERATOR_CONFIG` extra operator config lines (e.g.
+//! `coalesceLaunches: false`) for every scenario.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

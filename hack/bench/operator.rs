@@ -36,11 +36,15 @@ pub(crate) async fn start_operator(env: &TestEnv, config: &str, tag: &str) -> Op
 }
 
 /// Operator config: one AWS provider through the forwarder, rate limits as given.
+/// `HOSTFORGE_BENCH_OPERATOR_CONFIG` (YAML lines, e.g. `coalesceLaunches:
+/// false`) is appended, so one run can compare a setting side by side with
+/// the last.
 pub(crate) fn operator_config(env: &TestEnv, fwd: &Forwarder, rate_limits: &str) -> String {
+    let extra = std::env::var("HOSTFORGE_BENCH_OPERATOR_CONFIG").unwrap_or_default();
     format!(
         "clusterName: {ns}\nproviders:\n  - name: aws-default\n    type: aws\n    region: {region}\n    \
          endpointUrl: {url}\n    rateLimits: {rate_limits}\npollInterval: {poll}s\nsweepInterval: {sweep}s\n\
-         fullSweepInterval: {full}s\n",
+         fullSweepInterval: {full}s\n{extra}\n",
         ns = env.namespace,
         region = hostforge_testbed::REGION,
         url = fwd.endpoint(),

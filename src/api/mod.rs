@@ -13,6 +13,7 @@ mod fixtures;
 pub mod launch_group;
 pub mod request;
 pub mod reservation;
+mod selection;
 pub mod template;
 
 #[cfg(test)]
@@ -37,7 +38,8 @@ pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
     ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, LaunchValidation, MachineTemplate,
     MachineTemplateSpec, MachineTemplateStatus, MetadataOptions, ProviderApi, ResolvedImage,
-    RootVolume, SecretKeySelector, UserDataSource, VolumeType,
+    RootVolume, SecretKeySelector, SelectedSecurityGroup, SelectedSubnet, TagSelector,
+    UserDataSource, VolumeType,
 };
 
 /// The API group of every hostforge resource; also the prefix of its tags and finalizers.

@@ -72,6 +72,12 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
     validation = Rule::new("self.providerApi == 'EC2Fleet' || self.instanceTypes.all(t, !has(t.weight))")
         .message("instanceTypes[].weight is only used with providerApi EC2Fleet")
         .field_path(".instanceTypes"),
+    validation = Rule::new("!has(self.subnetSelector) || !has(self.subnetIds) || size(self.subnetIds) == 0")
+        .message("subnetIds and subnetSelector: set one of them, not both")
+        .field_path(".subnetSelector"),
+    validation = Rule::new("!has(self.securityGroupSelector) || !has(self.securityGroupIds) || size(self.securityGroupIds) == 0")
+        .message("securityGroupIds and securityGroupSelector: set one of them, not both")
+        .field_path(".securityGroupSelector"),
     validation = Rule::new("!has(self.maxTotalPrice) || self.providerApi == 'EC2Fleet'")
         .message("maxTotalPrice caps the hourly price of one EC2 Fleet launch: it needs providerApi EC2Fleet")
         .field_path(".maxTotalPrice"),
@@ -150,6 +156,22 @@ pub struct MachineTemplateSpec {
     #[schemars(length(max = 16), inner(regex(pattern = SECURITY_GROUP_ID_PATTERN)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub security_group_ids: Vec<String>,
+
+    /// Subnets chosen by their tags instead of by id: every subnet of the provider's
+    /// region that carries all of these tags. The template controller resolves it into
+    /// status.selectedSubnets (ordered by zone, then id; launches prefer them in that
+    /// order) and looks again every selectorRefreshInterval of the operator (5m by
+    /// default), so a subnet tagged later is used without editing the template. Not
+    /// with subnetIds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_selector: Option<TagSelector>,
+
+    /// Security groups chosen by their tags instead of by id: every group carrying all
+    /// of these tags, attached to every machine. Resolved into
+    /// status.selectedSecurityGroups like subnetSelector; the groups must all be in one
+    /// VPC (the machines' subnets' VPC). Not with securityGroupIds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group_selector: Option<TagSelector>,
 
     /// Name of an EC2 key pair installed for SSH access. Empty: no key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,6 +293,24 @@ pub struct MachineTemplateSpec {
             .message("networkInterfaces[0] is the primary interface: its deviceIndex and networkCardIndex must be 0"),
     )]
     pub network_interfaces: Vec<super::reservation::NetworkInterface>,
+}
+
+/// Cloud resources chosen by their tags (subnets, security groups).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct TagSelector {
+    /// Tags a resource must carry, all of them (1 to 16; values up to 256 characters).
+    /// A value of "*" matches the key with any value, e.g. {"kubernetes.io/role/internal-elb": "*"}.
+    #[schemars(extend(
+        "minProperties" = 1,
+        "maxProperties" = 16,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.size() >= 1 && k.size() <= 128)")
+            .message("tags: keys are 1-128 characters"),
+    )]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Placement of the machines: placement group, partition and tenancy.
@@ -701,6 +741,44 @@ pub struct MachineTemplateStatus {
     /// it did not pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_validation: Option<LaunchValidation>,
+
+    /// The subnets spec.subnetSelector selects, ordered by zone then id (the order
+    /// launches prefer them in). Empty without a selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected_subnets: Vec<SelectedSubnet>,
+
+    /// The security groups spec.securityGroupSelector selects, by id. Empty without
+    /// a selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected_security_groups: Vec<SelectedSecurityGroup>,
+}
+
+/// A subnet a template's subnetSelector chose.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectedSubnet {
+    /// Subnet id (subnet-…).
+    pub id: String,
+    /// Its Availability Zone, e.g. us-east-1a.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Its VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+}
+
+/// A security group a template's securityGroupSelector chose.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectedSecurityGroup {
+    /// Group id (sg-…).
+    pub id: String,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
 }
 
 /// One dry run of a template's launch.

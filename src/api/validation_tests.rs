@@ -306,6 +306,21 @@ fn template_cel_rules_reject_bad_combinations() {
             "maxTotalPrice caps the hourly price of one EC2 Fleet launch",
         ),
         (
+            "subnet ids and a subnet selector",
+            json!({"subnetIds": ["subnet-0123abcd"], "subnetSelector": {"tags": {"tier": "hpc"}}}),
+            "subnetIds and subnetSelector: set one of them",
+        ),
+        (
+            "group ids and a group selector",
+            json!({"securityGroupIds": ["sg-0123abcd"], "securityGroupSelector": {"tags": {"tier": "*"}}}),
+            "securityGroupIds and securityGroupSelector: set one of them",
+        ),
+        (
+            "selector key too long",
+            json!({"subnetSelector": {"tags": {"k".repeat(129): "x"}}}),
+            "tags: keys are 1-128 characters",
+        ),
+        (
             "data volume iops on st1",
             json!({"dataVolumes": [{"deviceName": "/dev/sdf", "sizeGiB": 500, "type": "st1", "iops": 500}]}),
             "dataVolumes[].iops is only supported by types gp3, io1 and io2",
@@ -366,6 +381,8 @@ fn template_cel_rules_accept_good_combinations() {
                    {"deviceName": "/dev/sdg", "sizeGiB": 10, "throughput": 500}]}),
         json!({"placement": {"tenancy": "dedicated"}}),
         json!({"providerApi": "EC2Fleet", "maxTotalPrice": "12.75"}),
+        json!({"subnetSelector": {"tags": {"tier": "hpc", "kubernetes.io/role/internal-elb": "*"}},
+               "securityGroupSelector": {"tags": {"tier": "hpc"}}}),
         // Only the prefixes are reserved, not the words.
         json!({"tags": {"awsome": "x", "Name": "n", "my-hostforge.io/x": "y", "k".repeat(128): "x"}}),
     ];

@@ -76,6 +76,12 @@ pub const DEFAULT_SPOT_NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 /// within this long, for one dry run per template per interval while refused.
 pub const DEFAULT_LAUNCH_VALIDATION_RETRY: Duration = Duration::from_secs(5 * 60);
 
+/// How long the subnets and security groups a template selects by tags are
+/// kept before they are listed again, unless `selectorRefreshInterval` says
+/// otherwise: a subnet tagged later is used within this long, for one listing
+/// per selector per interval.
+pub const DEFAULT_SELECTOR_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
 /// How often the cloud's status checks of running machines are read, unless
 /// `statusCheckInterval` says otherwise (`0s` or `off` turns them off). EC2
 /// runs its checks every minute and an impaired machine stays impaired for
@@ -147,6 +153,9 @@ pub struct OperatorConfig {
     /// How soon a dry run that did not pass is made again: an IAM or tag
     /// policy fix changes nothing the operator watches.
     pub launch_validation_retry: Duration,
+    /// How long a tag selection of subnets or security groups is kept before
+    /// it is listed again (`selectorRefreshInterval`).
+    pub selector_refresh_interval: Duration,
 }
 
 /// How the sweep collects orphans (machines of this cluster whose request no

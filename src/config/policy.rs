@@ -86,12 +86,7 @@ impl TenantPolicy {
     /// Whether the template may use the provider as it asks (everything but
     /// the image, which is known once resolved: [`TenantPolicy::admits_image`]).
     pub fn admits(&self, asked: &Asked<'_>) -> Result<(), Denied> {
-        if !self.admits_namespace(asked.namespace, asked.namespace_labels) {
-            return Err(Denied(format!(
-                "namespace {:?} may not use provider {:?} (the operator's tenant policy)",
-                asked.namespace, asked.provider
-            )));
-        }
+        self.admits_caller(asked)?;
         if let (Some(allowed), Some(profile)) = (&self.instance_profiles, asked.instance_profile) {
             if !allowed.contains(profile) {
                 return Err(Denied(format!(
@@ -111,6 +106,19 @@ impl TenantPolicy {
             &self.security_group_ids,
             asked.security_group_ids,
         )
+    }
+
+    /// Whether the template's namespace may use the provider at all: checked
+    /// before anything is looked up in the provider on the template's behalf
+    /// (its subnet and security group selectors).
+    pub fn admits_caller(&self, asked: &Asked<'_>) -> Result<(), Denied> {
+        if !self.admits_namespace(asked.namespace, asked.namespace_labels) {
+            return Err(Denied(format!(
+                "namespace {:?} may not use provider {:?} (the operator's tenant policy)",
+                asked.namespace, asked.provider
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the policy needs the namespace's labels (it has a selector).

@@ -16,8 +16,8 @@ use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
     DEFAULT_CAPACITY_COOLDOWN, DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD,
     DEFAULT_IMAGE_CACHE_TTL, DEFAULT_LAUNCH_VALIDATION_RETRY, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
-    DEFAULT_POLL_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_STATUS_CHECK_INTERVAL,
-    DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_POLL_INTERVAL, DEFAULT_SELECTOR_REFRESH_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL,
+    DEFAULT_STATUS_CHECK_INTERVAL, DEFAULT_SWEEP_INTERVAL,
 };
 
 /// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
@@ -64,6 +64,8 @@ pub(super) struct RawConfig {
     validate_launches: Option<bool>,
     #[serde(default)]
     launch_validation_retry: Option<String>,
+    #[serde(default)]
+    selector_refresh_interval: Option<String>,
 }
 
 /// `orphanCollection` as written.
@@ -319,6 +321,12 @@ impl RawConfig {
             DEFAULT_LAUNCH_VALIDATION_RETRY,
             Duration::from_secs(1),
         );
+        let selector_refresh_interval = duration(
+            "selectorRefreshInterval",
+            &self.selector_refresh_interval,
+            DEFAULT_SELECTOR_REFRESH_INTERVAL,
+            Duration::from_secs(1),
+        );
         // `off` and a bare `0` turn the check off too: the brief spelling an
         // operator reaches for first.
         let status_check_text = self.status_check_interval.as_ref().map(|t| match t.trim() {
@@ -387,6 +395,7 @@ impl RawConfig {
             coalesce_launches: self.coalesce_launches.unwrap_or(true),
             validate_launches: self.validate_launches.unwrap_or(true),
             launch_validation_retry,
+            selector_refresh_interval,
         })
     }
 }

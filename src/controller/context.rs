@@ -15,6 +15,7 @@ use super::cloud::sweep::FullSweepSignal;
 use super::cloud::terminations::Terminations;
 use super::request::coalesce::Coalescer;
 use super::template::namespaces::NamespaceLabels;
+use super::template::selection::Selections;
 use super::watch::Synced;
 use crate::api::{MachineRequest, MachineTemplate};
 use crate::config::OperatorConfig;
@@ -72,6 +73,9 @@ pub struct Context {
     /// `namespaceSelector` by the template controller and last known to the
     /// request gate.
     pub namespace_labels: NamespaceLabels,
+    /// Subnets and security groups templates select by tags, cached for
+    /// `selectorRefreshInterval`.
+    pub selections: Selections,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -107,6 +111,7 @@ impl Context {
         };
         let recorder = Recorder::new(client.clone(), reporter);
         let capacity = CapacityCache::new(config.capacity_cooldown);
+        let selections = Selections::new(config.selector_refresh_interval);
         Context {
             config,
             providers,
@@ -129,6 +134,7 @@ impl Context {
             client,
             cluster_id,
             namespace_labels: NamespaceLabels::default(),
+            selections,
         }
     }
 }

@@ -32,6 +32,7 @@ mod evaluate;
 mod interfaces;
 pub mod launch_check;
 pub mod namespaces;
+pub mod selection;
 mod usage;
 
 use super::reason::Reason;
@@ -136,7 +137,23 @@ async fn reconcile_template(
     let outcome = evaluate(mt, &old_status, generation, ctx).await;
 
     let mut status = old_status.clone();
-    let outcome = check_launch(mt, &mut status, generation, outcome, ctx).await;
+    // What the selectors chose is shown while the template is Ready (and
+    // cleared otherwise: the Ready condition says what failed).
+    let selected = outcome.as_ref().ok().and_then(|r| r.selected.clone());
+    status.selected_subnets = selected
+        .as_ref()
+        .map(|s| s.subnets.clone())
+        .unwrap_or_default();
+    status.selected_security_groups = selected.map(|s| s.security_groups).unwrap_or_default();
+    let view = outcome.as_ref().ok().and_then(|r| r.view.clone());
+    let outcome = check_launch(
+        view.as_ref().unwrap_or(mt),
+        &mut status,
+        generation,
+        outcome,
+        ctx,
+    )
+    .await;
     status.observed_generation = generation;
     status.machines_in_use = Some(usage::machines_in_use(&requests.state(), &namespace, &name));
     let now = Time(Timestamp::now());

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 
 use super::{
     ErrorDetail, ImageSource, InstanceTypeInfo, InterruptionNotice, LaunchAnswer, LaunchSpec,
-    Machine, MachineProvider, ProviderError, ResolvedImage,
+    Machine, MachineProvider, ProviderError, ResolvedImage, SecurityGroupFacts, SubnetFacts,
+    TagQuery,
 };
 
 /// A provider whose answers a test programs and whose calls it counts.
@@ -182,6 +183,19 @@ impl MachineProvider for FakeProvider {
 
     async fn missing_security_groups(&self, _: &[String]) -> Result<Vec<String>, ProviderError> {
         self.call("missing_security_groups").await;
+        Ok(vec![])
+    }
+
+    async fn select_subnets(&self, _: &TagQuery) -> Result<Vec<SubnetFacts>, ProviderError> {
+        self.call("select_subnets").await;
+        Ok(vec![])
+    }
+
+    async fn select_security_groups(
+        &self,
+        _: &TagQuery,
+    ) -> Result<Vec<SecurityGroupFacts>, ProviderError> {
+        self.call("select_security_groups").await;
         Ok(vec![])
     }
 

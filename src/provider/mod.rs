@@ -13,6 +13,7 @@ mod image;
 mod launch_answer;
 mod launch_spec;
 mod machine;
+mod network;
 mod observer;
 pub mod queue;
 pub mod registry;
@@ -34,6 +35,7 @@ pub use launch_spec::{
 pub use machine::{
     CapacityType, Impairment, InstanceTypeInfo, InterruptionNotice, Machine, MachineState,
 };
+pub use network::{SecurityGroupFacts, SubnetFacts, TagQuery, ANY_VALUE};
 pub use observer::{CallObserver, NoopObserver};
 pub use reservation::{InterfaceSpec, ReservationSpec};
 pub use terminate::terminate_each_known;
@@ -76,6 +78,16 @@ pub trait MachineProvider: Send + Sync {
     /// Which of these security group ids do not exist in this account and region,
     /// in input order.
     async fn missing_security_groups(&self, ids: &[String]) -> Result<Vec<String>, ProviderError>;
+
+    /// Every subnet carrying all of `tags` (a value of [`ANY_VALUE`]: the key
+    /// with any value), sorted by zone then id.
+    async fn select_subnets(&self, tags: &TagQuery) -> Result<Vec<SubnetFacts>, ProviderError>;
+
+    /// Every security group carrying all of `tags`, sorted by id.
+    async fn select_security_groups(
+        &self,
+        tags: &TagQuery,
+    ) -> Result<Vec<SecurityGroupFacts>, ProviderError>;
 
     /// Which of these instance types the region does not offer, in input order.
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError>;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use hostforge::api::conditions::{new_condition, READY};
 use hostforge::api::{
     ImageSourceKind, LaunchValidation, MachineCounts, MachineRequest, MachineRequestStatus,
-    MachineTemplate, MachineTemplateStatus, RequestPhase, ResolvedImage,
+    MachineTemplate, MachineTemplateStatus, RequestPhase, ResolvedImage, SelectedSecurityGroup,
+    SelectedSubnet,
 };
 use hostforge_testbed::TestEnv;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -356,6 +357,16 @@ async fn kubectl_shows_columns_categories_and_docs() {
             image_id: "ami-0123456789abcdef0".into(),
             checked_at: now.clone(),
         }),
+        selected_subnets: vec![SelectedSubnet {
+            id: "subnet-0a1b2c3d".into(),
+            zone: Some("us-east-1a".into()),
+            vpc_id: Some("vpc-0a1b2c3d".into()),
+        }],
+        selected_security_groups: vec![SelectedSecurityGroup {
+            id: "sg-0a1b2c3d".into(),
+            name: Some("hpc".into()),
+            vpc_id: Some("vpc-0a1b2c3d".into()),
+        }],
     };
     let templates: Api<MachineTemplate> = Api::namespaced(env.client.clone(), &env.namespace);
     templates

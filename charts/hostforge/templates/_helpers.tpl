@@ -79,7 +79,7 @@ providers:
     policy: {{ toJson . }}
     {{- end }}
 {{- end }}
-{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" "launchValidationRetry" "statusCheckInterval" }}
+{{- range $key := list "defaultProvider" "imageCacheTtl" "gcGracePeriod" "pollInterval" "sweepInterval" "fullSweepInterval" "capacityCooldown" "spotNoticeInterval" "launchValidationRetry" "statusCheckInterval" "selectorRefreshInterval" }}
 {{- with index $c $key }}
 {{ $key }}: {{ . | quote }}
 {{- end }}

@@ -72,7 +72,11 @@ pub type Gate = Result<Open<Arc<dyn MachineProvider>>, Closed<Arc<dyn MachinePro
 pub fn check(ctx: &Context, mr: &MachineRequest, status: &MachineRequestStatus) -> Gate {
     let namespace = mr.namespace().unwrap_or_default();
     let name = &mr.spec.template_ref.name;
-    let template = ctx.templates.get(&ObjectRef::new(name).within(&namespace));
+    let template = ctx
+        .templates
+        .get(&ObjectRef::new(name).within(&namespace))
+        // Launches read subnets and groups chosen by tags as ids.
+        .map(|t| t.with_selections().map(Arc::new).unwrap_or(t));
     let choice = choose_provider(template.as_deref(), status, ctx.providers.default_name());
     let provider = ctx.providers.get(&choice.name);
     let open = match (choice.pinned, template, provider) {
@@ -220,6 +224,16 @@ pub fn usable(
         return Err(Blocked::new(
             Reason::TemplateNotReady,
             format!("MachineTemplate {name} changed; waiting for its image to be resolved"),
+        ));
+    }
+    // Never the default subnet or group for want of a selection.
+    let unselected = (mt.spec.subnet_selector.is_some() && status.selected_subnets.is_empty())
+        || (mt.spec.security_group_selector.is_some()
+            && status.selected_security_groups.is_empty());
+    if unselected {
+        return Err(Blocked::new(
+            Reason::TemplateNotReady,
+            format!("MachineTemplate {name} has no subnets or security groups selected yet; waiting for them"),
         ));
     }
     Ok(())

@@ -21,10 +21,11 @@ use crate::controller::Context;
 use crate::provider::{self, MachineProvider, ProviderError};
 
 use super::namespaces;
+use super::selection::Selected;
 
 /// How long to wait before retrying a template whose provider said "no" in a
 /// way that may change on its own (an image published later, a subnet created).
-const RETRY_MISSING: Duration = Duration::from_secs(60);
+pub(super) const RETRY_MISSING: Duration = Duration::from_secs(60);
 /// Retry delay after a transient provider failure (throttling, 5xx, timeouts).
 pub(super) const RETRY_TRANSIENT: Duration = Duration::from_secs(15);
 
@@ -98,8 +99,13 @@ pub struct Ready {
     pub root_device_name: Option<String>,
     /// The first instance type's size, when the provider could tell.
     pub type_info: Option<InstanceTypeInfo>,
-    /// When the image's cache entry expires.
+    /// When the image's (or a selection's) cache entry expires.
     pub refresh_in: Duration,
+    /// What the template's subnet and security group selectors chose.
+    pub selected: Option<Selected>,
+    /// The template as launches see it when it selects by tags (see
+    /// [`MachineTemplate::with_selections`]); `None`: the template itself.
+    pub view: Option<MachineTemplate>,
 }
 
 /// Evaluates `mt` (see the module doc).
@@ -109,8 +115,8 @@ pub async fn evaluate(
     generation: Option<i64>,
     ctx: &Context,
 ) -> Result<Ready, NotReady> {
-    let spec = &mt.spec;
-    let provider_name = spec
+    let provider_name = mt
+        .spec
         .provider
         .clone()
         .unwrap_or_else(|| ctx.providers.default_name().to_string());
@@ -130,6 +136,7 @@ pub async fn evaluate(
         )
     })?;
     let policy = ctx.config.tenant_policy(&provider_name);
+    let mut admitted = None;
     if let Some(policy) = policy {
         let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
         let labels = if policy.needs_namespace_labels() {
@@ -148,12 +155,27 @@ pub async fn evaluate(
         } else {
             None
         };
-        let mut asked = Asked::of(namespace, &provider_name, spec);
+        let mut asked = Asked::of(namespace, &provider_name, &mt.spec);
         asked.namespace_labels = labels.as_ref();
         // A selector's answer changes with the namespace's labels: look again.
         let retry = policy
             .needs_namespace_labels()
             .then_some(namespaces::LABELS_TTL);
+        // Nothing is listed in a provider for a namespace that may not use it.
+        policy
+            .admits_caller(&asked)
+            .map_err(|denied| policy_denied(mt, denied, retry))?;
+        admitted = Some((labels, retry));
+    }
+    // Subnets and groups chosen by tags: what follows checks them as ids.
+    let selected = ctx.selections.resolve(mt, &provider).await?;
+    let view = selected.as_ref().and_then(|sel| sel.apply(mt));
+    let mt = view.as_ref().unwrap_or(mt);
+    let spec = &mt.spec;
+    if let (Some(policy), Some((labels, retry))) = (policy, admitted) {
+        let namespace = mt.metadata.namespace.as_deref().unwrap_or_default();
+        let mut asked = Asked::of(namespace, &provider_name, spec);
+        asked.namespace_labels = labels.as_ref();
         policy
             .admits(&asked)
             .map_err(|denied| policy_denied(mt, denied, retry))?;
@@ -194,7 +216,12 @@ pub async fn evaluate(
             .map_err(|denied| policy_denied(mt, denied, Some(refresh_in)))?;
     }
     let type_info = first_type_info(provider.as_ref(), spec).await;
+    if let Some(sel) = &selected {
+        refresh_in = refresh_in.min(sel.refresh_in);
+    }
     Ok(Ready {
+        selected,
+        view,
         type_info,
         root_device_name: image.root_device_name.clone(),
         provider: provider.clone(),

@@ -14,6 +14,7 @@ pub mod launch_templates;
 pub mod limits;
 mod pages;
 pub mod queue;
+mod selectors;
 mod spot;
 mod status_checks;
 mod tags;
@@ -39,7 +40,7 @@ use crate::config::ProviderConfig;
 use crate::provider::{
     CallObserver, ImageSource, Impairment, InstanceTypeInfo, InterruptionNotice, LaunchAnswer,
     LaunchApi, LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError,
-    ResolvedImage,
+    ResolvedImage, SecurityGroupFacts, SubnetFacts, TagQuery,
 };
 
 /// One configured AWS account and region.
@@ -114,6 +115,17 @@ impl MachineProvider for AwsProvider {
 
     async fn missing_security_groups(&self, ids: &[String]) -> Result<Vec<String>, ProviderError> {
         validate::missing_security_groups(&self.clients, &self.calls, ids).await
+    }
+
+    async fn select_subnets(&self, tags: &TagQuery) -> Result<Vec<SubnetFacts>, ProviderError> {
+        selectors::subnets(&self.clients, &self.calls, tags).await
+    }
+
+    async fn select_security_groups(
+        &self,
+        tags: &TagQuery,
+    ) -> Result<Vec<SecurityGroupFacts>, ProviderError> {
+        selectors::security_groups(&self.clients, &self.calls, tags).await
     }
 
     async fn unknown_instance_types(&self, types: &[String]) -> Result<Vec<String>, ProviderError> {
