@@ -78,6 +78,7 @@ impl Machine {
             scheduled_event: None,
             replace_reason: None,
             status_check: None,
+            capacity_reservation_id: None,
             message: None,
         }
     }

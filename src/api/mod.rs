@@ -13,6 +13,7 @@ mod fixtures;
 pub mod launch_base;
 pub mod launch_group;
 pub mod request;
+pub mod reservation;
 mod selection;
 pub mod template;
 
@@ -34,6 +35,9 @@ pub use request::{
     MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState, RebalancePolicy,
     ReplaceReason, RequestPhase, StatusCheck, StatusCheckKind, StatusCheckStatus, TemplateRef,
     TerminationReason,
+};
+pub use reservation::{
+    CapacityReservation, InterfaceType, NetworkInterface, ReservationPreference,
 };
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,

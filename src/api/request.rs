@@ -344,6 +344,12 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_check: Option<StatusCheck>,
 
+    /// The capacity reservation (or Capacity Block) the machine runs in, as
+    /// the cloud reports it (DescribeInstances CapacityReservationId). Empty
+    /// when it runs on regular capacity or the cloud does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_reservation_id: Option<String>,
+
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -91,6 +91,16 @@ use super::{AMI_ID_PATTERN, OBJECT_NAME_PATTERN, SECURITY_GROUP_ID_PATTERN, SUBN
     validation = Rule::new("!has(self.launchTemplate) || self.providerApi != 'EC2Fleet' || !(has(self.securityGroupIds) || has(self.userData) || has(self.rootVolume) || has(self.dataVolumes) || has(self.cpuOptions) || has(self.ebsOptimized) || has(self.associatePublicIpAddress))")
         .message("with launchTemplate and providerApi EC2Fleet, set securityGroupIds, userData, rootVolume, dataVolumes, cpuOptions, ebsOptimized and associatePublicIpAddress in the launch template: an EC2 Fleet override cannot carry them")
         .field_path(".launchTemplate"),
+    // Capacity reservations and network interfaces (reservation.rs).
+    validation = Rule::new("!has(self.capacityReservation) || !has(self.capacityReservation.capacityBlock) || !self.capacityReservation.capacityBlock || self.capacityType == 'on-demand'")
+        .message("capacityReservation.capacityBlock launches into a Capacity Block: capacityType must be on-demand (not spot or mixed, no maxPrice)")
+        .field_path(".capacityReservation.capacityBlock"),
+    validation = Rule::new("!has(self.capacityReservation) || !has(self.capacityReservation.id) || self.providerApi != 'EC2Fleet' || (has(self.capacityReservation.capacityBlock) && self.capacityReservation.capacityBlock)")
+        .message("capacityReservation.id with providerApi EC2Fleet: EC2 Fleet targets reservations through a resource group, set capacityReservation.resourceGroupArn (an id is for a Capacity Block or RunInstances)")
+        .field_path(".capacityReservation.id"),
+    validation = Rule::new("!has(self.networkInterfaces) || size(self.networkInterfaces) <= 1 || !has(self.associatePublicIpAddress) || !self.associatePublicIpAddress")
+        .message("associatePublicIpAddress: true needs a single network interface: EC2 assigns a public IP only when one interface is launched")
+        .field_path(".associatePublicIpAddress"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineTemplateSpec {
@@ -288,6 +298,28 @@ pub struct MachineTemplateSpec {
     /// type EC2 picked shows in each machine's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_requirements: Option<super::launch_base::InstanceRequirements>,
+    /// Which capacity reservations the machines use: a preference (Open,
+    /// None, TargetedOnly), a reservation id or a resource group, and whether
+    /// the reservation is a Capacity Block. Empty: EC2's default, open, so
+    /// the account's open reservations with matching attributes are used;
+    /// set preference None to keep these machines out of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_reservation: Option<super::reservation::CapacityReservation>,
+
+    /// Network interfaces of each machine, the first being the primary (card
+    /// 0, device 0); set interfaceType efa or efa-only for an Elastic Fabric
+    /// Adapter. The subnet, security groups and associatePublicIpAddress are
+    /// then sent on the interfaces, as EC2 requires. Empty: one regular
+    /// interface. At most 32 (one per network card of the largest types).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("size(self) == 0 || !has(self[0].interfaceType) || self[0].interfaceType != 'efa-only'")
+            .message("networkInterfaces[0] is the primary interface, which carries IP traffic: it cannot be efa-only"),
+        validation = Rule::new("size(self) == 0 || ((!has(self[0].deviceIndex) || self[0].deviceIndex == 0) && (!has(self[0].networkCardIndex) || self[0].networkCardIndex == 0))")
+            .message("networkInterfaces[0] is the primary interface: its deviceIndex and networkCardIndex must be 0"),
+    )]
+    pub network_interfaces: Vec<super::reservation::NetworkInterface>,
 }
 
 /// Cloud resources chosen by their tags (subnets, security groups).

@@ -465,6 +465,7 @@ fn status_round_trips_through_json() {
             scheduled_event: None,
             replace_reason: None,
             status_check: None,
+            capacity_reservation_id: Some("cr-0123456789abcdef0".into()),
             message: None,
         }],
         launches: vec![LaunchBatch {
@@ -591,5 +592,115 @@ fn launch_template_and_instance_requirements_rules() {
             errors.iter().any(|e| e.contains(want)),
             "{what}: {errors:?}"
         );
+    }
+}
+
+/// Capacity reservations, Capacity Blocks and network interfaces: every bad
+/// combination is refused by exactly one rule whose message names the field.
+#[test]
+fn reservation_and_interface_cel_rules() {
+    let group = "arn:aws:resource-groups:us-east-1:123456789012:group/hpc-reservations";
+    let bad: Vec<(&str, Value, &str)> = vec![
+        (
+            "empty reservation",
+            json!({"capacityReservation": {}}),
+            "capacityReservation: set preference, id or resourceGroupArn",
+        ),
+        (
+            "id and group",
+            json!({"capacityReservation": {"id": "cr-0123456789abcdef0", "resourceGroupArn": group}}),
+            "capacityReservation: set id or resourceGroupArn, not both",
+        ),
+        (
+            "open with a target",
+            json!({"capacityReservation": {"preference": "Open", "id": "cr-0123456789abcdef0"}}),
+            "capacityReservation.preference Open or None takes no target",
+        ),
+        (
+            "none with a group",
+            json!({"capacityReservation": {"preference": "None", "resourceGroupArn": group}}),
+            "capacityReservation.preference Open or None takes no target",
+        ),
+        (
+            "targeted only without a target",
+            json!({"capacityReservation": {"preference": "TargetedOnly"}}),
+            "capacityReservation.preference TargetedOnly needs a target",
+        ),
+        (
+            "capacity block without an id",
+            json!({"capacityReservation": {"resourceGroupArn": group, "capacityBlock": true}}),
+            "capacityReservation.capacityBlock needs the Capacity Block's reservation id",
+        ),
+        (
+            "capacity block with spot",
+            json!({"capacityType": "spot", "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+            "capacityReservation.capacityBlock launches into a Capacity Block: capacityType must be on-demand",
+        ),
+        (
+            "capacity block with a spot price",
+            json!({"capacityType": "spot", "maxPrice": "1.2", "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+            "capacityType must be on-demand",
+        ),
+        (
+            "capacity block in a spot mix",
+            json!({"providerApi": "EC2Fleet", "capacityType": "mixed", "onDemandPercent": 50,
+                   "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+            "capacityType must be on-demand",
+        ),
+        (
+            "reservation id with a fleet",
+            json!({"providerApi": "EC2Fleet", "capacityReservation": {"id": "cr-0123456789abcdef0"}}),
+            "capacityReservation.id with providerApi EC2Fleet",
+        ),
+        (
+            "efa-only primary",
+            json!({"networkInterfaces": [{"interfaceType": "efa-only"}]}),
+            "networkInterfaces[0] is the primary interface, which carries IP traffic",
+        ),
+        (
+            "primary on card 1",
+            json!({"networkInterfaces": [{"interfaceType": "efa", "networkCardIndex": 1}]}),
+            "networkInterfaces[0] is the primary interface: its deviceIndex and networkCardIndex must be 0",
+        ),
+        (
+            "primary at device 1",
+            json!({"networkInterfaces": [{"deviceIndex": 1}]}),
+            "networkInterfaces[0] is the primary interface: its deviceIndex and networkCardIndex must be 0",
+        ),
+        (
+            "public ip with two interfaces",
+            json!({"associatePublicIpAddress": true,
+                   "networkInterfaces": [{"interfaceType": "efa"}, {"interfaceType": "efa-only"}]}),
+            "associatePublicIpAddress: true needs a single network interface",
+        ),
+    ];
+    for (name, fields, wanted) in bad {
+        let errors = cel_errors::<MachineTemplate>(&template_with(fields), None);
+        assert!(
+            errors.iter().any(|e| e.contains(wanted)),
+            "{name}: wanted an error containing {wanted:?}, got {errors:?}"
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "{name}: exactly one rule should fail: {errors:?}"
+        );
+    }
+    let good: Vec<Value> = vec![
+        json!({"capacityReservation": {"preference": "None"}}),
+        json!({"capacityReservation": {"preference": "Open"}}),
+        json!({"capacityReservation": {"id": "cr-0123456789abcdef0"}}),
+        json!({"capacityReservation": {"preference": "TargetedOnly", "resourceGroupArn": group}}),
+        json!({"capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+        json!({"providerApi": "EC2Fleet", "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+        json!({"providerApi": "EC2Fleet", "capacityType": "mixed", "onDemandPercent": 50,
+               "capacityReservation": {"resourceGroupArn": group}}),
+        json!({"associatePublicIpAddress": false, "networkInterfaces": [
+            {"interfaceType": "efa"}, {"interfaceType": "efa-only", "networkCardIndex": 1, "deviceIndex": 1}]}),
+        json!({"associatePublicIpAddress": true, "networkInterfaces": [{"interfaceType": "efa"}]}),
+    ];
+    for fields in good {
+        let errors = cel_errors::<MachineTemplate>(&template_with(fields.clone()), None);
+        assert!(errors.is_empty(), "{fields}: {errors:?}");
     }
 }

@@ -91,6 +91,12 @@ pub enum Reason {
     /// The user's launch template carries what hostforge may not take from
     /// it (its ownership tags).
     LaunchTemplateRefused,
+    /// An instance type of the template does not support the Elastic Fabric
+    /// Adapters its networkInterfaces ask for.
+    EfaNotSupported,
+    /// A networkInterfaces card index is beyond an instance type's network
+    /// cards.
+    NetworkCardOutOfRange,
     /// A dry run of the template's launch was refused by the cloud (a
     /// permission, a tag policy, a parameter): every launch would be.
     LaunchRefused,
@@ -177,6 +183,8 @@ impl Reason {
             Reason::PlacementGroupNotFound => "PlacementGroupNotFound",
             Reason::LaunchTemplateNotFound => "LaunchTemplateNotFound",
             Reason::LaunchTemplateRefused => "LaunchTemplateRefused",
+            Reason::EfaNotSupported => "EfaNotSupported",
+            Reason::NetworkCardOutOfRange => "NetworkCardOutOfRange",
             Reason::LaunchRefused => "LaunchRefused",
             Reason::ProviderError => "ProviderError",
             Reason::PolicyDenied => "PolicyDenied",

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 mod base_template;
 mod evaluate;
+mod interfaces;
 pub mod launch_check;
 pub mod namespaces;
 pub mod selection;

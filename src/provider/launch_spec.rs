@@ -127,6 +127,11 @@ pub struct LaunchOptions {
     /// Instance types chosen by EC2 from attributes instead of
     /// `instance_types` (fleets only).
     pub instance_requirements: Option<super::RequirementsSpec>,
+    /// Capacity reservation preference and target, Capacity Block market.
+    pub capacity_reservation: Option<super::ReservationSpec>,
+    /// Network interfaces (EFA); when set, the subnet, security groups and
+    /// public IP choice travel on them.
+    pub network_interfaces: Vec<super::InterfaceSpec>,
 }
 
 impl LaunchOptions {
@@ -164,6 +169,11 @@ impl LaunchOptions {
             // moving version.
             base_template: None,
             instance_requirements: super::RequirementsSpec::of_template(template),
+            capacity_reservation: template
+                .capacity_reservation
+                .as_ref()
+                .map(super::ReservationSpec::of),
+            network_interfaces: super::InterfaceSpec::all(&template.network_interfaces),
         }
     }
 

@@ -46,6 +46,10 @@ pub struct InstanceTypeInfo {
     pub memory_mib: i64,
     /// First supported CPU architecture as the cloud names it (`x86_64`, `arm64`, …).
     pub architecture: Option<String>,
+    /// Whether the type supports Elastic Fabric Adapters; `None`: not said.
+    pub efa_supported: Option<bool>,
+    /// How many network cards the type has; `None`: not said.
+    pub max_network_cards: Option<i32>,
 }
 
 /// One machine as the cloud reports it.
@@ -77,6 +81,8 @@ pub struct Machine {
     pub image_id: Option<String>,
     /// The machine's tags; ownership is read from these.
     pub tags: BTreeMap<String, String>,
+    /// The capacity reservation it runs in, when the cloud says.
+    pub capacity_reservation_id: Option<String>,
 }
 
 impl Machine {
@@ -97,6 +103,7 @@ impl Machine {
             capacity_type: CapacityType::OnDemand,
             image_id: None,
             tags: BTreeMap::new(),
+            capacity_reservation_id: None,
         }
     }
 }

@@ -18,6 +18,7 @@ mod network;
 mod observer;
 pub mod queue;
 pub mod registry;
+mod reservation;
 mod terminate;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ pub use machine::{
 };
 pub use network::{SecurityGroupFacts, SubnetFacts, TagQuery, ANY_VALUE};
 pub use observer::{CallObserver, NoopObserver};
+pub use reservation::{InterfaceSpec, ReservationSpec};
 pub use terminate::terminate_each_known;
 
 /// A launch template hostforge created (for an instant-fleet batch), as a

@@ -379,4 +379,82 @@ pub(super) fn malformed_cases() -> Vec<Case> {
             wanted: &["spec.templateRef", "templateRef is immutable"],
         },
     ]
+    .into_iter()
+    .chain(reservation_cases())
+    .collect()
+}
+
+/// Capacity reservations, Capacity Blocks and network interfaces.
+fn reservation_cases() -> Vec<Case> {
+    vec![
+        case(
+            "reservation id and group",
+            template_with(
+                "t",
+                json!({"capacityReservation": {"id": "cr-0123456789abcdef0",
+                    "resourceGroupArn": "arn:aws:resource-groups:us-east-1:123456789012:group/g"}}),
+            ),
+            &[
+                "spec.capacityReservation.resourceGroupArn",
+                "set id or resourceGroupArn, not both",
+            ],
+        ),
+        case(
+            "preference None with a target",
+            template_with(
+                "t",
+                json!({"capacityReservation": {"preference": "None", "id": "cr-0123456789abcdef0"}}),
+            ),
+            &[
+                "spec.capacityReservation.preference",
+                "Open or None takes no target",
+            ],
+        ),
+        case(
+            "capacity block with spot",
+            template_with(
+                "t",
+                json!({"capacityType": "spot",
+                    "capacityReservation": {"id": "cr-0123456789abcdef0", "capacityBlock": true}}),
+            ),
+            &[
+                "spec.capacityReservation.capacityBlock",
+                "capacityType must be on-demand",
+            ],
+        ),
+        case(
+            "reservation id on a fleet",
+            template_with(
+                "t",
+                json!({"providerApi": "EC2Fleet",
+                    "capacityReservation": {"id": "cr-0123456789abcdef0"}}),
+            ),
+            &["spec.capacityReservation.id", "resourceGroupArn"],
+        ),
+        case(
+            "bad reservation id",
+            template_with("t", json!({"capacityReservation": {"id": "cr-xyz"}})),
+            &["spec.capacityReservation.id", "should match|does not match"],
+        ),
+        case(
+            "efa-only primary interface",
+            template_with(
+                "t",
+                json!({"networkInterfaces": [{"interfaceType": "efa-only"}]}),
+            ),
+            &["spec.networkInterfaces", "cannot be efa-only"],
+        ),
+        case(
+            "public IP with two interfaces",
+            template_with(
+                "t",
+                json!({"associatePublicIpAddress": true,
+                    "networkInterfaces": [{"interfaceType": "efa"}, {"interfaceType": "efa"}]}),
+            ),
+            &[
+                "spec.associatePublicIpAddress",
+                "needs a single network interface",
+            ],
+        ),
+    ]
 }

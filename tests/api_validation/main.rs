@@ -469,4 +469,22 @@ async fn kubectl_shows_columns_categories_and_docs() {
         out.contains("userData")
     });
     assert!(explain.contains("secretRef"), "{explain}");
+
+    let explain = kubectl_until(
+        &env,
+        &["explain", "machinetemplate.spec.capacityReservation"],
+        |out| out.contains("capacityReservation"),
+    );
+    assert!(explain.contains("capacityBlock"), "{explain}");
+    assert!(explain.contains("preference None"), "{explain}");
+    let explain = kubectl_until(
+        &env,
+        &[
+            "explain",
+            "machinetemplate.spec.networkInterfaces.interfaceType",
+        ],
+        |out| out.contains("interfaceType"),
+    );
+    assert!(explain.contains("efa-only"), "{explain}");
+    assert!(explain.contains("regular ENA interface"), "{explain}");
 }

@@ -86,6 +86,7 @@ pub fn update(out: &mut api::Machine, m: &provider::Machine) {
     keep_or(&mut out.private_ip, &m.private_ip);
     keep_or(&mut out.public_ip, &m.public_ip);
     keep_or(&mut out.image_id, &m.image_id);
+    keep_or(&mut out.capacity_reservation_id, &m.capacity_reservation_id);
     if let Some(t) = m.launch_time.as_deref().and_then(parse_time) {
         out.launch_time = Some(t);
     }
@@ -135,6 +136,7 @@ mod tests {
             capacity_type: CapacityType::Spot,
             image_id: Some("ami-1".into()),
             tags: BTreeMap::from([("hostforge.io/batch".to_string(), "b-1".to_string())]),
+            capacity_reservation_id: Some("cr-1".into()),
         }
     }
 
@@ -222,11 +224,14 @@ mod tests {
         assert_eq!(m.capacity_type, Some(MachineLifecycle::Spot));
         assert!(m.launch_time.is_some());
         assert_eq!(m.message, None);
+        assert_eq!(m.capacity_reservation_id.as_deref(), Some("cr-1"));
         let mut gone = machine(provider::MachineState::Terminated);
         gone.private_ip = None;
+        gone.capacity_reservation_id = None;
         update(&mut m, &gone);
         assert_eq!(m.state, api::MachineState::Terminated);
         assert_eq!(m.private_ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(m.capacity_reservation_id.as_deref(), Some("cr-1"));
         assert_eq!(m.message.as_deref(), Some("Client.UserInitiatedShutdown"));
         assert_eq!(m.result, MachineResult::Fail);
     }

@@ -190,6 +190,7 @@ pub async fn evaluate(
         && conditions::is_true(&old_status.conditions, READY);
     if !spec_seen {
         validate_in_provider(provider.as_ref(), spec).await?;
+        super::interfaces::check(provider.as_ref(), spec).await?;
     }
 
     // Every reconcile: someone may make a new $Latest or $Default version,

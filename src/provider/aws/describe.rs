@@ -217,6 +217,7 @@ pub(super) fn to_machine(i: &Instance) -> Option<Machine> {
         capacity_type,
         image_id: non_empty(i.image_id()),
         tags,
+        capacity_reservation_id: non_empty(i.capacity_reservation_id()),
     })
 }
 

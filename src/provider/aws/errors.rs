@@ -74,6 +74,9 @@ pub fn classify(
         | "SpotMaxPriceTooLow"
         // An EC2 Fleet's per-pool error when no pool it may use has capacity.
         | "UnfulfillableCapacity"
+        // A targeted capacity reservation (or Capacity Block) without free
+        // capacity (errors-overview.html).
+        | "ReservationCapacityExceeded"
         | "Unsupported" => ProviderError::Capacity(d),
         "RequestLimitExceeded"
         | "Throttling"
@@ -238,6 +241,7 @@ mod tests {
             ("Unsupported", "Capacity"),
             ("VcpuLimitExceeded", "Capacity"),
             ("UnfulfillableCapacity", "Capacity"),
+            ("ReservationCapacityExceeded", "Capacity"),
             ("InternalError", "Transient"),
             ("ServiceUnavailable", "Transient"),
             ("SomethingNew", "Refused"),

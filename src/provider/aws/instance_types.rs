@@ -1,4 +1,5 @@
-//! Instance type facts (vCPUs, cores, memory, architecture) from
+//! Instance type facts (vCPUs, cores, memory, architecture, EFA support and
+//! network cards) from
 //! DescribeInstanceTypes, cached per adapter (that is, per provider instance):
 //! a type's hardware never changes, so each type costs one call per process.
 
@@ -81,13 +82,17 @@ fn from_ec2(instance_type: &str, t: &Ec2TypeInfo) -> InstanceTypeInfo {
             .processor_info()
             .and_then(|p| p.supported_architectures().first())
             .map(|a| a.as_str().to_string()),
+        efa_supported: t.network_info().and_then(|n| n.efa_supported()),
+        max_network_cards: t.network_info().and_then(|n| n.maximum_network_cards()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_ec2::types::{ArchitectureType, InstanceType, MemoryInfo, ProcessorInfo, VCpuInfo};
+    use aws_sdk_ec2::types::{
+        ArchitectureType, InstanceType, MemoryInfo, NetworkInfo, ProcessorInfo, VCpuInfo,
+    };
 
     #[test]
     fn maps_cpu_memory_and_first_architecture() {
@@ -100,6 +105,12 @@ mod tests {
                     .build(),
             )
             .memory_info(MemoryInfo::builder().size_in_mib(1024).build())
+            .network_info(
+                NetworkInfo::builder()
+                    .efa_supported(false)
+                    .maximum_network_cards(1)
+                    .build(),
+            )
             .processor_info(
                 ProcessorInfo::builder()
                     .supported_architectures(ArchitectureType::X8664)
@@ -116,6 +127,8 @@ mod tests {
                 cores: 1,
                 memory_mib: 1024,
                 architecture: Some("x86_64".into()),
+                efa_supported: Some(false),
+                max_network_cards: Some(1),
             }
         );
     }
@@ -128,6 +141,7 @@ mod tests {
         let info = from_ec2("m5.metal", &t);
         assert_eq!((info.vcpus, info.cores, info.memory_mib), (96, 96, 0));
         assert_eq!(info.architecture, None);
+        assert_eq!((info.efa_supported, info.max_network_cards), (None, None));
     }
 
     #[test]
@@ -140,6 +154,8 @@ mod tests {
             cores: 1,
             memory_mib: 1024,
             architecture: None,
+            efa_supported: None,
+            max_network_cards: None,
         };
         cache.put(info.clone());
         assert_eq!(cache.get("t3.micro"), Some(info));

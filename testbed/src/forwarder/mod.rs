@@ -41,6 +41,12 @@
 //! on `CreateFleet` models a failed call, not that partial answer (the
 //! fidelity model's `FaultRule::partial_fleet` / `zero_fleet` do).
 //!
+//! Capacity reservations (`reservations`): moto never reports an instance's
+//! `CapacityReservationId` and knows no `capacity-block` market; the
+//! forwarder reports the targeted reservation in DescribeInstances and asks
+//! moto for on-demand instances in place of a Capacity Block (the recorded
+//! parameters stay as sent).
+//!
 //! The EC2 fidelity model (`fidelity/`, off by default) adds what moto
 //! lacks: ClientToken idempotency, faults after moto acted, partial
 //! launches, eventual consistency, deaths at launch, launch-template quota
@@ -50,6 +56,7 @@ mod fidelity;
 mod pending;
 mod placement;
 mod requirements;
+mod reservations;
 mod rules;
 mod server;
 mod status_checks;
@@ -506,6 +513,8 @@ struct State {
     /// While set: the instances DescribeInstances reports as moto does;
     /// every other running one reads pending.
     held_pending: Option<std::collections::BTreeSet<String>>,
+    /// Instances launched into a targeted capacity reservation.
+    reserved: reservations::Reserved,
     model: fidelity::Model,
 }
 

@@ -89,28 +89,62 @@ async fn handle(
         }
         Decision::Forward => {
             let (parts, body) = requirements_rewritten(&shared, &call, parts, body);
-            match forward(&shared, parts, body).await {
-                Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
-                    Ok(impair(&shared, response).await)
+            let mut parts = parts;
+            let body = match super::reservations::for_moto(&String::from_utf8_lossy(&body)) {
+                Some(changed) => {
+                    // The length changed: hyper sets it again from the new body.
+                    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+                    Bytes::from(changed)
                 }
-                Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
-                    Ok(hold_pending(&shared, response).await)
-                }
-                Ok(response) => Ok(response),
-                Err(message) => {
-                    if let Some(action) = &call.action {
-                        *shared
-                            .lock()
-                            .upstream_errors
-                            .entry(action.clone())
-                            .or_default() += 1;
-                    }
-                    Ok(plain(
-                        StatusCode::BAD_GATEWAY,
-                        format!("forwarder: upstream {}: {message}", shared.upstream),
-                    ))
-                }
+                None => body,
+            };
+            forward_and_relay(&shared, &call, parts, body).await
+        }
+    }
+}
+
+/// Forwards a call the forwarder does not answer itself and relays the
+/// answer, rewritten where the forwarder models what moto lacks.
+async fn forward_and_relay(
+    shared: &Arc<Shared>,
+    call: &Call,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    match forward(shared, parts, body).await {
+        Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
+            Ok(impair(shared, response).await)
+        }
+        Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
+            let response = hold_pending(shared, response).await;
+            Ok(rewrite_body(response, |text| shared.lock().reserved.report(text)).await)
+        }
+        Ok(response)
+            if matches!(
+                call.action.as_deref(),
+                Some("RunInstances" | "CreateLaunchTemplate" | "CreateFleet")
+            ) =>
+        {
+            let action = call.action.clone().unwrap_or_default();
+            Ok(rewrite_body(response, |text| {
+                shared.lock().reserved.learn(&action, &call.params, text);
+                None
+            })
+            .await)
+        }
+        Ok(response) => Ok(response),
+        Err(message) => {
+            if let Some(action) = &call.action {
+                *shared
+                    .lock()
+                    .upstream_errors
+                    .entry(action.clone())
+                    .or_default() += 1;
             }
+            Ok(plain(
+                StatusCode::BAD_GATEWAY,
+                format!("forwarder: upstream {}: {message}", shared.upstream),
+            ))
         }
     }
 }

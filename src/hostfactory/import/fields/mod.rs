@@ -8,14 +8,16 @@
 //! [`convert`] reads the fields by group, in a fixed order (the notes come
 //! out in that order): the launch group (`launch.rs`), the host group
 //! (`host.rs`, with placement, tenancy and EBS optimization from
-//! `placement.rs`), the machine limit, the user's launch template
-//! (`launch_template.rs`), then the fields with no equivalent
+//! `placement.rs`, interfaceType and efaCount from `network.rs`), the
+//! machine limit, the user's launch template (`launch_template.rs`), then the
+//! fields with no equivalent
 //! (`unmapped.rs`).
 
 mod cursor;
 mod host;
 mod launch;
 mod launch_template;
+mod network;
 mod placement;
 mod unmapped;
 
@@ -88,6 +90,7 @@ pub fn convert_with(
     host::image(&mut c, &mut spec);
     host::network(&mut c, &mut spec);
     placement::read(&mut c, &mut spec);
+    network::read(&mut c, &mut spec);
     if let Some(v) = host::root_volume(&mut c) {
         spec.insert("rootVolume".into(), v);
     }
@@ -237,6 +240,26 @@ mod tests {
             c.notes
         );
         assert!(c.notes[1].message.contains("default, dedicated or host"));
+    }
+
+    #[test]
+    fn ibm_efa_fields_map_to_network_interfaces() {
+        let c = conv(json!({
+            "templateId": "hpc-efa",
+            "imageId": "ami-0123456789abcdef0",
+            "vmType": "p4d.24xlarge",
+            "interfaceType": "efa",
+            "efaCount": 4,
+        }));
+        let list = c.template["spec"]["networkInterfaces"]
+            .as_array()
+            .expect("interfaces");
+        assert_eq!(list.len(), 4);
+        assert!(
+            !fields(&c).contains(&"interfaceType") && !fields(&c).contains(&"efaCount"),
+            "{:?}",
+            c.notes
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@ use aws_sdk_ec2::types::{
 };
 use tracing::{info, warn};
 
-use super::{check_common, client_token, is_arn, layered, non_empty, root_device, user_data};
+use super::{
+    check_common, client_token, is_arn, layered, non_empty, reserve, root_device, user_data,
+};
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::errors::{classify, detail};
@@ -247,6 +249,7 @@ pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
     let o = &spec.options;
     let groups = non_empty(&spec.security_group_ids);
     let (groups, interface) = match o.associate_public_ip {
+        _ if !o.network_interfaces.is_empty() => (None, None),
         None => (groups, None),
         Some(public) => (
             None,
@@ -293,7 +296,9 @@ pub(super) fn template_data(spec: &LaunchSpec) -> RequestLaunchTemplateData {
     RequestLaunchTemplateData::builder()
         .image_id(&spec.image_id)
         .set_security_group_ids(groups)
-        .set_network_interfaces(interface.map(|i| vec![i]))
+        .set_network_interfaces(reserve::template_interfaces(spec).or(interface.map(|i| vec![i])))
+        .set_capacity_reservation_specification(reserve::template_reservation(spec))
+        .set_instance_market_options(reserve::template_market(spec))
         .set_placement(placement)
         .set_ebs_optimized(o.ebs_optimized)
         .set_cpu_options(cpu)
@@ -364,6 +369,7 @@ pub(super) fn fleet_request(
         OnDemandOptionsRequest::builder()
             .allocation_strategy(layered::on_demand_strategy(spec))
             .set_max_total_price(cap.clone())
+            .set_capacity_reservation_options(reserve::fleet_options(spec, on_demand))
             .build()
     });
     let strategy = spec.capacity.allocation_strategy.as_deref();
@@ -452,6 +458,14 @@ pub(super) fn overrides(spec: &LaunchSpec) -> Vec<FleetLaunchTemplateOverridesRe
 /// The fleet's target: `count` units, split on-demand/spot by the spec.
 pub(super) fn target_capacity(spec: &LaunchSpec) -> TargetCapacitySpecificationRequest {
     let (on_demand, spot) = split(spec);
+    if reserve::is_capacity_block(spec) {
+        // A Capacity Block fleet names only its total: EC2 refuses on-demand
+        // or spot target capacities beside capacity-block (see `reserve`).
+        return TargetCapacitySpecificationRequest::builder()
+            .total_target_capacity(spec.count)
+            .default_target_capacity_type(DefaultTargetCapacityType::CapacityBlock)
+            .build();
+    }
     TargetCapacitySpecificationRequest::builder()
         .total_target_capacity(spec.count)
         .on_demand_target_capacity(on_demand)

@@ -10,6 +10,7 @@
 mod dry_run;
 mod fleet;
 mod layered;
+mod reserve;
 mod run_instances;
 mod template_cache;
 

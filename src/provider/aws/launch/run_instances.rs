@@ -10,7 +10,9 @@ use aws_sdk_ec2::types::{
     LaunchTemplateSpecification, MarketType, Placement, SpotMarketOptions, Tenancy, VolumeType,
 };
 
-use super::{check_common, client_token, invalid, is_arn, non_empty, root_device, user_data};
+use super::{
+    check_common, client_token, invalid, is_arn, non_empty, reserve, root_device, user_data,
+};
 use crate::provider::aws::calls::Calls;
 use crate::provider::aws::clients::AwsClients;
 use crate::provider::aws::describe::to_machine;
@@ -60,7 +62,7 @@ pub(super) fn run_instances_request(
         ));
     }
     let market = match spec.capacity.on_demand_percent {
-        100 => None,
+        100 => reserve::market(spec),
         0 => Some(
             InstanceMarketOptionsRequest::builder()
                 .market_type(MarketType::Spot)
@@ -139,7 +141,7 @@ pub(super) fn run_instances_request(
         .set_subnet_id(subnet)
         .set_placement(placement(spec))
         .set_security_group_ids(groups)
-        .set_network_interfaces(interface.map(|i| vec![i]))
+        .set_network_interfaces(reserve::interfaces(spec).or(interface.map(|i| vec![i])))
         .set_ebs_optimized(spec.options.ebs_optimized)
         .set_cpu_options(cpu)
         .set_key_name(spec.key_name.clone())
@@ -148,6 +150,7 @@ pub(super) fn run_instances_request(
         .set_block_device_mappings(non_empty(&volumes))
         .metadata_options(metadata)
         .set_instance_market_options(market)
+        .set_capacity_reservation_specification(reserve::reservation(spec))
         .set_tag_specifications(non_empty(&tags::tag_specifications(
             &spec.tags,
             &tags::LAUNCHED,
@@ -187,6 +190,9 @@ fn network(
 ) {
     let subnet = spec.subnet_ids.first().cloned();
     let groups = non_empty(&spec.security_group_ids);
+    if !spec.options.network_interfaces.is_empty() {
+        return (None, None, None);
+    }
     match spec.options.associate_public_ip {
         None => (subnet, groups, None),
         Some(public) => (
