@@ -63,6 +63,7 @@ impl LaunchBatch {
             availability_zone: None,
             failure: None,
             group: None,
+            template_digest: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use facts::Drift;
 pub use launch_group::{LaunchGroup, LaunchGroupMember, LaunchGroupSpec};
 pub use request::{
     LaunchBatch, LaunchState, Machine, MachineCounts, MachineLifecycle, MachineRequest,
@@ -29,6 +30,7 @@ pub use request::{
     ReplaceReason, RequestPhase, StatusCheck, StatusCheckKind, StatusCheckStatus, TemplateRef,
     TerminationReason,
 };
+pub use request::{TemplateVersion, UpdatePolicy, UpdatePolicyType};
 pub use template::{
     AllocationStrategy, CapacityType, HttpTokens, ImageArchitecture, ImageSelector, ImageSource,
     ImageSourceKind, InstanceTypeInfo, InstanceTypeOption, LaunchValidation, MachineTemplate,

@@ -447,9 +447,16 @@ fn status_round_trips_through_json() {
             rebalance_recommendation_time: None,
             scheduled_event: None,
             replace_reason: None,
+            template_digest: Some("0123abcd".into()),
             status_check: None,
             message: None,
         }],
+        template_version: Some(crate::api::TemplateVersion {
+            generation: Some(3),
+            digest: "0123abcd".into(),
+            image_id: Some("ami-1".into()),
+            since: now.clone(),
+        }),
         launches: vec![LaunchBatch {
             id: "3f2a9c1e-1".into(),
             attempt: 0,
@@ -466,6 +473,7 @@ fn status_round_trips_through_json() {
             availability_zone: None,
             failure: None,
             group: None,
+            template_digest: Some("0123abcd".into()),
         }],
     };
     let value = serde_json::to_value(&status).expect("serializes");

@@ -104,6 +104,7 @@ pub async fn next_batch(
         now(),
     );
     new.availability_zone = batch::pinned_zone(template.spec.provider_api, &choice, &zones, seq);
+    new.template_digest = Some(super::drift::spec_digest(&template.spec));
     let built = launch_spec(s, &open.provider, template, &new).await?;
     new.params_digest = built.digest;
     Ok(NewBatch {

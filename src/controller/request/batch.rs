@@ -267,6 +267,7 @@ pub fn new_batch(
         availability_zone: None,
         failure: None,
         group: None,
+        template_digest: None,
     }
 }
 

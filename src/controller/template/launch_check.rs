@@ -126,6 +126,7 @@ pub fn spec(
         message: None,
         failure: None,
         group: None,
+        template_digest: None,
     };
     let owner = Owner {
         cluster: cluster.to_string(),
