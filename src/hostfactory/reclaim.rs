@@ -122,7 +122,7 @@ impl AtRisk {
             AtRisk::Rebalance => "rebalance recommendation",
             AtRisk::Scheduled => "scheduled retirement or maintenance",
             AtRisk::Impaired => "failed status check",
-            AtRisk::Drifted => "drifted from its template",
+            AtRisk::Drifted => "drifted from the template",
         }
     }
 }
@@ -685,7 +685,7 @@ mod tests {
         assert_eq!(got, [("i-ok", 1700), ("i-lost", 0)]);
         assert_eq!(
             message(held.len(), &found),
-            "2 of 3 hosts are being taken back (1 gone or going, 1 drifted from its template)"
+            "2 of 3 hosts are being taken back (1 gone or going, 1 drifted from the template)"
         );
         // A rebalance recommendation's shorter grace wins.
         let st = mrs[0].status.as_mut().expect("status");
