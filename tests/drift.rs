@@ -335,6 +335,68 @@ async fn a_template_change_drifts_machines_and_replace_swaps_them_new_first() {
             .iter()
             .any(|r| r == "Drifted"));
     }
+
+    // A new image: the Replace request's machines drift by image and are
+    // replaced by machines launched with it; Never reports both causes.
+    let other = another_ami(&env, &ami).await;
+    let launches_before = fwd.requests("RunInstances").len();
+    let replaced_by_tag = live(&mr);
+    let g4 = patch_template(&env, json!({"image": {"id": other}})).await;
+    let mr = wait_with_moto(
+        &env,
+        "replace",
+        "replaced for the image",
+        WAIT,
+        |mr, moto| {
+            sees(mr, g4)
+                && is_ready(mr)
+                && up_to_date(mr)
+                && live(mr).len() == 2
+                && live(mr).is_disjoint(&replaced_by_tag)
+                && *moto == live(mr)
+        },
+    )
+    .await;
+    let images: BTreeSet<Option<String>> = mr
+        .status
+        .iter()
+        .flat_map(|s| &s.machines)
+        .filter(|m| m.is_live())
+        .map(|m| m.image_id.clone())
+        .collect();
+    assert_eq!(images, BTreeSet::from([Some(other.clone())]));
+    let sent = fwd.requests("RunInstances");
+    assert!(sent.len() >= launches_before + 2);
+    for params in &sent[launches_before..] {
+        assert_eq!(params.get("ImageId"), Some(&other), "{params:?}");
+    }
+    let mr = wait_request(&env, "never", "both causes", WAIT, |mr| sees(mr, g4)).await;
+    assert_eq!(
+        drift_condition(&mr).map(|c| c.2),
+        Some(
+            "1 machines were launched from an older version of the template: spec changed (1), image changed (1)"
+                .to_string()
+        )
+    );
+}
+
+/// An x86_64 AMI of the simulator other than `not`.
+async fn another_ami(env: &TestEnv, not: &str) -> String {
+    let out = env
+        .ec2()
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("DescribeImages");
+    out.images()
+        .iter()
+        .filter(|i| {
+            i.architecture().map(|a| a.as_str()) == Some("x86_64") && i.image_id() != Some(not)
+        })
+        .filter_map(|i| i.image_id().map(str::to_string))
+        .min()
+        .expect("another x86_64 AMI in the simulator")
 }
 
 #[tokio::test]

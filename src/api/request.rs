@@ -250,8 +250,10 @@ pub struct MachineRequestStatus {
     pub phase: Option<RequestPhase>,
 
     /// Ready (all desired machines running, for observedGeneration), Progressing
-    /// (machines are being launched or terminated) and Degraded (the operator cannot make
-    /// progress, e.g. a broken template or no capacity).
+    /// (machines are being launched or terminated), Degraded (the operator cannot make
+    /// progress, e.g. a broken template or no capacity), Drifted (live machines were
+    /// launched from an older version of the template) and, while status checks are
+    /// read, MachinesHealthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

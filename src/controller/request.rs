@@ -202,11 +202,12 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
         Some(_) => Some(0),
         None => gate::headroom(s.ctx, s.mr, &open.template),
     };
-    let plan = plan::plan(
-        &plan::Desired::of_request(s.mr, &s.status),
-        &mut s.status.machines,
-        headroom,
-    );
+    let mut desired = plan::Desired::of_request(s.mr, &s.status);
+    if open.pinned.is_some() {
+        // Nothing launches while pinned: no replacement for drift either.
+        desired.drifted.clear();
+    }
+    let plan = plan::plan(&desired, &mut s.status.machines, headroom);
     for id in &plan.newly_lost {
         let m = s.status.machines.iter().find(|m| &m.id == id);
         let why = m.and_then(|m| m.message.clone()).unwrap_or_default();
