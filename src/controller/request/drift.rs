@@ -11,7 +11,8 @@
 //!   `maxMachines` (how many, not how) and `image` (the source: the image it
 //!   resolves to counts instead, so moving to an SSM parameter that names
 //!   the same AMI drifts nothing). Request fields (`spec.tags`) and the
-//!   content of the user-data Secret are not part of it;
+//!   content of the user-data Secret are not part of it, nor are unset values
+//!   (null, empty lists and maps), so a new optional field drifts nothing;
 //! - the request records the template's digest and resolved image as last
 //!   seen (`status.templateVersion`, with since when), only from a template
 //!   whose status describes its current spec (the gate's condition to
@@ -39,8 +40,10 @@ const NOT_LAUNCH_RELEVANT: &[&str] = &["maxMachines", "image"];
 const DIGEST_BYTES: usize = 4;
 
 /// Digest of the launch-relevant part of `spec`: its JSON without
-/// [`NOT_LAUNCH_RELEVANT`], keys sorted at every level, so the order of
-/// fields in the Rust type never changes it.
+/// [`NOT_LAUNCH_RELEVANT`], keys sorted at every level (so the order of
+/// fields in the Rust type never changes it) and unset values (null, empty
+/// lists and maps) left out, so a new optional field added to the type in
+/// an upgrade does not drift every machine.
 pub fn spec_digest(spec: &MachineTemplateSpec) -> String {
     let mut value = serde_json::to_value(spec).unwrap_or(Value::Null);
     if let Some(obj) = value.as_object_mut() {
@@ -55,10 +58,24 @@ pub fn spec_digest(spec: &MachineTemplateSpec) -> String {
     hex_prefix(hash, DIGEST_BYTES)
 }
 
+/// Whether `v` says nothing: null, or an empty list or map.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
 fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
+            let mut keys: Vec<&String> = map
+                .iter()
+                .filter(|(_, v)| !is_unset(v))
+                .map(|(k, _)| k)
+                .collect();
             keys.sort();
             out.push('{');
             for (i, k) in keys.into_iter().enumerate() {
@@ -243,6 +260,27 @@ mod tests {
                 "{key} is launch-relevant"
             );
         }
+    }
+
+    #[test]
+    fn unset_fields_do_not_change_the_digest() {
+        let d = spec_digest(&template(base()).spec);
+        for (key, value) in [
+            ("subnetIds", serde_json::json!([])),
+            ("tags", serde_json::json!({})),
+            ("keyName", serde_json::Value::Null),
+        ] {
+            assert_eq!(spec_digest(&template(with(key, value)).spec), d, "{key}");
+        }
+        // The same holds for fields the type does not have yet.
+        let mut a = String::new();
+        let mut b = String::new();
+        write_canonical(&serde_json::json!({"x": 1}), &mut a);
+        write_canonical(
+            &serde_json::json!({"x": 1, "newList": [], "newMap": {}, "newOpt": null}),
+            &mut b,
+        );
+        assert_eq!(a, b);
     }
 
     #[test]
