@@ -5,7 +5,7 @@
 
 use super::request::{
     LaunchBatch, LaunchState, Machine, MachineRequest, MachineRequestStatus, MachineResult,
-    MachineState, TerminationReason,
+    MachineState, TemplateVersion, TerminationReason,
 };
 use super::{HOSTFACTORY_OWNER, OWNER_LABEL};
 
@@ -77,6 +77,7 @@ impl Machine {
             rebalance_recommendation_time: None,
             scheduled_event: None,
             replace_reason: None,
+            template_digest: None,
             status_check: None,
             capacity_reservation_id: None,
             message: None,
@@ -92,6 +93,49 @@ impl Machine {
     pub fn is_leaving(&self) -> bool {
         self.termination_reason.is_some()
             && !matches!(self.state, MachineState::Terminated | MachineState::Stopped)
+    }
+}
+
+/// What changed in a template since a machine was launched from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drift {
+    /// The template's launch-relevant spec (the machine's templateDigest
+    /// differs from the version's digest).
+    pub spec: bool,
+    /// The template's resolved image (the machine runs another image).
+    pub image: bool,
+}
+
+impl Drift {
+    /// Whether anything changed.
+    pub fn any(self) -> bool {
+        self.spec || self.image
+    }
+}
+
+impl TemplateVersion {
+    /// How live machine `m` differs from this version; nothing for a machine
+    /// no longer live, or without a templateDigest (launched before hostforge
+    /// recorded it: unknown is never drifted).
+    pub fn drift_of(&self, m: &Machine) -> Drift {
+        let Some(digest) = m.template_digest.as_deref().filter(|_| m.is_live()) else {
+            return Drift::default();
+        };
+        let image = matches!((&m.image_id, &self.image_id), (Some(a), Some(b)) if a != b);
+        Drift {
+            spec: digest != self.digest,
+            image,
+        }
+    }
+}
+
+impl MachineRequestStatus {
+    /// Whether machine `m` of this request is drifted from the template
+    /// version status last saw (none seen yet: not drifted).
+    pub fn is_drifted(&self, m: &Machine) -> bool {
+        self.template_version
+            .as_ref()
+            .is_some_and(|v| v.drift_of(m).any())
     }
 }
 

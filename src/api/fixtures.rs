@@ -64,6 +64,7 @@ impl LaunchBatch {
             failure: None,
             group: None,
             launch_template: None,
+            template_digest: None,
         }
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use facts::Drift;
 pub use launch_base::{
     BatchLaunchTemplate, Burstable, CountRange, CpuManufacturer, InstanceGeneration,
     InstanceRequirements, LaunchTemplateRef, ResolvedLaunchTemplate,
@@ -36,6 +37,7 @@ pub use request::{
     ReplaceReason, RequestPhase, StatusCheck, StatusCheckKind, StatusCheckStatus, TemplateRef,
     TerminationReason,
 };
+pub use request::{TemplateVersion, UpdatePolicy, UpdatePolicyType};
 pub use reservation::{
     CapacityReservation, InterfaceType, NetworkInterface, ReservationPreference,
 };

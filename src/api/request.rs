@@ -119,6 +119,17 @@ pub struct MachineRequestSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replace_unhealthy: bool,
 
+    /// What happens to machines launched from an older version of the
+    /// template (drifted: see status.counts.drifted and the Drifted
+    /// condition). Never (default): they are only reported. Replace: each is
+    /// replaced the same way as a rebalance Replace, its replacement first,
+    /// the old machine terminated (terminationReason Replaced, replaceReason
+    /// Drifted) once the replacement runs, at most maxSurge at a time.
+    /// Requests owned by HostFactory never replace: their drifted hosts are
+    /// offered to the scheduler through getReturnRequests instead.
+    #[serde(default, skip_serializing_if = "UpdatePolicy::is_never")]
+    pub update_policy: UpdatePolicy,
+
     /// Extra tags put on this request's machines and volumes, over the template's tags
     /// (a key in both takes this value), e.g. the HostFactory account (RC_ACCOUNT). At
     /// most 40; keys up to 128 and values up to 256 characters. Keys starting with
@@ -166,6 +177,57 @@ impl RebalancePolicy {
     }
 }
 
+/// How a request treats machines launched from an older version of its
+/// template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.type == 'Replace' || !has(self.maxSurge)")
+        .message("updatePolicy.maxSurge applies only to type Replace")
+        .field_path(".maxSurge"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePolicy {
+    /// Never (default): drifted machines are only reported. Replace: they
+    /// are replaced, new first.
+    #[serde(rename = "type", default)]
+    pub type_: UpdatePolicyType,
+
+    /// Replace only: how many drifted machines are replaced at once, i.e. how
+    /// many replacements may be launched before the machines they replace
+    /// are terminated (like a Deployment's maxSurge; there is no
+    /// maxUnavailable, since an old machine is terminated only once its
+    /// replacement runs, so replacing never lowers the running machines
+    /// below count). 1 to 1000; empty: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_surge: Option<i32>,
+}
+
+impl UpdatePolicy {
+    /// Whether this is the default, Never without options (left out when
+    /// serialized, so requests written before the field existed read back
+    /// the same).
+    pub fn is_never(&self) -> bool {
+        *self == UpdatePolicy::default()
+    }
+
+    /// Replacements in flight at once under Replace (maxSurge, default 1).
+    pub fn surge(&self) -> i32 {
+        self.max_surge.unwrap_or(1).max(1)
+    }
+}
+
+/// Whether drifted machines are replaced.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[schemars(transform = super::field_doc_only)]
+pub enum UpdatePolicyType {
+    /// Report them (status.counts.drifted, the Drifted condition); nothing else.
+    #[default]
+    Never,
+    /// Replace them, new first, at most maxSurge at a time.
+    Replace,
+}
+
 /// Reference to a MachineTemplate in the same namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -188,8 +250,10 @@ pub struct MachineRequestStatus {
     pub phase: Option<RequestPhase>,
 
     /// Ready (all desired machines running, for observedGeneration), Progressing
-    /// (machines are being launched or terminated) and Degraded (the operator cannot make
-    /// progress, e.g. a broken template or no capacity).
+    /// (machines are being launched or terminated), Degraded (the operator cannot make
+    /// progress, e.g. a broken template or no capacity), Drifted (live machines were
+    /// launched from an older version of the template) and, while status checks are
+    /// read, MachinesHealthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -207,6 +271,11 @@ pub struct MachineRequestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub machines: Vec<Machine>,
+
+    /// The template's launch digest and image as last seen (while the
+    /// template is usable), which machines are compared with to find drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version: Option<TemplateVersion>,
 
     /// The launch-intent record: every launch is written here (state Pending) before it
     /// is sent to the cloud, so that after a restart it can be settled instead of being
@@ -251,6 +320,12 @@ pub struct MachineCounts {
     /// Machines that failed to launch or were lost.
     #[serde(default)]
     pub failed: i32,
+    /// Live machines launched from an older version of the template (its
+    /// launch-relevant spec or its resolved image changed since; see the
+    /// Drifted condition). Machines launched before hostforge recorded what
+    /// a machine was launched from are never counted.
+    #[serde(default)]
+    pub drifted: i32,
 }
 
 /// One machine of a request.
@@ -330,8 +405,9 @@ pub struct Machine {
     pub scheduled_event: Option<ScheduledEvent>,
 
     /// Why the operator is replacing this machine: Rebalance (a rebalance
-    /// recommendation under rebalancePolicy Replace) or Unhealthy (an
-    /// impaired status check under replaceUnhealthy). Its replacement is
+    /// recommendation under rebalancePolicy Replace), Unhealthy (an
+    /// impaired status check under replaceUnhealthy) or Drifted (launched
+    /// from an older template, under updatePolicy Replace). Its replacement is
     /// launched first; the machine is terminated (terminationReason
     /// Replaced) once the replacement runs. Empty when not being replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,10 +425,43 @@ pub struct Machine {
     /// when it runs on regular capacity or the cloud does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_reservation_id: Option<String>,
+    /// Digest of the template's launch-relevant spec the machine was
+    /// launched with, copied from its launch batch's record (so a crash or
+    /// an adoption never takes it from a newer template). With imageId, what
+    /// drift compares against status.templateVersion. Empty for machines
+    /// launched before hostforge recorded it, or adopted after their batch's
+    /// record was dropped: those never count as drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_digest: Option<String>,
 
     /// Last noteworthy event, e.g. why it failed or was terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The version of the template a request's machines are compared with.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateVersion {
+    /// The template's metadata.generation when last seen (for people: a
+    /// change of generation alone, e.g. of maxMachines, drifts nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+
+    /// Digest of the template's launch-relevant spec: every spec field but
+    /// maxMachines and the image source (whose resolved image counts
+    /// instead). A machine whose templateDigest differs has drifted (Spec).
+    #[schemars(length(max = 64))]
+    pub digest: String,
+
+    /// The template's resolved image. A machine (with a templateDigest)
+    /// running another image has drifted (Image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+
+    /// When the request first saw this digest and image: HostFactory's
+    /// getReturnRequests counts a drifted host's driftGracePeriod from it.
+    pub since: Time,
 }
 
 /// Why a machine is being replaced.
@@ -363,6 +472,9 @@ pub enum ReplaceReason {
     Rebalance,
     /// One of its status checks failed (replaceUnhealthy).
     Unhealthy,
+    /// It was launched from an older version of the template (updatePolicy
+    /// Replace).
+    Drifted,
 }
 
 /// A failing status check of a machine.
@@ -442,7 +554,7 @@ pub enum TerminationReason {
     /// The request is being deleted.
     RequestDeleted,
     /// Replaced on purpose (replaceReason: a rebalance recommendation, a
-    /// failing status check) by a machine that already runs. Not a failure
+    /// failing status check, drift) by a machine that already runs. Not a failure
     /// (not counted as Lost) and never replaced again.
     Replaced,
 }
@@ -575,6 +687,12 @@ pub struct LaunchBatch {
     /// names the same version. Absent without spec.launchTemplate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_template: Option<super::launch_base::BatchLaunchTemplate>,
+    /// Digest of the template's launch-relevant spec the batch launches
+    /// with, recorded with it and copied onto its machines
+    /// (machines[].templateDigest). Absent on batches recorded before
+    /// hostforge recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_digest: Option<String>,
 }
 
 /// How the cloud refused a launch; decides when the next batch may go.
@@ -644,6 +762,7 @@ mod size_tests {
             "capacityType": "on-demand",
             "imageId": "ami-0123456789abcdef0",
             "interruptionNoticeTime": "2025-01-31T23:59:59Z",
+            "templateDigest": "0123abcd",
         });
         // The interruption queue's fields, on live machines only (they are
         // cleared once a machine is down).
@@ -674,10 +793,11 @@ mod size_tests {
                     "instanceTypes": ["m7i-flex.12xlarge", "m6i.12xlarge", "c7i.12xlarge", "r7i.12xlarge"],
                     "subnetIds": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1", "subnet-0123456789abcdef2"],
                     "capacityType": "on-demand", "createdAt": "2025-01-31T23:59:59Z",
+                    "templateDigest": "0123abcd",
                     "message": "InsufficientInstanceCapacity: We currently do not have sufficient m7i-flex.12xlarge capacity in the Availability Zone you requested"})
             })
             .collect();
-        let conditions: Vec<_> = ["Ready", "Degraded", "Progressing"]
+        let conditions: Vec<_> = ["Ready", "Degraded", "Progressing", "Drifted"]
             .iter()
             .map(|t| {
                 json!({"type": t, "status": "True", "reason": "LaunchRefused",
@@ -711,7 +831,9 @@ mod size_tests {
                 "provider": "p".repeat(63),
                 "counts": {"desired": MAX_COUNT, "pending": 0, "running": MAX_COUNT,
                     "returned": 0, "failed": GONE},
-                "conditions": conditions, "machines": machines, "launches": launches},
+                "conditions": conditions, "machines": machines, "launches": launches,
+                "templateVersion": {"generation": 12345, "digest": "0123abcd",
+                    "imageId": "ami-0123456789abcdef0", "since": "2025-01-31T23:59:59Z"}},
         }))
         .expect("a valid request")
     }

@@ -464,10 +464,17 @@ fn status_round_trips_through_json() {
             rebalance_recommendation_time: None,
             scheduled_event: None,
             replace_reason: None,
+            template_digest: Some("0123abcd".into()),
             status_check: None,
             capacity_reservation_id: Some("cr-0123456789abcdef0".into()),
             message: None,
         }],
+        template_version: Some(crate::api::TemplateVersion {
+            generation: Some(3),
+            digest: "0123abcd".into(),
+            image_id: Some("ami-1".into()),
+            since: now.clone(),
+        }),
         launches: vec![LaunchBatch {
             id: "3f2a9c1e-1".into(),
             attempt: 0,
@@ -485,6 +492,7 @@ fn status_round_trips_through_json() {
             failure: None,
             group: None,
             launch_template: None,
+            template_digest: Some("0123abcd".into()),
         }],
     };
     let value = serde_json::to_value(&status).expect("serializes");

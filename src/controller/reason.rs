@@ -154,6 +154,12 @@ pub enum Reason {
     /// another cluster's identity: two clusters share a `clusterName`; it is
     /// left alone.
     ForeignMachine,
+    /// Machines were launched from an older version of the template
+    /// (Drifted=True, and an Event when drift appears).
+    Drifted,
+    /// Every machine with a launch record matches the template
+    /// (Drifted=False).
+    UpToDate,
 }
 
 impl Reason {
@@ -209,6 +215,8 @@ impl Reason {
             Reason::MachineHealthy => "MachineHealthy",
             Reason::AllHealthy => "AllHealthy",
             Reason::NotCheckedYet => "NotCheckedYet",
+            Reason::Drifted => "Drifted",
+            Reason::UpToDate => "UpToDate",
         }
     }
 

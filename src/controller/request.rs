@@ -25,6 +25,7 @@ pub mod batch;
 pub mod by_tag;
 pub mod cleanup;
 pub mod coalesce;
+pub mod drift;
 pub mod gate;
 pub mod group;
 pub mod group_settle;
@@ -195,16 +196,18 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     };
     s.status.provider = Some(open.provider_name.clone());
     settle::pending(s, &open.provider, &open.template).await?;
+    observe_drift(s, &open).await;
     // A request pinned to the provider its machines are in launches nothing.
     let headroom = match open.pinned {
         Some(_) => Some(0),
         None => gate::headroom(s.ctx, s.mr, &open.template),
     };
-    let plan = plan::plan(
-        &plan::Desired::of_request(s.mr, &s.status),
-        &mut s.status.machines,
-        headroom,
-    );
+    let mut desired = plan::Desired::of_request(s.mr, &s.status);
+    if open.pinned.is_some() {
+        // Nothing launches while pinned: no replacement for drift either.
+        desired.drifted.clear();
+    }
+    let plan = plan::plan(&desired, &mut s.status.machines, headroom);
     for id in &plan.newly_lost {
         let m = s.status.machines.iter().find(|m| &m.id == id);
         let why = m.and_then(|m| m.message.clone()).unwrap_or_default();
@@ -248,6 +251,40 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     action
 }
 
+/// Records the template's version the machines are compared with (when it
+/// is usable and the request not pinned to another provider), and says so in
+/// an Event when drift appears.
+async fn observe_drift<P>(s: &mut Session<'_>, open: &gate::Open<P>) {
+    drift::stamp(&mut s.status);
+    let current = match (
+        &open.pinned,
+        drift::current(&open.template, &session::now()),
+    ) {
+        (None, Some(current)) => current,
+        _ => return,
+    };
+    let newly = drift::record(&mut s.status, current);
+    if newly.is_empty() {
+        return;
+    }
+    let (_, why) = drift::condition_message(&s.status);
+    let policy = if plan::ReplaceOn::of(s.mr).drift {
+        "they are replaced (updatePolicy Replace)"
+    } else if s.mr.is_hostfactory_owned() {
+        "the scheduler is offered them through getReturnRequests"
+    } else {
+        "they are kept (updatePolicy Never)"
+    };
+    let note = format!(
+        "{} newly drifted ({}); {why}; {policy}",
+        newly.len(),
+        newly.join(", ")
+    );
+    info!(request = %s.key(), machines = ?newly, "machines drifted from their template");
+    s.event(EventType::Normal, Reason::Drifted, "Observe", &note)
+        .await;
+}
+
 /// One Event per machine the plan started replacing, and per machine it
 /// let go because its replacement runs.
 async fn announce_replacements(s: &Session<'_>, plan: &plan::Plan) {
@@ -257,6 +294,9 @@ async fn announce_replacements(s: &Session<'_>, plan: &plan::Plan) {
                 "the cloud recommended moving off it (rebalancePolicy Replace)"
             }
             ReplaceReason::Unhealthy => "its status check fails (replaceUnhealthy)",
+            ReplaceReason::Drifted => {
+                "it was launched from an older version of the template (updatePolicy Replace)"
+            }
         };
         let note =
             format!("replacing machine {id}: {cause}; it is terminated once its replacement runs");

@@ -14,6 +14,7 @@
 //! finishedRetention: 1h                            # optional; "off" keeps finished requests
 //! rebalanceGracePeriod: 10m                        # optional; "off": rebalance recommendations not reported
 //! scheduledEventMargin: 5m                         # optional; kept before a scheduled retirement/maintenance
+//! driftGracePeriod: 30m                            # optional; "off": hosts drifted from their template not reported
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ struct RawConfig {
     rebalance_grace_period: Option<String>,
     #[serde(default)]
     scheduled_event_margin: Option<String>,
+    #[serde(default)]
+    drift_grace_period: Option<String>,
 }
 
 impl HfConfig {
@@ -134,6 +137,15 @@ impl HfConfig {
                 ))
             })?,
         };
+        let drift = match raw.drift_grace_period.as_deref().map(str::trim) {
+            None => defaults.drift,
+            Some("off") => None,
+            Some(t) => Some(crate::config::duration::parse_duration(t).ok_or_else(|| {
+                invalid(format!(
+                    "driftGracePeriod: {t:?} is not a duration like 30m (or off)"
+                ))
+            })?),
+        };
         // A relative kubeconfig is relative to the configuration file, so the
         // plugin folder can be moved as a whole.
         let kubeconfig = raw.kubeconfig.map(|k| match path.parent() {
@@ -150,6 +162,7 @@ impl HfConfig {
             grace: GraceRules {
                 rebalance,
                 scheduled_margin,
+                drift,
             },
         })
     }
@@ -257,6 +270,7 @@ mod tests {
             GraceRules {
                 rebalance: Some(Duration::from_secs(600)),
                 scheduled_margin: Duration::from_secs(300),
+                drift: Some(Duration::from_secs(1800)),
             }
         );
         let set = read("namespace: a\nrebalanceGracePeriod: 2m\nscheduledEventMargin: 0s\n");
@@ -266,6 +280,11 @@ mod tests {
             read("namespace: a\nrebalanceGracePeriod: off\n").rebalance,
             None
         );
+        assert_eq!(
+            read("namespace: a\ndriftGracePeriod: 5m\n").drift,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(read("namespace: a\ndriftGracePeriod: off\n").drift, None);
     }
 
     #[test]
@@ -288,6 +307,7 @@ mod tests {
         assert!(err("namespace: a\ntimeout: soon\n").contains("timeout"));
         assert!(err("namespace: a\nfinishedRetention: never\n").contains("finishedRetention"));
         assert!(err("namespace: a\nrebalanceGracePeriod: soon\n").contains("rebalanceGracePeriod"));
+        assert!(err("namespace: a\ndriftGracePeriod: later\n").contains("driftGracePeriod"));
         assert!(err("namespace: a\nscheduledEventMargin: off\n").contains("scheduledEventMargin"));
     }
 

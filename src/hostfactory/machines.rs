@@ -110,6 +110,7 @@ pub fn build_request(
             replace_lost: false,
             rebalance_policy: Default::default(),
             replace_unhealthy: false,
+            update_policy: Default::default(),
             tags: request_tags(input)?,
         },
         status: None,

@@ -30,6 +30,7 @@
 //! | rebalance recommendation | `rebalanceRecommendationTime` | `rebalanceGracePeriod` (10 min by default; `off`: not listed) minus the time since the recommendation |
 //! | scheduled retirement or maintenance | `scheduledEvent.time` | seconds until the event starts, minus `scheduledEventMargin` (5 min by default); 0 when the cloud gave no time |
 //! | failed status check | `statusCheck.status: Impaired` | 0: drain it now (hostforge never replaces a scheduler's host itself) |
+//! | drifted from its template | the request's `templateVersion` differs from the machine's `templateDigest` or `imageId` | `driftGracePeriod` (30 min by default; `off`: not listed) minus the time since the request saw that template version (`templateVersion.since`) |
 //!
 //! Every figure is clamped to `0..=` its own window (a clock behind the notice
 //! never gives more than the window) except the scheduled one, whose window is
@@ -45,7 +46,9 @@ use kube::{Api, Client};
 use super::protocol::{MachinesIn, ReclaimedHost, ReturnRequestsOut};
 use super::returns::owned_requests;
 use super::{HfConfig, HfError, MachineKey};
-use crate::api::{Machine, MachineRequest, MachineState, StatusCheckStatus, TerminationReason};
+use crate::api::{
+    Machine, MachineRequest, MachineState, StatusCheckStatus, TemplateVersion, TerminationReason,
+};
 
 /// How long EC2 warns before it takes a spot machine back, in seconds.
 pub const SPOT_WARNING_SECONDS: i64 = 120;
@@ -62,6 +65,13 @@ pub const DEFAULT_REBALANCE_GRACE: Duration = Duration::from_secs(600);
 /// takes HostFactory a few polling rounds.
 pub const DEFAULT_SCHEDULED_MARGIN: Duration = Duration::from_secs(300);
 
+/// Default grace of a host launched from an older version of its template.
+/// Nothing takes the host away (hostforge never replaces a scheduler's host),
+/// so there is no deadline to pass on: half an hour lets most jobs on it
+/// finish while the scheduler moves new work to hosts of the new template,
+/// and a template change still reaches the whole cluster within the hour.
+pub const DEFAULT_DRIFT_GRACE: Duration = Duration::from_secs(1800);
+
 /// How the grace of a host at risk is computed; from hostforge.yaml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GraceRules {
@@ -70,6 +80,10 @@ pub struct GraceRules {
     pub rebalance: Option<Duration>,
     /// Kept before the start of a scheduled retirement or maintenance.
     pub scheduled_margin: Duration,
+    /// Grace of a host launched from an older version of its template,
+    /// counted from when its request saw the current version; `None`: such
+    /// hosts are not listed.
+    pub drift: Option<Duration>,
 }
 
 impl Default for GraceRules {
@@ -77,6 +91,7 @@ impl Default for GraceRules {
         GraceRules {
             rebalance: Some(DEFAULT_REBALANCE_GRACE),
             scheduled_margin: DEFAULT_SCHEDULED_MARGIN,
+            drift: Some(DEFAULT_DRIFT_GRACE),
         }
     }
 }
@@ -94,6 +109,8 @@ pub enum AtRisk {
     Scheduled,
     /// A failed status check (see [`status_check_grace`]).
     Impaired,
+    /// Launched from an older version of its template (see [`drift_grace`]).
+    Drifted,
 }
 
 impl AtRisk {
@@ -105,6 +122,7 @@ impl AtRisk {
             AtRisk::Rebalance => "rebalance recommendation",
             AtRisk::Scheduled => "scheduled retirement or maintenance",
             AtRisk::Impaired => "failed status check",
+            AtRisk::Drifted => "drifted from the template",
         }
     }
 }
@@ -170,6 +188,22 @@ fn status_check_grace(m: &Machine, _now: Timestamp, _rules: &GraceRules) -> Opti
         .map(|_| 0)
 }
 
+/// The grace of a live machine that drifted from `version`, the template
+/// version its request last saw: `driftGracePeriod` counted down from when
+/// the request saw that version. The operator never replaces a scheduler's
+/// host; the scheduler drains it and asks for a new one, launched from the
+/// current template.
+pub fn drift_grace(
+    m: &Machine,
+    version: Option<&TemplateVersion>,
+    now: Timestamp,
+    rules: &GraceRules,
+) -> Option<i64> {
+    let window = seconds(rules.drift?);
+    let version = version.filter(|v| v.drift_of(m).any())?;
+    Some(countdown(window, version.since.0, now))
+}
+
 /// The seconds the scheduler has left to drain `m` at `now`, and the reason
 /// with the smallest grace; `None` when it is not at risk.
 pub fn grace_period(m: &Machine, now: Timestamp, rules: &GraceRules) -> Option<(i64, AtRisk)> {
@@ -214,7 +248,8 @@ pub fn reclaimed(
 ) -> Reclaim {
     // Each machine with whether its request is being deleted: the operator is
     // terminating those, so they are taken back even while still running.
-    let machines: Vec<(bool, &Machine)> = requests
+    type Held<'a> = ((bool, Option<&'a TemplateVersion>), &'a Machine);
+    let machines: Vec<Held> = requests
         .iter()
         .filter(|mr| super::is_owned(mr))
         .filter_map(|mr| {
@@ -223,11 +258,15 @@ pub fn reclaimed(
                 mr.status.as_ref()?,
             ))
         })
-        .flat_map(|(deleting, st)| st.machines.iter().map(move |m| (deleting, m)))
+        .flat_map(|(deleting, st)| {
+            st.machines
+                .iter()
+                .map(move |m| ((deleting, st.template_version.as_ref()), m))
+        })
         .collect();
     let mut out = Reclaim::default();
     for key in held {
-        let Some((deleting, m)) = key.resolve(machines.iter().copied()).or_note(
+        let Some(((deleting, version), m)) = key.resolve(machines.iter().copied()).or_note(
             key,
             &mut out.unknown,
             &mut out.ambiguous,
@@ -237,7 +276,8 @@ pub fn reclaimed(
         // The operator terminates the machines of a deleting request now,
         // whatever warning the cloud gave.
         let doomed = deleting && m.termination_reason != Some(TerminationReason::Returned);
-        let (grace, reason) = match grace_period(m, now, rules) {
+        let drifted = drift_grace(m, version, now, rules).map(|g| (g, AtRisk::Drifted));
+        let (grace, reason) = match grace_period(m, now, rules).into_iter().chain(drifted).min() {
             _ if doomed => (0, AtRisk::Gone),
             Some(found) => found,
             None => continue,
@@ -616,6 +656,55 @@ mod tests {
         mrs[0].metadata.deletion_timestamp = Some(Time(at(T0, 0)));
         let found = reclaim_at(&held, &mrs, at(T0, 60));
         assert!(found.hosts.iter().all(|h| h.grace_period == 0), "{found:?}");
+    }
+
+    #[test]
+    fn drifted_hosts_get_the_drift_grace_from_the_template_version_and_the_smallest_wins() {
+        let mut mrs = requests();
+        let st = mrs[0].status.as_mut().expect("status");
+        st.template_version = Some(TemplateVersion {
+            generation: Some(2),
+            digest: "new".into(),
+            image_id: Some("ami-2".into()),
+            since: Time(at(T0, 0)),
+        });
+        // i-ok drifted (spec), i-new carries the current digest and image,
+        // i-lost drifted but is gone anyway.
+        st.machines[0].template_digest = Some("old".into());
+        st.machines[4].template_digest = Some("new".into());
+        st.machines[4].image_id = Some("ami-2".into());
+        st.machines[4].state = MachineState::Running;
+        st.machines[1].template_digest = Some("old".into());
+        let held: Vec<MachineKey> = ["i-ok", "i-lost", "i-new"].into_iter().map(key).collect();
+        let found = reclaim_at(&held, &mrs, at(T0, 100));
+        let got: Vec<(&str, i64)> = found
+            .hosts
+            .iter()
+            .map(|h| (h.machine_id.as_str(), h.grace_period))
+            .collect();
+        assert_eq!(got, [("i-ok", 1700), ("i-lost", 0)]);
+        assert_eq!(
+            message(held.len(), &found),
+            "2 of 3 hosts are being taken back (1 gone or going, 1 drifted from the template)"
+        );
+        // A rebalance recommendation's shorter grace wins.
+        let st = mrs[0].status.as_mut().expect("status");
+        st.machines[0].rebalance_recommendation_time = Some(Time(at(T0, 0)));
+        let found = reclaim_at(&held[..1], &mrs, at(T0, 100));
+        assert_eq!(found.hosts[0].grace_period, 500);
+        // off: drifted hosts are not listed.
+        let st = mrs[0].status.as_mut().expect("status");
+        st.machines[0].rebalance_recommendation_time = None;
+        let off = GraceRules {
+            drift: None,
+            ..GraceRules::default()
+        };
+        assert!(reclaimed(&held[..1], &mrs, at(T0, 100), &off)
+            .hosts
+            .is_empty());
+        // Past the window: 0, never negative.
+        let found = reclaim_at(&held[..1], &mrs, at(T0, 99_999));
+        assert_eq!(found.hosts[0].grace_period, 0);
     }
 
     fn machines_returned(mrs: &mut [MachineRequest], id: &str) {

@@ -74,6 +74,23 @@ pub(super) fn malformed_cases() -> Vec<Case> {
             &["spec.count", "less than or equal to 1000"],
         ),
         case(
+            "maxSurge without Replace",
+            req(json!({"templateRef": {"name": "t"}, "count": 1, "updatePolicy": {"maxSurge": 2}})),
+            &["spec.updatePolicy.maxSurge", "applies only to type Replace"],
+        ),
+        case(
+            "maxSurge 0",
+            req(json!({"templateRef": {"name": "t"}, "count": 1,
+                       "updatePolicy": {"type": "Replace", "maxSurge": 0}})),
+            &["spec.updatePolicy.maxSurge", "greater than or equal to 1"],
+        ),
+        case(
+            "unknown updatePolicy type",
+            req(json!({"templateRef": {"name": "t"}, "count": 1,
+                       "updatePolicy": {"type": "RollingUpdate"}})),
+            &["spec.updatePolicy.type", "Unsupported value"],
+        ),
+        case(
             "count missing",
             req(json!({"templateRef": {"name": "t"}})),
             &["spec.count", "Required value"],

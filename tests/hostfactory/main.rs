@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 mod answers;
 mod at_risk;
+mod drift;
 mod hostile;
 mod spot;
 

@@ -121,6 +121,7 @@ mod tests {
                 replace_lost: false,
                 rebalance_policy: Default::default(),
                 replace_unhealthy: false,
+                update_policy: Default::default(),
                 tags: Default::default(),
             },
         );

@@ -117,6 +117,7 @@ pub async fn next_batch(
             id: lt.id.clone(),
             version: lt.version,
         });
+    new.template_digest = Some(super::drift::spec_digest(&template.spec));
     let built = launch_spec(s, &open.provider, template, &new).await?;
     new.params_digest = built.digest;
     Ok(NewBatch {

@@ -299,6 +299,7 @@ pub fn new_batch(
         failure: None,
         group: None,
         launch_template: None,
+        template_digest: None,
     }
 }
 

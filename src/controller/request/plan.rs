@@ -19,14 +19,19 @@
 //!   request. Each marked machine raises the target by one, so its
 //!   replacement launches at once; once enough unmarked machines run to fill
 //!   the target, marked machines are marked Replaced and terminated (new
-//!   first, old last). The one mechanism for every cause of replacement.
+//!   first, old last). The one mechanism for every cause of replacement;
+//! - a drifted live machine (see [`super::drift`]) is
+//!   marked `Drifted` under `updatePolicy: Replace`, oldest first, while
+//!   fewer than `maxSurge` machines are marked Drifted: at most that many
+//!   replacements are in flight. A Drifted mark is dropped when the machine
+//!   no longer drifts (the template went back) or the policy is Never.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use crate::api::{
     Machine, MachineRequest, MachineRequestSpec, MachineRequestStatus, MachineResult, MachineState,
-    RebalancePolicy, ReplaceReason, TerminationReason,
+    RebalancePolicy, ReplaceReason, TerminationReason, UpdatePolicyType,
 };
 
 /// Which causes make the request replace a machine (new first).
@@ -36,6 +41,10 @@ pub struct ReplaceOn {
     pub rebalance: bool,
     /// A failing status check (`replaceUnhealthy: true`).
     pub unhealthy: bool,
+    /// Drift from the template (`updatePolicy: Replace`).
+    pub drift: bool,
+    /// How many machines may be marked Drifted at once (`maxSurge`).
+    pub max_surge: i32,
 }
 
 impl ReplaceOn {
@@ -48,6 +57,8 @@ impl ReplaceOn {
         ReplaceOn {
             rebalance: mr.spec.rebalance_policy == RebalancePolicy::Replace,
             unhealthy: mr.spec.replace_unhealthy,
+            drift: mr.spec.update_policy.type_ == UpdatePolicyType::Replace,
+            max_surge: mr.spec.update_policy.surge(),
         }
     }
 
@@ -56,14 +67,19 @@ impl ReplaceOn {
         match reason {
             ReplaceReason::Rebalance => self.rebalance,
             ReplaceReason::Unhealthy => self.unhealthy,
+            ReplaceReason::Drifted => self.drift,
         }
     }
 
     /// Why `m` should be replaced now, if it should: a mark it carries while
-    /// its cause is still wanted, else a cause it shows.
-    pub fn reason(self, m: &Machine) -> Option<ReplaceReason> {
+    /// its cause is still wanted (a Drifted mark only while the machine still
+    /// drifts), else a cause it shows. Drift is never a new cause here: the
+    /// plan marks drifted machines within `max_surge` ([`mark_drifted`]).
+    pub fn reason(self, m: &Machine, drifted: bool) -> Option<ReplaceReason> {
         if let Some(r) = m.replace_reason.filter(|r| self.allows(*r)) {
-            return Some(r);
+            if r != ReplaceReason::Drifted || drifted {
+                return Some(r);
+            }
         }
         if self.rebalance && m.rebalance_recommendation_time.is_some() {
             Some(ReplaceReason::Rebalance)
@@ -89,6 +105,8 @@ pub struct Desired {
     pub reserved: i32,
     /// Which causes replace a machine.
     pub replace: ReplaceOn,
+    /// The live machines drifted from the template (ids).
+    pub drifted: BTreeSet<String>,
 }
 
 impl Desired {
@@ -100,6 +118,7 @@ impl Desired {
             replace_lost: spec.replace_lost,
             reserved: 0,
             replace: ReplaceOn::default(),
+            drifted: BTreeSet::new(),
         }
     }
 
@@ -108,6 +127,12 @@ impl Desired {
         Desired {
             reserved: status.unconfirmed_launches(),
             replace: ReplaceOn::of(mr),
+            drifted: status
+                .machines
+                .iter()
+                .filter(|m| status.is_drifted(m))
+                .map(|m| m.id.clone())
+                .collect(),
             ..Desired::of(&mr.spec)
         }
     }
@@ -273,7 +298,7 @@ pub fn plan(desired: &Desired, machines: &mut [Machine], headroom: Option<i32>) 
 /// oldest marked machines whose slots running unmarked machines fill.
 fn mark_replacements(desired: &Desired, machines: &mut [Machine], out: &mut Plan) {
     for m in machines.iter_mut().filter(|m| m.is_live()) {
-        let reason = desired.replace.reason(m);
+        let reason = desired.replace.reason(m, desired.drifted.contains(&m.id));
         if let (Some(r), None) = (reason, m.replace_reason) {
             out.newly_marked.push((m.id.clone(), r));
         }
@@ -301,6 +326,48 @@ fn mark_replacements(desired: &Desired, machines: &mut [Machine], out: &mut Plan
         machines[i].termination_reason = Some(TerminationReason::Replaced);
         out.replaced.push(machines[i].id.clone());
     }
+    // After the release, so a machine whose replacement runs frees its
+    // surge slot for the next drifted machine at once.
+    mark_drifted(desired, machines, out);
+}
+
+/// How many more machines may be marked Drifted: `max_surge` less the live
+/// machines marked Drifted already.
+pub fn drift_slots(max_surge: i32, marked_drifted: i32) -> i32 {
+    (max_surge.max(1) - marked_drifted.max(0)).max(0)
+}
+
+/// Under `updatePolicy: Replace`, marks the oldest drifted live unmarked
+/// machines Drifted while fewer than `max_surge` are.
+fn mark_drifted(desired: &Desired, machines: &mut [Machine], out: &mut Plan) {
+    let replace = desired.replace;
+    if !replace.drift {
+        return;
+    }
+    let marked = machines
+        .iter()
+        .filter(|m| is_being_replaced(m) && m.replace_reason == Some(ReplaceReason::Drifted))
+        .count() as i32;
+    let mut candidates: Vec<usize> = (0..machines.len())
+        .filter(|i| {
+            let m = &machines[*i];
+            m.is_live() && m.replace_reason.is_none() && desired.drifted.contains(&m.id)
+        })
+        .collect();
+    candidates.sort_by_key(|i| {
+        let m = &machines[*i];
+        (
+            m.launch_time.is_none(),
+            m.launch_time.as_ref().map(|t| t.0),
+            m.id.clone(),
+        )
+    });
+    let slots = drift_slots(replace.max_surge, marked) as usize;
+    for i in candidates.into_iter().take(slots) {
+        machines[i].replace_reason = Some(ReplaceReason::Drifted);
+        out.newly_marked
+            .push((machines[i].id.clone(), ReplaceReason::Drifted));
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +390,7 @@ mod tests {
             replace_lost,
             reserved: 0,
             replace: ReplaceOn::default(),
+            drifted: BTreeSet::new(),
         }
     }
 
@@ -518,6 +586,8 @@ mod tests {
     const REBALANCE: ReplaceOn = ReplaceOn {
         rebalance: true,
         unhealthy: false,
+        drift: false,
+        max_surge: 1,
     };
 
     fn recommend(m: &mut Machine) {
@@ -597,8 +667,8 @@ mod tests {
             0
         );
         let unhealthy = ReplaceOn {
-            rebalance: false,
             unhealthy: true,
+            ..ReplaceOn::default()
         };
         let p = plan(&replacing(2, unhealthy), &mut ms, None);
         assert_eq!(p.launch, 1);
@@ -676,6 +746,109 @@ mod tests {
         }
     }
 
+    fn update(max_surge: i32) -> ReplaceOn {
+        ReplaceOn {
+            drift: true,
+            max_surge,
+            ..ReplaceOn::default()
+        }
+    }
+
+    /// A request of `count` replacing with `replace`, where `ids` drifted.
+    fn drifting(count: i32, replace: ReplaceOn, ids: &[&str]) -> Desired {
+        Desired {
+            drifted: ids.iter().map(|s| s.to_string()).collect(),
+            ..replacing(count, replace)
+        }
+    }
+
+    #[test]
+    fn drift_slots_are_max_surge_less_those_marked() {
+        // (max surge, marked drifted, slots)
+        for (surge, marked, want) in [(1, 0, 1), (1, 1, 0), (3, 1, 2), (2, 5, 0), (0, 0, 1)] {
+            assert_eq!(drift_slots(surge, marked), want, "{surge} {marked}");
+        }
+    }
+
+    #[test]
+    fn drifted_machines_are_replaced_oldest_first_max_surge_at_a_time() {
+        let mut ms = running(3);
+        let all = ["i-0", "i-1", "i-2"];
+        // Never: only reported.
+        let p = plan(
+            &drifting(3, ReplaceOn::default(), &all),
+            &mut ms.clone(),
+            None,
+        );
+        assert_eq!(p, Plan::default());
+        // Replace, maxSurge 1: the oldest is marked, one replacement launched.
+        let p = plan(&drifting(3, update(1), &all), &mut ms, None);
+        assert_eq!((p.launch, p.terminate.len()), (1, 0));
+        assert_eq!(
+            p.newly_marked,
+            [("i-0".to_string(), ReplaceReason::Drifted)]
+        );
+        // While it is pending nothing else is marked, nothing launched.
+        ms.push(m("i-9", MachineState::Pending, 9));
+        let p = plan(&drifting(3, update(1), &all), &mut ms, None);
+        assert_eq!(p, Plan::default());
+        // It runs: i-0 goes as Replaced and the next drifted one is marked.
+        ms[3].state = MachineState::Running;
+        let p = plan(&drifting(3, update(1), &all), &mut ms, None);
+        assert_eq!(p.terminate, ["i-0"]);
+        assert_eq!(ms[0].termination_reason, Some(TerminationReason::Replaced));
+        assert_eq!(ms[0].replace_reason, Some(ReplaceReason::Drifted));
+        assert_eq!(
+            p.newly_marked,
+            [("i-1".to_string(), ReplaceReason::Drifted)]
+        );
+        assert_eq!(p.launch, 1);
+        // The replacement (i-9) is not drifted: never marked.
+        assert_eq!(ms[3].replace_reason, None);
+    }
+
+    #[test]
+    fn a_larger_surge_replaces_several_at_once() {
+        let mut ms = running(4);
+        let all = ["i-0", "i-1", "i-2", "i-3"];
+        let p = plan(&drifting(4, update(3), &all), &mut ms, None);
+        assert_eq!(p.launch, 3);
+        let marked: Vec<&str> = p.newly_marked.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(marked, ["i-0", "i-1", "i-2"]);
+        assert_eq!(target_with_replacements(4, true, &ms), 7);
+    }
+
+    #[test]
+    fn a_machine_no_longer_drifted_is_unmarked_and_its_spare_goes() {
+        let mut ms = running(2);
+        let all = ["i-0", "i-1"];
+        plan(&drifting(2, update(1), &all), &mut ms, None);
+        ms.push(m("i-9", MachineState::Pending, 9));
+        // The template went back: nothing drifts.
+        let p = plan(&drifting(2, update(1), &[]), &mut ms, None);
+        assert_eq!(ms[0].replace_reason, None);
+        assert_eq!(p.terminate, ["i-9"], "the replacement is surplus");
+        // Policy back to Never with drift still there: unmarked too.
+        let mut ms = running(2);
+        plan(&drifting(2, update(1), &all), &mut ms, None);
+        plan(&drifting(2, ReplaceOn::default(), &all), &mut ms, None);
+        assert_eq!(ms[0].replace_reason, None);
+    }
+
+    #[test]
+    fn a_machine_marked_for_another_cause_keeps_it_and_is_not_counted_twice() {
+        let mut ms = running(2);
+        recommend(&mut ms[0]);
+        let both = ReplaceOn {
+            rebalance: true,
+            ..update(1)
+        };
+        let p = plan(&drifting(2, both, &["i-0", "i-1"]), &mut ms, None);
+        assert_eq!(ms[0].replace_reason, Some(ReplaceReason::Rebalance));
+        assert_eq!(ms[1].replace_reason, Some(ReplaceReason::Drifted));
+        assert_eq!(p.launch, 2);
+    }
+
     #[test]
     fn a_hostfactory_request_never_replaces() {
         let mut mr = MachineRequest::new(
@@ -687,6 +860,10 @@ mod tests {
                 replace_lost: true,
                 rebalance_policy: RebalancePolicy::Replace,
                 replace_unhealthy: true,
+                update_policy: crate::api::UpdatePolicy {
+                    type_: UpdatePolicyType::Replace,
+                    max_surge: Some(2),
+                },
                 tags: Default::default(),
             },
         );
@@ -694,7 +871,9 @@ mod tests {
             ReplaceOn::of(&mr),
             ReplaceOn {
                 rebalance: true,
-                unhealthy: true
+                unhealthy: true,
+                drift: true,
+                max_surge: 2,
             }
         );
         mr.metadata.labels = Some(

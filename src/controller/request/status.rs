@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::batch;
+use super::drift;
 use super::gate::Blocked;
 use super::plan;
 use crate::api::conditions::{self, DEGRADED, PROGRESSING, READY};
@@ -100,6 +101,7 @@ pub fn summarize(
     held_back: i32,
     now: Time,
 ) -> Summary {
+    drift::stamp(st);
     prune(st);
     let generation = want.generation;
     let count = want.count;
@@ -128,6 +130,7 @@ pub fn summarize(
         running,
         returned: with_reason(TerminationReason::Returned),
         failed: with_reason(TerminationReason::Lost),
+        drifted: i32::try_from(drift::tally(st).0).unwrap_or(i32::MAX),
     };
     st.observed_generation = generation;
     // While machines are being replaced the request holds one more live
@@ -222,6 +225,16 @@ pub fn summarize(
     conditions::set_condition(&mut st.conditions, ready_cond);
     conditions::set_condition(&mut st.conditions, progressing_cond);
     conditions::set_condition(&mut st.conditions, degraded_cond);
+    let (drifted, message) = drift::condition_message(st);
+    let drifted_reason = if drifted {
+        Reason::Drifted
+    } else {
+        Reason::UpToDate
+    };
+    conditions::set_condition(
+        &mut st.conditions,
+        condition(DRIFTED, drifted, drifted_reason, message),
+    );
     if want.status_checks {
         let healthy = healthy_condition(
             &st.machines,
@@ -271,6 +284,11 @@ pub fn summarize(
         next,
     }
 }
+
+/// Condition type: whether live machines of the request were launched from an
+/// older version of its template (True naming how many and why; False,
+/// UpToDate, when none). Machines without a launch record are not compared.
+pub const DRIFTED: &str = "Drifted";
 
 /// Condition type: whether the request's live machines pass the cloud's
 /// status checks (True: none fails; False names those that do). Present

@@ -134,6 +134,7 @@ pub fn spec(
             id: lt.id.clone(),
             version: lt.version,
         }),
+        template_digest: None,
     };
     let owner = Owner {
         cluster: cluster.to_string(),

@@ -281,7 +281,8 @@ fn counts_follow_the_machines() {
             pending: 1,
             running: 1,
             returned: 1,
-            failed: 1
+            failed: 1,
+            drifted: 0,
         }
     );
     // The starting machine is polled; the stopped lost one is not leaving (replaceLost
