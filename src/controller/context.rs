@@ -14,6 +14,7 @@ use super::cloud::poller::Tracker;
 use super::cloud::sweep::FullSweepSignal;
 use super::cloud::terminations::Terminations;
 use super::request::coalesce::Coalescer;
+use super::template::base_template::BaseTemplates;
 use super::template::namespaces::NamespaceLabels;
 use super::template::selection::Selections;
 use super::watch::Synced;
@@ -76,6 +77,8 @@ pub struct Context {
     /// Subnets and security groups templates select by tags, cached for
     /// `selectorRefreshInterval`.
     pub selections: Selections,
+    /// Users' launch templates as last described, cached for `imageCacheTtl`.
+    pub base_templates: BaseTemplates,
 }
 
 /// The parts of [`Context`] that come from the controllers' watches.
@@ -112,6 +115,7 @@ impl Context {
         let recorder = Recorder::new(client.clone(), reporter);
         let capacity = CapacityCache::new(config.capacity_cooldown);
         let selections = Selections::new(config.selector_refresh_interval);
+        let base_templates = BaseTemplates::new(config.image_cache_ttl);
         Context {
             config,
             providers,
@@ -135,6 +139,7 @@ impl Context {
             cluster_id,
             namespace_labels: NamespaceLabels::default(),
             selections,
+            base_templates,
         }
     }
 }

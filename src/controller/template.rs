@@ -28,7 +28,7 @@ use kube::runtime::Controller;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-mod base_template;
+pub mod base_template;
 mod evaluate;
 mod interfaces;
 pub mod launch_check;

@@ -66,7 +66,7 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Which launch template a MachineTemplate names, and which version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LaunchTemplateQuery {
     /// `lt-…`, or `None` when named by `name`.
     pub id: Option<String>,

@@ -4,46 +4,115 @@
 //! would put hostforge's own ownership tags on machines, which only the
 //! operator writes (they decide what the operator may terminate).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::evaluate::NotReady;
 use crate::api::{MachineTemplateSpec, ResolvedLaunchTemplate, GROUP};
 use crate::controller::reason::Reason;
-use crate::provider::{LaunchTemplateQuery, LaunchTemplateVersion, MachineProvider};
+use crate::image::cache::TtlCache;
+use crate::provider::{LaunchTemplateQuery, LaunchTemplateVersion, MachineProvider, ProviderError};
 
 /// How long to wait before looking again at a launch template that does not
 /// exist or is refused: someone may create or fix it.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
+type Key = (String, LaunchTemplateQuery);
+
+/// Launch template versions as last described, per provider and query, kept
+/// for `imageCacheTtl`: a template is reconciled whenever one of its
+/// requests changes, and a burst must not cost a DescribeLaunchTemplateVersions
+/// each time. A new `$Latest` / `$Default` is seen within the TTL; a query
+/// that found nothing is not kept.
+pub struct BaseTemplates {
+    cache: Arc<TtlCache<Key, Option<LaunchTemplateVersion>, ProviderError>>,
+}
+
+impl BaseTemplates {
+    /// An empty cache whose answers live `ttl`.
+    pub fn new(ttl: Duration) -> BaseTemplates {
+        BaseTemplates {
+            cache: TtlCache::new(ttl),
+        }
+    }
+
+    /// The version `query` names, from the cache or described now.
+    async fn version(
+        &self,
+        provider: &Arc<dyn MachineProvider>,
+        query: LaunchTemplateQuery,
+    ) -> Result<Option<LaunchTemplateVersion>, ProviderError> {
+        let key = (provider.name().to_string(), query.clone());
+        let p = provider.clone();
+        let (found, _) = self
+            .cache
+            .get_or_fetch(&key, move || async move {
+                match p.launch_template_version(&query).await? {
+                    // Not kept: a template created next is seen at the next look.
+                    None => Err(ProviderError::NotFound(crate::provider::ErrorDetail {
+                        operation: "DescribeLaunchTemplateVersions",
+                        code: NO_VERSION.into(),
+                        message: String::new(),
+                    })),
+                    found => Ok(found),
+                }
+            })
+            .await;
+        match found {
+            Err(ProviderError::NotFound(d)) if d.code == NO_VERSION => Ok(None),
+            other => other,
+        }
+    }
+
+    /// How long the answer for `query` stays fresh.
+    pub(super) fn expires_in(
+        &self,
+        provider: &str,
+        query: &LaunchTemplateQuery,
+    ) -> Option<Duration> {
+        self.cache
+            .expires_in(&(provider.to_string(), query.clone()))
+    }
+}
+
+/// The code of the cache's internal "no such version" error.
+const NO_VERSION: &str = "NoSuchVersion";
+
+/// The query `spec.launchTemplate` makes; `None` without one.
+pub(super) fn query_of(spec: &MachineTemplateSpec) -> Option<LaunchTemplateQuery> {
+    spec.launch_template
+        .as_ref()
+        .map(|wanted| LaunchTemplateQuery {
+            id: wanted.id.clone(),
+            name: wanted.name.clone(),
+            version: wanted.version.clone(),
+        })
+}
+
 /// Resolves `spec.launchTemplate`; `Ok(None)` when the template names none.
 pub(super) async fn resolve(
-    provider: &dyn MachineProvider,
+    templates: &BaseTemplates,
+    provider: &Arc<dyn MachineProvider>,
     spec: &MachineTemplateSpec,
 ) -> Result<Option<ResolvedLaunchTemplate>, NotReady> {
-    let Some(wanted) = &spec.launch_template else {
+    let (Some(wanted), Some(query)) = (&spec.launch_template, query_of(spec)) else {
         return Ok(None);
-    };
-    let query = LaunchTemplateQuery {
-        id: wanted.id.clone(),
-        name: wanted.name.clone(),
-        version: wanted.version.clone(),
     };
     let named = wanted
         .id
         .as_deref()
         .or(wanted.name.as_deref())
         .unwrap_or_default();
-    let found = provider
-        .launch_template_version(&query)
-        .await
-        .map_err(|e| {
-            NotReady::from_provider(
-                "resolving spec.launchTemplate",
-                Reason::LaunchTemplateNotFound,
-                &e,
-            )
-        })?;
+    let found = templates.version(provider, query).await.map_err(|e| {
+        NotReady::from_provider(
+            "resolving spec.launchTemplate",
+            Reason::LaunchTemplateNotFound,
+            &e,
+        )
+    })?;
     let Some(version) = found else {
         return Err(NotReady::new(
             Reason::LaunchTemplateNotFound,

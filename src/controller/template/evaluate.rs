@@ -193,9 +193,10 @@ pub async fn evaluate(
         super::interfaces::check(provider.as_ref(), spec).await?;
     }
 
-    // Every reconcile: someone may make a new $Latest or $Default version,
-    // or delete the template, at any time.
-    let launch_template = super::base_template::resolve(provider.as_ref(), spec).await?;
+    // Looked at again once the cached answer expires: someone may make a
+    // new $Latest or $Default version, or delete the template, at any time.
+    let launch_template =
+        super::base_template::resolve(&ctx.base_templates, &provider, spec).await?;
 
     let (image, resolved_at) =
         ctx.images.resolve(&provider, &source).await.map_err(|e| {
@@ -224,6 +225,11 @@ pub async fn evaluate(
     let type_info = first_type_info(provider.as_ref(), spec).await;
     if let Some(sel) = &selected {
         refresh_in = refresh_in.min(sel.refresh_in);
+    }
+    if let Some(query) = super::base_template::query_of(spec) {
+        if let Some(left) = ctx.base_templates.expires_in(&provider_name, &query) {
+            refresh_in = refresh_in.min(left + Duration::from_secs(1));
+        }
     }
     Ok(Ready {
         selected,
