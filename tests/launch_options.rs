@@ -13,11 +13,10 @@
 //! io1 and io2 for lacking it, so the volumes here are gp3 (io2 mapping is
 //! covered by the unit tests of the request builders).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hostforge::api::MachineTemplate;
-use hostforge_testbed::forwarder::{Forwarder, PlacementGroup};
+use hostforge_testbed::forwarder::{assert_params, Forwarder, PlacementGroup};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
@@ -56,30 +55,6 @@ fn options(subnet: &str, sg: &str, group: &str) -> Value {
              "encrypted": false, "deleteOnTermination": false},
         ],
     })
-}
-
-/// Asserts that `call` carries each `(key, value)` and none of `absent`.
-fn assert_params(call: &BTreeMap<String, String>, wanted: &[(&str, &str)], absent: &[&str]) {
-    for (key, value) in wanted {
-        assert_eq!(
-            call.get(*key).map(String::as_str),
-            Some(*value),
-            "{key} in {call:#?}"
-        );
-    }
-    for key in absent {
-        assert!(
-            !call.contains_key(*key),
-            "{key} must not be sent: {call:#?}"
-        );
-    }
-}
-
-/// The last recorded call of `action`.
-fn last(fwd: &Forwarder, action: &str) -> BTreeMap<String, String> {
-    fwd.requests(action)
-        .pop()
-        .unwrap_or_else(|| panic!("no {action} call: {:#?}", fwd.snapshot()))
 }
 
 /// The parameters every launch option turns into, under `prefix` (empty for
@@ -133,7 +108,7 @@ async fn run_instances_sends_every_launch_option() {
     create_request(&env, "r", "opts", 1, false).await;
     wait_request(&env, "r", "Ready", WAIT, is_ready).await;
 
-    let call = last(&fwd, "RunInstances");
+    let call = fwd.last_request("RunInstances");
     let mut wanted = option_params("", "NetworkInterface");
     wanted.push(("NetworkInterface.1.SubnetId".into(), subnet.clone()));
     wanted.push(("NetworkInterface.1.SecurityGroupId.1".into(), sg.clone()));
@@ -169,7 +144,7 @@ async fn fleet_sends_every_launch_option_and_the_spend_cap() {
     create_request(&env, "r", "opts", 2, false).await;
     wait_request(&env, "r", "Ready", WAIT, is_ready).await;
 
-    let template = last(&fwd, "CreateLaunchTemplate");
+    let template = fwd.last_request("CreateLaunchTemplate");
     let mut wanted = option_params("LaunchTemplateData.", "NetworkInterface");
     wanted.push((
         "LaunchTemplateData.NetworkInterface.1.SecurityGroupId.1".into(),
@@ -183,7 +158,7 @@ async fn fleet_sends_every_launch_option_and_the_spend_cap() {
             "LaunchTemplateData.NetworkInterface.1.SubnetId",
         ],
     );
-    let fleet = last(&fwd, "CreateFleet");
+    let fleet = fwd.last_request("CreateFleet");
     assert_params(
         &fleet,
         &[

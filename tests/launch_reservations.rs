@@ -14,11 +14,10 @@
 //! only. moto's DescribeInstanceTypes does carry `NetworkInfo` (EfaSupported,
 //! MaximumNetworkCards), so the EFA refusal runs on moto's own answer.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hostforge::api::MachineRequest;
-use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::forwarder::{assert_params, Forwarder};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
@@ -40,30 +39,6 @@ async fn bed(name: &str) -> (TestEnv, Forwarder, OperatorProcess) {
     let fwd = Forwarder::start(&env.bed.moto_url);
     let op = OperatorProcess::start(&env, &config_via(&env, &fwd, "5s", "")).await;
     (env, fwd, op)
-}
-
-/// Asserts that `call` carries each `(key, value)` and none of `absent`.
-fn assert_params(call: &BTreeMap<String, String>, wanted: &[(&str, &str)], absent: &[&str]) {
-    for (key, value) in wanted {
-        assert_eq!(
-            call.get(*key).map(String::as_str),
-            Some(*value),
-            "{key} in {call:#?}"
-        );
-    }
-    for key in absent {
-        assert!(
-            !call.contains_key(*key),
-            "{key} must not be sent: {call:#?}"
-        );
-    }
-}
-
-/// The last recorded call of `action`.
-fn last(fwd: &Forwarder, action: &str) -> BTreeMap<String, String> {
-    fwd.requests(action)
-        .pop()
-        .unwrap_or_else(|| panic!("no {action} call: {:#?}", fwd.snapshot()))
 }
 
 /// Whether every machine of the request reports `cr` as its reservation.
@@ -124,8 +99,8 @@ async fn run_instances_targets_the_reservation_with_an_efa() {
         "NetworkInterface.2.DeviceIndex",
         "InstanceMarketOptions.MarketType",
     ];
-    assert_params(&last(&fwd, "RunInstances"), &wanted, &absent);
-    assert_params(&last(&fwd, "RunInstances:DryRun"), &wanted, &absent);
+    assert_params(&fwd.last_request("RunInstances"), &wanted, &absent);
+    assert_params(&fwd.last_request("RunInstances:DryRun"), &wanted, &absent);
 
     wait_request(&env, "r", "the machine in its reservation", WAIT, |mr| {
         all_in(mr, CR)
@@ -151,7 +126,7 @@ async fn run_instances_launches_into_a_capacity_block() {
     create_request(&env, "r", "block", 2, false).await;
     wait_request(&env, "r", "Ready", WAIT, is_ready).await;
     assert_params(
-        &last(&fwd, "RunInstances"),
+        &fwd.last_request("RunInstances"),
         &[
             ("InstanceMarketOptions.MarketType", "capacity-block"),
             (
@@ -224,7 +199,7 @@ async fn fleet_launches_a_capacity_block_with_efa_on_every_card() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_params(
-        &last(&fwd, "CreateLaunchTemplate"),
+        &fwd.last_request("CreateLaunchTemplate"),
         &refs,
         &[
             "LaunchTemplateData.SecurityGroupId.1",
@@ -233,7 +208,7 @@ async fn fleet_launches_a_capacity_block_with_efa_on_every_card() {
         ],
     );
     assert_params(
-        &last(&fwd, "CreateFleet"),
+        &fwd.last_request("CreateFleet"),
         &[
             ("TargetCapacitySpecification.TotalTargetCapacity", "2"),
             (
@@ -273,7 +248,7 @@ async fn fleet_uses_a_reservation_group_first() {
     create_request(&env, "r", "group", 1, false).await;
     wait_request(&env, "r", "Ready", WAIT, is_ready).await;
     assert_params(
-        &last(&fwd, "CreateLaunchTemplate"),
+        &fwd.last_request("CreateLaunchTemplate"),
         &[
             (
                 "LaunchTemplateData.CapacityReservationSpecification.CapacityReservationPreference",
@@ -287,7 +262,7 @@ async fn fleet_uses_a_reservation_group_first() {
         &["LaunchTemplateData.InstanceMarketOptions.MarketType"],
     );
     assert_params(
-        &last(&fwd, "CreateFleet"),
+        &fwd.last_request("CreateFleet"),
         &[
             (
                 "OnDemandOptions.CapacityReservationOptions.UsageStrategy",

@@ -12,14 +12,13 @@
 //! `testbed/src/forwarder/requirements.rs`) by picking the types that match
 //! from its instance type table and rewriting the request moto sees.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
 };
 use hostforge::api::MachineTemplate;
-use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::forwarder::{assert_params, Forwarder};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
@@ -67,30 +66,6 @@ async fn user_template(env: &TestEnv, name: &str, sg: &str, tags: &[(&str, &str)
         .to_string()
 }
 
-/// Asserts that `call` carries each `(key, value)` and none of `absent`.
-fn assert_params(call: &BTreeMap<String, String>, wanted: &[(&str, &str)], absent: &[&str]) {
-    for (key, value) in wanted {
-        assert_eq!(
-            call.get(*key).map(String::as_str),
-            Some(*value),
-            "{key} in {call:#?}"
-        );
-    }
-    for key in absent {
-        assert!(
-            !call.contains_key(*key),
-            "{key} must not be sent: {call:#?}"
-        );
-    }
-}
-
-/// The last recorded call of `action`.
-fn last(fwd: &Forwarder, action: &str) -> BTreeMap<String, String> {
-    fwd.requests(action)
-        .pop()
-        .unwrap_or_else(|| panic!("no {action} call: {:#?}", fwd.snapshot()))
-}
-
 /// The template's status.launchTemplate as JSON (null when absent).
 fn resolved(mt: &MachineTemplate) -> Value {
     serde_json::to_value(mt.status.as_ref().and_then(|s| s.launch_template.clone())).expect("json")
@@ -132,7 +107,7 @@ async fn run_instances_launches_from_the_users_template_at_its_resolved_version(
 
     create_request(&env, "r", "lt", 1, false).await;
     let mr = wait_request(&env, "r", "Ready", WAIT, is_ready).await;
-    let call = last(&fwd, "RunInstances");
+    let call = fwd.last_request("RunInstances");
     let ami = env.al2023_ami().await;
     assert_params(
         &call,
@@ -148,7 +123,7 @@ async fn run_instances_launches_from_the_users_template_at_its_resolved_version(
     );
     // The template controller's dry run names the same template and version.
     assert_params(
-        &last(&fwd, "RunInstances:DryRun"),
+        &fwd.last_request("RunInstances:DryRun"),
         &[
             ("LaunchTemplate.LaunchTemplateId", &lt),
             ("LaunchTemplate.Version", "1"),
@@ -214,7 +189,7 @@ async fn a_fleet_launches_from_the_users_template_with_hostforges_overrides() {
     wait_request(&env, "r", "Ready", WAIT, is_ready).await;
 
     let ami = env.al2023_ami().await;
-    let fleet = last(&fwd, "CreateFleet");
+    let fleet = fwd.last_request("CreateFleet");
     let o = |i: usize, k: &str| format!("LaunchTemplateConfigs.1.Overrides.{i}.{k}");
     assert_params(
         &fleet,
@@ -246,7 +221,7 @@ async fn a_fleet_launches_from_the_users_template_with_hostforges_overrides() {
     );
     assert_eq!(fwd.calls("CreateLaunchTemplate:DryRun"), 0);
     assert_params(
-        &last(&fwd, "RunInstances:DryRun"),
+        &fwd.last_request("RunInstances:DryRun"),
         &[
             ("LaunchTemplate.LaunchTemplateId", &lt),
             ("LaunchTemplate.Version", "1"),
@@ -335,7 +310,7 @@ async fn a_fleet_by_instance_requirements_launches_matching_types() {
     create_request(&env, "r", "abs", 2, false).await;
     let mr = wait_request(&env, "r", "Ready", WAIT, is_ready).await;
 
-    let fleet = last(&fwd, "CreateFleet");
+    let fleet = fwd.last_request("CreateFleet");
     let o = |k: &str| format!("LaunchTemplateConfigs.1.Overrides.1.{k}");
     assert_params(
         &fleet,

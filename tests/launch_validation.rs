@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hostforge::api::conditions::{find_condition, LAUNCH_VALIDATED};
 use hostforge::api::MachineTemplate;
-use hostforge_testbed::forwarder::{Forwarder, InjectedError, Rule};
+use hostforge_testbed::forwarder::{assert_params, Forwarder, InjectedError, Rule};
 use hostforge_testbed::machines::{
     condition, create_request, create_template, is_ready, template_is_ready, template_ready,
     wait_request, wait_template,
@@ -83,22 +83,6 @@ fn resolved_image(mt: &MachineTemplate) -> String {
         .and_then(|s| s.resolved_image.as_ref())
         .map(|i| i.id.clone())
         .expect("a resolved image")
-}
-
-fn assert_params(call: &BTreeMap<String, String>, wanted: &[(&str, &str)], absent: &[&str]) {
-    for (key, value) in wanted {
-        assert_eq!(
-            call.get(*key).map(String::as_str),
-            Some(*value),
-            "{key} in {call:#?}"
-        );
-    }
-    for key in absent {
-        assert!(
-            !call.contains_key(*key),
-            "{key} must not be sent: {call:#?}"
-        );
-    }
 }
 
 /// The tags of a recorded call's first TagSpecification of `resource`.

@@ -377,6 +377,14 @@ impl Forwarder {
             .collect()
     }
 
+    /// The decoded parameters of the last recorded call of `action`; panics
+    /// (naming every action seen) when there was none.
+    pub fn last_request(&self, action: &str) -> BTreeMap<String, String> {
+        self.requests(action)
+            .pop()
+            .unwrap_or_else(|| panic!("no {action} call: {:#?}", self.snapshot()))
+    }
+
     /// Turns the EC2 fidelity model on (see `fidelity`'s module docs):
     /// the ClientToken registry, visibility windows, template quota and
     /// lag, deaths; `Fidelity::default()` is the registry alone.
@@ -608,5 +616,23 @@ impl State {
             Some(limits) => self.buckets.admit(limits, action, params),
             None => true,
         }
+    }
+}
+
+/// Asserts that the recorded `call` carries each `(key, value)` and none of
+/// the keys in `absent`: how tests check the exact parameters EC2 received.
+pub fn assert_params(call: &BTreeMap<String, String>, wanted: &[(&str, &str)], absent: &[&str]) {
+    for (key, value) in wanted {
+        assert_eq!(
+            call.get(*key).map(String::as_str),
+            Some(*value),
+            "{key} in {call:#?}"
+        );
+    }
+    for key in absent {
+        assert!(
+            !call.contains_key(*key),
+            "{key} must not be sent: {call:#?}"
+        );
     }
 }
