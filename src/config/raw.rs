@@ -15,15 +15,19 @@ use super::rate_limits::{RateLimitConfig, RawRateLimits};
 use super::{
     ConfigError, OperatorConfig, OrphanCollection, Problem, ProviderConfig, ProviderKind,
     DEFAULT_CAPACITY_COOLDOWN, DEFAULT_FULL_SWEEP_INTERVAL, DEFAULT_GC_GRACE_PERIOD,
-    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_LAUNCH_VALIDATION_RETRY, DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT,
-    DEFAULT_POLL_INTERVAL, DEFAULT_SELECTOR_REFRESH_INTERVAL, DEFAULT_SPOT_NOTICE_INTERVAL,
-    DEFAULT_STATUS_CHECK_INTERVAL, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_IMAGE_CACHE_TTL, DEFAULT_LAUNCH_VALIDATION_RETRY, DEFAULT_MAX_CONCURRENT_RECONCILES,
+    DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT, DEFAULT_POLL_INTERVAL, DEFAULT_SELECTOR_REFRESH_INTERVAL,
+    DEFAULT_SPOT_NOTICE_INTERVAL, DEFAULT_STATUS_CHECK_INTERVAL, DEFAULT_SWEEP_INTERVAL,
 };
 
 /// Largest accepted `maxKubeRequestsInFlight`: kube queues at most 1,024
 /// requests in front of the limit, and more connections than that is what the
 /// limit is there to prevent.
 const MAX_KUBE_REQUESTS_IN_FLIGHT: i64 = 1024;
+
+/// Largest accepted `maxConcurrentReconciles`: beyond a few thousand the
+/// bound no longer bounds memory, which is what it is there for.
+const MAX_CONCURRENT_RECONCILES: i64 = 4096;
 
 /// Longest accepted duration, so a unit slip ("5000h") is caught at start.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -58,6 +62,8 @@ pub(super) struct RawConfig {
     status_check_interval: Option<String>,
     #[serde(default)]
     max_kube_requests_in_flight: Option<i64>,
+    #[serde(default)]
+    max_concurrent_reconciles: Option<i64>,
     #[serde(default)]
     coalesce_launches: Option<bool>,
     #[serde(default)]
@@ -359,6 +365,19 @@ impl RawConfig {
                 DEFAULT_MAX_KUBE_REQUESTS_IN_FLIGHT
             }
         };
+        let max_concurrent_reconciles = match self.max_concurrent_reconciles {
+            None => DEFAULT_MAX_CONCURRENT_RECONCILES,
+            Some(n) if (1..=MAX_CONCURRENT_RECONCILES).contains(&n) => {
+                u16::try_from(n).unwrap_or(DEFAULT_MAX_CONCURRENT_RECONCILES)
+            }
+            Some(n) => {
+                problem(
+                    "maxConcurrentReconciles".into(),
+                    format!("{n} is out of range (1 to {MAX_CONCURRENT_RECONCILES})"),
+                );
+                DEFAULT_MAX_CONCURRENT_RECONCILES
+            }
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -392,6 +411,7 @@ impl RawConfig {
             spot_notice_interval,
             status_check_interval,
             max_kube_requests_in_flight,
+            max_concurrent_reconciles,
             coalesce_launches: self.coalesce_launches.unwrap_or(true),
             validate_launches: self.validate_launches.unwrap_or(true),
             launch_validation_retry,

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Config};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Finalize};
 use kube::runtime::reflector::ObjectRef;
@@ -73,7 +73,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests = ctx.requests.clone();
+    let config = Config::default().concurrency(ctx.config.max_concurrent_reconciles);
     controller
+        .with_config(config)
         .watches_stream(templates, move |mt: MachineTemplate| {
             let (ns, name) = (mt.namespace(), mt.name_any());
             requests

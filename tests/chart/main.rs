@@ -256,6 +256,8 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
             "serviceMonitor.enabled=true",
             "--set",
             "config.maxKubeRequestsInFlight=8",
+            "--set",
+            "config.maxConcurrentReconciles=64",
             "--set-json",
             r#"config.providers=[{"name":"aws-default","type":"aws","region":"us-east-1","interruptionQueue":"hf-demo"}]"#,
         ],
@@ -266,6 +268,7 @@ async fn the_chart_lints_and_renders_hardened_defaults() {
     let parsed =
         hostforge::config::OperatorConfig::from_yaml(config).expect("the operator reads it");
     assert_eq!(parsed.max_kube_requests_in_flight, 8, "{config}");
+    assert_eq!(parsed.max_concurrent_reconciles, 64, "{config}");
     assert_eq!(
         parsed.interruption_queue("aws-default"),
         Some(&hostforge::config::QueueRef::Name("hf-demo".into())),

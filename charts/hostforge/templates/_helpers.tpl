@@ -90,6 +90,9 @@ validateLaunches: false
 {{- with $c.maxKubeRequestsInFlight }}
 maxKubeRequestsInFlight: {{ . | int }}
 {{- end }}
+{{- with $c.maxConcurrentReconciles }}
+maxConcurrentReconciles: {{ . | int }}
+{{- end }}
 {{- with $c.clusterId }}
 clusterId: {{ . | quote }}
 {{- end }}
