@@ -223,6 +223,44 @@ async fn requests_waiting_together_share_one_call() {
     assert_exact_shares(&env, &fwd).await;
 }
 
+/// `maxConcurrentReconciles` bounds the reconciles that run at once. With
+/// two, the first request's held launch takes one; the second request takes
+/// the other and queues behind that call; the third cannot even start until
+/// the first is done, by when the second's call has left. So nothing is
+/// shared (three calls of 1, 2 and 3 machines, no group token), and every
+/// request still ends with exactly its count. Unbounded, the same steps make
+/// two calls (the test above).
+#[tokio::test]
+async fn a_bound_of_two_reconciles_lets_only_one_request_queue_behind_a_call() {
+    let (env, fwd, cfg) = bed("coalesce-bound").await;
+    let cfg = format!("{cfg}maxConcurrentReconciles: 2\n");
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    queue_two_behind_one(&env, &fwd).await;
+    assert_exact_shares(&env, &fwd).await;
+    let counts: Vec<Option<String>> = fwd
+        .requests("RunInstances")
+        .iter()
+        .map(|p| p.get("MaxCount").cloned())
+        .collect();
+    let expected: Vec<Option<String>> = REQUESTS
+        .iter()
+        .map(|(_, count)| Some(count.to_string()))
+        .collect();
+    assert_eq!(
+        counts,
+        expected,
+        "one call per request, in order: {:?}",
+        fwd.snapshot()
+    );
+    assert!(
+        fwd.requests("RunInstances").iter().all(|p| p
+            .get("ClientToken")
+            .is_some_and(|t| !t.starts_with("hostforge-lg-"))),
+        "no group call: {:?}",
+        fwd.snapshot()
+    );
+}
+
 async fn a_crash_at(name: &str, point: &str) {
     let (env, fwd, cfg) = bed(name).await;
     let crashing = {
