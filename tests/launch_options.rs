@@ -16,26 +16,17 @@
 use std::time::Duration;
 
 use hostforge::api::MachineTemplate;
-use hostforge_testbed::forwarder::{assert_params, Forwarder, PlacementGroup};
+use hostforge_testbed::forwarder::{assert_params, PlacementGroup};
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
-use hostforge_testbed::operator::config_via;
-use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::launch_bed;
+use hostforge_testbed::AL2023_PARAM;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A namespace, a forwarder in front of moto, the CRDs and an operator.
-async fn bed(name: &str) -> (TestEnv, Forwarder, OperatorProcess) {
-    let env = TestEnv::new(name).await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let op = OperatorProcess::start(&env, &config_via(&env, &fwd, "5s", "")).await;
-    (env, fwd, op)
-}
 
 /// Every launch option but the spend cap, into `subnet` with group `sg`.
 fn options(subnet: &str, sg: &str, group: &str) -> Value {
@@ -101,7 +92,7 @@ fn as_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
 /// runs.
 #[tokio::test]
 async fn run_instances_sends_every_launch_option() {
-    let (env, fwd, _op) = bed("lo-run").await;
+    let (env, fwd, _op) = launch_bed("lo-run").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     fwd.add_placement_group(PlacementGroup::new("hpc", "partition"));
     create_template(&env, "opts", options(&subnet, &sg, "hpc")).await;
@@ -129,7 +120,7 @@ async fn run_instances_sends_every_launch_option() {
 /// cap on both the on-demand and the spot options of CreateFleet.
 #[tokio::test]
 async fn fleet_sends_every_launch_option_and_the_spend_cap() {
-    let (env, fwd, _op) = bed("lo-fleet").await;
+    let (env, fwd, _op) = launch_bed("lo-fleet").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     fwd.add_placement_group(PlacementGroup::new("hpc", "partition"));
     let mut spec = options(&subnet, &sg, "hpc");
@@ -176,7 +167,7 @@ async fn fleet_sends_every_launch_option_and_the_spend_cap() {
 /// makes it Ready.
 #[tokio::test]
 async fn a_missing_placement_group_keeps_the_template_not_ready() {
-    let (env, fwd, _op) = bed("lo-pg").await;
+    let (env, fwd, _op) = launch_bed("lo-pg").await;
     fwd.add_placement_group(PlacementGroup::new("present", "cluster"));
     create_template(
         &env,

@@ -17,12 +17,12 @@
 use std::time::{Duration, Instant};
 
 use hostforge::api::MachineRequest;
-use hostforge_testbed::forwarder::{assert_params, Forwarder};
+use hostforge_testbed::forwarder::assert_params;
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
-use hostforge_testbed::operator::config_via;
-use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::launch_bed;
+use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::Api;
@@ -31,15 +31,6 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(120);
 const CR: &str = "cr-0123456789abcdef0";
 const GROUP: &str = "arn:aws:resource-groups:us-east-1:123456789012:group/hpc";
-
-/// A namespace, a forwarder in front of moto, the CRDs and an operator.
-async fn bed(name: &str) -> (TestEnv, Forwarder, OperatorProcess) {
-    let env = TestEnv::new(name).await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let op = OperatorProcess::start(&env, &config_via(&env, &fwd, "5s", "")).await;
-    (env, fwd, op)
-}
 
 /// Whether every machine of the request reports `cr` as its reservation.
 fn all_in(mr: &MachineRequest, cr: &str) -> bool {
@@ -57,7 +48,7 @@ fn all_in(mr: &MachineRequest, cr: &str) -> bool {
 /// machine reports the reservation DescribeInstances names.
 #[tokio::test]
 async fn run_instances_targets_the_reservation_with_an_efa() {
-    let (env, fwd, _op) = bed("cr-run").await;
+    let (env, fwd, _op) = launch_bed("cr-run").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     create_template(
         &env,
@@ -112,7 +103,7 @@ async fn run_instances_targets_the_reservation_with_an_efa() {
 /// block as the only target (no preference).
 #[tokio::test]
 async fn run_instances_launches_into_a_capacity_block() {
-    let (env, fwd, _op) = bed("cr-block").await;
+    let (env, fwd, _op) = launch_bed("cr-block").await;
     create_template(
         &env,
         "block",
@@ -151,7 +142,7 @@ async fn run_instances_launches_into_a_capacity_block() {
 /// its default target capacity type and only its total.
 #[tokio::test]
 async fn fleet_launches_a_capacity_block_with_efa_on_every_card() {
-    let (env, fwd, _op) = bed("cr-fleet").await;
+    let (env, fwd, _op) = launch_bed("cr-fleet").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     create_template(
         &env,
@@ -233,7 +224,7 @@ async fn fleet_launches_a_capacity_block_with_efa_on_every_card() {
 /// the group and the fleet's on-demand part uses reservations first.
 #[tokio::test]
 async fn fleet_uses_a_reservation_group_first() {
-    let (env, fwd, _op) = bed("cr-group").await;
+    let (env, fwd, _op) = launch_bed("cr-group").await;
     create_template(
         &env,
         "group",
@@ -284,7 +275,7 @@ async fn fleet_uses_a_reservation_group_first() {
 /// fits makes the template Ready, and no launch is ever tried before.
 #[tokio::test]
 async fn interfaces_the_types_cannot_take_are_refused() {
-    let (env, fwd, _op) = bed("cr-efa").await;
+    let (env, fwd, _op) = launch_bed("cr-efa").await;
     let spec = |types: serde_json::Value, interfaces: serde_json::Value| {
         json!({
             "image": {"ssmParameter": AL2023_PARAM},

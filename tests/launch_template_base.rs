@@ -18,26 +18,17 @@ use aws_sdk_ec2::types::{
     LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
 };
 use hostforge::api::MachineTemplate;
-use hostforge_testbed::forwarder::{assert_params, Forwarder};
+use hostforge_testbed::forwarder::assert_params;
 use hostforge_testbed::machines::{
     create_request, create_template, is_ready, template_ready, wait_request, wait_template,
 };
-use hostforge_testbed::operator::config_via;
-use hostforge_testbed::{OperatorProcess, TestEnv, AL2023_PARAM};
+use hostforge_testbed::operator::launch_bed;
+use hostforge_testbed::{TestEnv, AL2023_PARAM};
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A namespace, a forwarder in front of moto, the CRDs and an operator.
-async fn bed(name: &str) -> (TestEnv, Forwarder, OperatorProcess) {
-    let env = TestEnv::new(name).await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let op = OperatorProcess::start(&env, &config_via(&env, &fwd, "5s", "")).await;
-    (env, fwd, op)
-}
 
 /// Creates a launch template in moto (straight, not through the forwarder)
 /// whose data tags instances with `tags`, and returns its id.
@@ -77,7 +68,7 @@ fn resolved(mt: &MachineTemplate) -> Value {
 /// resolved again.
 #[tokio::test]
 async fn run_instances_launches_from_the_users_template_at_its_resolved_version() {
-    let (env, fwd, _op) = bed("ltb-run").await;
+    let (env, fwd, _op) = launch_bed("ltb-run").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     let name = format!("base-{}", env.namespace);
     let lt = user_template(&env, &name, &sg, &[("team", "hpc")]).await;
@@ -169,7 +160,7 @@ async fn run_instances_launches_from_the_users_template_at_its_resolved_version(
 /// in CreateFleet's own TagSpecifications; the machines run.
 #[tokio::test]
 async fn a_fleet_launches_from_the_users_template_with_hostforges_overrides() {
-    let (env, fwd, _op) = bed("ltb-fleet").await;
+    let (env, fwd, _op) = launch_bed("ltb-fleet").await;
     let (subnet, sg) = env.default_subnet_and_group().await;
     let lt = user_template(&env, &format!("fleet-{}", env.namespace), &sg, &[]).await;
     create_template(
@@ -237,7 +228,7 @@ async fn a_fleet_launches_from_the_users_template_with_hostforges_overrides() {
 /// hostforge.io/ keys is refused (LaunchTemplateRefused, naming the key).
 #[tokio::test]
 async fn a_missing_or_owner_tagging_template_keeps_the_machine_template_not_ready() {
-    let (env, _fwd, _op) = bed("ltb-bad").await;
+    let (env, _fwd, _op) = launch_bed("ltb-bad").await;
     let (_, sg) = env.default_subnet_and_group().await;
     create_template(
         &env,
@@ -287,7 +278,7 @@ async fn a_missing_or_owner_tagging_template_keeps_the_machine_template_not_read
 /// the forwarder's model of EC2) show types that satisfy them in status.
 #[tokio::test]
 async fn a_fleet_by_instance_requirements_launches_matching_types() {
-    let (env, fwd, _op) = bed("ltb-abs").await;
+    let (env, fwd, _op) = launch_bed("ltb-abs").await;
     fwd.model_instance_requirements();
     let (subnet, _) = env.default_subnet_and_group().await;
     create_template(

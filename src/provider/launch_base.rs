@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use super::launch_spec::wire;
 use crate::api::{InstanceRequirements, MachineTemplateSpec};
 
 /// A user's launch template every launch of the batch starts from: its id
@@ -55,14 +56,6 @@ impl RequirementsSpec {
             allowed_instance_types: r.allowed_instance_types.clone(),
         }
     }
-}
-
-/// The wire spelling of a serde enum of the API (e.g. `amazon-web-services`).
-fn wire<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Which launch template a MachineTemplate names, and which version.

@@ -183,8 +183,9 @@ impl LaunchOptions {
     }
 }
 
-/// The wire spelling of a serde enum of the API (e.g. `dedicated`, `gp3`).
-fn wire<T: serde::Serialize>(v: &T) -> String {
+/// The wire spelling of a serde enum of the API (e.g. `dedicated`, `gp3`,
+/// `amazon-web-services`).
+pub(super) fn wire<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -64,6 +64,17 @@ pub fn config_via(
     )
 }
 
+/// A namespace with the CRDs, a forwarder in front of moto and an operator
+/// reaching EC2 through it (sweeping every 5 s): the bed of the tests that
+/// assert the exact parameters a launch sends.
+pub async fn launch_bed(name: &str) -> (TestEnv, crate::forwarder::Forwarder, OperatorProcess) {
+    let env = TestEnv::new(name).await;
+    env.install_crds().await;
+    let fwd = crate::forwarder::Forwarder::start(&env.bed.moto_url);
+    let op = OperatorProcess::start(&env, &config_via(&env, &fwd, "5s", "")).await;
+    (env, fwd, op)
+}
+
 /// [`default_config`] with quick loops (poll every 500 ms, sweep every 2 s),
 /// for tests that wait on the poller or the sweep.
 pub fn quick_config(env: &TestEnv) -> String {

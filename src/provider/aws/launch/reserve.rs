@@ -58,22 +58,30 @@ pub(super) fn market(spec: &LaunchSpec) -> Option<InstanceMarketOptionsRequest> 
     })
 }
 
+/// The preference both shapes of `CapacityReservationSpecification` carry.
+fn preference(r: &ReservationSpec) -> Option<CapacityReservationPreference> {
+    r.preference
+        .as_deref()
+        .map(CapacityReservationPreference::from)
+}
+
+/// The target both shapes carry: a reservation id or a resource group.
+fn target(r: &ReservationSpec) -> Option<CapacityReservationTarget> {
+    r.has_target().then(|| {
+        CapacityReservationTarget::builder()
+            .set_capacity_reservation_id(r.reservation_id.clone())
+            .set_capacity_reservation_resource_group_arn(r.resource_group_arn.clone())
+            .build()
+    })
+}
+
 /// RunInstances `CapacityReservationSpecification`.
 pub(super) fn reservation(spec: &LaunchSpec) -> Option<CapacityReservationSpecification> {
     let r = of(spec)?;
     Some(
         CapacityReservationSpecification::builder()
-            .set_capacity_reservation_preference(
-                r.preference
-                    .as_deref()
-                    .map(CapacityReservationPreference::from),
-            )
-            .set_capacity_reservation_target(r.has_target().then(|| {
-                CapacityReservationTarget::builder()
-                    .set_capacity_reservation_id(r.reservation_id.clone())
-                    .set_capacity_reservation_resource_group_arn(r.resource_group_arn.clone())
-                    .build()
-            }))
+            .set_capacity_reservation_preference(preference(r))
+            .set_capacity_reservation_target(target(r))
             .build(),
     )
 }
@@ -85,17 +93,8 @@ pub(super) fn template_reservation(
     let r = of(spec)?;
     Some(
         LaunchTemplateCapacityReservationSpecificationRequest::builder()
-            .set_capacity_reservation_preference(
-                r.preference
-                    .as_deref()
-                    .map(CapacityReservationPreference::from),
-            )
-            .set_capacity_reservation_target(r.has_target().then(|| {
-                CapacityReservationTarget::builder()
-                    .set_capacity_reservation_id(r.reservation_id.clone())
-                    .set_capacity_reservation_resource_group_arn(r.resource_group_arn.clone())
-                    .build()
-            }))
+            .set_capacity_reservation_preference(preference(r))
+            .set_capacity_reservation_target(target(r))
             .build(),
     )
 }
