@@ -138,8 +138,13 @@ fn one_group_call(fwd: &Forwarder, action: &str) -> std::collections::BTreeMap<S
 /// Every request Ready with exactly its count, no machine in two requests,
 /// moto running exactly their union, and no token launched twice.
 async fn assert_exact_shares(env: &TestEnv, fwd: &Forwarder) {
+    assert_exact_shares_of(env, fwd, &REQUESTS).await
+}
+
+/// [`assert_exact_shares`] for the requests `of` (name, count).
+async fn assert_exact_shares_of(env: &TestEnv, fwd: &Forwarder, of: &[(&str, i32)]) {
     let mut union = BTreeSet::new();
-    for (name, count) in REQUESTS {
+    for &(name, count) in of {
         let mr = wait_request(env, name, "Ready", WAIT, is_ready).await;
         let live = status_live(&mr);
         assert_eq!(live.len(), count as usize, "{name}: {:?}", mr.status);
@@ -258,6 +263,51 @@ async fn a_bound_of_two_reconciles_lets_only_one_request_queue_behind_a_call() {
             .is_some_and(|t| !t.starts_with("hostforge-lg-"))),
         "no group call: {:?}",
         fwd.snapshot()
+    );
+}
+
+/// The bound binding (2 reconciles for 8 requests created together) under
+/// EC2's lost answers, partial launches and read lag at high rates
+/// ([`Fidelity::lossy`]): requests wait their turn, queue behind calls and
+/// settle lost answers by token while others are held back, and still every
+/// request ends with exactly its count, none in two requests, moto running
+/// exactly their union, no token launched twice and nothing terminated.
+#[tokio::test]
+async fn a_binding_bound_keeps_exact_shares_under_lost_answers_and_partial_launches() {
+    let env = TestEnv::new("coalesce-lossy").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    fwd.enable_fidelity(Fidelity::lossy(18));
+    // The grace outlasts the profile's 5 s tag-listing lag.
+    let cfg = config_via(
+        &env,
+        &fwd,
+        "2s",
+        "fullSweepInterval: 2s\ngcGracePeriod: 10s\nmaxConcurrentReconciles: 2\n",
+    );
+    let (subnet, _) = env.default_subnet_and_group().await;
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM},
+               "instanceTypes": [{"type": "t3.micro"}], "subnetIds": [subnet]}),
+    )
+    .await;
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    let names: Vec<String> = (1..=8).map(|i| format!("r{i}")).collect();
+    let requests: Vec<(&str, i32)> = names
+        .iter()
+        .zip([1, 2, 3, 4, 1, 2, 3, 4])
+        .map(|(n, c)| (n.as_str(), c))
+        .collect();
+    for &(name, count) in &requests {
+        create_request(&env, name, "compute", count, true).await;
+    }
+    assert_exact_shares_of(&env, &fwd, &requests).await;
+    let counters = fwd.fidelity_counters();
+    assert!(
+        counters.launch_faults() > 0,
+        "the profile lost or cut some launches: {counters:?}"
     );
 }
 

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostforge::api::{MachineRequest, MachineTemplate, ReplaceReason, TerminationReason};
-use hostforge_testbed::forwarder::Forwarder;
+use hostforge_testbed::forwarder::{Fidelity, Forwarder};
 use hostforge_testbed::machines::{
     condition, create_template, is_ready, moto_live, requests, uid, wait_request, wait_template,
     wait_with_moto,
@@ -377,6 +377,89 @@ async fn a_template_change_drifts_machines_and_replace_swaps_them_new_first() {
             "1 machines were launched from an older version of the template: spec changed (1), image changed (1)"
                 .to_string()
         )
+    );
+}
+
+/// Replacement under EC2's lost answers, partial launches and read lag at
+/// high rates (`Fidelity::lossy`): the replacements' launches are settled by
+/// their tokens, a short one is topped up, and in the end every request runs
+/// exactly its count of new machines (none in two requests), moto runs
+/// exactly those, the old ones went as Replaced, and no token launched twice.
+#[tokio::test]
+async fn replacement_keeps_exact_counts_under_lost_answers_and_partial_launches() {
+    let env = TestEnv::new("drift-lossy").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    fwd.enable_fidelity(Fidelity::lossy(21));
+    // The grace outlasts the profile's 5 s tag-listing lag.
+    let cfg = config_via(
+        &env,
+        &fwd,
+        "2s",
+        "statusCheckInterval: off\nfullSweepInterval: 2s\ngcGracePeriod: 10s\n",
+    );
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    create_template(
+        &env,
+        "t",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "tags": {"build": "1"},
+        }),
+    )
+    .await;
+    let requests: [(&str, usize); 3] = [("a", 3), ("b", 2), ("c", 4)];
+    for (name, count) in requests {
+        let policy = json!({"updatePolicy": {"type": "Replace", "maxSurge": 2}});
+        create(&env, name, count as i32, policy, json!({})).await;
+    }
+    let mut before = BTreeSet::new();
+    for (name, _) in requests {
+        let mr = wait_request(&env, name, "Ready and up to date", WAIT, |mr| {
+            is_ready(mr) && up_to_date(mr)
+        })
+        .await;
+        before.extend(live(&mr));
+    }
+
+    let faults_before = fwd.fidelity_counters().launch_faults();
+    let g = patch_template(&env, json!({"tags": {"build": "2"}})).await;
+    let mut after = BTreeSet::new();
+    for (name, count) in requests {
+        let mr = wait_with_moto(&env, name, "replaced", WAIT, |mr, moto| {
+            sees(mr, g)
+                && is_ready(mr)
+                && up_to_date(mr)
+                && live(mr).len() == count
+                && live(mr).is_disjoint(&before)
+                && *moto == live(mr)
+        })
+        .await;
+        for id in live(&mr) {
+            assert!(after.insert(id.clone()), "{id} is listed by two requests");
+        }
+        let old: Vec<_> = mr
+            .status
+            .iter()
+            .flat_map(|s| &s.machines)
+            .filter(|m| before.contains(&m.id))
+            .map(|m| (m.id.clone(), m.termination_reason))
+            .collect();
+        assert!(
+            old.iter()
+                .all(|(_, r)| *r == Some(TerminationReason::Replaced)),
+            "{name}: the old machines went as Replaced: {old:?}"
+        );
+    }
+    let counters = fwd.fidelity_counters();
+    assert!(
+        counters.launches_by_token.values().all(|n| *n <= 1),
+        "one launch per token: {counters:?}"
+    );
+    assert!(
+        counters.launch_faults() > faults_before,
+        "the profile lost or cut some replacement launches: {counters:?}"
     );
 }
 

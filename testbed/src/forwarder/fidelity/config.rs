@@ -49,6 +49,25 @@ impl Fidelity {
     }
 }
 
+impl Fidelity {
+    /// [`Fidelity::random`] with its lost answers (500 after the launch,
+    /// a dropped connection) and partial launches at several times the
+    /// bench's rates, so that a test of a dozen launch calls meets them, and
+    /// no deaths at launch (a death cools its offering down, which would
+    /// leave a request Degraded for a reason the test is not about).
+    pub fn lossy(seed: u64) -> Fidelity {
+        Fidelity {
+            random: Some(RandomProfile {
+                forward_then_500: 0.2,
+                forward_then_drop: 0.15,
+                partial: 0.25,
+                death: 0.0,
+            }),
+            ..Fidelity::random(seed)
+        }
+    }
+}
+
 /// EC2's read-after-write lag, per instance, from the forwarder's first
 /// sight of it in a launch answer (or of its terminate).
 ///

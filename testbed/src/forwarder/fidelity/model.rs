@@ -45,6 +45,12 @@ pub struct FidelityCounters {
 }
 
 impl FidelityCounters {
+    /// Launch faults the random profile made: calls answered from the token
+    /// registry after a lost answer, answers replaced, partial launches.
+    pub fn launch_faults(&self) -> u64 {
+        self.replays + self.misbehaved.values().sum::<u64>() + self.partial_launches
+    }
+
     /// Forwarded launches under `token`.
     pub fn launches_for(&self, token: &str) -> u64 {
         self.launches_by_token.get(token).copied().unwrap_or(0)
