@@ -117,6 +117,8 @@ struct Run {
     return_s: f64,
     fill_calls: BTreeMap<String, u64>,
     return_calls: BTreeMap<String, u64>,
+    /// Where the return's time went (see [`return_timeline`]).
+    return_timeline: String,
     throttled: u64,
     failed: usize,
     latencies: Latencies,
@@ -288,7 +290,10 @@ async fn fill_and_return(
             String::new()
         }
     };
+    let answered_s = tr.elapsed().as_secs_f64();
     let mut return_s = f64::NAN;
+    // Each poll: when it was answered and how many machines were not done.
+    let mut polls: Vec<(f64, usize)> = vec![];
     while !ret_id.is_empty() && tr.elapsed() < GIVE_UP {
         ticker.tick().await;
         match caller.call(
@@ -296,15 +301,30 @@ async fn fill_and_return(
             "getRequestStatus (ret- id)",
             &json!({"requests": [{"requestId": ret_id}]}),
         ) {
-            Ok(a) if a["requests"][0]["status"] == "complete" => {
-                return_s = tr.elapsed().as_secs_f64();
-                break;
+            Ok(a) => {
+                let undone = a["requests"][0]["machines"].as_array().map_or(0, |ms| {
+                    ms.iter().filter(|m| m["result"] != "succeed").count()
+                });
+                polls.push((tr.elapsed().as_secs_f64(), undone));
+                if a["requests"][0]["status"] == "complete" {
+                    return_s = tr.elapsed().as_secs_f64();
+                    break;
+                }
             }
-            Ok(_) => {}
             Err(e) => progress!(start, "hf-{tag}: {e}"),
         }
     }
     let return_calls = calls_by_action(fwd);
+    let mut return_timeline = return_timeline(fwd, &caller.shim, tr, answered_s, return_s);
+    let polled: Vec<String> = polls
+        .iter()
+        .map(|(at, undone)| format!("{at:.2} s: {undone}"))
+        .collect();
+    return_timeline.push_str(&format!(
+        "; machines not done at each poll: {}",
+        polled.join(", ")
+    ));
+    progress!(start, "hf-{tag}: return timeline: {return_timeline}");
     let throttled = fwd.throttled();
     fwd.set_rate_limits(None);
     progress!(
@@ -319,6 +339,7 @@ async fn fill_and_return(
         return_s,
         fill_calls,
         return_calls,
+        return_timeline,
         throttled,
         failed,
         latencies: caller.latencies,
@@ -363,7 +384,11 @@ fn add_rows(report: &mut Report, scenario: &str, r: usize, m: i32, got: &Run) {
         format!("{:.1} s", got.return_s),
         "≤ 5 s",
         Verdict::check(got.return_s <= 5.0),
-        format!("return calls: {}", fmt_calls(&got.return_calls)),
+        format!(
+            "return calls: {}; {}",
+            fmt_calls(&got.return_calls),
+            got.return_timeline
+        ),
     );
     for (op, (med, max)) in got
         .latencies
@@ -389,6 +414,62 @@ fn add_rows(report: &mut Report, scenario: &str, r: usize, m: i32, got: &Run) {
                "calls_per_machine": per_machine, "throttled": got.throttled,
                "failed": got.failed, "latency": got.latencies.json()}),
     );
+}
+
+/// Where a return's time went, in seconds after requestReturnMachines
+/// started: its answer (with the plugin's own list and slowest patch, from
+/// its log), the TerminateInstances calls, the first DescribeInstances after
+/// the last of them (the poll that can see `terminated`), and when the
+/// caller saw the return `complete`.
+fn return_timeline(
+    fwd: &Forwarder,
+    shim: &Shim,
+    began: Instant,
+    answered_s: f64,
+    complete_s: f64,
+) -> String {
+    let after = |at: &Instant| at.saturating_duration_since(began).as_secs_f64();
+    let terminations = fwd.call_times("TerminateInstances");
+    let mut out = format!("answered at {answered_s:.2} s");
+    if let Some((list, patch)) = return_log_figures(shim) {
+        out.push_str(&format!(
+            " (plugin: list {list} ms, slowest patch {patch} ms)"
+        ));
+    }
+    if let (Some(first), Some(last)) = (terminations.first(), terminations.last()) {
+        out.push_str(&format!(
+            ", TerminateInstances {} calls from {:.2} to {:.2} s",
+            terminations.len(),
+            after(first),
+            after(last)
+        ));
+        if let Some(poll) = fwd
+            .call_times("DescribeInstances")
+            .iter()
+            .find(|at| *at > last)
+        {
+            out.push_str(&format!(", next DescribeInstances at {:.2} s", after(poll)));
+        }
+    }
+    out.push_str(&format!(", complete seen at {complete_s:.2} s"));
+    out
+}
+
+/// The list time and the slowest patch of the last requestReturnMachines,
+/// in ms, from the `machines returned` lines of the plugin's log.
+fn return_log_figures(shim: &Shim) -> Option<(u64, u64)> {
+    let log = std::fs::read_to_string(shim.log_dir.join("hostforge-hf.log")).ok()?;
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let rest = line.split(&format!(" {name}=")).nth(1)?;
+        rest.split(' ').next()?.parse().ok()
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("machines returned"))
+        .collect();
+    let list = field(lines.last()?, "list_ms")?;
+    let patch = lines.iter().filter_map(|l| field(l, "patch_ms")).max()?;
+    Some((list, patch))
 }
 
 /// The operations against 2,000 machines in status, no operator, beside a

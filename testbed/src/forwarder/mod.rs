@@ -66,7 +66,7 @@ mod wire;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -372,8 +372,21 @@ impl Forwarder {
             .lock()
             .requests
             .iter()
-            .filter(|(a, _)| a == action)
-            .map(|(_, p)| p.clone())
+            .filter(|(a, _, _)| a == action)
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    }
+
+    /// When each recent call of `action` reached the forwarder (oldest
+    /// first, from the same log as [`Forwarder::requests`]): a bench reads
+    /// where a phase's time went from it.
+    pub fn call_times(&self, action: &str) -> Vec<Instant> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|(a, _, _)| a == action)
+            .map(|(_, at, _)| *at)
             .collect()
     }
 
@@ -510,7 +523,8 @@ struct State {
     injected: BTreeMap<(String, String), u64>,
     throttled: BTreeMap<String, u64>,
     upstream_errors: BTreeMap<String, u64>,
-    requests: VecDeque<(String, BTreeMap<String, String>)>,
+    /// Recent calls: action, when it reached the forwarder, parameters.
+    requests: VecDeque<(String, Instant, BTreeMap<String, String>)>,
     replies: HashMap<String, String>,
     placement_groups: Vec<PlacementGroup>,
     /// Whether CreateFleet overrides with InstanceRequirements are rewritten
@@ -542,7 +556,7 @@ impl State {
         };
         *self.calls.entry(action.to_string()).or_default() += 1;
         self.requests
-            .push_back((action.to_string(), call.params.clone()));
+            .push_back((action.to_string(), Instant::now(), call.params.clone()));
         while self.requests.len() > REQUEST_LOG_LIMIT {
             self.requests.pop_front();
         }
