@@ -35,6 +35,7 @@ pub mod report;
 pub mod session;
 pub mod settle;
 pub mod status;
+pub mod template_wakes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,17 +74,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests = ctx.requests.clone();
+    let wakes = template_wakes::TemplateWakes::default();
     let config = Config::default().concurrency(ctx.config.max_concurrent_reconciles);
     controller
         .with_config(config)
         .watches_stream(templates, move |mt: MachineTemplate| {
-            let (ns, name) = (mt.namespace(), mt.name_any());
-            requests
-                .state()
-                .into_iter()
-                .filter(|r| r.namespace() == ns && r.spec.template_ref.name == name)
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
+            wakes.wake(&mt, &requests.state())
         })
         .reconcile_on(wake)
         .graceful_shutdown_on(shutdown)
