@@ -63,6 +63,8 @@ struct State {
     notices: HashMap<String, InterruptionNotice>,
     /// Per provider: ids watched since the last poll, for the first look.
     fresh_ids: BTreeMap<String, BTreeSet<String>>,
+    /// When the oldest of `fresh_ids` arrived.
+    fresh_since: Option<tokio::time::Instant>,
 }
 
 impl Tracker {
@@ -163,6 +165,9 @@ impl Tracker {
             return;
         }
         state
+            .fresh_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        state
             .fresh_ids
             .entry(provider.to_string())
             .or_default()
@@ -260,7 +265,11 @@ impl Tracker {
     /// providers described.
     pub async fn poll_once(&self, providers: &ProviderRegistry, metrics: &Metrics) -> usize {
         // Everything watched is described now, the new ids included.
-        self.lock().fresh_ids.clear();
+        {
+            let mut state = self.lock();
+            state.fresh_ids.clear();
+            state.fresh_since = None;
+        }
         self.describe_and_wake(self.watched_ids(), providers, metrics)
             .await
     }
@@ -277,6 +286,7 @@ impl Tracker {
     fn take_fresh(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut state = self.lock();
         let fresh = std::mem::take(&mut state.fresh_ids);
+        state.fresh_since = None;
         let watched: BTreeSet<&String> = state
             .watching
             .values()
@@ -293,6 +303,35 @@ impl Tracker {
             .collect()
     }
 
+    /// `ids` but those last seen terminated: that state is final on EC2, so
+    /// describing it again (until its request has written it and stopped
+    /// watching it) is a call's worth of work for nothing. A return of 1,000
+    /// machines otherwise re-described all of them every poll while their
+    /// requests caught up.
+    fn not_yet_terminated(&self, ids: BTreeSet<String>) -> Vec<String> {
+        let state = self.lock();
+        ids.into_iter()
+            .filter(|id| {
+                state
+                    .observed
+                    .get(id)
+                    .is_none_or(|m| m.state != MachineState::Terminated)
+            })
+            .collect()
+    }
+
+    /// How long the first look still waits so that the oldest fresh id is
+    /// looked at `first_look` after it arrived: nothing when a describe that
+    /// ran meanwhile (a first look of earlier ids, taking as long as the
+    /// simulator or EC2 takes) already made it wait that long. Waiting the
+    /// full `first_look` after every describe left the cloud idle half of a
+    /// return of 1,000 machines while their terminations streamed in.
+    fn first_look_wait(&self, first_look: Duration) -> Duration {
+        self.lock().fresh_since.map_or(first_look, |since| {
+            first_look.saturating_sub(since.elapsed())
+        })
+    }
+
     async fn describe_and_wake(
         &self,
         by_provider: BTreeMap<String, BTreeSet<String>>,
@@ -304,7 +343,10 @@ impl Tracker {
             let Some(provider) = providers.get(&provider_name) else {
                 continue;
             };
-            let ids: Vec<String> = ids.into_iter().collect();
+            let ids = self.not_yet_terminated(ids);
+            if ids.is_empty() {
+                continue;
+            }
             polled += 1;
             metrics.poll(&provider_name);
             match provider.describe_machines(&ids).await {
@@ -345,7 +387,7 @@ pub async fn run_poller(
                     tracker.poll_once(&providers, &metrics).await;
                 }
                 _ = tracker.fresh.notified() => {
-                    tokio::time::sleep(first_look).await;
+                    tokio::time::sleep(tracker.first_look_wait(first_look)).await;
                     tracker.first_look_once(&providers, &metrics).await;
                 }
             }
@@ -423,6 +465,41 @@ mod tests {
         assert!(fresh(&tracker).await, "an added id is");
         tracker.watch(a.clone(), "p", vec!["i-2".into()]);
         assert!(!fresh(&tracker).await, "a shrinking watch is not");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_look_waits_from_the_oldest_fresh_id() {
+        let (tracker, _woken) = Tracker::new();
+        let look = Duration::from_millis(500);
+        assert_eq!(tracker.first_look_wait(look), look, "nothing fresh");
+        let a = ObjectRef::<MachineRequest>::new("a").within("ns");
+        tracker.watch(a.clone(), "p", vec!["i-1".into()]);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        tracker.watch(a.clone(), "p", vec!["i-1".into(), "i-2".into()]);
+        assert_eq!(tracker.first_look_wait(look), Duration::from_millis(300));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert!(
+            tracker.first_look_wait(look).is_zero(),
+            "a describe ran long"
+        );
+        assert_eq!(tracker.take_fresh()["p"].len(), 2);
+        tracker.watch(
+            a.clone(),
+            "p",
+            vec!["i-1".into(), "i-2".into(), "i-3".into()],
+        );
+        assert_eq!(tracker.first_look_wait(look), look, "counted from i-3");
+    }
+
+    #[test]
+    fn machines_seen_terminated_are_not_described_again() {
+        let (tracker, _woken) = Tracker::new();
+        tracker.record([
+            machine("i-1", MachineState::Terminated),
+            machine("i-2", MachineState::ShuttingDown),
+        ]);
+        let ids: BTreeSet<String> = ["i-1", "i-2", "i-3"].map(String::from).into();
+        assert_eq!(tracker.not_yet_terminated(ids), ["i-2", "i-3"]);
     }
 
     #[test]
