@@ -276,6 +276,7 @@ async fn fill_and_return(
     }
 
     // Return everything in one call, then poll the return.
+    let api_before = apiserver_requests(&env);
     fwd.reset_counters();
     let tr = Instant::now();
     let ret = caller.call(
@@ -316,6 +317,17 @@ async fn fill_and_return(
     }
     let return_calls = calls_by_action(fwd);
     let mut return_timeline = return_timeline(fwd, &caller.shim, tr, answered_s, return_s);
+    let api_calls = diff_counts(&apiserver_requests(&env), &api_before);
+    let mut busiest: Vec<(&String, &u64)> = api_calls.iter().filter(|(_, n)| **n >= 10).collect();
+    busiest.sort_by(|a, b| b.1.cmp(a.1));
+    return_timeline.push_str(&format!(
+        "; apiserver requests meanwhile: {}",
+        busiest
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     let polled: Vec<String> = polls
         .iter()
         .map(|(at, undone)| format!("{at:.2} s: {undone}"))
@@ -453,6 +465,54 @@ fn return_timeline(
     }
     out.push_str(&format!(", complete seen at {complete_s:.2} s"));
     out
+}
+
+/// The apiserver's `apiserver_request_total` by verb and resource (with
+/// its subresource), from its /metrics; empty when it cannot be read.
+fn apiserver_requests(env: &TestEnv) -> BTreeMap<String, u64> {
+    let out = env.bed.kubectl(&["get", "--raw", "/metrics"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| -> String {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let mut key = format!("{} {}", label("verb"), label("resource"));
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            key = format!("{key}/{sub}");
+        }
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        *counts.entry(key).or_insert(0) += n;
+    }
+    counts
+}
+
+/// `after` minus `before`, per key, the keys that grew.
+fn diff_counts(
+    after: &BTreeMap<String, u64>,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, n)| {
+            (
+                k.clone(),
+                n.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// The list time and the slowest patch of the last requestReturnMachines,

@@ -176,6 +176,43 @@ impl Tracker {
         self.fresh.notify_one();
     }
 
+    /// Adds `ids` to what `request` watches, as fresh ids: machines whose
+    /// state a call just changed (a terminate the cloud accepted) are looked
+    /// at by the next first look, not only once the request has written its
+    /// status and Events and re-registered its watch, which under a return
+    /// of 100 requests took seconds of apiserver queueing.
+    pub fn watch_also<'a>(
+        &self,
+        request: ObjectRef<MachineRequest>,
+        provider: &str,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) {
+        let mut state = self.lock();
+        let entry = state
+            .watching
+            .entry(request)
+            .or_insert_with(|| (provider.to_string(), vec![]));
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !entry.1.contains(id))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        entry.1.extend(new.iter().cloned());
+        state
+            .fresh_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        state
+            .fresh_ids
+            .entry(provider.to_string())
+            .or_default()
+            .extend(new);
+        drop(state);
+        self.fresh.notify_one();
+    }
+
     /// Drops everything about `request` and its machines `ids` (it is gone).
     pub fn forget(&self, request: &ObjectRef<MachineRequest>, uid: &str, ids: &[String]) {
         let mut state = self.lock();
@@ -489,6 +526,25 @@ mod tests {
             vec!["i-1".into(), "i-2".into(), "i-3".into()],
         );
         assert_eq!(tracker.first_look_wait(look), look, "counted from i-3");
+    }
+
+    #[tokio::test]
+    async fn terminated_machines_are_added_to_the_watch_as_fresh() {
+        let (tracker, _woken) = Tracker::new();
+        let a = ObjectRef::<MachineRequest>::new("a").within("ns");
+        tracker.watch(a.clone(), "p", vec!["i-1".into()]);
+        assert_eq!(tracker.take_fresh()["p"].len(), 1);
+        let ids = ["i-1".to_string(), "i-2".to_string()];
+        tracker.watch_also(a.clone(), "p", &ids);
+        assert_eq!(
+            tracker.take_fresh()["p"].iter().collect::<Vec<_>>(),
+            ["i-2"],
+            "only the id not watched yet is fresh"
+        );
+        assert_eq!(tracker.watched_ids()["p"].len(), 2);
+        let b = ObjectRef::<MachineRequest>::new("b").within("ns");
+        tracker.watch_also(b, "p", &["i-3".to_string()]);
+        assert_eq!(tracker.watched_ids()["p"].len(), 3, "a first watch");
     }
 
     #[test]

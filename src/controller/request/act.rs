@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -564,6 +565,9 @@ pub async fn terminate(
     s.ctx
         .tracker
         .set_state(&accepted, provider::MachineState::ShuttingDown);
+    s.ctx
+        .tracker
+        .watch_also(ObjectRef::from_obj(s.mr), provider.name(), &accepted);
     let mut by_reason: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for m in &s.status.machines {
         if accepted.contains(&m.id) {

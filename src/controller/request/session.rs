@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::plan;
 use super::CONTROLLER;
@@ -96,6 +96,13 @@ impl<'a> Session<'a> {
                 source,
             })?;
         self.ctx.metrics.status_write(CONTROLLER);
+        debug!(
+            request = %self.key(),
+            machines = self.status.machines.len(),
+            live = self.status.live_machines(),
+            phase = ?self.status.phase,
+            "status written"
+        );
         self.ctx.metrics.fleet.request_status_written(
             &self.owner.namespace,
             &self.owner.template,
