@@ -77,6 +77,41 @@ async fn patch_template(env: &TestEnv, spec: Value) -> i64 {
     generation
 }
 
+/// A namespace, an operator reaching moto through a forwarder (with
+/// `fidelity` on when given; status checks off, sweeping every `sweep`, and
+/// `extra` config) and template `t` tagged `build: 1`.
+async fn bed(
+    name: &str,
+    fidelity: Option<Fidelity>,
+    sweep: &str,
+    extra: &str,
+) -> (TestEnv, Forwarder, OperatorProcess) {
+    let env = TestEnv::new(name).await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    if let Some(fidelity) = fidelity {
+        fwd.enable_fidelity(fidelity);
+    }
+    let cfg = config_via(
+        &env,
+        &fwd,
+        sweep,
+        &format!("statusCheckInterval: off\n{extra}"),
+    );
+    let op = OperatorProcess::start(&env, &cfg).await;
+    create_template(
+        &env,
+        "t",
+        json!({
+            "image": {"ssmParameter": AL2023_PARAM},
+            "instanceTypes": [{"type": "t3.micro"}],
+            "tags": {"build": "1"},
+        }),
+    )
+    .await;
+    (env, fwd, op)
+}
+
 /// Whether the request compares its machines with template generation `g`.
 fn sees(mr: &MachineRequest, g: i64) -> bool {
     mr.status
@@ -136,21 +171,7 @@ fn tag_values(params: &std::collections::BTreeMap<String, String>, key: &str) ->
 
 #[tokio::test]
 async fn a_template_change_drifts_machines_and_replace_swaps_them_new_first() {
-    let env = TestEnv::new("drift").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = config_via(&env, &fwd, "10m", "statusCheckInterval: off\n");
-    let _op = OperatorProcess::start(&env, &cfg).await;
-    create_template(
-        &env,
-        "t",
-        json!({
-            "image": {"ssmParameter": AL2023_PARAM},
-            "instanceTypes": [{"type": "t3.micro"}],
-            "tags": {"build": "1"},
-        }),
-    )
-    .await;
+    let (env, fwd, _op) = bed("drift", None, "10m", "").await;
     create(
         &env,
         "replace",
@@ -387,26 +408,12 @@ async fn a_template_change_drifts_machines_and_replace_swaps_them_new_first() {
 /// exactly those, the old ones went as Replaced, and no token launched twice.
 #[tokio::test]
 async fn replacement_keeps_exact_counts_under_lost_answers_and_partial_launches() {
-    let env = TestEnv::new("drift-lossy").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    fwd.enable_fidelity(Fidelity::lossy(21));
     // The grace outlasts the profile's 5 s tag-listing lag.
-    let cfg = config_via(
-        &env,
-        &fwd,
+    let (env, fwd, _op) = bed(
+        "drift-lossy",
+        Some(Fidelity::lossy(21)),
         "2s",
-        "statusCheckInterval: off\nfullSweepInterval: 2s\ngcGracePeriod: 10s\n",
-    );
-    let _op = OperatorProcess::start(&env, &cfg).await;
-    create_template(
-        &env,
-        "t",
-        json!({
-            "image": {"ssmParameter": AL2023_PARAM},
-            "instanceTypes": [{"type": "t3.micro"}],
-            "tags": {"build": "1"},
-        }),
+        "fullSweepInterval: 2s\ngcGracePeriod: 10s\n",
     )
     .await;
     let requests: [(&str, usize); 3] = [("a", 3), ("b", 2), ("c", 4)];

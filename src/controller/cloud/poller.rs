@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -87,7 +87,7 @@ impl Tracker {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -161,19 +161,7 @@ impl Tracker {
             None => ids.clone(),
         };
         state.watching.insert(request, (provider.to_string(), ids));
-        if new.is_empty() {
-            return;
-        }
-        state
-            .fresh_since
-            .get_or_insert_with(tokio::time::Instant::now);
-        state
-            .fresh_ids
-            .entry(provider.to_string())
-            .or_default()
-            .extend(new);
-        drop(state);
-        self.fresh.notify_one();
+        self.mark_fresh(state, provider, new);
     }
 
     /// Adds `ids` to what `request` watches, as fresh ids: machines whose
@@ -197,10 +185,16 @@ impl Tracker {
             .filter(|id| !entry.1.contains(id))
             .cloned()
             .collect();
+        entry.1.extend(new.iter().cloned());
+        self.mark_fresh(state, provider, new);
+    }
+
+    /// Queues `new` ids of `provider` for the first look (and brings it
+    /// forward); nothing when there are none.
+    fn mark_fresh(&self, mut state: MutexGuard<'_, State>, provider: &str, new: Vec<String>) {
         if new.is_empty() {
             return;
         }
-        entry.1.extend(new.iter().cloned());
         state
             .fresh_since
             .get_or_insert_with(tokio::time::Instant::now);
