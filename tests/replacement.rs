@@ -416,6 +416,28 @@ async fn an_impaired_machine_is_reported_and_replaced_only_when_asked() {
     );
 }
 
+/// An operator started on an account where it holds no machine knows that
+/// none fails a check without a call: a request created afterwards says
+/// `AllHealthy` from its first status, not `NotCheckedYet` until the next
+/// listing (10 minutes here) wakes and rewrites every request.
+#[tokio::test]
+async fn requests_after_a_start_with_no_machines_are_healthy_without_a_listing() {
+    let env = TestEnv::new("replace-empty").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = config_via(&env, &fwd, "10m", "statusCheckInterval: 10m\n");
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    template(&env, "on-demand").await;
+    create(&env, "fresh", "t", 2, json!({}), json!({})).await;
+    wait_request(&env, "fresh", "Ready and AllHealthy", WAIT, |mr| {
+        is_ready(mr)
+            && condition(mr, "MachinesHealthy")
+                .is_some_and(|c| c.status == "True" && c.reason == "AllHealthy")
+    })
+    .await;
+    assert_eq!(fwd.calls("DescribeInstanceStatus"), 0, "no listing needed");
+}
+
 #[tokio::test]
 async fn the_status_check_loop_lists_once_per_interval_and_never_when_off() {
     const INTERVAL: Duration = Duration::from_secs(2);
