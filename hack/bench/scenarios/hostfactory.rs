@@ -316,26 +316,15 @@ async fn fill_and_return(
         }
     }
     let return_calls = calls_by_action(fwd);
-    let mut return_timeline = return_timeline(fwd, &caller.shim, tr, answered_s, return_s);
     let api_calls = diff_counts(&apiserver_requests(&env), &api_before);
-    let mut busiest: Vec<(&String, &u64)> = api_calls.iter().filter(|(_, n)| **n >= 10).collect();
-    busiest.sort_by(|a, b| b.1.cmp(a.1));
-    return_timeline.push_str(&format!(
-        "; apiserver requests meanwhile: {}",
-        busiest
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    let polled: Vec<String> = polls
-        .iter()
-        .map(|(at, undone)| format!("{at:.2} s: {undone}"))
-        .collect();
-    return_timeline.push_str(&format!(
-        "; machines not done at each poll: {}",
-        polled.join(", ")
-    ));
+    let return_timeline = return_timeline(
+        fwd,
+        &caller.shim,
+        tr,
+        (answered_s, return_s),
+        &polls,
+        &api_calls,
+    );
     progress!(start, "hf-{tag}: return timeline: {return_timeline}");
     let throttled = fwd.throttled();
     fwd.set_rate_limits(None);
@@ -429,16 +418,19 @@ fn add_rows(report: &mut Report, scenario: &str, r: usize, m: i32, got: &Run) {
 }
 
 /// Where a return's time went, in seconds after requestReturnMachines
-/// started: its answer (with the plugin's own list and slowest patch, from
-/// its log), the TerminateInstances calls, the first DescribeInstances after
-/// the last of them (the poll that can see `terminated`), and when the
-/// caller saw the return `complete`.
+/// started (`began`): its answer (with the plugin's own list and slowest
+/// patch, from its log), the TerminateInstances calls, the first
+/// DescribeInstances after the last of them (the poll that can see
+/// `terminated`), when the caller saw the return `complete` (`answered_s`,
+/// `complete_s`), the apiserver requests made meanwhile (10 or more of a
+/// kind), and the machines each of the caller's `polls` found undone.
 fn return_timeline(
     fwd: &Forwarder,
     shim: &Shim,
     began: Instant,
-    answered_s: f64,
-    complete_s: f64,
+    (answered_s, complete_s): (f64, f64),
+    polls: &[(f64, usize)],
+    api_calls: &BTreeMap<String, u64>,
 ) -> String {
     let after = |at: &Instant| at.saturating_duration_since(began).as_secs_f64();
     let terminations = fwd.call_times("TerminateInstances");
@@ -464,6 +456,21 @@ fn return_timeline(
         }
     }
     out.push_str(&format!(", complete seen at {complete_s:.2} s"));
+    let mut busiest: Vec<(&String, &u64)> = api_calls.iter().filter(|(_, n)| **n >= 10).collect();
+    busiest.sort_by(|a, b| b.1.cmp(a.1));
+    let busiest: Vec<String> = busiest.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    out.push_str(&format!(
+        "; apiserver requests meanwhile: {}",
+        busiest.join(", ")
+    ));
+    let polled: Vec<String> = polls
+        .iter()
+        .map(|(at, undone)| format!("{at:.2} s: {undone}"))
+        .collect();
+    out.push_str(&format!(
+        "; machines not done at each poll: {}",
+        polled.join(", ")
+    ));
     out
 }
 
