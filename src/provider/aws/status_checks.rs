@@ -35,10 +35,17 @@ pub(super) async fn impaired(
                 let answer = calls
                     .run("DescribeInstanceStatus", || request.send())
                     .await?;
-                Ok((answer.instance_statuses().to_vec(), answer.next_token))
+                // Only the impaired are kept: the page (up to 1,000
+                // statuses) is dropped here, not copied.
+                let impaired: Vec<Impairment> = answer
+                    .instance_statuses()
+                    .iter()
+                    .filter_map(impairment)
+                    .collect();
+                Ok((impaired, answer.next_token))
             }
         },
-        |page| out.extend(page.iter().filter_map(impairment)),
+        |page| out.extend(page),
     )
     .await?;
     Ok(out)

@@ -53,6 +53,7 @@
 //! and lag; see that module's docs for its API.
 
 mod fidelity;
+mod paging;
 mod pending;
 mod placement;
 mod requirements;

@@ -113,7 +113,8 @@ async fn forward_and_relay(
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     match forward(shared, parts, body).await {
         Ok(response) if call.action.as_deref() == Some("DescribeInstanceStatus") => {
-            Ok(impair(shared, response).await)
+            let response = rewrite_body(response, |text| super::paging::page(&call.params, text));
+            Ok(impair(shared, response.await).await)
         }
         Ok(response) if call.action.as_deref() == Some("DescribeInstances") => {
             let response = hold_pending(shared, response).await;

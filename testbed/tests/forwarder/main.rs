@@ -332,6 +332,62 @@ async fn records_the_parameters_sent() {
     assert!(fwd.requests("RunInstances").is_empty());
 }
 
+/// moto answers DescribeInstanceStatus whole; the forwarder pages it as EC2
+/// does, so the SDK's paginator walks pages of at most MaxResults and sees
+/// every running instance once.
+#[tokio::test]
+async fn instance_statuses_come_in_pages_of_max_results() {
+    let env = TestEnv::new("fwd-pages").await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let ec2 = ec2_no_retry(fwd.endpoint());
+    let ami = env.al2023_ami().await;
+    let mine = launch(&ec2, &ami, "t3.nano", &env.namespace, 7)
+        .await
+        .expect("RunInstances");
+    assert_eq!(mine.len(), 7);
+    fwd.reset_counters();
+
+    let mut pages = ec2
+        .describe_instance_status()
+        .include_all_instances(false)
+        .max_results(5)
+        .into_paginator()
+        .send();
+    let mut listed: Vec<String> = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.expect("a DescribeInstanceStatus page");
+        sizes.push(page.instance_statuses().len());
+        listed.extend(
+            page.instance_statuses()
+                .iter()
+                .filter_map(|s| s.instance_id().map(str::to_string)),
+        );
+    }
+    assert!(
+        sizes.len() >= 2,
+        "7 running instances at 5 a page: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|n| *n <= 5), "{sizes:?}");
+    assert_eq!(fwd.calls("DescribeInstanceStatus"), sizes.len() as u64);
+    for id in &mine {
+        let times = listed.iter().filter(|l| *l == id).count();
+        assert_eq!(times, 1, "{id} listed {times} times across {sizes:?}");
+    }
+    let sent = fwd.requests("DescribeInstanceStatus");
+    assert!(!sent[0].contains_key("NextToken"), "{sent:?}");
+    assert!(
+        sent[1..].iter().all(|p| p.contains_key("NextToken")),
+        "{sent:?}"
+    );
+
+    ec2.terminate_instances()
+        .set_instance_ids(Some(mine))
+        .send()
+        .await
+        .expect("TerminateInstances");
+}
+
 #[tokio::test]
 async fn fleet_overrides_match_by_key_suffix() {
     let env = TestEnv::new("fwd-fleet").await;

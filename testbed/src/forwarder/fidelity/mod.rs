@@ -56,7 +56,7 @@ mod model;
 mod templates;
 mod tokens;
 mod upstream;
-mod xml;
+pub(super) mod xml;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

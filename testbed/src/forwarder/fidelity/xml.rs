@@ -7,7 +7,7 @@ use xmlparser::{ElementEnd, Token, Tokenizer};
 
 /// One node of the tree: an element or raw (still escaped) character data.
 #[derive(Clone, Debug)]
-pub(super) enum Node {
+pub(in crate::forwarder) enum Node {
     Element(Element),
     Text(String),
 }
@@ -15,22 +15,22 @@ pub(super) enum Node {
 /// An element with its qualified name, its attributes as written, and its
 /// children in order.
 #[derive(Clone, Debug)]
-pub(super) struct Element {
-    pub(super) name: String,
+pub(in crate::forwarder) struct Element {
+    pub(in crate::forwarder) name: String,
     attrs: String,
-    pub(super) children: Vec<Node>,
+    pub(in crate::forwarder) children: Vec<Node>,
 }
 
 /// A parsed document: the prolog as written and the root element.
 #[derive(Clone, Debug)]
-pub(super) struct Document {
+pub(in crate::forwarder) struct Document {
     prolog: String,
-    pub(super) root: Element,
+    pub(in crate::forwarder) root: Element,
 }
 
 impl Document {
     /// A new document around `root`, with EC2's XML declaration.
-    pub(super) fn new(root: Element) -> Document {
+    pub(in crate::forwarder) fn new(root: Element) -> Document {
         Document {
             prolog: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>".to_string(),
             root,
@@ -38,7 +38,7 @@ impl Document {
     }
 
     /// Parses `text`; `None` when it is not one well-formed element tree.
-    pub(super) fn parse(text: &str) -> Option<Document> {
+    pub(in crate::forwarder) fn parse(text: &str) -> Option<Document> {
         let mut prolog = String::new();
         let mut stack: Vec<Element> = Vec::new();
         let mut root = None;
@@ -90,7 +90,7 @@ impl Document {
     }
 
     /// The document as text again.
-    pub(super) fn render(&self) -> String {
+    pub(in crate::forwarder) fn render(&self) -> String {
         let mut out = String::new();
         if !self.prolog.is_empty() {
             out.push_str(&self.prolog);
@@ -103,7 +103,7 @@ impl Document {
 
 impl Element {
     /// An element without attributes or children.
-    pub(super) fn new(name: impl Into<String>) -> Element {
+    pub(in crate::forwarder) fn new(name: impl Into<String>) -> Element {
         Element {
             name: name.into(),
             attrs: String::new(),
@@ -112,32 +112,32 @@ impl Element {
     }
 
     /// An element holding only `text` (escaped here).
-    pub(super) fn with_text(name: impl Into<String>, text: &str) -> Element {
+    pub(in crate::forwarder) fn with_text(name: impl Into<String>, text: &str) -> Element {
         let mut element = Element::new(name);
         element.children.push(Node::Text(escape(text)));
         element
     }
 
     /// Adds an attribute (builder style); `value` is escaped here.
-    pub(super) fn attr(mut self, name: &str, value: &str) -> Element {
+    pub(in crate::forwarder) fn attr(mut self, name: &str, value: &str) -> Element {
         self.attrs
             .push_str(&format!(" {name}=\"{}\"", escape(value)));
         self
     }
 
     /// Adds a child element (builder style).
-    pub(super) fn child_element(mut self, child: Element) -> Element {
+    pub(in crate::forwarder) fn child_element(mut self, child: Element) -> Element {
         self.children.push(Node::Element(child));
         self
     }
 
     /// The first child element named `name`.
-    pub(super) fn child(&self, name: &str) -> Option<&Element> {
+    pub(in crate::forwarder) fn child(&self, name: &str) -> Option<&Element> {
         self.elements().find(|e| e.name == name)
     }
 
     /// The first child element named `name`, to change it.
-    pub(super) fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
+    pub(in crate::forwarder) fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
         self.children.iter_mut().find_map(|n| match n {
             Node::Element(e) if e.name == name => Some(e),
             _ => None,
@@ -145,7 +145,7 @@ impl Element {
     }
 
     /// The child elements, in order.
-    pub(super) fn elements(&self) -> impl Iterator<Item = &Element> {
+    pub(in crate::forwarder) fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
@@ -153,7 +153,7 @@ impl Element {
     }
 
     /// The child elements, in order, to change them.
-    pub(super) fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+    pub(in crate::forwarder) fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
         self.children.iter_mut().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
@@ -161,15 +161,32 @@ impl Element {
     }
 
     /// Keeps the child elements for which `keep` is true (text stays).
-    pub(super) fn retain_elements(&mut self, mut keep: impl FnMut(&Element) -> bool) {
+    pub(in crate::forwarder) fn retain_elements(&mut self, mut keep: impl FnMut(&Element) -> bool) {
         self.children.retain(|n| match n {
             Node::Element(e) => keep(e),
             Node::Text(_) => true,
         });
     }
 
+    /// Orders the child elements by `key` (stable). Meant for a list element
+    /// such as an `…Set` of `item`s: text between them (whitespace) is dropped.
+    pub(in crate::forwarder) fn sort_elements_by_key<K: Ord>(
+        &mut self,
+        mut key: impl FnMut(&Element) -> K,
+    ) {
+        let mut keyed: Vec<(K, Node)> = std::mem::take(&mut self.children)
+            .into_iter()
+            .filter_map(|n| match n {
+                Node::Element(e) => Some((key(&e), Node::Element(e))),
+                Node::Text(_) => None,
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.children = keyed.into_iter().map(|(_, n)| n).collect();
+    }
+
     /// Replaces the first child named like `child`, or appends it.
-    pub(super) fn set_child(&mut self, child: Element) {
+    pub(in crate::forwarder) fn set_child(&mut self, child: Element) {
         match self.child_mut(&child.name) {
             Some(existing) => *existing = child,
             None => self.children.push(Node::Element(child)),
@@ -177,7 +194,7 @@ impl Element {
     }
 
     /// The element's character data, unescaped.
-    pub(super) fn text(&self) -> String {
+    pub(in crate::forwarder) fn text(&self) -> String {
         let raw: String = self
             .children
             .iter()
@@ -190,7 +207,7 @@ impl Element {
     }
 
     /// The text of the child at `path` (`["instanceState", "name"]`).
-    pub(super) fn text_at(&self, path: &[&str]) -> Option<String> {
+    pub(in crate::forwarder) fn text_at(&self, path: &[&str]) -> Option<String> {
         let mut at = self;
         for name in path {
             at = at.child(name)?;
