@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use hostforge::api::{LaunchState, MachineState};
+use hostforge::api::{LaunchState, MachineState, TerminationReason};
 use hostforge_testbed::forwarder::Forwarder;
 use hostforge_testbed::machines::{
     assert_moto_matches_status, create_request, create_template, is_ready, moto_live, patch_spec,
@@ -152,5 +152,80 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
         },
     )
     .await;
+    assert_moto_matches_status(&env, &done).await;
+}
+
+/// A return marks nothing before TerminateInstances (`returnMachines` is its
+/// record): a kill right after EC2 accepted the call, before any status
+/// write, must still end with the machines Returned, never Lost, and nothing
+/// launched in their place.
+#[tokio::test]
+async fn a_kill_after_a_return_is_sent_leaves_the_machines_returned() {
+    let env = TestEnv::new("crash-return").await;
+    env.install_crds().await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let cfg = config(&env, &fwd);
+    create_template(
+        &env,
+        "compute",
+        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
+    )
+    .await;
+    let name = "give-back";
+    create_request(&env, name, "compute", 3, true).await;
+    let mut op = OperatorProcess::start(&env, &cfg).await;
+    let ready = wait_request(&env, name, "Ready with 3", WAIT, |m| {
+        is_ready(m) && status_live(m).len() == 3
+    })
+    .await;
+    op.terminate(Duration::from_secs(20)).await;
+    let live: Vec<String> = status_live(&ready).into_iter().collect();
+    let (returned, kept) = (live[..2].to_vec(), live[2].clone());
+    // As HostFactory returns: the ids listed and count lowered with them.
+    patch_spec(&env, name, json!({"returnMachines": returned, "count": 1})).await;
+    fwd.reset_counters();
+
+    crash_at(&env, &cfg, "request-after-terminate").await;
+    let crashed = requests(&env).get(name).await.expect("get");
+    let unmarked =
+        crashed.status.iter().flat_map(|st| &st.machines).all(|m| {
+            m.termination_reason.is_none() && !matches!(m.state, MachineState::ShuttingDown)
+        });
+    assert!(
+        unmarked,
+        "no status write before the kill: {:?}",
+        crashed.status
+    );
+    assert_eq!(
+        moto_live(&env, &uid(&crashed)).await,
+        [kept.clone()].into(),
+        "EC2 took the return before the kill"
+    );
+
+    let _op = OperatorProcess::start(&env, &cfg).await;
+    let done = wait_request(&env, name, "two Returned and down, one live", WAIT, |m| {
+        let machines: Vec<_> = m.status.iter().flat_map(|st| &st.machines).collect();
+        let gone = machines
+            .iter()
+            .filter(|x| returned.contains(&x.id))
+            .all(|x| {
+                x.termination_reason == Some(TerminationReason::Returned)
+                    && x.state == MachineState::Terminated
+            });
+        gone && status_live(m) == [kept.clone()].into()
+    })
+    .await;
+    let lost = done
+        .status
+        .iter()
+        .flat_map(|st| &st.machines)
+        .filter(|m| m.termination_reason == Some(TerminationReason::Lost))
+        .count();
+    assert_eq!(lost, 0, "{:?}", done.status);
+    assert_eq!(
+        fwd.calls("RunInstances"),
+        0,
+        "nothing replaces a returned machine"
+    );
     assert_moto_matches_status(&env, &done).await;
 }

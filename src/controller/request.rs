@@ -224,8 +224,16 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     // Intent is written before anything is sent. A reconcile that sends
     // nothing (it copies what the cloud said) writes once, at the end: the
     // write here came to a second status write per observation, 200 of the
-    // 400 a return of 100 requests made.
-    let recorded = if new.is_some() || !plan.terminate.is_empty() {
+    // 400 a return of 100 requests made. Terminating only machines the spec
+    // returns needs no mark either: `returnMachines` already holds that
+    // intent, and after a crash the plan reads a listed machine that went
+    // down as Returned, never Lost. Other terminations (scale-down,
+    // replacement) are choices only the status records.
+    let chosen = plan
+        .terminate
+        .iter()
+        .any(|id| !desired.return_machines.contains(id));
+    let recorded = if new.is_some() || chosen {
         intent::record(s, new).await?
     } else {
         None
@@ -236,6 +244,7 @@ async fn pipeline(s: &mut Session<'_>) -> Result<Action, Error> {
     if !plan.terminate.is_empty() {
         failpoint!("request-after-mark");
         act::terminate(s, &open.provider, &plan.terminate).await?;
+        failpoint!("request-after-terminate");
     }
     let mut grouped = false;
     if let Some(recorded) = recorded {
