@@ -523,3 +523,33 @@ async fn assume_role_credentials_are_used_for_calls() {
     assert_ne!(session.access_key_id(), "testing");
     assert!(session.session_token().is_some());
 }
+
+/// The adapter's limiter against the forwarder's model of EC2's buckets,
+/// both at a tenth of EC2's defaults (DescribeInstances: 10 burst, 2/s): 16
+/// concurrent describes are spread over the refill and none is throttled.
+#[tokio::test]
+async fn the_limiter_keeps_a_burst_within_ec2s_buckets() {
+    let env = TestEnv::new("aws-limits").await;
+    let fwd = hostforge_testbed::forwarder::Forwarder::start(&env.bed.moto_url);
+    let scale = 0.1;
+    fwd.set_rate_limits(Some(
+        hostforge_testbed::forwarder::RateLimits::ec2_defaults().scaled(scale),
+    ));
+    let mut config = provider_config(fwd.endpoint());
+    config.rate_limits = config.rate_limits.scaled(scale);
+    let recorder = Arc::new(Recorder::default());
+    let provider =
+        AwsProvider::connect_with_credentials(&config, base_credentials(), recorder.clone()).await;
+    let ids: Vec<String> = (0..16).map(|i| format!("i-{i:017x}")).collect();
+    let answers = futures::future::join_all(
+        ids.iter()
+            .map(|id| provider.describe_machines(std::slice::from_ref(id))),
+    )
+    .await;
+    for answer in answers {
+        assert!(answer.expect("DescribeInstances").is_empty());
+    }
+    assert_eq!(fwd.calls("DescribeInstances"), 16, "{:?}", fwd.snapshot());
+    assert_eq!(fwd.throttled(), 0, "{:?}", fwd.snapshot());
+    assert_eq!(recorder.count("DescribeInstances", "ok"), 16);
+}
