@@ -53,7 +53,7 @@ pub struct Tracker {
 #[derive(Default)]
 struct State {
     /// Latest answer of the cloud per instance id.
-    observed: HashMap<String, Machine>,
+    observed: HashMap<String, Observed>,
     /// Per request: its provider and the ids to describe every poll.
     watching: HashMap<ObjectRef<MachineRequest>, (String, Vec<String>)>,
     /// Per request uid: machines the sweep found tagged for it but missing from
@@ -65,6 +65,34 @@ struct State {
     fresh_ids: BTreeMap<String, BTreeSet<String>>,
     /// When the oldest of `fresh_ids` arrived.
     fresh_since: Option<tokio::time::Instant>,
+}
+
+/// What the tracker keeps of one observation: the machine without its tags,
+/// and of those only the batch (status needs it for a machine it adopts).
+/// A tag map holding even one tag costs a whole B-tree node (about 540
+/// bytes): 5.4 MB at 10,000 machines (heaptrack), where an empty map costs
+/// nothing.
+struct Observed {
+    machine: Machine,
+    batch: Option<String>,
+}
+
+impl Observed {
+    fn of(mut machine: Machine) -> Observed {
+        let batch = machine.tags.remove(super::ownership::BATCH_TAG);
+        machine.tags = BTreeMap::new();
+        Observed { machine, batch }
+    }
+
+    /// The observation as a machine again, its batch tag included.
+    fn machine(&self) -> Machine {
+        let mut m = self.machine.clone();
+        if let Some(batch) = &self.batch {
+            m.tags
+                .insert(super::ownership::BATCH_TAG.to_string(), batch.clone());
+        }
+        m
+    }
 }
 
 impl Tracker {
@@ -104,7 +132,7 @@ impl Tracker {
 
     /// The latest observation of `id`, if any.
     pub fn observed(&self, id: &str) -> Option<Machine> {
-        self.lock().observed.get(id).cloned()
+        self.lock().observed.get(id).map(Observed::machine)
     }
 
     /// Stores observations; returns the ids whose state, host name or addresses
@@ -114,9 +142,9 @@ impl Tracker {
     pub fn record(&self, machines: impl IntoIterator<Item = Machine>) -> Vec<String> {
         let mut state = self.lock();
         let mut changed = Vec::new();
-        for mut m in machines {
-            m.tags.retain(|k, _| k == super::ownership::BATCH_TAG);
+        for m in machines {
             let differs = state.observed.get(&m.id).is_none_or(|old| {
+                let old = &old.machine;
                 old.state != m.state
                     || old.private_dns_name != m.private_dns_name
                     || old.private_ip != m.private_ip
@@ -125,7 +153,7 @@ impl Tracker {
             if differs {
                 changed.push(m.id.clone());
             }
-            state.observed.insert(m.id.clone(), m);
+            state.observed.insert(m.id.clone(), Observed::of(m));
         }
         changed
     }
@@ -136,7 +164,7 @@ impl Tracker {
     pub fn set_state(&self, ids: &BTreeSet<String>, state: MachineState) {
         let mut guard = self.lock();
         for id in ids {
-            if let Some(m) = guard.observed.get_mut(id) {
+            if let Some(Observed { machine: m, .. }) = guard.observed.get_mut(id) {
                 if !m.state.is_terminating() || state == MachineState::Terminated {
                     m.state = state;
                 }
@@ -346,7 +374,7 @@ impl Tracker {
                 state
                     .observed
                     .get(id)
-                    .is_none_or(|m| m.state != MachineState::Terminated)
+                    .is_none_or(|m| m.machine.state != MachineState::Terminated)
             })
             .collect()
     }
@@ -437,6 +465,33 @@ mod tests {
 
     fn machine(id: &str, state: MachineState) -> Machine {
         Machine::bare(id, state)
+    }
+
+    #[test]
+    fn an_observation_keeps_of_its_tags_only_the_batch() {
+        let (tracker, _woken) = Tracker::new();
+        let mut m = machine("i-1", MachineState::Running);
+        m.private_ip = Some("10.0.0.1".into());
+        m.tags = [
+            (super::super::ownership::BATCH_TAG, "b-1"),
+            ("team", "hpc"),
+            ("Name", "worker"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        tracker.record([m.clone()]);
+        let seen = tracker.observed("i-1").expect("observed");
+        let tags: Vec<(&str, &str)> = seen
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(tags, [(super::super::ownership::BATCH_TAG, "b-1")]);
+        assert_eq!(seen.private_ip, m.private_ip);
+        m.tags.clear();
+        tracker.record([m]);
+        assert!(tracker.observed("i-1").expect("observed").tags.is_empty());
     }
 
     #[tokio::test]
