@@ -77,6 +77,7 @@ pub enum RunError {
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    return_large_blocks();
     let config = Arc::new(OperatorConfig::load(&opts.config_path)?);
     info!(
         cluster = %config.cluster_name,
@@ -351,4 +352,22 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Has glibc's allocator give large blocks (128 KiB and up: EC2 answers, the
+/// buffers they are read into) their own mappings, returned to the system
+/// when freed. By default glibc raises that threshold to the largest block
+/// freed so far (up to 32 MiB), after which such buffers came from the heap
+/// and their pages stayed resident: the steady bench's operator grew 8 MB
+/// while its sweep and status-check listing ran at 10,000 machines (98.7 MiB
+/// peak, 90.7 at the fill's end). Setting the threshold keeps it fixed. musl
+/// (the container image's libc) has no such setting and maps large blocks
+/// anyway.
+fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called once,
+    // before the runtime starts any allocating work of its own.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
