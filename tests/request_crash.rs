@@ -31,9 +31,10 @@ async fn crash_at(env: &TestEnv, cfg: &str, point: &str) {
     OperatorProcess::crash_at(env, cfg, point, WAIT).await
 }
 
-#[tokio::test]
-async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
-    let env = TestEnv::new("crash").await;
+/// A namespace with the CRDs, a forwarder in front of moto, the operator's
+/// config through it, and the template `compute` (t3.micro).
+async fn bed(name: &str) -> (TestEnv, Forwarder, String) {
+    let env = TestEnv::new(name).await;
     env.install_crds().await;
     let fwd = Forwarder::start(&env.bed.moto_url);
     let cfg = config(&env, &fwd);
@@ -43,6 +44,12 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
         json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
     )
     .await;
+    (env, fwd, cfg)
+}
+
+#[tokio::test]
+async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
+    let (env, fwd, cfg) = bed("crash").await;
 
     for (i, point) in ["request-after-intent", "request-after-launch"]
         .into_iter()
@@ -161,16 +168,7 @@ async fn a_kill_at_each_launch_step_neither_duplicates_nor_leaks() {
 /// launched in their place.
 #[tokio::test]
 async fn a_kill_after_a_return_is_sent_leaves_the_machines_returned() {
-    let env = TestEnv::new("crash-return").await;
-    env.install_crds().await;
-    let fwd = Forwarder::start(&env.bed.moto_url);
-    let cfg = config(&env, &fwd);
-    create_template(
-        &env,
-        "compute",
-        json!({"image": {"ssmParameter": AL2023_PARAM}, "instanceTypes": [{"type": "t3.micro"}]}),
-    )
-    .await;
+    let (env, fwd, cfg) = bed("crash-return").await;
     let name = "give-back";
     create_request(&env, name, "compute", 3, true).await;
     let mut op = OperatorProcess::start(&env, &cfg).await;

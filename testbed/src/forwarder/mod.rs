@@ -541,6 +541,16 @@ struct State {
     model: fidelity::Model,
 }
 
+/// Decoded query parameters from `(key, value)` pairs, as [`Call::parse`]
+/// leaves them: how the forwarder's unit tests write a call's parameters.
+#[cfg(test)]
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// What the forwarder decided for one call.
 enum Decision {
     Forward,

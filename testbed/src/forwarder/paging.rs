@@ -66,6 +66,7 @@ pub(super) fn page(params: &BTreeMap<String, String>, body: &str) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forwarder::params;
 
     fn answer(ids: &[&str]) -> String {
         let items: String = ids
@@ -95,13 +96,6 @@ mod tests {
             .filter_map(|item| item.text_at(&["instanceId"]))
             .collect();
         (ids, doc.root.text_at(&["nextToken"]))
-    }
-
-    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

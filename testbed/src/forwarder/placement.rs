@@ -108,13 +108,7 @@ fn name_filter(params: &BTreeMap<String, String>) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::forwarder::params;
 
     #[test]
     fn a_filter_answers_only_existing_groups_and_a_name_fails_the_call() {

@@ -194,13 +194,7 @@ fn override_field(key: &str) -> Option<(usize, usize, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::forwarder::params as req;
 
     #[test]
     fn types_match_every_attribute_and_exclusions_by_wildcard() {

@@ -138,13 +138,7 @@ fn values(body: &str, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::forwarder::params;
 
     #[test]
     fn a_targeted_launch_is_reported_in_its_reservation() {
