@@ -365,8 +365,8 @@ async fn wait_for_signal() -> std::io::Result<()> {
 /// anyway.
 fn return_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it is called once,
-    // before the runtime starts any allocating work of its own.
+    // SAFETY: mallopt only changes allocator parameters and takes glibc's
+    // arena locks itself, so calling it while other threads allocate is sound.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
