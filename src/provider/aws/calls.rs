@@ -39,20 +39,6 @@ impl Calls {
         }
     }
 
-    /// Waits until the instance bucket of `operation` (RunInstances,
-    /// TerminateInstances) holds `instances` tokens and takes them; the call
-    /// itself then goes through [`Calls::run`] for its request token.
-    pub(super) async fn limit_instances(&self, operation: &'static str, instances: usize) {
-        let n = u32::try_from(instances).unwrap_or(u32::MAX);
-        let waited = self.limiter.acquire_instances(operation, n).await;
-        if !waited.is_zero() {
-            self.observer
-                .rate_limit_wait(&self.provider, operation, waited.as_secs_f64());
-            debug!(provider = %self.provider, operation, instances, waited = waited.as_secs_f64(),
-                "waited for the instance rate limit");
-        }
-    }
-
     /// The provider instance's name.
     pub(super) fn provider(&self) -> &str {
         &self.provider
@@ -61,7 +47,8 @@ impl Calls {
     /// Waits for `operation`'s request token, then makes one SDK call of
     /// `operation` (`call` returns its `send()` future), reports it and maps
     /// its error. The wait is not part of the reported latency, and not of
-    /// the SDK's operation timeout.
+    /// the SDK's operation timeout. For calls that also cost instance tokens
+    /// see [`Calls::run_for`].
     ///
     /// The call's future is made, on the heap, only once the token is here:
     /// an SDK call future is about 10 KB before it is ever polled, and a
@@ -76,12 +63,31 @@ impl Calls {
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
-        let waited = self.limiter.acquire(operation).await;
+        self.run_for(operation, 0, call).await
+    }
+
+    /// [`Calls::run`] of a call that also costs `instances` tokens of its
+    /// operation's instance bucket (RunInstances: its `MaxCount`;
+    /// TerminateInstances: its ids). Both kinds of token are taken at the
+    /// one moment the call goes, as EC2 charges them when it arrives.
+    pub(super) async fn run_for<T, E, C, F>(
+        &self,
+        operation: &'static str,
+        instances: usize,
+        call: C,
+    ) -> Result<T, ProviderError>
+    where
+        C: FnOnce() -> F,
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        let n = u32::try_from(instances).unwrap_or(u32::MAX);
+        let waited = self.limiter.acquire(operation, n).await;
         if !waited.is_zero() {
             self.observer
                 .rate_limit_wait(&self.provider, operation, waited.as_secs_f64());
-            debug!(provider = %self.provider, operation, waited = waited.as_secs_f64(),
-                "waited for the request rate limit");
+            debug!(provider = %self.provider, operation, instances, waited = waited.as_secs_f64(),
+                "waited for the rate limit");
         }
         let start = Instant::now();
         let result = Box::pin(call())
@@ -144,6 +150,8 @@ impl Calls {
 mod tests {
     use std::sync::Mutex;
 
+    use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+
     use super::*;
     use crate::config::rate_limits::RateLimitConfig;
 
@@ -169,10 +177,18 @@ mod tests {
             waits.clone(),
             Arc::new(Limiter::new(RateLimitConfig::default())),
         );
+        // A call that never reaches the network: only its tokens matter.
+        let sent = || async { Ok::<(), SdkError<RunInstancesError, HttpResponse>>(()) };
         // EC2's launched-instances bucket holds 1,000: the first takes it all.
-        calls.limit_instances("RunInstances", 1000).await;
+        calls
+            .run_for("RunInstances", 1000, sent)
+            .await
+            .expect("no call fails");
         assert!(waits.0.lock().expect("lock").is_empty());
-        calls.limit_instances("RunInstances", 10).await;
+        calls
+            .run_for("RunInstances", 10, sent)
+            .await
+            .expect("no call fails");
         let seen = waits.0.lock().expect("lock").clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
         let (provider, operation, seconds) = &seen[0];

@@ -40,8 +40,8 @@ use crate::config::rate_limits::RateLimitConfig;
 use crate::config::ProviderConfig;
 use crate::provider::{
     CallObserver, ImageSource, Impairment, InstanceTypeInfo, InterruptionNotice, LaunchAnswer,
-    LaunchApi, LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError,
-    ResolvedImage, SecurityGroupFacts, SubnetFacts, TagQuery,
+    LaunchSpec, Machine, MachineProvider, OwnedLaunchTemplate, ProviderError, ResolvedImage,
+    SecurityGroupFacts, SubnetFacts, TagQuery,
 };
 
 /// One configured AWS account and region.
@@ -195,11 +195,6 @@ impl MachineProvider for AwsProvider {
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
-        // One token per instance from TerminateInstances' instance bucket,
-        // taken up front for all the batches.
-        self.calls
-            .limit_instances("TerminateInstances", ids.len())
-            .await;
         terminate::terminate(&self.clients, &self.calls, ids).await
     }
 
@@ -208,12 +203,6 @@ impl MachineProvider for AwsProvider {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<LaunchAnswer, ProviderError> {
-        // RunInstances takes MaxCount (= count) tokens from the launched
-        // instances bucket; an instant fleet has no instance bucket.
-        if spec.api == LaunchApi::RunInstances {
-            let count = usize::try_from(spec.count).unwrap_or(0);
-            self.calls.limit_instances("RunInstances", count).await;
-        }
         launch::launch(&self.clients, &self.calls, &self.templates, spec).await
     }
 

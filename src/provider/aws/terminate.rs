@@ -21,8 +21,9 @@ pub(super) async fn terminate(
         .filter(|id| !id.is_empty())
         .collect();
     for batch in ids.chunks(TERMINATE_BATCH) {
+        // One token per id from TerminateInstances' instance bucket.
         calls
-            .run("TerminateInstances", || {
+            .run_for("TerminateInstances", batch.len(), || {
                 clients
                     .ec2
                     .terminate_instances()

@@ -28,7 +28,12 @@ pub(super) async fn launch(
     spec: &LaunchSpec,
 ) -> Result<Vec<Machine>, ProviderError> {
     let request = run_instances_request(&clients.ec2, spec)?;
-    let out = calls.run("RunInstances", || request.send()).await?;
+    // MaxCount (= count) tokens of the launched-instances bucket; an instant
+    // fleet has no instance bucket.
+    let count = usize::try_from(spec.count).unwrap_or(0);
+    let out = calls
+        .run_for("RunInstances", count, || request.send())
+        .await?;
     let machines: Vec<Machine> = out.instances().iter().filter_map(to_machine).collect();
     if machines.is_empty() {
         // EC2 answers MinCount=1 with at least one instance or an error, so an
