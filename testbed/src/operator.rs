@@ -25,7 +25,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`<target>/<profile>/hostforge`, built for every integration test).
 pub fn operator_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HOSTFORGE_OPERATOR_BIN") {
-        return PathBuf::from(p);
+        // Absolute, so it still names the binary from the HostFactory
+        // scripts, which run in their own work directory (`make bench`
+        // passes `target/release/hostforge`).
+        let p = PathBuf::from(p);
+        return std::path::absolute(&p).unwrap_or(p);
     }
     let beside_exe = std::env::current_exe().ok().and_then(|exe| {
         let dir = exe.parent()?;
