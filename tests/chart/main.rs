@@ -81,8 +81,9 @@ fn chart_version_and_crds_have_one_source_of_truth() {
     }
 }
 
-/// The AWS operations the adapter calls: every `calls.run("Operation", …)` in
-/// src/provider/aws and its folders (each call site goes through that one wrapper).
+/// The AWS operations the adapter calls: every `calls.run("Operation", …)` and
+/// `calls.run_for("Operation", …)` in src/provider/aws and its folders (each
+/// call site goes through one of those wrappers).
 fn aws_operations_called() -> BTreeSet<String> {
     let mut ops = BTreeSet::new();
     let mut dirs = vec![repo_path("src/provider/aws")];
@@ -101,11 +102,15 @@ fn aws_operations_called() -> BTreeSet<String> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for (i, _) in text.match_indices(".run(") {
-            let rest = text[i + 5..].trim_start();
-            if let Some(quoted) = rest.strip_prefix('"') {
-                if let Some(end) = quoted.find('"') {
-                    ops.insert(quoted[..end].to_string());
+        // `Calls::run` and `Calls::run_for` (a call that also costs
+        // instance tokens) both name the operation first.
+        for call in [".run(", ".run_for("] {
+            for (i, _) in text.match_indices(call) {
+                let rest = text[i + call.len()..].trim_start();
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    if let Some(end) = quoted.find('"') {
+                        ops.insert(quoted[..end].to_string());
+                    }
                 }
             }
         }
