@@ -78,6 +78,14 @@ async fn queue_two_behind_one(env: &TestEnv, fwd: &Forwarder) {
 }
 
 async fn queue_two_behind_one_of(env: &TestEnv, fwd: &Forwarder, action: &str) {
+    hold_the_first(env, fwd, action).await;
+    for (name, count) in &REQUESTS[1..] {
+        create_request(env, name, "compute", *count, true).await;
+    }
+}
+
+/// Creates the first request and waits until its `action` is out (and held).
+async fn hold_the_first(env: &TestEnv, fwd: &Forwarder, action: &str) {
     fwd.add_fault(FaultRule::forward_then_hold(action, HOLD).times(1));
     let (first, count) = REQUESTS[0];
     create_request(env, first, "compute", count, true).await;
@@ -85,9 +93,6 @@ async fn queue_two_behind_one_of(env: &TestEnv, fwd: &Forwarder, action: &str) {
     while fwd.calls(action) == 0 {
         assert!(Instant::now() < deadline, "the first launch never went out");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for (name, count) in &REQUESTS[1..] {
-        create_request(env, name, "compute", *count, true).await;
     }
 }
 
@@ -240,7 +245,18 @@ async fn a_bound_of_two_reconciles_lets_only_one_request_queue_behind_a_call() {
     let (env, fwd, cfg) = bed("coalesce-bound").await;
     let cfg = format!("{cfg}maxConcurrentReconciles: 2\n");
     let _op = OperatorProcess::start(&env, &cfg).await;
-    queue_two_behind_one(&env, &fwd).await;
+    hold_the_first(&env, &fwd, "RunInstances").await;
+    // The second request takes the free reconcile before the third exists:
+    // created together, either could have had it (the controller's queue
+    // keeps no creation order), and the order asserted below is the point.
+    let (second, count) = REQUESTS[1];
+    create_request(&env, second, "compute", count, true).await;
+    wait_request(&env, second, "its batch recorded", WAIT, |mr| {
+        mr.status.as_ref().is_some_and(|s| !s.launches.is_empty())
+    })
+    .await;
+    let (third, count) = REQUESTS[2];
+    create_request(&env, third, "compute", count, true).await;
     assert_exact_shares(&env, &fwd).await;
     let counts: Vec<Option<String>> = fwd
         .requests("RunInstances")
