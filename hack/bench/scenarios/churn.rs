@@ -148,6 +148,9 @@ pub(crate) async fn run(start: Instant, sizes: &Sizes, fwd: &Forwarder, report: 
                 Err(list) => (f64::NAN, list),
             };
         let not_ready = list.iter().filter(|m| !done(m)).count();
+        // Of the settled ones, how many are Ready (the rest Degraded naming
+        // the cloud, in the fidelity phase).
+        let ready = list.iter().filter(|m| is_ready(m)).count();
         let (dups, leaks, missing, detail) = audit(&env, &list).await;
         if fidelity {
             // Leaked launch templates are counted once the collector has had
@@ -216,14 +219,15 @@ pub(crate) async fn run(start: Instant, sizes: &Sizes, fwd: &Forwarder, report: 
             "all",
             Verdict::check(not_ready == 0 && missing == 0),
             format!(
-                "settled {settle:.1} s after the last change; changes {tally:?}; listed but not running {missing}"
+                "{ready} Ready, {} Degraded; settled {settle:.1} s after the last change; changes {tally:?}; listed but not running {missing}",
+                list.len() - not_ready - ready
             ),
         );
         raw.insert(
             phase.to_string(),
             json!({"changes": tally, "kills": kills, "settle_seconds": settle,
                    "duplicates": dups, "leaks": leaks, "missing": missing,
-                   "not_ready": not_ready, "detail": detail}),
+                   "not_ready": not_ready, "ready": ready, "detail": detail}),
         );
     }
     report
