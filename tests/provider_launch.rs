@@ -24,12 +24,14 @@ use aws_sdk_ec2::types::{
     RequestLaunchTemplateData, Tag, Volume, VolumeType,
 };
 use base64::Engine as _;
+use hostforge::config::rate_limits::RateLimitConfig;
 use hostforge::config::{ProviderConfig, ProviderKind};
 use hostforge::provider::aws::AwsProvider;
 use hostforge::provider::{
     CallObserver, CapacityType, InstanceTypeChoice, LaunchApi, LaunchCapacity, LaunchSpec,
     MachineProvider, MachineState, MetadataSpec, ProviderError, VolumeSpec,
 };
+use hostforge_testbed::forwarder::{Forwarder, RateLimits};
 use hostforge_testbed::TestEnv;
 
 /// Remembers every reported call as (operation, outcome).
@@ -56,13 +58,21 @@ impl Recorder {
 
 /// The adapter against moto with fixed credentials, reporting to a recorder.
 async fn adapter(endpoint: &str) -> (AwsProvider, Arc<Recorder>) {
+    adapter_limited(endpoint, RateLimitConfig::default()).await
+}
+
+/// [`adapter`] with its client-side buckets shaped by `rate_limits`.
+async fn adapter_limited(
+    endpoint: &str,
+    rate_limits: RateLimitConfig,
+) -> (AwsProvider, Arc<Recorder>) {
     let config = ProviderConfig {
         name: "aws-test".into(),
         kind: ProviderKind::Aws,
         region: hostforge_testbed::REGION.into(),
         endpoint_url: Some(endpoint.into()),
         assume_role_arn: None,
-        rate_limits: Default::default(),
+        rate_limits,
     };
     let credentials =
         SharedCredentialsProvider::new(Credentials::new("testing", "testing", None, None, "test"));
@@ -657,4 +667,42 @@ async fn invalid_launches_are_classified_and_launch_nothing() {
     );
 
     assert!(batch_instances(&env, &s.batch_id).await.is_empty());
+}
+
+/// A launch takes its request and instance tokens together, at the moment it
+/// goes, as EC2 charges them when the call arrives. Both sides at a tenth of
+/// EC2's buckets (RunInstances 1 burst, 0.2/s; launched instances 100 burst,
+/// 0.2/s), EC2's modelled in the forwarder: the dry run empties the request
+/// bucket, so the launch of 100 waits 5 s for its request token while EC2's
+/// instance bucket stays full, and EC2 takes the 100 instance tokens only
+/// then. The launch of 2 after it must wait until 2 of them have refilled
+/// since that moment: had the limiter taken the 100 when the first launch
+/// began to wait, it would have counted 5 s of refill that EC2 lost at the
+/// cap, and EC2 would have throttled the launch of 2.
+#[tokio::test]
+async fn launches_take_their_request_and_instance_tokens_together() {
+    let env = TestEnv::new("launch-limits").await;
+    let fwd = Forwarder::start(&env.bed.moto_url);
+    let scale = 0.1;
+    fwd.set_rate_limits(Some(RateLimits::ec2_defaults().scaled(scale)));
+    let (provider, _) =
+        adapter_limited(fwd.endpoint(), RateLimitConfig::default().scaled(scale)).await;
+    let hundred = spec(&env, LaunchApi::RunInstances, 100).await;
+    provider
+        .validate_launch(&hundred)
+        .await
+        .expect("the dry run");
+    let first = provider.launch(&hundred).await.expect("the launch of 100");
+    let mut two = spec(&env, LaunchApi::RunInstances, 2).await;
+    two.client_token = format!("{}-2", two.client_token);
+    let second = provider.launch(&two).await.expect("the launch of 2");
+    assert_eq!(
+        (first.machines.len(), second.machines.len()),
+        (100, 2),
+        "{:?}",
+        fwd.snapshot()
+    );
+    assert_eq!(fwd.throttled(), 0, "{:?}", fwd.snapshot());
+    assert_eq!(fwd.forwarded("RunInstances"), 2, "{:?}", fwd.snapshot());
+    assert_eq!(batch_instances(&env, &env.namespace).await.len(), 102);
 }

@@ -422,9 +422,10 @@ fn add_rows(report: &mut Report, scenario: &str, r: usize, m: i32, got: &Run) {
 /// Where a return's time went, in seconds after requestReturnMachines
 /// started (`began`): its answer (with the plugin's own list and slowest
 /// patch, from its log), the TerminateInstances calls, the DescribeInstances
-/// calls (the polls that can see `terminated`), when the caller saw the return `complete` (`answered_s`,
-/// `complete_s`), the apiserver requests made meanwhile (10 or more of a
-/// kind), and the machines each of the caller's `polls` found undone.
+/// calls (the polls that can see `terminated`), when the caller saw the
+/// return `complete` (`answered_s`, `complete_s`), the apiserver requests
+/// made meanwhile (10 or more of a kind), and the machines each of the
+/// caller's `polls` found undone.
 fn return_timeline(
     fwd: &Forwarder,
     shim: &Shim,
